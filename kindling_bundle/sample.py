@@ -1,0 +1,367 @@
+"""A generator of realistic Kindling memory, so every command can be tried without Kindling.
+
+The mix follows what a coding agent records: many short messages and tool calls, some commands
+with output, multi-kilobyte diffs, stack traces, unicode text; sessions as capsules (some still
+open) with workflow-node capsules inside them; summaries for most closed capsules; pins on
+observations and summaries, some expiring; about 1% of observations redacted. The same seed
+always gives the same database content.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kindling_bundle.errors import StoreError
+from kindling_bundle.records import Capsule, Observation, Pin, Summary
+from kindling_bundle.store.connection import KindlingConnection, open_store, write_transaction
+from kindling_bundle.store.writes import (
+    create_capsule,
+    insert_observations,
+    insert_pin,
+    insert_summary,
+    redact_observation,
+)
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
+
+_WORDS = [
+    "the",
+    "agent",
+    "ran",
+    "tests",
+    "for",
+    "parser",
+    "module",
+    "and",
+    "found",
+    "failing",
+    "case",
+    "in",
+    "tokenizer",
+    "while",
+    "refactoring",
+    "config",
+    "loader",
+    "cache",
+    "invalidation",
+    "retry",
+    "backoff",
+    "timeout",
+    "handler",
+    "request",
+    "response",
+    "schema",
+    "migration",
+    "index",
+    "query",
+    "build",
+    "lint",
+    "deploy",
+    "review",
+    "commit",
+    "branch",
+    "merge",
+    "rebase",
+    "fixture",
+    "mock",
+    "endpoint",
+    "payload",
+    "latency",
+    "memory",
+    "leak",
+    "thread",
+    "lock",
+    "queue",
+    "worker",
+    "scheduler",
+    "plugin",
+    "adapter",
+    "capsule",
+    "observation",
+    "summary",
+    "pin",
+    "redact",
+    "export",
+    "import",
+    "bundle",
+    "verify",
+    "restore",
+    "snapshot",
+]
+_UNICODE = [
+    "café",
+    "naïve",
+    "Größe",
+    "日本語のテキスト",
+    "данные",
+    "ελληνικά",
+    "✓ done",
+    "🚀",
+    "—",
+    "½",
+]
+_FILES = [
+    "src/parser.ts",
+    "src/store/sqlite.ts",
+    "src/cli/main.py",
+    "lib/retry.go",
+    "README.md",
+    "tests/test_export.py",
+    "packages/core/src/index.ts",
+    "docs/ARCHITECTURE.md",
+    "Cargo.toml",
+]
+_COMMANDS = [
+    "pytest -q tests/",
+    "npm test",
+    "git status",
+    "git diff --stat",
+    "cargo build --release",
+    "ruff check .",
+    "ls -la src",
+    "make lint",
+    "pnpm tsc --noEmit",
+    "go test ./...",
+]
+_TOOLS = ["Read", "Edit", "Bash", "Grep", "Glob", "Write", "WebFetch", "TodoWrite"]
+_ERRORS = ["TypeError", "KeyError", "AssertionError", "ECONNREFUSED", "SQLITE_BUSY", "panic"]
+_KIND_WEIGHTS = {
+    "message": 30,
+    "tool_call": 28,
+    "command": 14,
+    "file_diff": 8,
+    "error": 4,
+    "node_start": 4,
+    "node_end": 4,
+    "node_output": 6,
+    "node_error": 2,
+}
+
+
+@dataclass
+class SampleStats:
+    """What the generator wrote, for the CLI's summary."""
+
+    observations: int = 0
+    capsules: int = 0
+    summaries: int = 0
+    pins: int = 0
+    redacted: int = 0
+    sessions: list[str] = field(default_factory=list)
+
+
+class _Text:
+    """Builds plausible content quickly from a seeded pool of sentences."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.sentences = [self._sentence() for _ in range(512)]
+
+    def _sentence(self) -> str:
+        rng = self.rng
+        words = rng.choices(_WORDS, k=rng.randint(5, 16))
+        if rng.random() < 0.15:
+            words.insert(rng.randrange(len(words)), rng.choice(_UNICODE))
+        return " ".join(words).capitalize() + "."
+
+    def prose(self, sentences: int) -> str:
+        return " ".join(self.rng.choices(self.sentences, k=sentences))
+
+    def content(self, kind: str) -> str:
+        rng = self.rng
+        if kind == "message":
+            return self.prose(rng.randint(1, 4))
+        if kind == "tool_call":
+            path = rng.choice(_FILES)
+            return f"{rng.choice(_TOOLS)}({path}) → {self.prose(1)}"
+        if kind == "command":
+            lines = [f"$ {rng.choice(_COMMANDS)}"]
+            lines += [self.prose(1) for _ in range(rng.randint(1, 12))]
+            lines.append(f"exit code {rng.choice([0, 0, 0, 1, 2])}")
+            return "\n".join(lines)
+        if kind == "file_diff":
+            path = rng.choice(_FILES)
+            lines = [f"--- a/{path}", f"+++ b/{path}"]
+            for _ in range(rng.randint(1, 4)):
+                start = rng.randint(1, 900)
+                lines.append(f"@@ -{start},12 +{start},14 @@")
+                for _ in range(rng.randint(6, 20)):
+                    sign = rng.choice(" +-  ")
+                    lines.append(f"{sign}    {self.prose(1)[: rng.randint(20, 110)]}")
+            return "\n".join(lines)
+        if kind in ("error", "node_error"):
+            name = rng.choice(_ERRORS)
+            frames = [
+                f'  File "{rng.choice(_FILES)}", line {rng.randint(1, 2000)}, in fn_{i}'
+                for i in range(rng.randint(3, 25))
+            ]
+            return f"{name}: {self.prose(1)}\nTraceback (most recent call last):\n" + "\n".join(
+                frames
+            )
+        if kind == "node_output":
+            return self.prose(rng.randint(1, 6))
+        return f"{kind.replace('_', ' ')}: {rng.choice(_WORDS)}-{rng.randint(1, 99)}"
+
+
+def generate_sample(path: str | Path, *, observations: int = 2000, seed: int = 0) -> SampleStats:
+    """Write a new sample database at `path` (which must not exist yet)."""
+    path = Path(path)
+    if path.exists():
+        raise StoreError(f"{path}: already exists; the sample generator only writes new files")
+    conn = open_store(path)
+    try:
+        with write_transaction(conn):
+            stats = _fill(conn, random.Random(seed), observations)
+    finally:
+        conn.close()
+    return stats
+
+
+def _uid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleStats:
+    text = _Text(rng)
+    stats = SampleStats()
+    repos = [f"repo-{name}" for name in ("kindling", "webapp", "infra", "ml-pipeline", "docs")]
+    agents = ["claude-code", "codex", "aider"]
+    users = ["alice", "bob"]
+    kinds = list(_KIND_WEIGHTS)
+    weights = list(_KIND_WEIGHTS.values())
+    ts = START_MS
+    pinnable_obs: list[str] = []
+    batch: list[Observation] = []
+
+    def flush() -> None:
+        insert_observations(conn, batch)
+        batch.clear()
+
+    while stats.observations < total:
+        session_id = _uid(rng)
+        stats.sessions.append(session_id)
+        scope = {"sessionId": session_id, "repoId": rng.choice(repos)}
+        if rng.random() < 0.9:
+            scope["agentId"] = rng.choice(agents)
+        if rng.random() < 0.7:
+            scope["userId"] = rng.choice(users)
+        if rng.random() < 0.3:
+            scope["taskId"] = f"task-{rng.randint(1, 500)}"
+        capsules: list[Capsule] = []
+        length = min(total - stats.observations, max(1, int(rng.expovariate(1 / 120))))
+        session = Capsule(
+            id=_uid(rng), type="session", intent=text.prose(1), opened_at=ts, scope_ids=scope
+        )
+        capsules.append(session)
+        node: Capsule | None = None
+        for _ in range(length):
+            ts += rng.choice([0, 0, 1, 7, 150, 900, 4000, 30_000])  # equal timestamps happen
+            kind = rng.choices(kinds, weights)[0]
+            obs = Observation(
+                id=_uid(rng),
+                kind=kind,
+                content=text.content(kind),
+                provenance=_provenance(rng, kind),
+                ts=ts,
+                scope_ids=scope,
+            )
+            batch.append(obs)
+            stats.observations += 1
+            if rng.random() < 0.95:
+                session.observation_ids.append(obs.id)
+            if kind == "node_start":
+                node = Capsule(
+                    id=_uid(rng),
+                    type="pocketflow_node",
+                    intent=text.prose(1),
+                    opened_at=ts,
+                    scope_ids=scope,
+                )
+                capsules.append(node)
+            if node is not None:
+                node.observation_ids.append(obs.id)
+                if kind in ("node_end", "node_error"):
+                    node.status, node.closed_at, node = "closed", ts, None
+            if rng.random() < 0.01:
+                pinnable_obs.append(obs.id)
+            if len(batch) >= 2000:
+                flush()
+        flush()
+        if rng.random() < 0.9:
+            session.status, session.closed_at = "closed", ts + rng.randint(1, 60_000)
+        for capsule in capsules:
+            create_capsule(conn, capsule)
+            stats.capsules += 1
+            if capsule.status == "closed" and capsule.observation_ids and rng.random() < 0.85:
+                summary = Summary(
+                    id=_uid(rng),
+                    capsule_id=capsule.id,
+                    content=text.prose(rng.randint(2, 6)),
+                    confidence=round(rng.uniform(0.35, 0.99), 3),
+                    created_at=(capsule.closed_at or ts) + rng.randint(1, 5000),
+                    evidence_refs=rng.sample(
+                        capsule.observation_ids, min(len(capsule.observation_ids), 3)
+                    ),
+                )
+                insert_summary(conn, summary)
+                stats.summaries += 1
+                if rng.random() < 0.05:
+                    _pin(conn, rng, "summary", summary.id, summary.created_at, scope, stats)
+        for oid in pinnable_obs:
+            _pin(conn, rng, "observation", oid, ts, scope, stats)
+        pinnable_obs.clear()
+        ts += rng.randint(60_000, 3_600_000)
+    _redact_some(conn, rng, stats)
+    return stats
+
+
+def _provenance(rng: random.Random, kind: str) -> dict:
+    prov: dict = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
+    if kind in ("tool_call", "command"):
+        prov["tool"] = rng.choice(_TOOLS)
+        prov["durationMs"] = rng.randint(1, 20_000)
+    if kind == "command":
+        prov["exitCode"] = rng.choice([0, 0, 1])
+    if kind == "file_diff":
+        prov["files"] = rng.sample(_FILES, rng.randint(1, 3))
+        prov["stats"] = {"added": rng.randint(0, 80), "removed": rng.randint(0, 40)}
+    if rng.random() < 0.1:
+        prov["score"] = round(rng.random(), 4)
+    return prov
+
+
+def _pin(
+    conn: KindlingConnection,
+    rng: random.Random,
+    target_type: str,
+    target_id: str,
+    ts: int,
+    scope: dict[str, str],
+    stats: SampleStats,
+) -> None:
+    created = ts + rng.randint(1, 10_000)
+    insert_pin(
+        conn,
+        Pin(
+            id=_uid(rng),
+            target_type=target_type,  # type: ignore[arg-type]
+            target_id=target_id,
+            reason=rng.choice([None, "important decision", "keep: root cause", "todo ✓"]),
+            created_at=created,
+            expires_at=created + 7 * 86_400_000 if rng.random() < 0.4 else None,
+            scope_ids=scope,
+        ),
+    )
+    stats.pins += 1
+
+
+def _redact_some(conn: KindlingConnection, rng: random.Random, stats: SampleStats) -> None:
+    ids: Iterator[tuple[str]] = conn.execute("SELECT id FROM observations ORDER BY rowid")
+    chosen = [oid for (oid,) in ids if rng.random() < 0.01]
+    for oid in chosen:
+        redact_observation(conn, oid)
+    stats.redacted = len(chosen)

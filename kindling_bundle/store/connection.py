@@ -1,0 +1,121 @@
+"""Opening Kindling databases the way Kindling does, and transactions that nest."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kindling_bundle.errors import StoreError
+from kindling_bundle.store.schema import create_schema, detect_generation
+
+BUSY_TIMEOUT_MS = 5000
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class KindlingConnection(sqlite3.Connection):
+    """A sqlite3 connection that remembers which schema generation (4 or 5) it found."""
+
+    generation: int = 0
+    path: str = ""
+
+
+def open_store(
+    path: str | Path, *, readonly: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> KindlingConnection:
+    """Open (or, unless read-only, create) a Kindling database.
+
+    The connection is in autocommit mode: every write goes through `write_transaction` or
+    `savepoint`, so nothing is ever committed behind the caller's back. A read-only connection
+    never changes the file, not even its journal mode.
+    """
+    path = Path(path)
+    label = str(path)
+    exists = path.exists()
+    if exists and path.is_dir():
+        raise StoreError(f"{label}: is a directory, not a database")
+    if exists and path.stat().st_size:
+        with path.open("rb") as handle:
+            if handle.read(16) != _SQLITE_MAGIC:
+                raise StoreError(f"{label}: not a SQLite database")
+    if readonly and not exists:
+        raise StoreError(f"{label}: no such database")
+    if not exists and not path.parent.exists():
+        raise StoreError(f"{label}: directory {path.parent} does not exist")
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                factory=KindlingConnection,
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, factory=KindlingConnection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot open database: {exc}") from None
+    try:
+        _configure(conn, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+        has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if not has_tables and not readonly:
+            with write_transaction(conn):
+                create_schema(conn)
+        conn.generation = detect_generation(conn, label)
+        conn.path = label
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{label}: {_describe(exc)}") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, *, readonly: bool, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"database is locked by another process ({text})"
+    if "malformed" in text or "not a database" in text:
+        return f"database is corrupt ({text})"
+    return text
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """An outermost BEGIN IMMEDIATE transaction: takes the write lock up front (waiting up to
+    the busy timeout) so a long import cannot fail half-way on a lock upgrade."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"cannot start a write transaction: {_describe(exc)}") from None
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "kindling_bundle") -> Iterator[None]:
+    """Make a group of statements atomic, inside a caller's transaction or on its own."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

@@ -1,0 +1,176 @@
+"""Mapping between database rows and records, in both directions, losing nothing.
+
+JSON columns are decoded into values on the way out and written back as `JSON.stringify` would
+on the way in, so a row Kindling wrote comes back byte for byte. The denormalized scope columns
+are always derived from `scope_ids`, exactly as Kindling's store derives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kindling_bundle import jsjson
+from kindling_bundle.errors import RecordError
+from kindling_bundle.records import (
+    DENORMALIZED_SCOPE_KEYS,
+    Capsule,
+    Observation,
+    Pin,
+    Summary,
+)
+
+OBSERVATION_COLUMNS = (
+    "id, kind, content, provenance, ts, scope_ids, redacted, session_id, repo_id, agent_id, user_id"
+)
+CAPSULE_COLUMNS = (
+    "id, type, intent, status, opened_at, closed_at, scope_ids, session_id, repo_id, agent_id, "
+    "user_id"
+)
+SUMMARY_COLUMNS = "id, capsule_id, content, confidence, created_at, evidence_refs"
+PIN_COLUMNS = (
+    "id, target_type, target_id, reason, created_at, expires_at, scope_ids, session_id, repo_id, "
+    "agent_id, user_id"
+)
+
+# The SELECT lists that `*_from_row` expects (the denormalized columns are not read back).
+OBSERVATION_SELECT = "id, kind, content, provenance, ts, scope_ids, redacted"
+CAPSULE_SELECT = "id, type, intent, status, opened_at, closed_at, scope_ids"
+SUMMARY_SELECT = SUMMARY_COLUMNS
+PIN_SELECT = "id, target_type, target_id, reason, created_at, expires_at, scope_ids"
+
+
+def _json_column(text: str, entity: str, record_id: str, column: str) -> Any:
+    try:
+        return jsjson.loads(text)
+    except ValueError as exc:
+        raise RecordError(
+            f"{entity} {record_id}: column {column} is not valid JSON ({exc})",
+            entity=entity,
+            record_id=record_id,
+        ) from None
+
+
+def _dumps(value: Any, entity: str, record_id: str, field: str) -> str:
+    try:
+        return jsjson.dumps(value)
+    except (ValueError, TypeError) as exc:
+        raise RecordError(
+            f"{entity} {record_id}: field {field} cannot be stored as JSON ({exc})",
+            entity=entity,
+            record_id=record_id,
+        ) from None
+
+
+def _scope_columns(scope_ids: dict[str, str]) -> tuple[Any, ...]:
+    get = scope_ids.get
+    return tuple(get(key) for key in DENORMALIZED_SCOPE_KEYS)
+
+
+def observation_from_row(row: tuple) -> Observation:
+    """A row of `SELECT {OBSERVATION_SELECT}` as a record."""
+    oid = row[0]
+    return Observation(
+        id=oid,
+        kind=row[1],
+        content=row[2],
+        provenance=_json_column(row[3], "observation", oid, "provenance"),
+        ts=row[4],
+        scope_ids=_json_column(row[5], "observation", oid, "scope_ids"),
+        redacted=bool(row[6]),
+    )
+
+
+def observation_values(obs: Observation) -> tuple:
+    """Values for every column of `observations`, in OBSERVATION_COLUMNS order."""
+    return (
+        obs.id,
+        obs.kind,
+        obs.content,
+        _dumps(obs.provenance, "observation", obs.id, "provenance"),
+        obs.ts,
+        _dumps(obs.scope_ids, "observation", obs.id, "scopeIds"),
+        int(obs.redacted),
+        *_scope_columns(obs.scope_ids),
+    )
+
+
+def capsule_from_row(row: tuple, observation_ids: list[str]) -> Capsule:
+    """A row of `SELECT {CAPSULE_SELECT}` and its ordered links as a record."""
+    cid = row[0]
+    return Capsule(
+        id=cid,
+        type=row[1],
+        intent=row[2],
+        status=row[3],
+        opened_at=row[4],
+        closed_at=row[5],
+        scope_ids=_json_column(row[6], "capsule", cid, "scope_ids"),
+        observation_ids=observation_ids,
+    )
+
+
+def capsule_values(capsule: Capsule) -> tuple:
+    """Values for every column of `capsules`, in CAPSULE_COLUMNS order."""
+    return (
+        capsule.id,
+        capsule.type,
+        capsule.intent,
+        capsule.status,
+        capsule.opened_at,
+        capsule.closed_at,
+        _dumps(capsule.scope_ids, "capsule", capsule.id, "scopeIds"),
+        *_scope_columns(capsule.scope_ids),
+    )
+
+
+def summary_from_row(row: tuple) -> Summary:
+    """A row of `SELECT {SUMMARY_SELECT}` as a record."""
+    sid = row[0]
+    return Summary(
+        id=sid,
+        capsule_id=row[1],
+        content=row[2],
+        confidence=row[3],
+        created_at=row[4],
+        evidence_refs=_json_column(row[5], "summary", sid, "evidence_refs"),
+    )
+
+
+def summary_values(summary: Summary) -> tuple:
+    """Values for every column of `summaries`, in SUMMARY_COLUMNS order."""
+    return (
+        summary.id,
+        summary.capsule_id,
+        summary.content,
+        summary.confidence,
+        summary.created_at,
+        _dumps(summary.evidence_refs, "summary", summary.id, "evidenceRefs"),
+    )
+
+
+def pin_from_row(row: tuple) -> Pin:
+    """A row of `SELECT {PIN_SELECT}` as a record."""
+    pid = row[0]
+    return Pin(
+        id=pid,
+        target_type=row[1],
+        target_id=row[2],
+        reason=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        scope_ids=_json_column(row[6], "pin", pid, "scope_ids"),
+    )
+
+
+def pin_values(pin: Pin) -> tuple:
+    """Values for every column of `pins`, in PIN_COLUMNS order."""
+    return (
+        pin.id,
+        pin.target_type,
+        pin.target_id,
+        pin.reason,
+        pin.created_at,
+        pin.expires_at,
+        _dumps(pin.scope_ids, "pin", pin.id, "scopeIds"),
+        *_scope_columns(pin.scope_ids),
+    )
