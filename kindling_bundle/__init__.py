@@ -8,6 +8,14 @@ from kindling_bundle.errors import (
     RecordError,
     StoreError,
 )
+from kindling_bundle.export import (
+    ExportStreamOptions,
+    export_capsules,
+    export_observations,
+    export_pins,
+    export_summaries,
+    snapshot,
+)
 from kindling_bundle.records import Capsule, Observation, Pin, Summary
 from kindling_bundle.sample import generate_sample
 from kindling_bundle.store import open_store
@@ -17,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BundleError",
     "Capsule",
+    "ExportStreamOptions",
     "ImportConflictError",
     "IntegrityError",
     "KindlingBundleError",
@@ -26,6 +35,11 @@ __all__ = [
     "StoreError",
     "Summary",
     "__version__",
+    "export_capsules",
+    "export_observations",
+    "export_pins",
+    "export_summaries",
     "generate_sample",
     "open_store",
+    "snapshot",
 ]

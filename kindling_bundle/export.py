@@ -1,0 +1,330 @@
+"""Streaming export primitives: the ordered record streams a bundle (or any tool) is built from.
+
+Each stream is a generator over one SQL statement, so memory does not grow with the database and
+a stream is consistent with itself. Order is Kindling's own export order, with the id as the tie
+break so it is total and deterministic:
+
+- observations by (ts, id); capsules by (opened_at, id), each carrying all its observation ids in
+  `seq` order; summaries and pins by (created_at, id).
+
+Filters (`ExportStreamOptions`): `scope_ids` matches the denormalized scope columns (sessionId,
+repoId, agentId, userId; every given key must match); `from_ts`/`to_ts` are inclusive epoch ms on
+observations.ts, capsules.opened_at, summaries.created_at and pins.created_at. Summaries have no
+scope of their own: they follow their capsule's scope. Redacted observations are always exported,
+with `redacted=True` and their stored `[redacted]` content.
+
+Consistency across streams: run all four inside one `snapshot(conn)`, which holds a single read
+transaction, so a writer committing meanwhile cannot make the streams disagree. Outside a
+snapshot, each stream sees the database as of its own first row.
+
+Referential closure lives here, in SQL, so streams stay ordered and constant-memory. With a filter
+and `include_references=True` the streams are:
+
+- pins: the selected pins;
+- summaries: the selected summaries, plus summaries targeted by selected pins;
+- capsules: the selected capsules, plus the capsules of those summaries;
+- observations: the selected observations, plus every observation linked from those capsules,
+  the observation targets of selected pins and the evidence refs of those summaries.
+
+References to rows that do not exist in the database (a dangling pin target or evidence ref) add
+nothing. A capsule always lists all its links, so its observations come with it. Without a filter
+every row is exported and the streams are closed by construction; with a filter and
+`include_references=False` the streams hold exactly the selection and may reference rows outside it.
+
+Exporting never writes: the streams and `snapshot` only read, and work on a connection opened
+with `open_store(path, readonly=True)`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kindling_bundle.errors import RecordError, StoreError
+from kindling_bundle.records import DENORMALIZED_SCOPE_KEYS, Capsule, Observation, Pin, Summary
+from kindling_bundle.store.rows import (
+    CAPSULE_SELECT,
+    OBSERVATION_SELECT,
+    PIN_SELECT,
+    SUMMARY_SELECT,
+    capsule_from_row,
+    observation_from_row,
+    pin_from_row,
+    summary_from_row,
+)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ExportStreamOptions:
+    """What to export: a scope, an inclusive time window, and whether to close references.
+
+    An empty `scope_ids` mapping means no scope filter and is normalized to None.
+    """
+
+    scope_ids: Mapping[str, str] | None = None
+    from_ts: int | None = None
+    to_ts: int | None = None
+    include_references: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scope_ids is not None:
+            scope = dict(self.scope_ids)
+            for key, value in scope.items():
+                if key not in DENORMALIZED_SCOPE_KEYS:
+                    raise ValueError(
+                        f"cannot filter on scope key {key!r}: only "
+                        f"{', '.join(DENORMALIZED_SCOPE_KEYS)} have their own columns"
+                    )
+                if not isinstance(value, str):
+                    raise ValueError(f"scope key {key!r}: value must be a string, got {value!r}")
+            object.__setattr__(self, "scope_ids", scope or None)
+        for name in ("from_ts", "to_ts"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer (epoch ms), got {value!r}")
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(f"{name} {value} is outside the 64-bit range SQLite stores")
+        if self.from_ts is not None and self.to_ts is not None and self.from_ts > self.to_ts:
+            raise ValueError(f"from_ts {self.from_ts} is after to_ts {self.to_ts}")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any filter is set (otherwise every row is exported)."""
+        return self.scope_ids is not None or self.from_ts is not None or self.to_ts is not None
+
+
+_ALL = ExportStreamOptions()
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Hold one read transaction, so every stream read inside sees the same committed state.
+
+    BEGIN is deferred: the first read fixes the WAL snapshot, so it is done here, before any
+    stream starts. The transaction is rolled back at exit (nothing was written). If the
+    connection is already inside a transaction, that transaction is the snapshot and is left alone.
+    """
+    if conn.in_transaction:
+        yield conn
+        return
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreError(f"{_label(conn)}: cannot start a read snapshot: {exc}") from None
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def export_observations(
+    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
+) -> Iterator[Observation]:
+    """Observations in (ts, id) order, redacted ones included and marked."""
+    query = _Query(opts)
+    where = query.observation_where()
+    sql = (
+        f"{query.with_clause()}SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        f"WHERE {where} ORDER BY o.ts, o.id"
+    )
+    return _stream(conn, "observations", sql, query.params, observation_from_row)
+
+
+def export_capsules(
+    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
+) -> Iterator[Capsule]:
+    """Capsules in (opened_at, id) order, each with all its observation ids in `seq` order.
+
+    One statement joins each capsule to its links (an index seek per capsule inside SQLite), so
+    the stream needs no per-capsule query and is consistent even outside a snapshot.
+    """
+    query = _Query(opts)
+    sql = (
+        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)}, co.observation_id "
+        "FROM capsules c LEFT JOIN capsule_observations co ON co.capsule_id = c.id "
+        f"WHERE {query.capsule_where()} ORDER BY c.opened_at, c.id, co.seq"
+    )
+    return _records(conn, "capsules", sql, query.params, _group_capsules)
+
+
+def export_summaries(
+    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
+) -> Iterator[Summary]:
+    """Summaries in (created_at, id) order; the scope filter applies through their capsule."""
+    query = _Query(opts)
+    sql = (
+        f"{query.with_clause()}SELECT {_prefixed('s', SUMMARY_SELECT)} FROM summaries s "
+        f"WHERE {query.summary_where()} ORDER BY s.created_at, s.id"
+    )
+    return _stream(conn, "summaries", sql, query.params, summary_from_row)
+
+
+def export_pins(conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL) -> Iterator[Pin]:
+    """Pins in (created_at, id) order, filtered on their own scope and created_at."""
+    query = _Query(opts)
+    sql = (
+        f"SELECT {_prefixed('p', PIN_SELECT)} FROM pins p "
+        f"WHERE {query.pin_selected()} ORDER BY p.created_at, p.id"
+    )
+    return _stream(conn, "pins", sql, query.params, pin_from_row)
+
+
+class _Query:
+    """The WHERE clauses (and, for closure, the CTEs) that one set of options stands for.
+
+    Parameters are named, so one dict binds every use of a filter value in a statement.
+    """
+
+    def __init__(self, opts: ExportStreamOptions):
+        if not isinstance(opts, ExportStreamOptions):
+            raise TypeError(f"opts must be ExportStreamOptions, got {type(opts).__name__}")
+        self.opts = opts
+        self.closure = opts.include_references and opts.filtered
+        scope = opts.scope_ids or {}
+        self.params: dict[str, Any] = {"from_ts": opts.from_ts, "to_ts": opts.to_ts}
+        self._scope_columns: list[str] = []
+        for key, value in scope.items():
+            column = DENORMALIZED_SCOPE_KEYS[key]
+            self._scope_columns.append(column)
+            self.params[column] = value
+
+    def _conditions(self, alias: str | None, time_column: str) -> list[str]:
+        """Scope conditions on `alias` (None: no scope) and the window on `time_column`."""
+        parts = [f"{alias}.{col} = :{col}" for col in self._scope_columns] if alias else []
+        if self.opts.from_ts is not None:
+            parts.append(f"{time_column} >= :from_ts")
+        if self.opts.to_ts is not None:
+            parts.append(f"{time_column} <= :to_ts")
+        return parts
+
+    def observation_selected(self) -> str:
+        return _all_of(self._conditions("o", "o.ts"))
+
+    def capsule_selected(self) -> str:
+        return _all_of(self._conditions("c", "c.opened_at"))
+
+    def summary_selected(self) -> str:
+        parts = self._conditions(None, "s.created_at")
+        if self._scope_columns:
+            scope = " AND ".join(f"sc.{col} = :{col}" for col in self._scope_columns)
+            parts.append(
+                f"EXISTS (SELECT 1 FROM capsules sc WHERE sc.id = s.capsule_id AND {scope})"
+            )
+        return _all_of(parts)
+
+    def pin_selected(self) -> str:
+        return _all_of(self._conditions("p", "p.created_at"))
+
+    def with_clause(self) -> str:
+        """The closure sets as CTEs (empty unless closing references of a filtered export)."""
+        if not self.closure:
+            return ""
+        return (
+            "WITH sel_pins AS ("
+            f"SELECT p.target_type, p.target_id FROM pins p WHERE {self.pin_selected()}), "
+            "out_summaries AS ("
+            f"SELECT s.id, s.capsule_id, s.evidence_refs FROM summaries s "
+            f"WHERE ({self.summary_selected()}) OR s.id IN "
+            "(SELECT target_id FROM sel_pins WHERE target_type = 'summary')), "
+            "out_capsules AS ("
+            f"SELECT c.id FROM capsules c WHERE {self.capsule_selected()} "
+            "UNION SELECT capsule_id FROM out_summaries), "
+            "ref_observations AS ("
+            "SELECT observation_id FROM capsule_observations "
+            "WHERE capsule_id IN (SELECT id FROM out_capsules) "
+            "UNION SELECT target_id FROM sel_pins WHERE target_type = 'observation' "
+            # A summary whose evidence_refs is not valid JSON fails later with a RecordError
+            # naming it; here it only contributes nothing.
+            "UNION SELECT j.value FROM out_summaries os, json_each(CASE WHEN "
+            "json_valid(os.evidence_refs) THEN os.evidence_refs ELSE '[]' END) j "
+            "WHERE j.type = 'text') "
+        )
+
+    def observation_where(self) -> str:
+        if self.closure:
+            return f"({self.observation_selected()}) OR o.id IN (SELECT * FROM ref_observations)"
+        return self.observation_selected()
+
+    def capsule_where(self) -> str:
+        if self.closure:
+            return "c.id IN (SELECT id FROM out_capsules)"
+        return self.capsule_selected()
+
+    def summary_where(self) -> str:
+        if self.closure:
+            return "s.id IN (SELECT id FROM out_summaries)"
+        return self.summary_selected()
+
+
+def _all_of(parts: list[str]) -> str:
+    return " AND ".join(parts) if parts else "1"
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+def _group_capsules(cursor: sqlite3.Cursor) -> Iterator[Capsule]:
+    """Fold joined (capsule columns..., observation_id) rows into one record per capsule."""
+    current: tuple | None = None
+    ids: list[str] = []
+    for row in cursor:
+        if current is None or row[0] != current[0]:
+            if current is not None:
+                yield capsule_from_row(current, ids)
+            current, ids = row, []
+        if row[7] is not None:  # None: a capsule without links (LEFT JOIN)
+            ids.append(row[7])
+    if current is not None:
+        yield capsule_from_row(current, ids)
+
+
+T = TypeVar("T")
+
+
+def _stream(
+    conn: sqlite3.Connection,
+    entity: str,
+    sql: str,
+    params: dict[str, Any],
+    from_row: Callable[[tuple], T],
+) -> Iterator[T]:
+    return _records(conn, entity, sql, params, lambda cursor: map(from_row, cursor))
+
+
+def _records(
+    conn: sqlite3.Connection,
+    entity: str,
+    sql: str,
+    params: dict[str, Any],
+    convert: Callable[[sqlite3.Cursor], Iterator[T]],
+) -> Iterator[T]:
+    """Run one statement lazily, finalize it when the stream ends or is abandoned (a pending
+    statement would pin its read snapshot), and turn database and row errors into one-line
+    errors that name the file."""
+    label = _label(conn)
+    try:
+        cursor = conn.execute(sql, params)
+        try:
+            yield from convert(cursor)
+        finally:
+            cursor.close()
+    except RecordError as exc:
+        raise RecordError(f"{label}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot export {entity}: {exc}") from None
+
+
+def _label(conn: sqlite3.Connection) -> str:
+    return getattr(conn, "path", "") or "database"
