@@ -1,0 +1,353 @@
+"""The integrity report: proof that a Kindling database is sound after an import.
+
+Every check is set-based SQL, so it stays fast on millions of rows. FTS5's own 'integrity-check'
+cannot be used here: Kindling leaves redacted observations out of the index on purpose, and the
+check reports each of them as a mismatch. Instead we check what Kindling's triggers promise:
+- the index holds exactly the rows that should be indexed (non-redacted observations; all
+  summaries): counts match, no such row is missing, no redacted observation and no row that no
+  longer exists is indexed, and the index's own row statistics agree with what it holds;
+- a deterministic, evenly spread sample of indexed rows is found by a search for their own
+  content (a phrase query built from the first few words, each quoted).
+Beside the index: `PRAGMA quick_check`, `PRAGMA foreign_key_check`, every pin's target exists,
+capsule link `seq` values are 0..n-1 per capsule, and summary evidence refs resolve (warnings
+only: Kindling keeps a summary's evidence list when an observation is deleted).
+
+Problem kinds: quick_check, foreign_key, pin_target_missing, seq_gap, evidence_invalid,
+evidence_missing (warning), fts_count, fts_missing, fts_redacted, fts_orphan, fts_stats,
+fts_not_found. Each kind lists at most PROBLEMS_PER_KIND problems, then one line saying more
+were left out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
+
+PROBLEMS_PER_KIND = 1000
+_QUERY_WORDS = 4  # words of a row's content that make its sample search
+_LONGEST_WORD = 100  # longer runs (blobs, hashes) make unwieldy phrases; use other words
+
+
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """One problem: what kind, on which record (entity and id), and what exactly is wrong."""
+
+    kind: str
+    entity: str
+    id: str
+    detail: str
+    severity: Severity = "error"
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """Errors (`problems`), `warnings`, and what the FTS search sample covered (`sampled`)."""
+
+    problems: list[IntegrityProblem] = field(default_factory=list)
+    warnings: list[IntegrityProblem] = field(default_factory=list)
+    sampled: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings allowed)."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for the CLI's --json."""
+        return {
+            "ok": self.ok,
+            "problems": [asdict(p) for p in self.problems],
+            "warnings": [asdict(w) for w in self.warnings],
+            "sampled": self.sampled,
+        }
+
+
+class _Collector:
+    """Collects problems, at most PROBLEMS_PER_KIND listed per kind."""
+
+    def __init__(self) -> None:
+        self.found: list[IntegrityProblem] = []
+        self.counts: dict[str, int] = {}
+
+    def add(
+        self, kind: str, entity: str, record_id: str, detail: str, severity: Severity = "error"
+    ) -> None:
+        count = self.counts.get(kind, 0)
+        self.counts[kind] = count + 1
+        if count < PROBLEMS_PER_KIND:
+            self.found.append(IntegrityProblem(kind, entity, record_id, detail, severity))
+        elif count == PROBLEMS_PER_KIND:
+            self.found.append(
+                IntegrityProblem(
+                    kind,
+                    entity,
+                    "*",
+                    f"more {kind} problems; only the first {PROBLEMS_PER_KIND} are listed",
+                    severity,
+                )
+            )
+
+
+def verify_import_integrity(conn: sqlite3.Connection, *, sample_size: int = 200) -> IntegrityReport:
+    """Check a Kindling database and report every problem found (see the module docstring).
+
+    Read-only: safe on a read-only connection and inside a caller's open transaction (to check
+    an import before committing it)."""
+    if sample_size < 0:
+        raise ValueError("sample_size must be 0 or more")
+    found = _Collector()
+    _quick_check(conn, found)
+    _foreign_keys(conn, found)
+    _pin_targets(conn, found)
+    _capsule_seqs(conn, found)
+    _evidence(conn, found)
+    sampled: dict[str, Any] = {}
+    for entity, fts, indexed in (
+        ("observations", "observations_fts", "redacted = 0"),
+        ("summaries", "summaries_fts", "1"),
+    ):
+        expected = _fts_sync(conn, found, entity, fts, indexed)
+        sampled[entity] = _fts_sample(conn, found, entity, fts, indexed, expected, sample_size)
+    return IntegrityReport(
+        problems=[p for p in found.found if p.severity == "error"],
+        warnings=[p for p in found.found if p.severity == "warning"],
+        sampled=sampled,
+    )
+
+
+def _quick_check(conn: sqlite3.Connection, found: _Collector) -> None:
+    for (message,) in conn.execute(f"PRAGMA quick_check({PROBLEMS_PER_KIND})"):
+        if message != "ok":
+            found.add("quick_check", "database", "", message)
+
+
+def _foreign_keys(conn: sqlite3.Connection, found: _Collector) -> None:
+    cursor = conn.execute("PRAGMA foreign_key_check")
+    for table, rowid, parent, _fkid in cursor:
+        if found.counts.get("foreign_key", 0) > PROBLEMS_PER_KIND:
+            break
+        if table == "capsule_observations":
+            capsule_id, observation_id, seq = conn.execute(
+                "SELECT capsule_id, observation_id, seq FROM capsule_observations WHERE rowid = ?",
+                (rowid,),
+            ).fetchone()
+            missing = (
+                f"capsule {capsule_id}" if parent == "capsules" else f"observation {observation_id}"
+            )
+            found.add(
+                "foreign_key",
+                "capsules",
+                capsule_id,
+                f"link to observation {observation_id} (seq {seq}): {missing} does not exist",
+            )
+        elif table == "summaries":
+            summary_id, capsule_id = conn.execute(
+                "SELECT id, capsule_id FROM summaries WHERE rowid = ?", (rowid,)
+            ).fetchone()
+            found.add(
+                "foreign_key", "summaries", summary_id, f"capsule {capsule_id} does not exist"
+            )
+        else:
+            found.add("foreign_key", table, str(rowid), f"references a missing row of {parent}")
+
+
+def _pin_targets(conn: sqlite3.Connection, found: _Collector) -> None:
+    rows = conn.execute(
+        """SELECT id, target_type, target_id FROM pins AS p
+        WHERE (target_type = 'observation'
+               AND NOT EXISTS (SELECT 1 FROM observations AS o WHERE o.id = p.target_id))
+           OR (target_type = 'summary'
+               AND NOT EXISTS (SELECT 1 FROM summaries AS s WHERE s.id = p.target_id))
+        ORDER BY id LIMIT ?""",
+        (PROBLEMS_PER_KIND + 1,),
+    )
+    for pin_id, target_type, target_id in rows:
+        found.add(
+            "pin_target_missing", "pins", pin_id, f"target {target_type} {target_id} does not exist"
+        )
+
+
+def _capsule_seqs(conn: sqlite3.Connection, found: _Collector) -> None:
+    rows = conn.execute(
+        """SELECT capsule_id, count(*), min(seq), max(seq), count(DISTINCT seq)
+        FROM capsule_observations GROUP BY capsule_id
+        HAVING min(seq) != 0 OR max(seq) != count(*) - 1 OR count(DISTINCT seq) != count(*)
+        LIMIT ?""",
+        (PROBLEMS_PER_KIND + 1,),
+    )
+    for capsule_id, links, low, high, distinct in rows:
+        found.add(
+            "seq_gap",
+            "capsules",
+            capsule_id,
+            f"link seq values are not 0..{links - 1}: {links} links, seq {low}..{high}, "
+            f"{distinct} distinct",
+        )
+
+
+# The evidence refs of summary `s` when they are a JSON array, else NULL. Nested CASEs, because
+# json_type() raises on malformed JSON and SQLite does not promise to short-circuit AND.
+_EVIDENCE_ARRAY = (
+    "CASE WHEN json_valid(s.evidence_refs) THEN "
+    "CASE WHEN json_type(s.evidence_refs) = 'array' THEN s.evidence_refs END END"
+)
+
+
+def _evidence(conn: sqlite3.Connection, found: _Collector) -> None:
+    limit = (PROBLEMS_PER_KIND + 1,)
+    invalid = conn.execute(
+        f"SELECT s.id FROM summaries AS s WHERE {_EVIDENCE_ARRAY} IS NULL ORDER BY s.id LIMIT ?",
+        limit,
+    )
+    for (summary_id,) in invalid:
+        found.add("evidence_invalid", "summaries", summary_id, "evidence_refs is not a JSON array")
+    unresolved = conn.execute(
+        f"""SELECT s.id, j.value FROM summaries AS s, json_each({_EVIDENCE_ARRAY}) AS j
+        WHERE NOT EXISTS (SELECT 1 FROM observations AS o WHERE o.id = j.value)
+        ORDER BY s.id, j.key LIMIT ?""",
+        limit,
+    )
+    for summary_id, ref in unresolved:
+        found.add(
+            "evidence_missing",
+            "summaries",
+            summary_id,
+            f"evidence ref {ref} is not a stored observation",
+            severity="warning",
+        )
+
+
+def _fts_sync(
+    conn: sqlite3.Connection, found: _Collector, entity: str, fts: str, indexed: str
+) -> int:
+    """Check the index holds exactly the rows it should; returns how many that is."""
+    expected = conn.execute(f"SELECT count(*) FROM {entity} WHERE {indexed}").fetchone()[0]
+    held = conn.execute(f"SELECT count(*) FROM {fts}_docsize").fetchone()[0]
+    if held != expected:
+        found.add(
+            "fts_count",
+            entity,
+            "",
+            f"{fts} indexes {held} rows, but {expected} {entity} should be indexed",
+        )
+    limit = (PROBLEMS_PER_KIND + 1,)
+    missing = conn.execute(
+        f"""SELECT id FROM {entity} AS t WHERE {indexed}
+        AND NOT EXISTS (SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid) LIMIT ?""",
+        limit,
+    )
+    for (record_id,) in missing:
+        found.add("fts_missing", entity, record_id, f"not in {fts}: a search will not find it")
+    if entity == "observations":
+        redacted = conn.execute(
+            """SELECT o.id FROM observations AS o
+            JOIN observations_fts_docsize AS d ON d.id = o.rowid WHERE o.redacted = 1 LIMIT ?""",
+            limit,
+        )
+        for (record_id,) in redacted:
+            found.add("fts_redacted", entity, record_id, f"redacted, but still in {fts}")
+    orphans = conn.execute(
+        f"""SELECT d.id FROM {fts}_docsize AS d
+        WHERE NOT EXISTS (SELECT 1 FROM {entity} AS t WHERE t.rowid = d.id) LIMIT ?""",
+        limit,
+    )
+    for (rowid,) in orphans:
+        found.add(
+            "fts_orphan", entity, f"rowid {rowid}", f"{fts} indexes a row that does not exist"
+        )
+    stats = conn.execute(f"SELECT block FROM {fts}_data WHERE id = 1").fetchone()
+    counted = _varint(stats[0]) if stats is not None and stats[0] else 0
+    if counted != held:
+        found.add(
+            "fts_stats",
+            entity,
+            "",
+            f"{fts} statistics count {counted} rows but it indexes {held} (an FTS 'delete' of an "
+            "entry that was not there?); search ranking is skewed",
+        )
+    return expected
+
+
+def _varint(data: bytes) -> int:
+    """The first SQLite varint of `data` (FTS5's statistics record starts with its row count)."""
+    value = 0
+    for index, byte in enumerate(data[:9]):
+        if index == 8:
+            return (value << 8) | byte
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value
+    return value
+
+
+def fts_query(content: str) -> str | None:
+    """A safe FTS5 query that the row with this content must match, or None if it has no word.
+
+    Each of the first few whitespace-separated words with a letter or digit becomes a quoted
+    phrase; the FTS tokenizer splits it exactly as it split the stored text, so the phrase's
+    tokens are adjacent in the row. Quotes are the only syntax inside a phrase, and are doubled."""
+    phrases: list[str] = []
+    for word in content.split():
+        if len(word) <= _LONGEST_WORD and any(ch.isalnum() for ch in word):
+            phrases.append('"' + word.replace('"', '""') + '"')
+            if len(phrases) == _QUERY_WORDS:
+                break
+    return " ".join(phrases) or None
+
+
+def _fts_sample(
+    conn: sqlite3.Connection,
+    found: _Collector,
+    entity: str,
+    fts: str,
+    indexed: str,
+    expected: int,
+    sample_size: int,
+) -> dict[str, Any]:
+    """Search a deterministic sample of rows by their own content; say what was sampled."""
+    rows = _sample_rows(conn, entity, indexed, expected, sample_size)
+    searched: list[str] = []
+    no_word: list[str] = []
+    for rowid, record_id, content in rows:
+        query = fts_query(content)
+        if query is None:
+            no_word.append(record_id)
+            continue
+        searched.append(record_id)
+        hit = conn.execute(
+            f"SELECT 1 FROM {fts} WHERE {fts} MATCH ? AND rowid = ?", (query, rowid)
+        ).fetchone()
+        if hit is None:
+            found.add("fts_not_found", entity, record_id, f"a search for {query} does not find it")
+    return {
+        "indexable": expected,
+        "sample_size": sample_size,
+        "searched": len(searched),
+        "searched_ids": searched,
+        "skipped_no_word": no_word,
+    }
+
+
+def _sample_rows(
+    conn: sqlite3.Connection, entity: str, indexed: str, expected: int, sample_size: int
+) -> list[tuple[int, str, str]]:
+    """Up to `sample_size` indexable rows, spread evenly over the rowid range (all if fewer)."""
+    select = f"SELECT rowid, id, content FROM {entity} WHERE {indexed}"
+    if sample_size == 0 or expected == 0:
+        return []
+    if expected <= sample_size:
+        return conn.execute(f"{select} ORDER BY rowid").fetchall()
+    low, high = conn.execute(
+        f"SELECT min(rowid), max(rowid) FROM {entity} WHERE {indexed}"
+    ).fetchone()
+    step = (high - low) / sample_size
+    rows: dict[int, tuple[int, str, str]] = {}
+    for i in range(sample_size):
+        row = conn.execute(
+            f"{select} AND rowid >= ? ORDER BY rowid LIMIT 1", (low + int(i * step),)
+        ).fetchone()
+        rows.setdefault(row[0], row)
+    return list(rows.values())
