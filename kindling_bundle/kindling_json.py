@@ -1,0 +1,642 @@
+"""Kindling's own JSON export files: read them as record streams, and write them.
+
+Kindling's command line and library export memory as one JSON document::
+
+    {"bundleVersion": "1.0", "exportedAt": ms, "metadata"?: {...},
+     "dataset": {"version": "1.0", "exportedAt"?: ms, "scope"?: {...},
+                 "observations": [...], "capsules": [...], "summaries": [...], "pins": [...]}}
+
+with records in camelCase and optional values (closedAt, reason, expiresAt, scope) left out.
+
+Reading streams. Files run to hundreds of MB, so the document is never loaded at once: a small
+scanner finds the bytes of one value at a time (one record, or one header field) and msgspec
+decodes and validates that value straight into a record Struct. Memory is bounded by the largest
+single record (`MAX_VALUE_BYTES`, 64 MiB; larger values are refused with their position) plus
+one read chunk. Records come out in foreign-key order (observations, capsules, summaries, pins),
+each entity in the order the file holds it. Kindling writes the four lists in that order, and
+then nothing is buffered; a list that comes earlier than its turn is spooled to an anonymous
+temporary file (MessagePack frames, about the size of its JSON) and replayed when its turn comes.
+Because the document is read in one pass, some faults (a truncated end, a missing list, a bad
+header field that follows the lists) surface only after records were yielded: consumers must be
+atomic, as import (one transaction) and bundle writing (temporary file, renamed when complete) are.
+
+Errors: invalid or truncated JSON raises `BundleError` naming the file, line, column (in bytes,
+1-based) and byte offset; a record that fails validation raises `RecordError` naming the file,
+entity, its index in the list, its id when it has one, and the field.
+
+Unknown keys at the top level (`metadata`, ...) and in `dataset` are ignored; unknown fields inside
+records are ignored (as bundle readers do); a `bundleVersion` or dataset `version` whose major
+number is not 1 is refused.
+
+Writing (`write_kindling_json`) produces exactly what Kindling's `JSON.stringify` would: compact,
+fields in Kindling's order, absent optional values left out, numbers and escapes as JavaScript
+writes them (see `jsjson`). Records keep their `redacted` flag, so redacted rows are present
+(as Kindling's `includeRedacted: true` writes them).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, NoReturn
+
+import msgspec
+
+from kindling_bundle import jsjson
+from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record
+
+KINDLING_JSON_VERSION = "1.0"
+MAX_VALUE_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
+
+InputFormat = Literal["bundle", "kindling-json"]
+
+# Record fields that Kindling leaves out of its JSON when they hold no value.
+_OPTIONAL_FIELDS: dict[type, tuple[str, ...]] = {
+    Capsule: ("closedAt",),
+    Pin: ("reason", "expiresAt"),
+}
+
+_WS = re.compile(rb"[ \t\n\r]*+")
+# The rest of a string after its opening quote, up to and including the closing quote.
+_STRING_TAIL = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+# Inside an object or array: everything up to the next bracket or incomplete string.
+_CONTAINER_RUN = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+_SCALAR = re.compile(rb"[^ \t\n\r,\]}]*+")
+_MSGSPEC_BYTE = re.compile(r"\(byte (\d+)\)")
+_MSGSPEC_PATH = re.compile(r"^(.*) - at `\$(.*)`$", re.DOTALL)
+
+
+def detect_format(head: bytes) -> InputFormat | None:
+    """Tell a bundle (zstd magic) from a Kindling JSON export (first non-space byte `{`)."""
+    if head.startswith(ZSTD_MAGIC):
+        return "bundle"
+    text = head.removeprefix(_BOM).lstrip(b" \t\r\n")
+    if text[:1] == b"{":
+        return "kindling-json"
+    return None
+
+
+class _PrefixedReader(io.RawIOBase):
+    """A stream that gives back bytes already read from it, then the rest of it."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def peek_format(stream: BinaryIO) -> tuple[InputFormat | None, BinaryIO]:
+    """Detect the format of a stream, which may not be seekable (stdin, a pipe, a download).
+
+    Returns the format and a stream to read instead, which starts with the bytes looked at.
+    """
+    head = b""
+    while len(head) < 65536:
+        data = stream.read(4096)
+        if not data:
+            break
+        head += data
+        if len(head) >= len(ZSTD_MAGIC) and head.removeprefix(_BOM).strip(b" \t\r\n"):
+            break
+    return detect_format(head), io.BufferedReader(_PrefixedReader(head, stream), CHUNK_BYTES)
+
+
+@dataclass
+class KindlingJsonInfo:
+    """The header of a Kindling JSON export, and how many records each list held."""
+
+    bundle_version: str | None = None
+    exported_at: int | None = None
+    dataset_version: str | None = None
+    dataset_exported_at: int | None = None
+    scope: dict[str, str] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITY_TYPES, 0))
+
+
+class _Spool:
+    """Records of one entity parked in an anonymous temporary file until their turn comes."""
+
+    def __init__(self, entity: str, directory: str | None):
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by replay
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])
+        self._batch: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        self._batch.append(record)
+        if len(self._batch) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            frame = self._encoder.encode(self._batch)
+            self._file.write(struct.pack(">I", len(frame)) + frame)
+            self._batch = []
+
+    def replay(self) -> Iterator[Record]:
+        self._flush()
+        self._file.seek(0)
+        try:
+            while header := self._file.read(4):
+                yield from self._decoder.decode(self._file.read(struct.unpack(">I", header)[0]))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# Markers around each entity list in the parser's event stream.
+_START = object()
+_END = object()
+
+
+class KindlingJsonReader:
+    """One pass over a Kindling JSON export from a binary stream; see the module docstring."""
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        *,
+        name: str = "<stdin>",
+        spool_dir: str | None = None,
+        max_value_bytes: int = MAX_VALUE_BYTES,
+    ):
+        self.name = name
+        self.info = KindlingJsonInfo()
+        self._src = src
+        self._spool_dir = spool_dir
+        self._max = max_value_bytes
+        self._buf = b""
+        self._pos = 0
+        self._base = 0  # absolute offset of self._buf[0]
+        self._lines = 0  # newlines before self._base
+        self._line_start = 0  # absolute offset where the line holding self._base starts
+        self._eof = False
+        self._used = False
+
+    # -- public ----------------------------------------------------------------------------
+
+    def records(self, on_error: Callable[[RecordError], None] | None = None) -> Iterator[Record]:
+        """Every record, in foreign-key order; single use.
+
+        With `on_error`, a record that fails validation is handed to it and left out instead
+        of ending the pass (verify reports every bad record); JSON syntax errors always raise.
+        """
+        if self._used:
+            raise RuntimeError("a KindlingJsonReader can be read only once")
+        self._used = True
+        order = list(ENTITY_TYPES)
+        turn = 0  # index in `order` of the entity whose records may be yielded now
+        finished: set[str] = set()
+        spools: dict[str, _Spool] = {}
+        try:
+            for entity, event in self._parse(on_error):
+                if event is _START:
+                    if order[turn] != entity:  # a list that comes before its turn: park it
+                        spools[entity] = _Spool(entity, self._spool_dir)
+                elif event is _END:  # yield what was parked behind this list
+                    finished.add(entity)
+                    while turn < len(order) and order[turn] in finished:
+                        turn += 1
+                        if turn < len(order) and order[turn] in spools:
+                            yield from spools.pop(order[turn]).replay()
+                elif entity in spools:
+                    spools[entity].add(event)
+                else:
+                    yield event
+        finally:
+            for spool in spools.values():
+                spool.close()
+
+    # -- the document ----------------------------------------------------------------------
+
+    def _parse(self, on_error: Callable[[RecordError], None] | None) -> Iterator[tuple[str, Any]]:
+        """Yield (entity, _START) and (entity, _END) around each entity list, and
+        (entity, record) for each record in between."""
+        self._skip_ws()
+        if self._buf.startswith(_BOM, self._pos):
+            self._pos += len(_BOM)
+        if self._peek("the start of the document") != b"{":
+            raise BundleError(
+                f"{self.name}: not a Kindling JSON export (it must be a JSON object, "
+                f"beginning with '{{'; found {self._buf[self._pos : self._pos + 8]!r} "
+                f"at {self._where(self._abs())})"
+            )
+        self._pos += 1
+        seen: set[str] = set()
+        for key in self._members("top-level object", seen):
+            if key == "dataset":
+                if self._peek("the dataset object") != b"{":
+                    self._fail(self._abs(), '"dataset" must be an object')
+                self._pos += 1
+                yield from self._dataset(on_error)
+            elif key == "bundleVersion":
+                self.info.bundle_version = self._version(key)
+            elif key == "exportedAt":
+                self.info.exported_at = self._typed_value(int, key)
+            else:
+                self._value()  # metadata and anything newer: not ours to interpret
+        self._skip_ws()
+        if self._pos < len(self._buf):
+            self._fail(self._abs(), "unexpected data after the end of the JSON document")
+        for key in ("bundleVersion", "dataset"):
+            if key not in seen:
+                raise BundleError(f"{self.name}: not a Kindling JSON export (no {key!r} field)")
+
+    def _dataset(self, on_error: Callable[[RecordError], None] | None) -> Iterator[tuple[str, Any]]:
+        seen: set[str] = set()
+        for key in self._members("dataset object", seen):
+            if key in ENTITY_TYPES:
+                yield key, _START
+                yield from self._entity_list(key, on_error)
+                yield key, _END
+            elif key == "version":
+                self.info.dataset_version = self._version("dataset version")
+            elif key == "exportedAt":
+                self.info.dataset_exported_at = self._typed_value(int, "dataset exportedAt")
+            elif key == "scope":
+                self.info.scope = self._typed_value(dict[str, str] | None, "dataset scope")
+            else:
+                self._value()
+        missing = [key for key in ("version", *ENTITY_TYPES) if key not in seen]
+        if missing:
+            raise BundleError(
+                f"{self.name}: not a Kindling JSON export: the dataset has no "
+                + ", ".join(repr(key) for key in missing)
+            )
+
+    def _members(self, what: str, seen: set[str]) -> Iterator[str]:
+        """Walk the members of an object whose '{' was consumed; the caller consumes values."""
+        if self._peek(f"a key or '}}' in the {what}") == b"}":
+            self._pos += 1
+            return
+        while True:
+            if self._peek(f"a key in the {what}") != b'"':
+                self._fail(self._abs(), f"expected a quoted key in the {what}")
+            key_at = self._abs()
+            key = self._typed_value(str, "key")
+            if key in seen:
+                self._fail(key_at, f"duplicate key {key!r} in the {what}")
+            seen.add(key)
+            if self._peek(f"':' after key {key!r}") != b":":
+                self._fail(self._abs(), f"expected ':' after key {key!r}")
+            self._pos += 1
+            yield key
+            token = self._peek(f"',' or '}}' in the {what}")
+            self._pos += 1
+            if token == b"}":
+                return
+            if token != b",":
+                self._fail(self._abs() - 1, f"expected ',' or '}}' in the {what}")
+
+    def _entity_list(
+        self, entity: str, on_error: Callable[[RecordError], None] | None
+    ) -> Iterator[tuple[str, Record]]:
+        if self._peek(f"the {entity} list") != b"[":
+            self._fail(self._abs(), f'"{entity}" must be a list')
+        self._pos += 1
+        decoder = msgspec.json.Decoder(ENTITY_TYPES[entity])
+        if self._peek(f"a record or ']' in {entity}") == b"]":
+            self._pos += 1
+            return
+        index = 0
+        while True:
+            at, span = self._value(f"a record in {entity}")
+            try:
+                record = decoder.decode(span)
+            except msgspec.ValidationError as exc:
+                error = self._record_error(entity, index, span, exc)
+                if on_error is None:
+                    raise error from None
+                on_error(error)
+            except msgspec.DecodeError as exc:
+                self._decode_failed(at, span, exc, f"record {index} of {entity}")
+            else:
+                self.info.counts[entity] += 1
+                yield entity, record
+            index += 1
+            token = self._peek(f"',' or ']' after record {index - 1} of {entity}")
+            self._pos += 1
+            if token == b"]":
+                return
+            if token != b",":
+                self._fail(
+                    self._abs() - 1, f"expected ',' or ']' after record {index - 1} of {entity}"
+                )
+
+    def _version(self, what: str) -> str:
+        version = self._typed_value(str, what)
+        if version.split(".")[0] != KINDLING_JSON_VERSION.split(".")[0]:
+            raise BundleError(
+                f"{self.name}: {what} {version!r} is not supported "
+                f"(this tool reads Kindling JSON exports version {KINDLING_JSON_VERSION})"
+            )
+        return version
+
+    def _typed_value(self, kind: Any, what: str) -> Any:
+        at, span = self._value(what)
+        try:
+            return msgspec.json.decode(span, type=kind)
+        except msgspec.ValidationError as exc:
+            self._fail(at, f"{what}: {exc}")
+        except msgspec.DecodeError as exc:
+            self._decode_failed(at, span, exc, what)
+
+    def _record_error(
+        self, entity: str, index: int, span: bytes, exc: msgspec.ValidationError
+    ) -> RecordError:
+        try:
+            raw = msgspec.json.decode(span)
+        except msgspec.DecodeError:
+            raw = None
+        record_id = raw.get("id") if isinstance(raw, dict) else None
+        record_id = record_id if isinstance(record_id, str) else None
+        message = str(exc)
+        match = _MSGSPEC_PATH.match(message)
+        if match:
+            path = match.group(2).lstrip(".").replace("[...]", "")
+            message = f"field {path}: {match.group(1)}"
+        label = f"{entity}[{index}]" + (f" (id {record_id})" if record_id is not None else "")
+        return RecordError(f"{self.name}: {label}: {message}", entity=entity, record_id=record_id)
+
+    # -- the scanner -----------------------------------------------------------------------
+
+    def _value(self, what: str = "a value") -> tuple[int, bytes]:
+        """The bytes of the next JSON value (not yet validated) and its absolute offset."""
+        self._skip_ws()
+        if self._pos >= len(self._buf):
+            self._truncated(what)
+        first = self._buf[self._pos : self._pos + 1]
+        if first in (b"{", b"["):
+            end = self._container_end(what)
+        elif first == b'"':
+            end = self._string_end(what)
+        else:
+            end = self._scalar_end(what)
+        at = self._abs()
+        if end - self._pos > self._max:
+            self._too_large(what)
+        span = self._buf[self._pos : end]
+        self._pos = end
+        return at, span
+
+    def _container_end(self, what: str) -> int:
+        """Where the object or array at self._pos ends. A mismatched bracket ends it early, so
+        that msgspec, decoding the span, reports the fault at its true position."""
+        closers = bytearray()
+        i = self._pos
+        while True:
+            i = _CONTAINER_RUN.match(self._buf, i).end()
+            if i >= len(self._buf) or self._buf[i] == 0x22:  # more bytes needed, or a '"'
+                i -= self._more(what, i)
+                continue
+            char = self._buf[i]
+            i += 1
+            if char == 0x7B:  # {
+                closers.append(0x7D)
+            elif char == 0x5B:  # [
+                closers.append(0x5D)
+            elif closers.pop() != char or not closers:
+                return i
+
+    def _string_end(self, what: str) -> int:
+        while True:
+            match = _STRING_TAIL.match(self._buf, self._pos + 1)
+            if match:
+                return match.end()
+            self._more(what, len(self._buf))
+
+    def _scalar_end(self, what: str) -> int:
+        while True:
+            end = _SCALAR.match(self._buf, self._pos).end()
+            if end < len(self._buf) or self._eof:
+                if end == self._pos:
+                    self._fail(self._abs(), f"expected {what}")
+                return end
+            self._more(what, end)
+
+    def _more(self, what: str, scanned_to: int) -> int:
+        """Read more input for the value starting at self._pos; return how far the buffer
+        shifted. At the end of input, the value is truncated; past the limit, too large."""
+        if scanned_to - self._pos > self._max:
+            self._too_large(what)
+        if self._eof:
+            self._truncated(what)
+        shift = self._compact()
+        data = self._src.read(max(CHUNK_BYTES, len(self._buf)))
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+        return shift
+
+    def _compact(self) -> int:
+        shift = self._pos
+        if shift:
+            buf = self._buf
+            self._lines += buf.count(b"\n", 0, shift)
+            last = buf.rfind(b"\n", 0, shift)
+            if last >= 0:
+                self._line_start = self._base + last + 1
+            self._base += shift
+            self._buf = buf[shift:]
+            self._pos = 0
+        return shift
+
+    def _skip_ws(self) -> None:
+        while True:
+            self._pos = _WS.match(self._buf, self._pos).end()
+            if self._pos < len(self._buf) or self._eof:
+                return
+            self._compact()
+            data = self._src.read(CHUNK_BYTES)
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+
+    def _peek(self, what: str) -> bytes:
+        self._skip_ws()
+        if self._pos >= len(self._buf):
+            self._truncated(what)
+        return self._buf[self._pos : self._pos + 1]
+
+    def _abs(self) -> int:
+        return self._base + self._pos
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _where(self, offset: int) -> str:
+        rel = offset - self._base
+        if rel < 0:  # before the buffer: only the byte offset is known exactly
+            return f"byte {offset}"
+        line = self._lines + self._buf.count(b"\n", 0, rel) + 1
+        last = self._buf.rfind(b"\n", 0, rel)
+        line_start = self._base + last + 1 if last >= 0 else self._line_start
+        return f"line {line}, column {offset - line_start + 1} (byte {offset})"
+
+    def _fail(self, offset: int, message: str) -> NoReturn:
+        raise BundleError(f"{self.name}: invalid JSON at {self._where(offset)}: {message}")
+
+    def _too_large(self, what: str) -> NoReturn:
+        limit = (
+            f"{self._max // (1024 * 1024)} MiB"
+            if self._max >= 1024 * 1024
+            else f"{self._max} bytes"
+        )
+        self._fail(self._abs(), f"{what} is larger than the {limit} limit for one value")
+
+    def _truncated(self, what: str) -> NoReturn:
+        raise BundleError(
+            f"{self.name}: JSON ends early at {self._where(self._base + len(self._buf))} "
+            f"(expected {what}): the file is truncated or incomplete"
+        )
+
+    def _decode_failed(self, at: int, span: bytes, exc: msgspec.DecodeError, what: str) -> NoReturn:
+        text = str(exc)
+        match = _MSGSPEC_BYTE.search(text)
+        offset = at + int(match.group(1)) if match else at + len(span)
+        detail = _MSGSPEC_BYTE.sub("", text).removeprefix("JSON is malformed: ").strip()
+        self._fail(offset, f"{detail} (in {what})")
+
+
+@contextmanager
+def open_kindling_json(
+    src: str | Path | BinaryIO, *, name: str | None = None, spool_dir: str | None = None
+) -> Iterator[KindlingJsonReader]:
+    """A reader over a path or an open binary stream (which need not be seekable)."""
+    if isinstance(src, (str, Path)):
+        try:
+            handle = open(src, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
+        with handle:
+            yield KindlingJsonReader(handle, name=name or str(src), spool_dir=spool_dir)
+    else:
+        yield KindlingJsonReader(
+            src, name=name or getattr(src, "name", "<stream>"), spool_dir=spool_dir
+        )
+
+
+def entity_streams(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Record]]]:
+    """Split one foreign-key-ordered record stream into (entity, records) for all four
+    entities, in order (empty ones too). Consume each before asking for the next."""
+    source = iter(records)
+    rank = {cls: position for position, cls in enumerate(ENTITY_TYPES.values())}
+    pending: list[Record] = []  # the first record of a later entity, read one too far
+
+    def stream(position: int) -> Iterator[Record]:
+        while True:
+            record = pending.pop() if pending else next(source, None)
+            if record is None:
+                return
+            if rank[type(record)] != position:
+                if rank[type(record)] < position:
+                    raise ValueError(f"a {type(record).__name__} out of foreign-key order")
+                pending.append(record)
+                return
+            yield record
+
+    for position, entity in enumerate(ENTITY_TYPES):
+        yield entity, stream(position)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def record_json(record: Record) -> bytes:
+    """One record as Kindling's `JSON.stringify` writes it (absent optional values left out)."""
+    value = msgspec.to_builtins(record)
+    for key in _OPTIONAL_FIELDS.get(type(record), ()):
+        if value[key] is None:
+            del value[key]
+    return jsjson.dumps(value).encode()
+
+
+def write_kindling_json(
+    dest: str | Path | BinaryIO,
+    streams: Mapping[str, Iterable[Record]],
+    *,
+    exported_at: int,
+    scope: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """Write a Kindling JSON export from record streams; returns the count per entity.
+
+    The streams are consumed in foreign-key order, one at a time, so they may be lazy streams
+    of one snapshot or one bundle pass. A path destination is written to a temporary name in
+    the same directory and renamed into place only when complete.
+    """
+    unknown = set(streams) - set(ENTITY_TYPES)
+    if unknown:
+        raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
+    if isinstance(dest, (str, Path)):
+        dest = Path(dest)
+        fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                counts = _write(handle, streams, exported_at, scope)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, dest)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return counts
+    return _write(dest, streams, exported_at, scope)
+
+
+def _write(
+    out: BinaryIO,
+    streams: Mapping[str, Iterable[Record]],
+    exported_at: int,
+    scope: Mapping[str, str] | None,
+) -> dict[str, int]:
+    header = {"bundleVersion": KINDLING_JSON_VERSION, "exportedAt": exported_at}
+    dataset: dict[str, Any] = {"version": KINDLING_JSON_VERSION, "exportedAt": exported_at}
+    if scope:
+        dataset["scope"] = dict(scope)
+    out.write(
+        jsjson.dumps(header)[:-1].encode() + b',"dataset":' + jsjson.dumps(dataset)[:-1].encode()
+    )
+    counts = {}
+    for entity, cls in ENTITY_TYPES.items():
+        out.write(b',"' + entity.encode() + b'":[')
+        count = 0
+        pieces: list[bytes] = []
+        for record in streams.get(entity, ()):
+            if type(record) is not cls:
+                raise ValueError(f"a {type(record).__name__} in the {entity} stream")
+            pieces.append(b"," + record_json(record) if count else record_json(record))
+            count += 1
+            if len(pieces) >= 256:
+                out.write(b"".join(pieces))
+                pieces = []
+        out.write(b"".join(pieces) + b"]")
+        counts[entity] = count
+    out.write(b"}}")
+    return counts
