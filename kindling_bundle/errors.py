@@ -35,3 +35,7 @@ class IntegrityError(KindlingBundleError):
 
 class BundleError(KindlingBundleError):
     """A bundle file is damaged, hostile, or not a bundle at all."""
+
+
+class StorageError(KindlingBundleError):
+    """A bundle path or URL could not be read or written: missing object, credentials, network."""
