@@ -1,0 +1,258 @@
+"""Reading bundles in one forward pass: from a path or any readable binary stream, seekable or not.
+
+`BundleReader` exposes the steps (manifest, member headers, member data, end of archive) so that
+`verify_bundle` can report every problem while `open_bundle(...).batches()` and `import_bundle`
+stop at the first. Memory holds one frame at a time, whatever the bundle's size. Every size is
+bounded by what the manifest declares before a byte of it is trusted: a member must be exactly as
+long as the manifest says, and no frame may run past the end of its member or exceed
+MAX_FRAME_BYTES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from kindling_bundle.bundle.format import (
+    ENTITY_MEMBERS,
+    FRAME_HEADER_BYTES,
+    MANIFEST_MEMBER,
+    MAX_FRAME_BYTES,
+    MAX_MANIFEST_BYTES,
+    EntityEntry,
+    Manifest,
+    ProgressCallback,
+    decode_manifest,
+)
+from kindling_bundle.bundle.frames import RecordDecoder
+from kindling_bundle.bundle.tarstream import BLOCK, RECORD, MemberHeader, parse_header
+from kindling_bundle.bundle.zstdio import FrameReader
+from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.records import Record
+
+BundleSource = str | os.PathLike[str] | BinaryIO
+_SKIP_BYTES = 1 << 20
+
+
+def source_label(src: BundleSource) -> str:
+    """How messages name a bundle: its path, or the stream's name, or `<stream>`."""
+    if isinstance(src, str | os.PathLike):
+        return os.fspath(src)
+    name = getattr(src, "name", None)
+    return name if isinstance(name, str) else "<stream>"
+
+
+class FramingError(BundleError):
+    """A member's frames cannot be split (the rest of the stream may still be readable)."""
+
+
+class MemberData:
+    """The data of one member: bounded reads that are hashed as they go."""
+
+    def __init__(self, zstd: FrameReader, header: MemberHeader, where: str):
+        self._zstd = zstd
+        self.header = header
+        self.where = where
+        self.remaining = header.size
+        self._sha256 = hashlib.sha256()
+
+    def read(self, n: int, what: str) -> bytes:
+        """Exactly `n` bytes of this member (the caller checked `remaining`)."""
+        data = self._zstd.read_exact(n, f"{self.where} ({what})")
+        self._sha256.update(data)
+        self.remaining -= n
+        return data
+
+    def skip_rest(self) -> None:
+        """Read (and hash) what is left, e.g. after a framing error."""
+        while self.remaining:
+            self.read(min(self.remaining, _SKIP_BYTES), "member data")
+
+    def close(self) -> str:
+        """Skip what is left and the block padding; the SHA-256 of the member's data."""
+        self.skip_rest()
+        pad = -self.header.size % BLOCK
+        if pad and self._zstd.read_exact(pad, f"{self.where} (padding)").count(0) != pad:
+            raise BundleError(f"{self.where}: damaged tar padding after the member data")
+        return self._sha256.hexdigest()
+
+    def frames(self) -> Iterator[bytes]:
+        """Each frame's payload; a FramingError (naming the member and offset) on bad framing."""
+        while self.remaining:
+            offset = self.header.size - self.remaining
+            if self.remaining < FRAME_HEADER_BYTES:
+                raise FramingError(f"{self.where}: truncated frame header at byte {offset}")
+            size = int.from_bytes(self.read(FRAME_HEADER_BYTES, "frame header"), "big")
+            if not 0 < size <= MAX_FRAME_BYTES:
+                raise FramingError(
+                    f"{self.where}: frame at byte {offset} declares {size} bytes "
+                    f"(allowed: 1 to {MAX_FRAME_BYTES})"
+                )
+            if size > self.remaining:
+                raise FramingError(
+                    f"{self.where}: frame at byte {offset} declares {size} bytes but the member "
+                    f"has {self.remaining} left"
+                )
+            yield self.read(size, "frame")
+
+
+class BundleReader:
+    """One forward pass over a bundle; use as a context manager (closes files it opened)."""
+
+    def __init__(self, src: BundleSource):
+        self.label = source_label(src)
+        if isinstance(src, str | os.PathLike):
+            try:
+                # Closed by close(): the reader owns it for its whole life.
+                self._file: BinaryIO = Path(src).open("rb")  # noqa: SIM115
+            except OSError as exc:
+                raise BundleError(f"{self.label}: cannot open: {exc.strerror}") from None
+            self._owned = True
+        else:
+            self._file, self._owned = src, False
+        self.zstd = FrameReader(self._file, self.label)
+        self.manifest: Manifest | None = None
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+
+    def read_manifest(self) -> Manifest:
+        """Read the first member, which must be the manifest, and validate it."""
+        header = self.next_member()
+        if header is None:
+            raise BundleError(f"{self.label}: empty archive, no {MANIFEST_MEMBER}")
+        if header.name != MANIFEST_MEMBER:
+            raise BundleError(
+                f"{self.label}: the first member is {header.name!r}, not {MANIFEST_MEMBER}"
+            )
+        if header.size > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"{self.label}: {MANIFEST_MEMBER} is {header.size} bytes, more than a manifest "
+                f"may be ({MAX_MANIFEST_BYTES})"
+            )
+        member = MemberData(self.zstd, header, f"{self.label}: {MANIFEST_MEMBER}")
+        data = member.read(header.size, "manifest")
+        member.close()
+        self.manifest = decode_manifest(data, self.label)
+        return self.manifest
+
+    def next_member(self) -> MemberHeader | None:
+        """The next member's header, or None at the end-of-archive marker."""
+        header = parse_header(self.zstd.read_exact(BLOCK, "a tar header"), self.label)
+        if header is None:
+            second = self.zstd.read_exact(BLOCK, "the end-of-archive marker")
+            if second.count(0) != BLOCK:
+                raise BundleError(f"{self.label}: damaged end-of-archive marker")
+        return header
+
+    def member(self, header: MemberHeader) -> MemberData:
+        return MemberData(self.zstd, header, f"{self.label}: {header.name}")
+
+    def finish(self) -> None:
+        """After the end-of-archive marker: only zero padding, then the end of the zstd frame,
+        then the end of the source."""
+        padding = self.zstd.read(RECORD)
+        if padding.count(0) != len(padding):
+            raise BundleError(f"{self.label}: unexpected data after the end of the tar archive")
+        self.zstd.finish()
+
+    def batches(
+        self, progress: ProgressCallback | None = None
+    ) -> Iterator[tuple[str, list[Record]]]:
+        """(entity, records of one frame) in bundle order, checking everything strictly: member
+        order and sizes, framing, every record, and each member's count and SHA-256 before the
+        next member starts; the end of the archive and of the stream after the last one. Reads
+        the manifest first if that was not done yet."""
+        manifest = self.manifest or self.read_manifest()
+        records_done = bytes_done = 0
+        for entry in manifest.entities:
+            header = self.next_member()
+            self._check_header(header, entry)
+            member = self.member(header)  # type: ignore[arg-type]
+            decoder = RecordDecoder(entry.entity)
+            count = 0
+            for payload in member.frames():
+                try:
+                    records = decoder.decode(payload, count)
+                except RecordError as exc:
+                    raise RecordError(
+                        f"{member.where}: {exc}", entity=exc.entity, record_id=exc.record_id
+                    ) from None
+                except BundleError as exc:
+                    raise BundleError(f"{member.where}: {exc}") from None
+                count += len(records)
+                if count > entry.records:
+                    raise BundleError(
+                        f"{member.where}: holds more records than the manifest's {entry.records}"
+                    )
+                records_done += len(records)
+                bytes_done += FRAME_HEADER_BYTES + len(payload)
+                yield entry.entity, records
+                if progress is not None:
+                    progress(records_done, bytes_done)
+            digest = member.close()
+            if count != entry.records:
+                raise BundleError(
+                    f"{member.where}: holds {count} records, the manifest says {entry.records}"
+                )
+            if digest != entry.sha256:
+                raise BundleError(
+                    f"{member.where}: SHA-256 {digest} does not match the manifest's "
+                    f"{entry.sha256} (the data is damaged)"
+                )
+        header = self.next_member()
+        if header is not None:
+            raise BundleError(f"{self.label}: unexpected member {header.name!r} after the last one")
+        self.finish()
+
+    def records(self, progress: ProgressCallback | None = None) -> Iterator[Record]:
+        """Every record in bundle order, with the checks of `batches`."""
+        for _, records in self.batches(progress):
+            yield from records
+
+    def _check_header(self, header: MemberHeader | None, entry: EntityEntry) -> None:
+        if header is None:
+            raise BundleError(f"{self.label}: member {entry.member} is missing")
+        if header.name != entry.member:
+            known = header.name == MANIFEST_MEMBER or header.name in ENTITY_MEMBERS.values()
+            kind = "out of order or repeated" if known else "unknown"
+            raise BundleError(
+                f"{self.label}: expected member {entry.member}, found {kind} member {header.name!r}"
+            )
+        if header.size != entry.bytes:
+            raise BundleError(
+                f"{self.label}: {entry.member} holds {header.size} bytes, the manifest says "
+                f"{entry.bytes}"
+            )
+
+
+def open_bundle(src: BundleSource) -> BundleReader:
+    """A reader over a bundle, its manifest already read and validated.
+
+    Use it as a context manager; iterate `batches()` or `records()` to stream every record with
+    every check applied. Works on non-seekable streams (one forward pass)."""
+    reader = BundleReader(src)
+    try:
+        reader.read_manifest()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def read_manifest(src: BundleSource) -> Manifest:
+    """The manifest of a bundle, reading only the first member (never the entity data).
+
+    From a stream, this consumes the stream's first bytes."""
+    with BundleReader(src) as reader:
+        return reader.read_manifest()

@@ -1,0 +1,150 @@
+"""Restoring a bundle into a Kindling database: all of it, or nothing.
+
+The manifest is read and validated before the database is touched. Then one write transaction
+(BEGIN IMMEDIATE) replays the members in foreign-key order through the import primitives
+(`kindling_bundle.importer.import_batch`, one frame at a time), while the reader checks each
+member's count and SHA-256 as it streams and, after the last one, that the archive and the zstd
+stream end cleanly. `verify_import_integrity` then checks the database as it would be committed.
+Any failure (damage found late, a conflict under `error`, a missing reference, a record the
+database rejects, an integrity problem, an interruption) rolls the transaction back: the
+database is exactly as it was. A dry run does everything, reports, and rolls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
+from kindling_bundle.bundle.reader import BundleReader, BundleSource
+from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError
+from kindling_bundle.importer import CONFLICT_STRATEGIES, ConflictStrategy, import_batch
+from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.records import ENTITY_TYPES
+from kindling_bundle.store.connection import KindlingConnection, write_transaction
+
+_LISTED_PROBLEMS = 3
+
+
+@dataclass
+class EntityCounts:
+    """What happened to one entity's records."""
+
+    inserted: int = 0
+    overwritten: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.overwritten + self.skipped + self.unchanged
+
+
+@dataclass
+class ImportReport:
+    """The outcome of an import (or, with `dry_run`, of what an import would do)."""
+
+    source: str
+    manifest: Manifest
+    conflict: ConflictStrategy
+    dry_run: bool
+    counts: dict[str, EntityCounts]
+    integrity: IntegrityReport
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for the CLI's --json."""
+        return {
+            "source": self.source,
+            "conflict": self.conflict,
+            "dry_run": self.dry_run,
+            "committed": not self.dry_run,
+            "counts": {entity: asdict(counts) for entity, counts in self.counts.items()},
+            "integrity": self.integrity.to_dict(),
+            "manifest": self.manifest.to_dict(),
+        }
+
+
+class _RollBack(Exception):
+    """Raised at the end of a dry run so that write_transaction rolls everything back."""
+
+    def __init__(self, report: ImportReport):
+        super().__init__("dry run")
+        self.report = report
+
+
+def import_bundle(
+    conn: KindlingConnection,
+    src: BundleSource,
+    *,
+    conflict: ConflictStrategy = "skip",
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+) -> ImportReport:
+    """Import a bundle (a path or a readable binary stream, read once) into `conn`.
+
+    `conflict` decides what happens to a record whose id is stored with other content: "skip"
+    keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
+    BundleError (damaged or not a bundle), RecordError (an invalid record),
+    ImportConflictError (a conflict under "error", or a missing reference) or IntegrityError;
+    in every case nothing was written. `progress(records_done, bytes_done)` is called after each
+    frame; `on_manifest(manifest)` once the manifest is valid, before any write.
+    """
+    if conflict not in CONFLICT_STRATEGIES:
+        raise ValueError(
+            f"unknown conflict strategy {conflict!r} (expected one of: "
+            f"{', '.join(CONFLICT_STRATEGIES)})"
+        )
+    with BundleReader(src) as reader:
+        label = reader.label
+        manifest = reader.read_manifest()
+        if on_manifest is not None:
+            on_manifest(manifest)
+        counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
+        try:
+            with write_transaction(conn):
+                for entity, records in reader.batches(progress):
+                    where = f"{label}: {ENTITY_MEMBERS[entity]}"
+                    _import_frame(conn, records, conflict, counts, where)
+                integrity = verify_import_integrity(conn)
+                report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
+                if not integrity.ok:
+                    raise IntegrityError(_integrity_message(label, integrity))
+                if dry_run:
+                    raise _RollBack(report)
+        except _RollBack as rollback:
+            return rollback.report
+    return report
+
+
+def _import_frame(
+    conn: KindlingConnection,
+    records: list,
+    conflict: ConflictStrategy,
+    counts: dict[str, EntityCounts],
+    where: str,
+) -> None:
+    try:
+        results = import_batch(conn, records, conflict)
+    except RecordError as exc:
+        raise RecordError(f"{where}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
+    for result in results:
+        if result.error is not None:
+            raise ImportConflictError(
+                f"{where}: {result.error}", entity=result.entity, record_id=result.id
+            )
+        entity_counts = counts[result.entity]
+        setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
+
+
+def _integrity_message(label: str, integrity: IntegrityReport) -> str:
+    listed = "; ".join(
+        f"{p.kind} {p.entity} {p.id}: {p.detail}" for p in integrity.problems[:_LISTED_PROBLEMS]
+    )
+    more = len(integrity.problems) - _LISTED_PROBLEMS
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return (
+        f"{label}: import rolled back, the database would fail its integrity check: "
+        f"{listed}{suffix}"
+    )

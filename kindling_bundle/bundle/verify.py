@@ -1,0 +1,258 @@
+"""Verifying a bundle without a database: every byte read once, every problem reported.
+
+Checked, in one forward pass: the zstd frame (checksum, complete, nothing after it), the tar
+structure, the manifest (present, first, valid), every listed member present exactly once, in
+order, and no other; each member's size, SHA-256 and record count against the manifest; the
+framing; every record decoded and validated; no id twice within an entity; and every reference
+resolved inside the bundle: capsule observations, summary capsules (one summary per capsule),
+pin targets. Summary evidence refs that do not resolve are warnings, as in the integrity report
+(Kindling keeps evidence lists when observations are deleted, and exports only existing ones).
+
+A problem in one member does not stop the others from being checked; only damage that makes the
+rest of the stream unreadable (zstd corruption, truncation, a broken tar header) ends the pass.
+References to an entity are checked only if that entity's member was read, in order, without
+framing or decoding problems, so one damaged member does not drown the report in echoes.
+
+Memory: one frame, plus the 64-bit hashes of the ids seen (a Python int in a set, about 60-80
+bytes per record); this is what resolving references in a single pass costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kindling_bundle.bundle.format import (
+    FRAME_HEADER_BYTES,
+    EntityEntry,
+    Manifest,
+    ProgressCallback,
+)
+from kindling_bundle.bundle.frames import SINGULAR, RecordDecoder
+from kindling_bundle.bundle.reader import (
+    BundleReader,
+    BundleSource,
+    FramingError,
+    MemberData,
+    source_label,
+)
+from kindling_bundle.errors import BundleError
+from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Record, Summary
+
+MAX_LISTED = 200
+"""Problems (and warnings) listed in a report; the counts include those left out."""
+
+_LISTED_IDS = 5
+
+
+@dataclass
+class VerifyReport:
+    """What verify found. `ok` means no problem at all (warnings allowed)."""
+
+    source: str
+    manifest: Manifest | None = None
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+    records: dict[str, int] = field(default_factory=dict)
+    """Records decoded and valid, per entity."""
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def problem(self, text: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(text)
+
+    def warning(self, text: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < MAX_LISTED:
+            self.warnings.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for the CLI's --json."""
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "problems": self.problems,
+            "problem_count": self.problem_count,
+            "warnings": self.warnings,
+            "warning_count": self.warning_count,
+            "records": self.records,
+            "manifest": self.manifest.to_dict() if self.manifest else None,
+        }
+
+
+def verify_bundle(
+    src: BundleSource,
+    *,
+    progress: ProgressCallback | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+) -> VerifyReport:
+    """Check a bundle completely (see the module docstring); never raises for a bad bundle.
+
+    `on_manifest(manifest)` is called once the manifest is read and valid, before any record
+    (e.g. to size a progress bar from `manifest.total_records`)."""
+    report = VerifyReport(source=source_label(src))
+    try:
+        with BundleReader(src) as reader:
+            _Verifier(reader, report, progress).run(on_manifest)
+    except BundleError as exc:
+        report.problem(str(exc))
+    return report
+
+
+class _Verifier:
+    def __init__(
+        self, reader: BundleReader, report: VerifyReport, progress: ProgressCallback | None
+    ):
+        self.reader = reader
+        self.label = reader.label
+        self.report = report
+        self.progress = progress
+        self.ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+        self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
+        self.summarised: set[int] = set()
+        self.records_done = 0
+        self.bytes_done = 0
+
+    def run(self, on_manifest: Callable[[Manifest], None] | None) -> None:
+        manifest = self.report.manifest = self.reader.read_manifest()
+        if on_manifest is not None:
+            on_manifest(manifest)
+        entries = {entry.member: entry for entry in manifest.entities}
+        order = [entry.member for entry in manifest.entities]
+        seen: list[str] = []
+        while (header := self.reader.next_member()) is not None:
+            member = self.reader.member(header)
+            entry = entries.get(header.name)
+            if entry is None or header.name in seen:
+                kind = "unknown" if entry is None else "repeated"
+                self.report.problem(f"{self.label}: {kind} member {header.name!r}")
+                member.close()
+                continue
+            expected = order[len(seen)]
+            in_order = header.name == expected
+            if not in_order:
+                self.report.problem(
+                    f"{self.label}: member {header.name} is out of order (expected {expected})"
+                )
+            seen.append(header.name)
+            self._member(member, entry, in_order)
+        for name in order:
+            if name not in seen:
+                self.report.problem(f"{self.label}: member {name} is missing")
+        self.reader.finish()
+
+    def _member(self, member: MemberData, entry: EntityEntry, in_order: bool) -> None:
+        where, entity = member.where, entry.entity
+        if member.header.size != entry.bytes:
+            self.report.problem(
+                f"{where}: holds {member.header.size} bytes, the manifest says {entry.bytes}"
+            )
+        decoder = RecordDecoder(entity)
+        check = getattr(self, f"_{entity}")
+        count = valid = 0
+        clean = True
+        try:
+            for payload in member.frames():
+                records, problems = decoder.decode_all(payload, count)
+                for problem in problems:
+                    self.report.problem(f"{where}: {problem}")
+                    clean = False
+                count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
+                valid += len(records)
+                check(records, where)
+                self.records_done += len(records)
+                self.bytes_done += FRAME_HEADER_BYTES + len(payload)
+                if self.progress is not None:
+                    self.progress(self.records_done, self.bytes_done)
+        except FramingError as exc:  # the rest of this member cannot be split into frames
+            self.report.problem(str(exc))
+            member.skip_rest()
+            clean = False
+        digest = member.close()
+        if digest != entry.sha256:
+            self.report.problem(
+                f"{where}: SHA-256 {digest} does not match the manifest's {entry.sha256}"
+            )
+        if clean and count != entry.records:
+            self.report.problem(
+                f"{where}: holds {count} records, the manifest says {entry.records}"
+            )
+        self.report.records[entity] = valid
+        self.complete[entity] = clean and in_order
+
+    def _add_ids(self, entity: str, records: list[Record], where: str) -> None:
+        ids = self.ids[entity]
+        for record in records:
+            key = hash(record.id)
+            if key in ids:
+                self.report.problem(
+                    f"{where}: {SINGULAR[entity]} {record.id} appears more than once"
+                )
+            ids.add(key)
+
+    def _missing(self, entity: str, wanted: list[str]) -> list[str]:
+        """Those of `wanted` not seen in `entity`; none when that entity cannot be trusted."""
+        if not self.complete[entity]:
+            return []
+        ids = self.ids[entity]
+        return [value for value in wanted if hash(value) not in ids]
+
+    def _observations(self, records: list[Observation], where: str) -> None:
+        self._add_ids("observations", records, where)
+
+    def _capsules(self, records: list[Capsule], where: str) -> None:
+        self._add_ids("capsules", records, where)
+        for capsule in records:
+            links = capsule.observation_ids
+            if len(set(links)) != len(links):
+                self.report.problem(f"{where}: capsule {capsule.id} lists an observation twice")
+            missing = self._missing("observations", links)
+            if missing:
+                listed = ", ".join(missing[:_LISTED_IDS])
+                more = (
+                    f" (and {len(missing) - _LISTED_IDS} more)"
+                    if len(missing) > _LISTED_IDS
+                    else ""
+                )
+                self.report.problem(
+                    f"{where}: capsule {capsule.id} links to observations not in the bundle: "
+                    f"{listed}{more}"
+                )
+
+    def _summaries(self, records: list[Summary], where: str) -> None:
+        self._add_ids("summaries", records, where)
+        for summary in records:
+            if self._missing("capsules", [summary.capsule_id]):
+                self.report.problem(
+                    f"{where}: summary {summary.id}: capsule {summary.capsule_id} is not in "
+                    "the bundle"
+                )
+            key = hash(summary.capsule_id)
+            if key in self.summarised:
+                self.report.problem(
+                    f"{where}: summary {summary.id}: capsule {summary.capsule_id} already has "
+                    "a summary in the bundle"
+                )
+            self.summarised.add(key)
+            for missing in self._missing("observations", summary.evidence_refs):
+                self.report.warning(
+                    f"{where}: summary {summary.id}: evidence observation {missing} is not in "
+                    "the bundle"
+                )
+
+    def _pins(self, records: list[Pin], where: str) -> None:
+        self._add_ids("pins", records, where)
+        for pin in records:
+            target = "observations" if pin.target_type == "observation" else "summaries"
+            if self._missing(target, [pin.target_id]):
+                self.report.problem(
+                    f"{where}: pin {pin.id}: target {pin.target_type} {pin.target_id} is not in "
+                    "the bundle"
+                )

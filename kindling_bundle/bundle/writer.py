@@ -1,0 +1,328 @@
+"""Writing bundles: spool each entity's frames, then write manifest and members into one zstd frame.
+
+A tar header states its member's size before the data, and the manifest (first member) states
+every member's size, count and SHA-256, so nothing can be written before all records have been
+encoded. Each entity is therefore encoded once, in export order, into one anonymous temporary
+file (the spool: beside the destination file, or in TMPDIR for a stream destination) while it is
+hashed and counted; then the archive is written from the spool. Memory holds one frame at a time.
+For a database export the read snapshot covers the spooling only, not the slower compression.
+
+A path destination is written under a temporary name in the same directory, fsynced, and renamed
+into place only when complete: on any failure there is no file at the destination (an existing
+file there is replaced only by a complete bundle). A stream destination (stdout, an upload) is
+written front to back and flushed, never sought nor closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from kindling_bundle.bundle.format import (
+    ENTITY_MEMBERS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_MEMBER,
+    EntityEntry,
+    FilterInfo,
+    Manifest,
+    ProgressCallback,
+    SourceInfo,
+    ToolInfo,
+    encode_manifest,
+)
+from kindling_bundle.bundle.frames import FrameEncoder
+from kindling_bundle.bundle.tarstream import MAX_MTIME, end_of_archive, member_header, padding
+from kindling_bundle.bundle.zstdio import MAX_LEVEL, MIN_LEVEL, compressor
+from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.export import (
+    ExportStreamOptions,
+    export_capsules,
+    export_observations,
+    export_pins,
+    export_summaries,
+    snapshot,
+)
+from kindling_bundle.records import Record
+from kindling_bundle.store.connection import KindlingConnection
+
+BundleDestination = str | os.PathLike[str] | BinaryIO
+
+TOOL_NAME = "kindling-bundle"
+MAX_CREATED_AT = MAX_MTIME * 1000 + 999
+_COPY_BYTES = 1 << 20
+
+_EXPORTS = {
+    "observations": export_observations,
+    "capsules": export_capsules,
+    "summaries": export_summaries,
+    "pins": export_pins,
+}
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """How to write a bundle.
+
+    `filter`: which records (recorded in the manifest). `created_at`: epoch ms stored in the
+    manifest and as every member's mtime; None means $SOURCE_DATE_EPOCH (seconds) if set, else
+    now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
+    """
+
+    filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
+    created_at: int | None = None
+    level: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.filter, ExportStreamOptions):
+            raise TypeError(f"filter must be ExportStreamOptions, got {type(self.filter).__name__}")
+        if isinstance(self.level, bool) or not isinstance(self.level, int):
+            raise ValueError(f"level must be an integer, got {self.level!r}")
+        if not MIN_LEVEL <= self.level <= MAX_LEVEL:
+            raise ValueError(f"level must be {MIN_LEVEL}..{MAX_LEVEL}, got {self.level}")
+        if self.created_at is not None:
+            _check_created_at(self.created_at, "created_at")
+
+
+def _check_created_at(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer (epoch ms), got {value!r}")
+    if not 0 <= value <= MAX_CREATED_AT:
+        raise ValueError(f"{what} {value} is outside 0..{MAX_CREATED_AT} (what tar can date)")
+    return value
+
+
+def resolve_created_at(created_at: int | None) -> int:
+    """The creation time a bundle gets: the explicit value, else $SOURCE_DATE_EPOCH, else now."""
+    if created_at is not None:
+        return _check_created_at(created_at, "created_at")
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env is None or env == "":
+        return time.time_ns() // 1_000_000
+    if not env.isdigit():
+        raise KindlingBundleError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds")
+    try:
+        return _check_created_at(int(env) * 1000, "SOURCE_DATE_EPOCH")
+    except ValueError as exc:
+        raise KindlingBundleError(str(exc)) from None
+
+
+def write_bundle(
+    conn: KindlingConnection,
+    dest: BundleDestination,
+    opts: BundleOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Export a Kindling database to a bundle at `dest` (a path or a writable binary stream).
+
+    All four entities come from one read snapshot, so they agree with each other; a filtered
+    export with `include_references` is referentially closed (see kindling_bundle.export).
+    `progress(records_done, bytes_done)` is called as records are encoded. Returns the manifest.
+    """
+    opts = opts or BundleOptions()
+    created_at = resolve_created_at(opts.created_at)
+    label = _label(dest)
+    with _spool(dest, label) as spool:
+        with snapshot(conn):
+            streams = {entity: export(conn, opts.filter) for entity, export in _EXPORTS.items()}
+            entries = _encode_entities(spool, streams, label, progress)
+        manifest = _manifest(created_at, getattr(conn, "generation", None), opts.filter, entries)
+        _write_archive(dest, label, spool, manifest, opts.level)
+    return manifest
+
+
+def write_bundle_from_records(
+    dest: BundleDestination,
+    streams: Mapping[str, Iterable[Record]],
+    opts: BundleOptions | None = None,
+    *,
+    source_generation: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Write a bundle from record streams that do not come from a database (convert, merge).
+
+    `streams` maps entity names ("observations", ...) to iterables of that entity's records, in
+    the order they should be stored; missing entities are empty. They are consumed one after
+    the other in foreign-key order, so they may be lazy. `opts.filter` is only recorded in the
+    manifest; `source_generation` is the Kindling schema generation the records came from, if
+    known. The caller is responsible for referential closure.
+    """
+    unknown = set(streams) - set(ENTITY_MEMBERS)
+    if unknown:
+        raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
+    opts = opts or BundleOptions()
+    created_at = resolve_created_at(opts.created_at)
+    label = _label(dest)
+    with _spool(dest, label) as spool:
+        entries = _encode_entities(spool, streams, label, progress)
+        manifest = _manifest(created_at, source_generation, opts.filter, entries)
+        _write_archive(dest, label, spool, manifest, opts.level)
+    return manifest
+
+
+def _label(dest: BundleDestination) -> str:
+    if isinstance(dest, str | os.PathLike):
+        return os.fspath(dest)
+    name = getattr(dest, "name", None)
+    return name if isinstance(name, str) else "<stream>"
+
+
+def _manifest(
+    created_at: int,
+    generation: int | None,
+    export_filter: ExportStreamOptions,
+    entries: list[EntityEntry],
+) -> Manifest:
+    from kindling_bundle import __version__
+
+    scope = export_filter.scope_ids
+    return Manifest(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        created_at=created_at,
+        tool=ToolInfo(name=TOOL_NAME, version=__version__),
+        source=SourceInfo(schema_generation=generation),
+        export_filter=FilterInfo(
+            scope_ids=dict(sorted(scope.items())) if scope else None,
+            from_ts=export_filter.from_ts,
+            to_ts=export_filter.to_ts,
+            include_references=export_filter.include_references,
+        ),
+        entities=entries,
+    )
+
+
+@contextlib.contextmanager
+def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
+    """An anonymous temporary file beside a path destination (same filesystem, and not a RAM
+    disk by accident), or in TMPDIR for a stream destination."""
+    directory = None
+    if isinstance(dest, str | os.PathLike):
+        path = Path(dest)
+        if path.is_dir():
+            raise BundleError(f"{label}: is a directory")
+        directory = path.parent
+        if not directory.is_dir():
+            raise BundleError(f"{label}: directory {directory} does not exist")
+    try:  # entered just below, outside this try (whose except is about creating it)
+        spool = tempfile.TemporaryFile(dir=directory, prefix=".kbundle-spool-")  # noqa: SIM115
+    except OSError as exc:
+        raise BundleError(f"{label}: cannot create a temporary file: {exc.strerror}") from None
+    with spool:
+        yield spool  # type: ignore[misc]
+
+
+def _encode_entities(
+    spool: BinaryIO,
+    streams: Mapping[str, Iterable[Record]],
+    label: str,
+    progress: ProgressCallback | None,
+) -> list[EntityEntry]:
+    """Encode each entity's frames into the spool, in FK order; their manifest entries."""
+    entries = []
+    records_done = bytes_done = 0
+    for entity, member in ENTITY_MEMBERS.items():
+        sha256 = hashlib.sha256()
+        count = size = 0
+        for records, frame in FrameEncoder(entity).frames(streams.get(entity, ())):
+            sha256.update(frame)
+            try:
+                spool.write(frame)
+            except OSError as exc:
+                raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+            count += records
+            size += len(frame)
+            records_done += records
+            bytes_done += len(frame)
+            if progress is not None:
+                progress(records_done, bytes_done)
+        entries.append(
+            EntityEntry(
+                entity=entity, member=member, records=count, bytes=size, sha256=sha256.hexdigest()
+            )
+        )
+    return entries
+
+
+def _write_archive(
+    dest: BundleDestination, label: str, spool: BinaryIO, manifest: Manifest, level: int
+) -> None:
+    try:
+        with _destination(dest) as out:
+            _emit(out, spool, manifest, level)
+    except OSError as exc:
+        raise BundleError(f"{label}: cannot write: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
+    """The stream to write to; for a path, a temporary file renamed into place on success."""
+    if not isinstance(dest, str | os.PathLike):
+        yield dest
+        dest.flush()
+        return
+    path = Path(dest)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _emit(out: BinaryIO, spool: BinaryIO, manifest: Manifest, level: int) -> None:
+    """The archive: manifest member, then each entity member copied from the spool, then the
+    end-of-archive marker, all in one zstd frame."""
+    mtime = manifest.created_at // 1000
+    written = 0
+    with compressor(level).stream_writer(out, closefd=False) as zstd:
+
+        def put(data: bytes) -> None:
+            nonlocal written
+            zstd.write(data)
+            written += len(data)
+
+        manifest_bytes = encode_manifest(manifest)
+        put(member_header(MANIFEST_MEMBER, len(manifest_bytes), mtime))
+        put(manifest_bytes)
+        put(padding(len(manifest_bytes)))
+        spool.seek(0)
+        for entry in manifest.entities:
+            put(member_header(entry.member, entry.bytes, mtime))
+            remaining = entry.bytes
+            while remaining:
+                chunk = spool.read(min(remaining, _COPY_BYTES))
+                if not chunk:
+                    raise BundleError(f"{entry.member}: the spool file ended early")
+                put(chunk)
+                remaining -= len(chunk)
+            put(padding(entry.bytes))
+        put(end_of_archive(written))
