@@ -146,16 +146,27 @@ def export_capsules(
 ) -> Iterator[Capsule]:
     """Capsules in (opened_at, id) order, each with all its observation ids in `seq` order.
 
-    One statement joins each capsule to its links (an index seek per capsule inside SQLite), so
-    the stream needs no per-capsule query and is consistent even outside a snapshot.
+    Two statements walk in the same order, capsules and their links (an index seek per capsule
+    inside SQLite), and are merged: no per-capsule query, and no capsule column repeated per link.
     """
     query = _Query(opts)
-    sql = (
-        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)}, co.observation_id "
-        "FROM capsules c LEFT JOIN capsule_observations co ON co.capsule_id = c.id "
-        f"WHERE {query.capsule_where()} ORDER BY c.opened_at, c.id, co.seq"
+    where = query.capsule_where()
+    capsules_sql = (
+        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)} FROM capsules c "
+        f"WHERE {where} ORDER BY c.opened_at, c.id"
     )
-    return _records(conn, "capsules", sql, query.params, _group_capsules)
+    # CROSS JOIN keeps capsules as the outer loop, so links come out in order without a sort.
+    links_sql = (
+        f"{query.with_clause()}SELECT c.id, co.observation_id "
+        "FROM capsules c CROSS JOIN capsule_observations co ON co.capsule_id = c.id "
+        f"WHERE {where} ORDER BY c.opened_at, c.id, co.seq"
+    )
+    return _records(
+        conn,
+        "capsules",
+        query.params,
+        lambda execute: _merge_links(conn, execute(capsules_sql), execute(links_sql)),
+    )
 
 
 def export_summaries(
@@ -275,19 +286,40 @@ def _prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
-def _group_capsules(cursor: sqlite3.Cursor) -> Iterator[Capsule]:
-    """Fold joined (capsule columns..., observation_id) rows into one record per capsule."""
-    current: tuple | None = None
+def _merge_links(
+    conn: sqlite3.Connection,
+    capsules: sqlite3.Cursor,
+    links: sqlite3.Cursor,
+) -> Iterator[Capsule]:
+    """Give each capsule row the ids of its links, both cursors in (opened_at, id) order.
+
+    The links statement must be opened while the capsules statement is pending. In autocommit mode
+    SQLite keeps one implicit read transaction while any statement is pending, so both read the
+    same state even outside `snapshot()`. Only if there are no capsules at all (the statement is
+    already done) can links committed since appear; they are then ignored.
+    """
+    row: tuple | None = None
     ids: list[str] = []
-    for row in cursor:
-        if current is None or row[0] != current[0]:
-            if current is not None:
-                yield capsule_from_row(current, ids)
-            current, ids = row, []
-        if row[7] is not None:  # None: a capsule without links (LEFT JOIN)
-            ids.append(row[7])
-    if current is not None:
-        yield capsule_from_row(current, ids)
+    for capsule_id, observation_id in links:
+        if row is None or capsule_id != row[0]:
+            if row is not None:
+                yield capsule_from_row(row, ids)
+            for row in capsules:  # stops at this link's capsule, yielding those without links
+                if row[0] == capsule_id:
+                    break
+                yield capsule_from_row(row, [])
+            else:
+                if row is None:
+                    return
+                raise StoreError(
+                    f"{_label(conn)}: capsule links out of step with capsules at {capsule_id}"
+                )
+            ids = []
+        ids.append(observation_id)
+    if row is not None:
+        yield capsule_from_row(row, ids)
+    for row in capsules:
+        yield capsule_from_row(row, [])
 
 
 T = TypeVar("T")
@@ -300,26 +332,33 @@ def _stream(
     params: dict[str, Any],
     from_row: Callable[[tuple], T],
 ) -> Iterator[T]:
-    return _records(conn, entity, sql, params, lambda cursor: map(from_row, cursor))
+    return _records(conn, entity, params, lambda execute: map(from_row, execute(sql)))
 
 
 def _records(
     conn: sqlite3.Connection,
     entity: str,
-    sql: str,
     params: dict[str, Any],
-    convert: Callable[[sqlite3.Cursor], Iterator[T]],
+    produce: Callable[[Callable[[str], sqlite3.Cursor]], Iterator[T]],
 ) -> Iterator[T]:
-    """Run one statement lazily, finalize it when the stream ends or is abandoned (a pending
+    """Run a stream lazily, finalize its statements when it ends or is abandoned (a pending
     statement would pin its read snapshot), and turn database and row errors into one-line
-    errors that name the file."""
+    errors that name the file. `produce` opens its statements through the `execute` it is given.
+    """
     label = _label(conn)
-    try:
+    cursors: list[sqlite3.Cursor] = []
+
+    def execute(sql: str) -> sqlite3.Cursor:
         cursor = conn.execute(sql, params)
+        cursors.append(cursor)
+        return cursor
+
+    try:
         try:
-            yield from convert(cursor)
+            yield from produce(execute)
         finally:
-            cursor.close()
+            for cursor in cursors:
+                cursor.close()
     except RecordError as exc:
         raise RecordError(f"{label}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
     except sqlite3.Error as exc:

@@ -451,6 +451,29 @@ def test_snapshot_is_not_changed_by_a_writer_committing_meanwhile(sample_copy: P
     reader.close()
 
 
+def test_capsule_stream_alone_is_consistent_outside_a_snapshot(sample_copy: Path) -> None:
+    """Capsules and their links come from two statements; a commit between reading the first
+    capsule and the last link must still not show up in the stream."""
+    reader = open_store(sample_copy, readonly=True)
+    writer = open_store(sample_copy)
+    before = list(export_capsules(reader))
+    last = before[-1]
+    stream = export_capsules(reader)
+    started = [next(stream)]
+    with write_transaction(writer):
+        insert_observation(writer, Observation(id="n", kind="message", content="n", ts=1))
+        attach_observation(writer, last.id, "n")
+        create_capsule(
+            writer,
+            Capsule(id="zz-late", type="session", intent="i", opened_at=last.opened_at,
+                    observation_ids=["n"]),
+        )  # fmt: skip
+    assert started + list(stream) == before
+    assert list(export_capsules(reader))[-1].id == "zz-late"  # the commit did happen
+    writer.close()
+    reader.close()
+
+
 def test_without_a_snapshot_streams_can_disagree(sample_copy: Path) -> None:
     """The hazard snapshot() exists for: streams read one after another, unprotected."""
     reader = open_store(sample_copy, readonly=True)
