@@ -1,8 +1,9 @@
 """Streaming export primitives: the ordered record streams a bundle (or any tool) is built from.
 
-Each stream is a generator over one SQL statement, so memory does not grow with the database and
-a stream is consistent with itself. Order is Kindling's own export order, with the id as the tie
-break so it is total and deterministic:
+Each stream is a lazy generator over SQL cursors (one statement; two read together for capsules
+and their links), so memory does not grow with the database, nothing runs until the first record
+is asked for, and a stream is consistent with itself. Order is Kindling's own export order, with
+the id as the tie break so it is total and deterministic:
 
 - observations by (ts, id); capsules by (opened_at, id), each carrying all its observation ids in
   `seq` order; summaries and pins by (created_at, id).
