@@ -21,6 +21,7 @@ from kindling_bundle.errors import (
     IntegrityError,
     KindlingBundleError,
     RecordError,
+    StorageError,
     StoreError,
 )
 from kindling_bundle.export import (
@@ -70,6 +71,7 @@ __all__ = [
     "Pin",
     "ProgressCallback",
     "RecordError",
+    "StorageError",
     "StoreError",
     "Summary",
     "VerifyReport",

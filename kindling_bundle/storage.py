@@ -117,6 +117,7 @@ def open_source(
         else:
             fs, path = _filesystem(target, storage_options)
             stream = fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+            _name(stream, target)
     try:
         with _translated("read", target, remote=local is None, only_storage=True):
             yield stream
@@ -200,6 +201,7 @@ def _remote_destination(
         fs, path = _filesystem(target, storage_options, private=True)
         fs.start_transaction()
         stream = fs.open(path, "wb", block_size=UPLOAD_PART_SIZE)
+        _name(stream, target)
     try:
         with _translated("write", target, only_storage=True):
             yield stream
@@ -221,6 +223,12 @@ def _abandon(fs: Any, stream: Any) -> None:
         stream.closed = True
     with contextlib.suppress(Exception):  # the original error matters more than a failed abort
         fs.transaction.complete(commit=False)
+
+
+def _name(stream: Any, target: str) -> None:
+    """Give a remote stream the `name` a file has, so that messages about it name the URL."""
+    with contextlib.suppress(AttributeError):
+        stream.name = target
 
 
 def _local_path(target: str) -> Path | None:

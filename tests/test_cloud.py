@@ -22,7 +22,15 @@ import boto3
 import pytest
 import s3fs
 
-from kindling_bundle.errors import StorageError
+from conftest import dump_tables
+from kindling_bundle.bundle import (
+    BundleOptions,
+    import_bundle,
+    read_manifest,
+    verify_bundle,
+    write_bundle,
+)
+from kindling_bundle.errors import BundleError, StorageError
 from kindling_bundle.storage import (
     HEAD_BLOCK_SIZE,
     UPLOAD_PART_SIZE,
@@ -31,6 +39,7 @@ from kindling_bundle.storage import (
     open_source,
     parse_storage_options,
 )
+from kindling_bundle.store import open_store
 
 MOTO_SERVER = Path(__file__).with_name("moto_server.py")
 MiB = 2**20
@@ -150,6 +159,13 @@ def payload(size: int) -> bytes:
     return os.urandom(size)
 
 
+def restored(path: Path) -> dict[str, list[tuple]]:
+    """Every row of a restored database, less the migrations' applied_at (its creation time)."""
+    tables = dump_tables(path)
+    tables["schema_migrations"] = [row[:-1] for row in tables["schema_migrations"]]
+    return tables
+
+
 def write_in_chunks(stream, data: bytes, chunk: int = 256 * 1024) -> None:
     for start in range(0, len(data), chunk):
         stream.write(data[start : start + chunk])
@@ -165,10 +181,13 @@ def test_upload_then_download_gives_the_same_bytes(s3_server: S3Server, bucket: 
     with open_destination(url, storage_options=s3_server.options) as stream:
         write_in_chunks(stream, data)
 
+        assert stream.name == url  # so that messages about the stream name the URL
+
     fs = s3_server.fs()
     assert fs.ls(f"{bucket}/nightly") == [f"{bucket}/nightly/kindling.kbundle"]
     assert fs.info(url)["size"] == size
     with open_source(url, storage_options=s3_server.options) as stream:
+        assert stream.name == url
         received = b"".join(iter(lambda: stream.read(100_000), b""))
     assert received == data
 
@@ -270,6 +289,49 @@ def test_streaming_read_keeps_memory_flat_and_writes_no_local_copy(
     assert total == size
     assert peak < size / 3, f"peak {peak / MiB:.1f} MiB while streaming {size / MiB:.0f} MiB"
     assert list(scratch.iterdir()) == []
+
+
+# --- bundles through a bucket, with the library ---------------------------------------------
+
+
+def test_bundle_through_a_bucket_restores_the_same_database(
+    s3_server: S3Server, bucket: str, sample_db: Path, tmp_path: Path
+):
+    url = f"s3://{bucket}/kindling.kbundle"
+    local = tmp_path / "local.kbundle"
+    with open_store(sample_db, readonly=True) as conn:
+        written = write_bundle(conn, local, BundleOptions(created_at=1_700_000_000_000))
+        with open_destination(url, storage_options=s3_server.options) as out:
+            write_bundle(conn, out, BundleOptions(created_at=1_700_000_000_000))
+    assert s3_server.fs().cat(url) == local.read_bytes()  # the very same bytes
+
+    with open_source(url, storage_options=s3_server.options, block_size=HEAD_BLOCK_SIZE) as src:
+        assert read_manifest(src) == written
+    with open_source(url, storage_options=s3_server.options) as src:
+        report = verify_bundle(src)
+    assert report.ok, report.problems
+    assert report.source == url
+
+    from_bucket, from_file = tmp_path / "from-bucket.db", tmp_path / "from-file.db"
+    with (
+        open_store(from_bucket) as conn,
+        open_source(url, storage_options=s3_server.options) as src,
+    ):
+        import_bundle(conn, src)
+    with open_store(from_file) as conn:
+        import_bundle(conn, local)
+    assert restored(from_bucket) == restored(from_file)
+    assert len(restored(from_bucket)["observations"]) == 1500
+
+
+def test_damaged_bundle_in_a_bucket_is_named_by_its_url(s3_server: S3Server, bucket: str):
+    url = f"s3://{bucket}/not-a-bundle.kbundle"
+    s3_server.fs().pipe(url, b"plain text, not zstd")
+    with (
+        pytest.raises(BundleError, match=rf"^{url}: not a bundle"),
+        open_source(url, storage_options=s3_server.options) as src,
+    ):
+        read_manifest(src)
 
 
 # --- one clear line when it cannot work ----------------------------------------------------
