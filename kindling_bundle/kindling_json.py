@@ -37,6 +37,7 @@ writes them (see `jsjson`). Records keep their `redacted` flag, so redacted rows
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import struct
@@ -50,8 +51,30 @@ from typing import Any, BinaryIO, Literal, NoReturn
 import msgspec
 
 from kindling_bundle import jsjson
+from kindling_bundle.bundle import (
+    BundleOptions,
+    ImportReport,
+    Manifest,
+    ProgressCallback,
+    VerifyReport,
+    import_bundle,
+    open_bundle,
+    write_bundle_from_records,
+)
+from kindling_bundle.bundle.reader import BundleSource
+from kindling_bundle.bundle.writer import BundleDestination, resolve_created_at
 from kindling_bundle.errors import BundleError, RecordError
-from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record
+from kindling_bundle.export import (
+    ExportStreamOptions,
+    export_capsules,
+    export_observations,
+    export_pins,
+    export_summaries,
+    snapshot,
+)
+from kindling_bundle.importer import ConflictStrategy
+from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary, entity_of
+from kindling_bundle.store.connection import KindlingConnection
 
 KINDLING_JSON_VERSION = "1.0"
 MAX_VALUE_BYTES = 64 * 1024 * 1024
@@ -536,11 +559,9 @@ def open_kindling_json(
         except OSError as exc:
             raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
         with handle:
-            yield KindlingJsonReader(handle, name=name or str(src), spool_dir=spool_dir)
+            yield KindlingJsonReader(handle, name=_label(src, name), spool_dir=spool_dir)
     else:
-        yield KindlingJsonReader(
-            src, name=name or getattr(src, "name", "<stream>"), spool_dir=spool_dir
-        )
+        yield KindlingJsonReader(src, name=_label(src, name), spool_dir=spool_dir)
 
 
 def entity_streams(records: Iterable[Record]) -> Iterator[tuple[str, Iterator[Record]]]:
@@ -640,3 +661,320 @@ def _write(
         counts[entity] = count
     out.write(b"}}")
     return counts
+
+
+# -- references ------------------------------------------------------------------------------
+
+DANGLING_HINT = (
+    "Kindling's export leaves redacted observations out unless asked to include them, and a "
+    "scoped export can leave out what a capsule or pin names; use --drop-dangling to leave "
+    "such references out"
+)
+_LISTED_EXAMPLES = 10
+
+
+@dataclass
+class DanglingReport:
+    """References to records that are not in the dataset, dropped with `drop_dangling`."""
+
+    links: int = 0
+    """Capsule links to observations that are not there (the link is dropped)."""
+    summaries: int = 0
+    """Summaries of capsules that are not there (the summary is dropped)."""
+    pins: int = 0
+    """Pins whose target is not there (the pin is dropped)."""
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.links + self.summaries + self.pins
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < _LISTED_EXAMPLES:
+            self.examples.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "links": self.links,
+            "summaries": self.summaries,
+            "pins": self.pins,
+            "examples": self.examples,
+        }
+
+
+class ReferenceGuard:
+    """Checks the references of capsules, summaries and pins against the ids that exist.
+
+    `exists(entity, id)` says whether a record is there. A dangling reference raises a
+    RecordError naming the record and the missing id, or with `drop` is removed from the
+    record (a capsule link) or removes the record (a summary, a pin), and is counted in
+    `report`. Evidence refs are left alone: Kindling keeps them when observations go away,
+    and the integrity report lists them as warnings.
+    """
+
+    def __init__(
+        self,
+        exists: Callable[[str, str], bool],
+        *,
+        drop: bool,
+        name: str,
+        report: DanglingReport,
+        on_dangling: Callable[[str], None] | None = None,
+        scope: str = "the dataset",
+    ):
+        self.scope = scope
+        self.exists = exists
+        self.drop = drop
+        self.name = name
+        self.report = report
+        self.on_dangling = on_dangling
+
+    def check(self, record: Record) -> Record | None:
+        """The record, repaired when `drop` is set; None when it must be left out."""
+        kind = type(record)
+        if kind is Capsule:
+            missing = [o for o in record.observation_ids if not self.exists("observations", o)]
+            if missing:
+                text = f"capsule {record.id} links observation {missing[0]}" + (
+                    f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                )
+                self._dangling("capsules", record.id, text)
+                self.report.links += len(missing)
+                absent = set(missing)
+                kept = [o for o in record.observation_ids if o not in absent]
+                return msgspec.structs.replace(record, observation_ids=kept)
+        elif kind is Summary:
+            if not self.exists("capsules", record.capsule_id):
+                self._dangling(
+                    "summaries", record.id, f"summary {record.id} is of capsule {record.capsule_id}"
+                )
+                self.report.summaries += 1
+                return None
+        elif kind is Pin:
+            target = "observations" if record.target_type == "observation" else "summaries"
+            if not self.exists(target, record.target_id):
+                self._dangling(
+                    "pins",
+                    record.id,
+                    f"pin {record.id} targets {record.target_type} {record.target_id}",
+                )
+                self.report.pins += 1
+                return None
+        return record
+
+    def _dangling(self, entity: str, record_id: str, text: str) -> None:
+        if not self.drop:
+            raise RecordError(
+                f"{self.name}: {text}, which is not in {self.scope} ({DANGLING_HINT})",
+                entity=entity,
+                record_id=record_id,
+            )
+        self.report.note(text)
+        if self.on_dangling is not None:
+            self.on_dangling(text)
+
+
+def close_references(
+    records: Iterable[Record],
+    *,
+    drop: bool,
+    name: str,
+    report: DanglingReport | None = None,
+) -> Iterator[Record]:
+    """Pass a foreign-key-ordered stream through, checking that every capsule link, summary
+    capsule and pin target is in the stream (see ReferenceGuard).
+
+    Memory: the 64-bit hash of every observation, capsule and summary id (a Python int in a
+    set, about 60-80 bytes per record)."""
+    seen: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+    guard = ReferenceGuard(
+        lambda entity, rid: hash(rid) in seen[entity],
+        drop=drop,
+        name=name,
+        report=report if report is not None else DanglingReport(),
+    )
+    for record in records:
+        kept = guard.check(record)
+        if kept is not None:
+            seen[entity_of(kept)].add(hash(kept.id))
+            yield kept
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None) -> VerifyReport:
+    """Check a Kindling JSON export completely, never raising for a bad file.
+
+    Every record is validated (all bad records are reported, not just the first); ids must be
+    unique per entity; capsule links, summary capsules (one summary per capsule) and pin
+    targets must be in the file (problems, since an import would refuse them); evidence refs
+    that are not in the file are warnings. Invalid JSON ends the check with its position.
+    """
+    report = VerifyReport(source=_label(src, name))
+    ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+    # References into an entity with invalid records are not checked: they would only echo.
+    damaged: set[str] = set()
+    summarised: set[int] = set()
+    dangling = DanglingReport()
+    try:
+        with open_kindling_json(src, name=name) as reader:
+            report.source = reader.name
+            guard = ReferenceGuard(
+                lambda entity, rid: entity in damaged or hash(rid) in ids[entity],
+                drop=True,
+                name=reader.name,
+                report=dangling,
+                on_dangling=lambda text: report.problem(f"{reader.name}: {text}, not in the file"),
+            )
+
+            def invalid(error: RecordError) -> None:
+                report.problem(str(error))
+                damaged.add(error.entity or "")
+
+            for record in reader.records(on_error=invalid):
+                entity = entity_of(record)
+                key = hash(record.id)
+                if key in ids[entity]:
+                    report.problem(f"{reader.name}: {entity} id {record.id} appears more than once")
+                ids[entity].add(key)
+                guard.check(record)
+                if type(record) is Summary:
+                    if hash(record.capsule_id) in summarised:
+                        report.problem(
+                            f"{reader.name}: summary {record.id}: capsule {record.capsule_id} "
+                            "already has a summary in the file"
+                        )
+                    summarised.add(hash(record.capsule_id))
+                    for ref in record.evidence_refs:
+                        if hash(ref) not in ids["observations"]:
+                            report.warning(
+                                f"{reader.name}: summary {record.id}: evidence observation "
+                                f"{ref} is not in the file"
+                            )
+            report.records = dict(reader.info.counts)
+    except (BundleError, RecordError) as exc:
+        report.problem(str(exc))
+    if dangling.total:
+        report.warning(f"{report.source}: {DANGLING_HINT}")
+    return report
+
+
+# -- conversions -----------------------------------------------------------------------------
+
+
+def export_kindling_json(
+    conn: KindlingConnection,
+    dest: str | Path | BinaryIO,
+    opts: ExportStreamOptions | None = None,
+    *,
+    exported_at: int | None = None,
+) -> dict[str, int]:
+    """Export a database as a Kindling JSON export (from one read snapshot), so its content
+    can go to a Kindling installation that only reads JSON. Redacted rows are included and
+    marked. `exported_at` defaults as a bundle's creation time does ($SOURCE_DATE_EPOCH, else
+    now). Returns the count per entity."""
+    opts = opts or ExportStreamOptions()
+    exported_at = resolve_created_at(exported_at)
+    with snapshot(conn):
+        streams = {
+            "observations": export_observations(conn, opts),
+            "capsules": export_capsules(conn, opts),
+            "summaries": export_summaries(conn, opts),
+            "pins": export_pins(conn, opts),
+        }
+        return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
+
+
+def kindling_json_to_bundle(
+    src: str | Path | BinaryIO,
+    dest: BundleDestination,
+    *,
+    drop_dangling: bool = False,
+    created_at: int | None = None,
+    level: int = 3,
+    dangling: DanglingReport | None = None,
+    name: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Write a Kindling JSON export as a bundle, in one pass over the JSON.
+
+    The bundle must import, so references are closed (`close_references`): a dangling one is
+    an error, or with `drop_dangling` is left out and counted in `dangling`. The bundle's
+    creation time is `created_at`, else the export's own `exportedAt` (so converting the same
+    file twice gives the same bundle), else as for any bundle. The export's scope is recorded
+    as the bundle's filter when it uses the four scope keys a filter can name.
+    """
+    with open_kindling_json(src, name=name) as reader:
+        records = iter(reader.records())
+        first = next(records, None)  # parses the header fields that precede the lists
+        if first is not None:
+            records = itertools.chain([first], records)
+        info = reader.info
+        if created_at is None and info.exported_at is not None:
+            try:
+                created_at = resolve_created_at(info.exported_at)
+            except ValueError as exc:
+                raise BundleError(
+                    f"{reader.name}: exportedAt cannot date a bundle ({exc})"
+                ) from None
+        try:
+            export_filter = ExportStreamOptions(scope_ids=info.scope)
+        except ValueError:  # a scope key no bundle filter can name: record no filter
+            export_filter = ExportStreamOptions()
+        closed = close_references(records, drop=drop_dangling, name=reader.name, report=dangling)
+        return write_bundle_from_records(
+            dest,
+            dict(entity_streams(closed)),
+            BundleOptions(filter=export_filter, created_at=created_at, level=level),
+            progress=progress,
+        )
+
+
+def bundle_to_kindling_json(src: BundleSource, dest: str | Path | BinaryIO) -> dict[str, int]:
+    """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
+    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
+    counts); on a damaged bundle a path destination is left untouched."""
+    with open_bundle(src) as reader:
+        manifest = reader.manifest
+        return write_kindling_json(
+            dest,
+            dict(entity_streams(reader.records())),
+            exported_at=manifest.created_at,
+            scope=manifest.export_filter.scope_ids,
+        )
+
+
+def import_kindling_json(
+    conn: KindlingConnection,
+    src: str | Path | BinaryIO,
+    *,
+    conflict: ConflictStrategy = "skip",
+    dry_run: bool = False,
+    drop_dangling: bool = False,
+    name: str | None = None,
+    spool_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[ImportReport, DanglingReport]:
+    """Import a Kindling JSON export with exactly a bundle import's semantics, by converting it
+    to a bundle in a temporary file (in `spool_dir`, else TMPDIR) and importing that: one
+    transaction, the same conflict strategies, the integrity check, all or nothing. The JSON is
+    fully read and checked before the database is touched."""
+    dangling = DanglingReport()
+    with tempfile.TemporaryDirectory(prefix="kindling-json-", dir=spool_dir) as folder:
+        bundle = Path(folder) / "converted.kbundle"
+        kindling_json_to_bundle(
+            src, bundle, drop_dangling=drop_dangling, dangling=dangling, name=name, level=1
+        )
+        report = import_bundle(conn, bundle, conflict=conflict, dry_run=dry_run, progress=progress)
+    report.source = _label(src, name)
+    return report, dangling
+
+
+def _label(src: str | Path | BinaryIO, name: str | None) -> str:
+    """How messages name a source: the given name, its path, or the stream's name."""
+    if name:
+        return name
+    if isinstance(src, (str, Path)):
+        return str(src)
+    return str(getattr(src, "name", "<stream>"))

@@ -15,15 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from kindling_bundle.errors import BundleError, RecordError
+from conftest import dump_tables
+from kindling_bundle.bundle import import_bundle, read_manifest, verify_bundle, write_bundle
+from kindling_bundle.bundle.writer import BundleOptions
+from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
+from kindling_bundle.integrity import verify_import_integrity
 from kindling_bundle.kindling_json import (
+    DanglingReport,
     KindlingJsonReader,
+    bundle_to_kindling_json,
     entity_streams,
+    export_kindling_json,
+    import_kindling_json,
+    kindling_json_to_bundle,
     open_kindling_json,
     peek_format,
+    verify_kindling_json,
     write_kindling_json,
 )
-from kindling_bundle.records import ENTITY_TYPES, Observation
+from kindling_bundle.merge import diff_datasets, merge_datasets
+from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Summary
+from kindling_bundle.store import open_store
 
 DATA = Path(__file__).parent / "data"
 FULL = DATA / "kindling-full.json"
@@ -343,3 +355,348 @@ def test_a_large_export_streams_in_bounded_memory(tmp_path: Path):
         tracemalloc.stop()
     assert count == 20000
     assert peak < 8_000_000, peak
+
+
+# -- JSON <-> bundle <-> database ------------------------------------------------------------
+
+
+def test_json_to_bundle_to_database_to_json_gives_the_same_file(tmp_path: Path):
+    """Every entity type and relationship survives, byte for byte, including redacted rows."""
+    bundle = tmp_path / "full.kbundle"
+    manifest = kindling_json_to_bundle(FULL, bundle)
+    assert manifest.created_at == 1767225800000  # the export's own exportedAt
+    assert verify_bundle(bundle).ok
+    conn = open_store(tmp_path / "restored.db")
+    report = import_bundle(conn, bundle)
+    assert report.integrity.ok
+    assert {e: c.inserted for e, c in report.counts.items()} == {
+        "observations": 12,
+        "capsules": 3,
+        "summaries": 2,
+        "pins": 3,
+    }
+    out = tmp_path / "again.json"
+    export_kindling_json(conn, out, exported_at=1767225800000)
+    conn.close()
+    assert out.read_bytes() == FULL.read_bytes()
+
+
+def test_the_same_json_converts_to_the_same_bundle(tmp_path: Path):
+    first, second = tmp_path / "1.kbundle", tmp_path / "2.kbundle"
+    kindling_json_to_bundle(SCOPED_PRETTY, first)
+    kindling_json_to_bundle(SCOPED_PRETTY, second)
+    assert first.read_bytes() == second.read_bytes()
+    manifest = read_manifest(first)
+    assert manifest.export_filter.scope_ids == {"sessionId": "s-1"}
+    assert [e.records for e in manifest.entities] == [9, 2, 2, 1]
+
+
+def test_kindlings_default_export_without_redacted_rows_needs_drop_dangling(tmp_path: Path):
+    bundle = tmp_path / "default.kbundle"
+    with pytest.raises(RecordError) as caught:
+        kindling_json_to_bundle(DEFAULT, bundle)
+    message = str(caught.value)
+    assert message.startswith(f"{DEFAULT}: capsule cap-s1 links observation obs-05, which is not")
+    assert "--drop-dangling" in message and "redacted" in message
+    assert not bundle.exists() and list(tmp_path.iterdir()) == []
+
+    dangling = DanglingReport()
+    kindling_json_to_bundle(DEFAULT, bundle, drop_dangling=True, dangling=dangling)
+    assert (dangling.links, dangling.summaries, dangling.pins) == (2, 0, 1)
+    assert verify_bundle(bundle).ok
+    conn = open_store(tmp_path / "restored.db")
+    assert import_bundle(conn, bundle).integrity.ok
+    out = tmp_path / "again.json"
+    export_kindling_json(conn, out, exported_at=0)
+    conn.close()
+    # The same dataset, less exactly the references to what the file did not hold.
+    expected = load_ordered(DEFAULT)["dataset"]
+    for capsule in expected["capsules"]:
+        capsule["observationIds"] = [
+            o for o in capsule["observationIds"] if o not in ("obs-05", "obs-10")
+        ]
+    expected["pins"] = [p for p in expected["pins"] if p["id"] != "pin-redacted"]
+    again = load_ordered(out)["dataset"]
+    for entity in ENTITY_TYPES:
+        assert again[entity] == expected[entity], entity
+
+
+def test_importing_json_is_all_or_nothing_with_bundle_semantics(tmp_path: Path, sample_copy):
+    before = dump_tables(sample_copy)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    conn = open_store(sample_copy)
+    with pytest.raises(RecordError, match="capsule cap-s1 links observation obs-05"):
+        import_kindling_json(conn, DEFAULT, spool_dir=str(spool))
+    conn.close()
+    assert dump_tables(sample_copy) == before
+    assert list(spool.iterdir()) == []  # the temporary bundle is gone
+
+    conn = open_store(tmp_path / "new.db")
+    report, dangling = import_kindling_json(conn, FULL)
+    assert report.source == str(FULL) and report.integrity.ok and dangling.total == 0
+    assert sum(c.inserted for c in report.counts.values()) == 20
+    again, _ = import_kindling_json(conn, FULL, conflict="error")
+    assert sum(c.unchanged for c in again.counts.values()) == 20
+    dry, _ = import_kindling_json(conn, SCOPED_PRETTY, dry_run=True)
+    assert dry.dry_run and sum(c.unchanged for c in dry.counts.values()) == 14
+    conn.close()
+
+
+def test_a_database_exports_to_json_and_back_without_loss(tmp_path: Path, sample_db: Path):
+    conn = open_store(sample_db, readonly=True)
+    bundle = tmp_path / "sample.kbundle"
+    write_bundle(conn, bundle, BundleOptions(created_at=1_700_000_000_000))
+    direct = tmp_path / "direct.json"
+    counts = export_kindling_json(conn, direct, exported_at=1_700_000_000_000)
+    conn.close()
+    via_bundle = tmp_path / "via-bundle.json"
+    assert bundle_to_kindling_json(bundle, via_bundle) == counts
+    assert via_bundle.read_bytes() == direct.read_bytes()
+    again = tmp_path / "again.kbundle"
+    kindling_json_to_bundle(direct, again)
+    # The same entity members; only the manifest's source differs (a database, a JSON file).
+    original, converted = read_manifest(bundle), read_manifest(again)
+    assert converted.entities == original.entities
+    assert converted.created_at == original.created_at
+    assert (original.source.schema_generation, converted.source.schema_generation) == (5, None)
+    assert diff_datasets(sample_db, direct).identical
+
+
+def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
+    assert verify_kindling_json(FULL).ok
+    report = verify_kindling_json(DEFAULT)
+    assert not report.ok
+    assert [p.removeprefix(f"{DEFAULT}: ") for p in report.problems] == [
+        "capsule cap-s1 links observation obs-05, not in the file",
+        "capsule cap-s2 links observation obs-10, not in the file",
+        "pin pin-redacted targets observation obs-10, not in the file",
+    ]
+    assert any("evidence observation obs-05" in w for w in report.warnings)
+
+    document = load_ordered(FULL)
+    observations = document["dataset"]["observations"]
+    observations[2]["kind"] = "thought"
+    observations[4]["ts"] = "noon"
+    observations.append(dict(observations[0]))
+    document["dataset"]["summaries"].append(
+        {**document["dataset"]["summaries"][0], "id": "sum-twice"}
+    )
+    report = verify_kindling_json(write_json(tmp_path / "bad.json", document))
+    problems = " | ".join(report.problems)
+    assert report.problem_count == 4, problems
+    assert "observations[2] (id obs-03): field kind" in problems
+    assert "observations[4] (id obs-05): field ts" in problems
+    assert "observations id obs-01 appears more than once" in problems
+    assert "summary sum-twice: capsule cap-node already has a summary" in problems
+
+    truncated = tmp_path / "cut.json"
+    truncated.write_bytes(FULL.read_bytes()[:-10])
+    report = verify_kindling_json(truncated)
+    assert not report.ok and "JSON ends early" in report.problems[-1]
+
+
+# -- diff ------------------------------------------------------------------------------------
+
+
+def records_of(path: Path) -> dict[str, list]:
+    records, _ = read_all(path)
+    return by_entity(records)
+
+
+def write_dataset(path: Path, streams: dict[str, list]) -> Path:
+    write_kindling_json(path, streams, exported_at=1767225900000)
+    return path
+
+
+def test_diff_of_a_bundle_with_itself_reports_no_change(tmp_path: Path):
+    bundle = tmp_path / "full.kbundle"
+    kindling_json_to_bundle(FULL, bundle)
+    report = diff_datasets(bundle, bundle)
+    assert report.identical
+    assert {e: d.same for e, d in report.entities.items()} == {
+        "observations": 12,
+        "capsules": 3,
+        "summaries": 2,
+        "pins": 3,
+    }
+    assert diff_datasets(FULL, bundle).identical  # a JSON export and its bundle
+    assert diff_datasets(SCOPED_PRETTY, FULL).identical is False
+
+
+def test_diff_counts_added_removed_changed_and_same_per_entity(tmp_path: Path):
+    data = records_of(FULL)
+    observations = data["observations"]
+    observations[0] = msgspec_replace(observations[0], content="edited")
+    del observations[-1]  # obs-12
+    observations.append(Observation(id="obs-13", kind="message", content="new", ts=1))
+    data["capsules"][2] = msgspec_replace(data["capsules"][2], status="closed", closed_at=5)
+    data["pins"].append(
+        Pin(id="pin-new", target_type="observation", target_id="obs-13", created_at=1)
+    )
+    data["pins"] = data["pins"][1:]  # pin-obs removed
+    other = write_dataset(tmp_path / "other.json", data)
+    bundle = tmp_path / "other.kbundle"
+    kindling_json_to_bundle(other, bundle)
+    report = diff_datasets(FULL, bundle).to_dict()
+    counts = {
+        entity: [diff[k] for k in ("added", "removed", "changed", "same")]
+        for entity, diff in report["entities"].items()
+    }
+    assert counts == {
+        "observations": [1, 1, 1, 10],
+        "capsules": [0, 0, 1, 2],
+        "summaries": [0, 0, 0, 2],
+        "pins": [1, 1, 0, 2],
+    }
+    examples = report["entities"]["observations"]["examples"]
+    assert examples == {"added": ["obs-13"], "removed": ["obs-12"], "changed": ["obs-01"]}
+    assert report["identical"] is False
+
+
+def test_diff_refuses_a_side_with_an_id_twice(tmp_path: Path):
+    data = records_of(FULL)
+    data["pins"].append(data["pins"][0])
+    twice = write_dataset(tmp_path / "twice.json", data)
+    with pytest.raises(RecordError, match=r"twice.json: pin pin-obs appears more than once"):
+        diff_datasets(FULL, twice)
+
+
+def msgspec_replace(record, **changes):
+    import msgspec
+
+    return msgspec.structs.replace(record, **changes)
+
+
+# -- merge -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def overlapping(tmp_path: Path) -> tuple[Path, Path]:
+    """Two bundles that share most records: B edits obs-02 and pin-obs, drops obs-12, and adds
+    a capsule with its own observation and a summary."""
+    a = records_of(FULL)
+    b = records_of(FULL)
+    b["observations"][1] = msgspec_replace(b["observations"][1], content="B's version")
+    del b["observations"][-1]
+    b["observations"].append(
+        Observation(id="obs-b", kind="message", content="only in B", ts=T0 + 500)
+    )
+    b["capsules"].append(
+        Capsule(
+            id="cap-b",
+            type="session",
+            intent="B",
+            opened_at=T0 + 499,
+            observation_ids=["obs-b", "obs-01"],
+        )
+    )
+    b["summaries"].append(
+        Summary(id="sum-b", capsule_id="cap-b", content="B", confidence=0.5, created_at=T0 + 501)
+    )
+    b["pins"][0] = msgspec_replace(b["pins"][0], reason="B's reason")
+    paths = []
+    for name, data in (("a", a), ("b", b)):
+        json_path = write_dataset(tmp_path / f"{name}.json", data)
+        bundle = tmp_path / f"{name}.kbundle"
+        kindling_json_to_bundle(json_path, bundle)
+        paths.append(bundle)
+    return paths[0], paths[1]
+
+
+T0 = 1767225600000
+
+
+def merged_records(path: Path) -> dict[str, dict]:
+    out = path.with_suffix(".json")
+    bundle_to_kindling_json(path, out)
+    return {entity: {r.id: r for r in records} for entity, records in records_of(out).items()}
+
+
+@pytest.mark.parametrize("conflict", ["skip", "overwrite"])
+def test_merge_of_overlapping_bundles_is_their_union(tmp_path: Path, overlapping, conflict):
+    a, b = overlapping
+    dest = tmp_path / "merged.kbundle"
+    report = merge_datasets([a, b], dest, conflict=conflict, created_at=T0)
+    assert verify_bundle(dest).ok
+    merged = merged_records(dest)
+    assert {e: len(r) for e, r in merged.items()} == {
+        "observations": 13,  # 12 of A (obs-12 only there), plus obs-b
+        "capsules": 4,
+        "summaries": 3,
+        "pins": 3,
+    }
+    winner = "B's version" if conflict == "overwrite" else "Read src/tokenizer.ts"
+    assert merged["observations"]["obs-02"].content == winner
+    reason = "B's reason" if conflict == "overwrite" else "the failing test"
+    assert merged["pins"]["pin-obs"].reason == reason
+    assert merged["capsules"]["cap-b"].observation_ids == ["obs-b", "obs-01"]
+    stats = report.entities
+    assert (stats["observations"].conflicts, stats["observations"].duplicates) == (1, 10)
+    assert stats["observations"].conflict_ids == ["obs-02"]
+    assert (stats["pins"].conflicts, stats["pins"].records) == (1, 3)
+    # In Kindling's export order, and importable into an empty database with a clean report.
+    observations = list(merged["observations"].values())
+    assert [o.id for o in observations] == [
+        o.id for o in sorted(observations, key=lambda o: (o.ts, o.id))
+    ]
+    conn = open_store(tmp_path / "merged.db")
+    assert import_bundle(conn, dest).integrity.ok
+    assert verify_import_integrity(conn).ok
+    conn.close()
+
+
+def test_merge_with_conflict_error_names_the_id_and_writes_nothing(tmp_path: Path, overlapping):
+    a, b = overlapping
+    dest = tmp_path / "merged.kbundle"
+    with pytest.raises(ImportConflictError) as caught:
+        merge_datasets([a, b], dest, conflict="error")
+    assert str(caught.value) == f"observation obs-02 differs between {a} and {b} (--conflict error)"
+    assert not dest.exists()
+    # Identical overlaps are no conflict: a bundle merged with itself is itself.
+    report = merge_datasets([a, a], dest, conflict="error", created_at=T0)
+    assert diff_datasets(a, dest).identical
+    assert report.entities["observations"].duplicates == 12
+
+
+def test_merge_moves_pins_of_a_second_summary_of_one_capsule(tmp_path: Path):
+    a = records_of(FULL)
+    b = records_of(FULL)
+    b["summaries"] = [
+        Summary(id="sum-s1-b", capsule_id="cap-s1", content="B", confidence=0.1, created_at=T0)
+    ]
+    b["pins"] = [Pin(id="pin-b", target_type="summary", target_id="sum-s1-b", created_at=T0)]
+    pa = write_dataset(tmp_path / "a.json", a)
+    pb = write_dataset(tmp_path / "b.json", b)
+    for conflict, kept, lost in (
+        ("skip", "sum-s1", "sum-s1-b"),
+        ("overwrite", "sum-s1-b", "sum-s1"),
+    ):
+        dest = tmp_path / f"{conflict}.kbundle"
+        report = merge_datasets([pa, pb], dest, conflict=conflict)
+        merged = merged_records(dest)
+        assert kept in merged["summaries"] and lost not in merged["summaries"]
+        targets = {p.id: p.target_id for p in merged["pins"].values() if p.target_type == "summary"}
+        assert targets == {"pin-sum": kept, "pin-b": kept}
+        assert report.moved_pins == 1
+        assert verify_bundle(dest).ok
+    with pytest.raises(ImportConflictError, match="capsule cap-s1 has two summaries: sum-s1"):
+        merge_datasets([pa, pb], tmp_path / "error.kbundle", conflict="error")
+
+
+def test_merge_closes_references_over_the_union(tmp_path: Path):
+    dest = tmp_path / "merged.kbundle"
+    # DEFAULT alone dangles; FULL holds what it names.
+    merge_datasets([DEFAULT, FULL], dest)
+    assert diff_datasets(FULL, dest).identical
+    before = dest.read_bytes()
+    with pytest.raises(
+        RecordError,
+        match=r"default.json: capsule cap-s2 links observation obs-10, which is not in any input",
+    ):
+        merge_datasets([DEFAULT, SCOPED_PRETTY], dest)
+    assert dest.read_bytes() == before  # a failed merge leaves the destination alone
+    report = merge_datasets([DEFAULT, SCOPED_PRETTY], dest, drop_dangling=True)
+    # SCOPED_PRETTY holds obs-05 (session s-1); obs-10 is in neither.
+    assert (report.dangling.links, report.dangling.pins) == (1, 1)
+    assert verify_bundle(dest).ok
