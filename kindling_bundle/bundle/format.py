@@ -163,9 +163,9 @@ def describe_validation(exc: msgspec.ValidationError) -> str:
     "field ts: expected `int`, got `str`"."""
     text = str(exc)
     match = _PATH.search(text)
-    if match is None:
-        return text
-    message = text[: match.start()]
+    message = text if match is None else text[: match.start()]
     message = message[:1].lower() + message[1:]
+    if match is None:
+        return message
     field = match.group(2)
     return f"field {field}: {message}" if field else message

@@ -135,11 +135,13 @@ class _Verifier:
                 self.report.problem(f"{self.label}: {kind} member {header.name!r}")
                 member.close()
                 continue
-            expected = order[len(seen)]
-            in_order = header.name == expected
+            # In order: after every member seen so far that precedes it in the manifest (a
+            # missing member is reported once, below, without making its successors "late").
+            latest = max(seen, key=order.index, default=None)
+            in_order = latest is None or order.index(header.name) > order.index(latest)
             if not in_order:
                 self.report.problem(
-                    f"{self.label}: member {header.name} is out of order (expected {expected})"
+                    f"{self.label}: member {header.name} is out of order (after {latest})"
                 )
             seen.append(header.name)
             self._member(member, entry, in_order)
