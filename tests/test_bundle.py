@@ -28,6 +28,10 @@ from kindling_bundle import (
     Pin,
     RecordError,
     Summary,
+    export_capsules,
+    export_observations,
+    export_pins,
+    export_summaries,
     import_bundle,
     open_bundle,
     open_store,
@@ -711,3 +715,23 @@ def test_write_from_records_checks_its_input(tmp_path: Path) -> None:
     manifest = write_bundle_from_records(tmp_path / "b.kbundle", {}, source_generation=None)
     assert manifest.source.schema_generation is None and verify_bundle(tmp_path / "b.kbundle").ok
     assert os.stat(tmp_path / "b.kbundle").st_mode & 0o777 == 0o600
+
+
+def test_filtered_bundles_are_always_referentially_closed(sample_conn, tmp_path: Path) -> None:
+    lo, hi = sample_conn.execute("SELECT min(ts), max(ts) FROM observations").fetchone()
+    window = ExportStreamOptions(from_ts=lo + (hi - lo) // 3, to_ts=lo + (hi - lo) // 2)
+    path = tmp_path / "window.kbundle"
+    manifest = write_bundle(sample_conn, path, BundleOptions(filter=window))
+    assert manifest.export_filter.include_references
+    assert manifest.export_filter.from_ts == window.from_ts
+    assert verify_bundle(path).ok
+    # The bare selection is not closed: that is what the writer guards against.
+    streams = {
+        "observations": export_observations(sample_conn, window),
+        "capsules": export_capsules(sample_conn, window),
+        "summaries": export_summaries(sample_conn, window),
+        "pins": export_pins(sample_conn, window),
+    }
+    write_bundle_from_records(tmp_path / "bare.kbundle", streams)
+    problems = verify_bundle(tmp_path / "bare.kbundle").problems
+    assert any("not in the bundle" in p for p in problems)

@@ -16,6 +16,7 @@ written front to back and flushed, never sought nor closed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -71,7 +72,9 @@ _EXPORTS = {
 class BundleOptions:
     """How to write a bundle.
 
-    `filter`: which records (recorded in the manifest). `created_at`: epoch ms stored in the
+    `filter`: which records (recorded in the manifest). A bundle is always referentially closed,
+    so `write_bundle` exports a filtered selection with its references (`include_references` is
+    implied). `created_at`: epoch ms stored in the
     manifest and as every member's mtime; None means $SOURCE_DATE_EPOCH (seconds) if set, else
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
     """
@@ -123,18 +126,22 @@ def write_bundle(
 ) -> Manifest:
     """Export a Kindling database to a bundle at `dest` (a path or a writable binary stream).
 
-    All four entities come from one read snapshot, so they agree with each other; a filtered
-    export with `include_references` is referentially closed (see kindling_bundle.export).
+    All four entities come from one read snapshot, so they agree with each other. A filtered
+    export brings the records its selection references (kindling_bundle.export's closure), so
+    every bundle is referentially closed.
     `progress(records_done, bytes_done)` is called as records are encoded. Returns the manifest.
     """
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
+    selection = opts.filter
+    if selection.filtered and not selection.include_references:
+        selection = dataclasses.replace(selection, include_references=True)
     label = _label(dest)
     with _spool(dest, label) as spool:
         with snapshot(conn):
-            streams = {entity: export(conn, opts.filter) for entity, export in _EXPORTS.items()}
+            streams = {entity: export(conn, selection) for entity, export in _EXPORTS.items()}
             entries = _encode_entities(spool, streams, label, progress)
-        manifest = _manifest(created_at, getattr(conn, "generation", None), opts.filter, entries)
+        manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
         _write_archive(dest, label, spool, manifest, opts.level)
     return manifest
 
