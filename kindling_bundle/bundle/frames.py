@@ -46,12 +46,12 @@ class FrameEncoder:
             yield from self._encode(batch)
 
     def _encode(self, batch: list[Record]) -> Iterator[tuple[int, bytearray]]:
-        for record in batch:
-            if type(record) is not self.record_type:
-                raise TypeError(
-                    f"{self.entity}: expected {self.record_type.__name__} records, "
-                    f"got {type(record).__name__}"
-                )
+        wrong = set(map(type, batch)) - {self.record_type}
+        if wrong:
+            raise TypeError(
+                f"{self.entity}: expected {self.record_type.__name__} records, "
+                f"got {', '.join(sorted(t.__name__ for t in wrong))}"
+            )
         buffer = bytearray(FRAME_HEADER_BYTES)
         self._encoder.encode_into(batch, buffer, FRAME_HEADER_BYTES)
         size = len(buffer) - FRAME_HEADER_BYTES
