@@ -265,6 +265,8 @@ def _write_archive(
     try:
         with _destination(dest) as out:
             _emit(out, spool, manifest, level)
+    except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
+        raise
     except OSError as exc:
         raise BundleError(f"{label}: cannot write: {exc.strerror or exc}") from None
 

@@ -66,7 +66,8 @@ class FrameReader:
         while len(self._buffer) - self._pos < n and self._decompress_more():
             pass
         end = min(self._pos + n, len(self._buffer))
-        chunk = bytes(self._buffer[self._pos : end])
+        with memoryview(self._buffer) as view:  # one copy, not two
+            chunk = bytes(view[self._pos : end])
         self._pos = end
         self.decompressed_bytes += len(chunk)
         if self._pos > (1 << 20) and self._pos * 2 > len(self._buffer):
