@@ -507,10 +507,11 @@ def test_verify_reports_every_problem_not_just_the_first(sample_bundle: Path) ->
 
 def test_verify_catches_members_out_of_order_and_repeated(sample_bundle: Path) -> None:
     members = members_of(sample_bundle.read_bytes())
-    swapped = [members[0], members[1], members[3], members[2], members[4], members[4]]
+    swapped = [members[0], members[1], members[3], members[2], members[4], members[4], members[0]]
     assert problems_of(repack(swapped)) == [
         "<stream>: member capsules.msgpack is out of order (after summaries.msgpack)",
         "<stream>: repeated member 'pins.msgpack'",
+        "<stream>: repeated member 'manifest.json'",
     ]
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from kindling_bundle.bundle.format import (
     FRAME_HEADER_BYTES,
+    MANIFEST_MEMBER,
     EntityEntry,
     Manifest,
     ProgressCallback,
@@ -131,7 +132,8 @@ class _Verifier:
             member = self.reader.member(header)
             entry = entries.get(header.name)
             if entry is None or header.name in seen:
-                kind = "unknown" if entry is None else "repeated"
+                repeated = header.name in seen or header.name == MANIFEST_MEMBER
+                kind = "repeated" if repeated else "unknown"
                 self.report.problem(f"{self.label}: {kind} member {header.name!r}")
                 member.close()
                 continue
