@@ -8,18 +8,36 @@ database); 2 usage error. Every failure is one line on standard error, never a t
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from kindling_bundle import __version__
+from kindling_bundle.bundle import (
+    BundleOptions,
+    Manifest,
+    import_bundle,
+    read_manifest,
+    verify_bundle,
+    write_bundle,
+)
 from kindling_bundle.errors import KindlingBundleError
+from kindling_bundle.export import ExportStreamOptions
+from kindling_bundle.importer import CONFLICT_STRATEGIES
+from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.progress import Progress
 from kindling_bundle.sample import generate_sample
+from kindling_bundle.storage import STDIO, is_url, open_destination, open_source
+from kindling_bundle.store import KindlingConnection, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,13 +49,13 @@ class Output:
         self.as_json = as_json
         self.quiet = quiet
 
-    def line(self, text: str = "") -> None:
+    def line(self, text: str = "", *, err: bool = False) -> None:
         if not self.as_json and not self.quiet:
-            click.echo(text)
+            click.echo(text, err=err)
 
-    def result(self, data: dict[str, Any]) -> None:
+    def result(self, data: dict[str, Any], *, err: bool = False) -> None:
         if self.as_json:
-            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False), err=err)
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,6 +70,36 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, out=Output(as_json=as_json, quiet=quiet), **kwargs)
 
     return wrapper
+
+
+class EpochMs(click.ParamType):
+    """Epoch milliseconds, or an ISO-8601 date/time (UTC unless it names an offset)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither epoch milliseconds nor an ISO-8601 date/time", param, ctx
+            )
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO-8601 UTC time, for people."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def default_db() -> Path:
@@ -87,6 +135,319 @@ def sample(path: Path, observations: int, seed: int, out: Output) -> None:
     }
     out.line(f"wrote {path}: " + ", ".join(f"{value} {name}" for name, value in counts.items()))
     out.result({"path": str(path), "seed": seed, **counts})
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--db, defaulting as Kindling does: $KINDLING_DB, else ~/.kindling/kindling.db."""
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Kindling database [default: $KINDLING_DB, else ~/.kindling/kindling.db].",
+    )(func)
+
+
+class _Hashing:
+    """A write-only stream that hashes and counts what passes through it to `target`."""
+
+    def __init__(self, target: BinaryIO):
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.name = getattr(target, "name", "<stream>")
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+    return path.stat().st_size, digest.hexdigest()
+
+
+def _progress(label: str, out: Output) -> Progress:
+    return Progress(label, enabled=None if not out.quiet else False)
+
+
+@cli.command()
+@db_option
+@click.option("--session", help="Only this session id.")
+@click.option("--repo", help="Only this repo id.")
+@click.option("--agent", help="Only this agent id.")
+@click.option("--user", help="Only this user id.")
+@click.option("--since", type=EpochMs(), help="From this time (inclusive): epoch ms or ISO-8601.")
+@click.option("--until", type=EpochMs(), help="Up to this time (inclusive): epoch ms or ISO-8601.")
+@click.option(
+    "--level",
+    type=click.IntRange(1, 19),
+    default=3,
+    show_default=True,
+    help="zstd compression level.",
+)
+@click.option(
+    "--created-at",
+    type=EpochMs(),
+    help="Fixed creation time, for byte-identical bundles [default: $SOURCE_DATE_EPOCH, else now].",
+)
+@click.argument("out_target", metavar="OUT")
+@common_options
+def export(
+    db: Path | None,
+    session: str | None,
+    repo: str | None,
+    agent: str | None,
+    user: str | None,
+    since: int | None,
+    until: int | None,
+    level: int,
+    created_at: int | None,
+    out_target: str,
+    out: Output,
+) -> None:
+    """Export the database to a bundle at OUT (a path, or - for standard output).
+
+    A filtered export also carries what its selection references (the observations of its
+    capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+    """
+    scope = {
+        key: value
+        for key, value in (
+            ("sessionId", session),
+            ("repoId", repo),
+            ("agentId", agent),
+            ("userId", user),
+        )
+        if value is not None
+    }
+    try:
+        selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+    db_path = db or default_db()
+    conn = open_store(db_path, readonly=True)
+    progress = _progress("export", out)
+    try:
+        if out_target == STDIO or is_url(out_target):
+            with open_destination(out_target) as stream:
+                hashing = _Hashing(stream)
+                manifest = write_bundle(conn, hashing, opts, progress=progress)
+            size, digest = hashing.size, hashing.sha256.hexdigest()
+        else:
+            manifest = write_bundle(conn, Path(out_target), opts, progress=progress)
+            size, digest = _file_digest(Path(out_target))
+    finally:
+        progress.close()
+        conn.close()
+    # With the bundle on standard output, the summary goes to standard error.
+    to_stderr = out_target == STDIO
+    counts = {entry.entity: entry.records for entry in manifest.entities}
+    out.line(
+        f"exported {db_path} to {out_target}: "
+        + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
+        err=to_stderr,
+    )
+    out.line(f"bundle: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    out.result(
+        {
+            "database": str(db_path),
+            "bundle": out_target,
+            "bytes": size,
+            "sha256": digest,
+            "counts": counts,
+            "manifest": manifest.to_dict(),
+        },
+        err=to_stderr,
+    )
+
+
+@cli.command("import")
+@db_option
+@click.option(
+    "--conflict",
+    type=click.Choice(CONFLICT_STRATEGIES),
+    default="skip",
+    show_default=True,
+    help="When a stored record has the same id and other content: keep it (skip), replace it "
+    "(overwrite), or fail the whole import (error).",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.argument("in_target", metavar="IN")
+@common_options
+def import_(db: Path | None, conflict: str, dry_run: bool, in_target: str, out: Output) -> None:
+    """Import the bundle IN (a path, or - for standard input) into the database.
+
+    The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
+    error, integrity problem) the database is left exactly as it was.
+    """
+    db_path = db or default_db()
+    progress = _progress("import", out)
+
+    def on_manifest(manifest: Manifest) -> None:
+        progress.total_records = manifest.total_records
+
+    with _target_database(db_path, dry_run) as conn, open_source(in_target) as stream:
+        try:
+            report = import_bundle(
+                conn,
+                stream,
+                conflict=conflict,  # type: ignore[arg-type]
+                dry_run=dry_run,
+                progress=progress,
+                on_manifest=on_manifest,
+            )
+        finally:
+            progress.close()
+    verb = "would import" if dry_run else "imported"
+    out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
+    out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
+    for entity, counts in report.counts.items():
+        out.line(
+            f"  {entity:<14}{counts.inserted:>10,}{counts.overwritten:>13,}"
+            f"{counts.skipped:>9,}{counts.unchanged:>11,}"
+        )
+    _print_integrity(out, report.integrity)
+    out.result({"database": str(db_path), **report.to_dict()})
+
+
+@contextmanager
+def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
+    """The database to import into; a dry run against a database that does not exist yet uses a
+    throwaway one, so that it creates nothing."""
+    if dry_run and not db_path.exists():
+        with tempfile.TemporaryDirectory(prefix="kindling-dry-run-") as folder:
+            conn = open_store(Path(folder) / "dry-run.db")
+            try:
+                yield conn
+            finally:
+                conn.close()
+        return
+    conn = open_store(db_path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@cli.command()
+@click.argument("in_target", metavar="IN")
+@common_options
+def verify(in_target: str, out: Output) -> None:
+    """Check a bundle completely, without any database: every byte, hash, count and reference.
+
+    Prints each problem found, or that the bundle is valid; exits 1 if it is not.
+    """
+    progress = _progress("verify", out)
+
+    def on_manifest(manifest: Manifest) -> None:
+        progress.total_records = manifest.total_records
+
+    with open_source(in_target) as stream:
+        try:
+            report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+        finally:
+            progress.close()
+    if out.as_json:
+        out.result({"bundle": in_target, **report.to_dict(), "source": in_target})
+    elif report.ok:
+        total = sum(report.records.values())
+        out.line(f"{in_target}: valid ({total:,} records)")
+        for warning in report.warnings:
+            out.line(f"warning: {warning}")
+    elif report.problem_count > 1:  # the first one is also the error line below
+        for problem in report.problems:
+            out.line(problem if problem.startswith(in_target) else f"{in_target}: {problem}")
+        hidden = report.problem_count - len(report.problems)
+        if hidden:
+            out.line(f"... and {hidden} more problems")
+    if not report.ok:
+        first = report.problems[0] if report.problems else "damaged"
+        more = report.problem_count - 1
+        raise _Failed(
+            f"{in_target}: not a valid bundle: {first.removeprefix(in_target + ': ')}"
+            + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
+        )
+
+
+@cli.command()
+@click.argument("in_target", metavar="IN")
+@common_options
+def inspect(in_target: str, out: Output) -> None:
+    """Show a bundle's manifest, reading only the manifest (not the record streams)."""
+    with open_source(in_target) as stream:
+        manifest = read_manifest(stream)
+    selection = manifest.export_filter
+    parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
+    if selection.from_ts is not None:
+        parts.append(f"since {iso(selection.from_ts)}")
+    if selection.to_ts is not None:
+        parts.append(f"until {iso(selection.to_ts)}")
+    generation = manifest.source.schema_generation
+    out.line(f"bundle:   {in_target}")
+    out.line(f"format:   {manifest.format} {manifest.format_version}")
+    out.line(f"created:  {iso(manifest.created_at)} ({manifest.created_at})")
+    out.line(f"tool:     {manifest.tool.name} {manifest.tool.version}")
+    out.line(
+        f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
+    )
+    out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    out.line("")
+    out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
+    for entry in manifest.entities:
+        out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
+    out.result({"bundle": in_target, "manifest": manifest.to_dict()})
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--sample-size",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Rows searched for by their own content in the FTS check.",
+)
+@common_options
+def check(db: Path | None, sample_size: int, out: Output) -> None:
+    """Run the integrity report on a database (read-only): foreign keys, pin targets, capsule
+    order, and full-text indexes in sync. Exits 1 if it finds a problem."""
+    db_path = db or default_db()
+    conn = open_store(db_path, readonly=True)
+    try:
+        report = verify_import_integrity(conn, sample_size=sample_size)
+    finally:
+        conn.close()
+    out.line(f"{db_path}:")
+    _print_integrity(out, report)
+    out.result({"database": str(db_path), **report.to_dict()})
+    if not report.ok:
+        first = report.problems[0]
+        raise _Failed(
+            f"{db_path}: integrity check failed: {first.kind}: {first.entity} {first.id}: "
+            f"{first.detail} ({len(report.problems)} problems in all)"
+        )
+
+
+def _print_integrity(out: Output, report: IntegrityReport) -> None:
+    if report.ok:
+        out.line(f"integrity: ok ({len(report.warnings)} warnings)")
+    else:
+        out.line(f"integrity: {len(report.problems)} problems")
+    for problem in [*report.problems, *report.warnings]:
+        out.line(
+            f"  {problem.severity}: {problem.kind}: {problem.entity} {problem.id}: {problem.detail}"
+        )
+
+
+class _Failed(KindlingBundleError):
+    """The command did its job and found the input bad (exit 1); details were printed."""
 
 
 def main(argv: list[str] | None = None) -> None:
