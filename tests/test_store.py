@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_v4_database
 from kindling_bundle import Capsule, Observation, Pin, StoreError, Summary
+from kindling_bundle.integrity import verify_import_integrity
 from kindling_bundle.store import open_store
 from kindling_bundle.store.writes import (
     attach_observation,
@@ -434,3 +435,18 @@ def test_redaction_removes_fts_entry_and_keeps_every_reference(new_store) -> Non
     assert new_store.execute("SELECT target_id FROM pins").fetchall() == [("o1",)]
     with pytest.raises(StoreError, match="no such observation"):
         redact_observation(new_store, "missing")
+
+
+def test_redacting_twice_is_harmless_to_the_index(new_store) -> None:
+    insert_observation(new_store, _obs("o1", content="secret token value"))
+    insert_observation(new_store, _obs("o2", content="other words here"))
+    redact_observation(new_store, "o1")
+    redact_observation(new_store, "o1")
+    report = verify_import_integrity(new_store)
+    assert report.ok, report.problems
+    assert (
+        new_store.execute(
+            "SELECT count(*) FROM observations_fts WHERE observations_fts MATCH 'other'"
+        ).fetchone()[0]
+        == 1
+    )

@@ -90,10 +90,17 @@ def delete_pin(conn: sqlite3.Connection, pin_id: str) -> bool:
 
 def redact_observation(conn: sqlite3.Connection, observation_id: str) -> None:
     """Replace an observation's content by the redaction marker. The row, its capsule links,
-    summaries' evidence and pins all stay; the update trigger drops its FTS entry."""
+    summaries' evidence and pins all stay; the update trigger drops its FTS entry.
+
+    Redacting twice is a no-op: updating a row that has no FTS entry would make Kindling's
+    update trigger issue an FTS 'delete' for an entry that is not there, which silently
+    corrupts the index statistics."""
     cursor = conn.execute(
-        "UPDATE observations SET content = ?, redacted = 1 WHERE id = ?",
+        "UPDATE observations SET content = ?, redacted = 1 WHERE id = ? AND redacted = 0",
         (REDACTED_CONTENT, observation_id),
     )
-    if cursor.rowcount != 1:
+    if cursor.rowcount == 1:
+        return
+    exists = conn.execute("SELECT 1 FROM observations WHERE id = ?", (observation_id,)).fetchone()
+    if exists is None:
         raise StoreError(f"observation {observation_id}: no such observation")
