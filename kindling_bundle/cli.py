@@ -7,6 +7,7 @@ database); 2 usage error. Every failure is one line on standard error, never a t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -30,10 +31,20 @@ from kindling_bundle.bundle import (
     verify_bundle,
     write_bundle,
 )
-from kindling_bundle.errors import KindlingBundleError
+from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.export import ExportStreamOptions
 from kindling_bundle.importer import CONFLICT_STRATEGIES
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.kindling_json import (
+    DanglingReport,
+    bundle_to_kindling_json,
+    export_kindling_json,
+    import_kindling_json,
+    kindling_json_to_bundle,
+    peek_format,
+    verify_kindling_json,
+)
+from kindling_bundle.merge import diff_datasets, merge_datasets
 from kindling_bundle.progress import Progress
 from kindling_bundle.sample import generate_sample
 from kindling_bundle.storage import STDIO, is_url, open_destination, open_source
@@ -196,6 +207,14 @@ def _progress(label: str, out: Output) -> Progress:
     type=EpochMs(),
     help="Fixed creation time, for byte-identical bundles [default: $SOURCE_DATE_EPOCH, else now].",
 )
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["bundle", "kindling-json"]),
+    default="bundle",
+    show_default=True,
+    help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
+)
 @click.argument("out_target", metavar="OUT")
 @common_options
 def export(
@@ -208,10 +227,14 @@ def export(
     until: int | None,
     level: int,
     created_at: int | None,
+    out_format: str,
     out_target: str,
     out: Output,
 ) -> None:
     """Export the database to a bundle at OUT (a path, or - for standard output).
+
+    With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
+    marked), for a Kindling installation that only reads JSON.
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
@@ -234,35 +257,45 @@ def export(
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     progress = _progress("export", out)
+    manifest: Manifest | None = None
+
+    def write(dest: Path | BinaryIO) -> dict[str, int]:
+        nonlocal manifest
+        if out_format == "kindling-json":  # closed like a bundle, so that it imports cleanly
+            closed = dataclasses.replace(selection, include_references=True)
+            return export_kindling_json(conn, dest, closed, exported_at=created_at)
+        manifest = write_bundle(conn, dest, opts, progress=progress)
+        return {entry.entity: entry.records for entry in manifest.entities}
+
     try:
         if out_target == STDIO or is_url(out_target):
             with open_destination(out_target) as stream:
                 hashing = _Hashing(stream)
-                manifest = write_bundle(conn, hashing, opts, progress=progress)
+                counts = write(hashing)  # type: ignore[arg-type]
             size, digest = hashing.size, hashing.sha256.hexdigest()
         else:
-            manifest = write_bundle(conn, Path(out_target), opts, progress=progress)
+            counts = write(Path(out_target))
             size, digest = _file_digest(Path(out_target))
     finally:
         progress.close()
         conn.close()
     # With the bundle on standard output, the summary goes to standard error.
     to_stderr = out_target == STDIO
-    counts = {entry.entity: entry.records for entry in manifest.entities}
     out.line(
         f"exported {db_path} to {out_target}: "
         + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
         err=to_stderr,
     )
-    out.line(f"bundle: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
     out.result(
         {
             "database": str(db_path),
             "bundle": out_target,
             "bytes": size,
             "sha256": digest,
+            "format": out_format,
             "counts": counts,
-            "manifest": manifest.to_dict(),
+            "manifest": manifest.to_dict() if manifest is not None else None,
         },
         err=to_stderr,
     )
@@ -279,10 +312,25 @@ def export(
     "(overwrite), or fail the whole import (error).",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.option(
+    "--drop-dangling",
+    is_flag=True,
+    help="Kindling JSON input: leave out capsule links, summaries and pins that name records "
+    "the file does not hold (Kindling's default export leaves redacted observations out).",
+)
 @click.argument("in_target", metavar="IN")
 @common_options
-def import_(db: Path | None, conflict: str, dry_run: bool, in_target: str, out: Output) -> None:
+def import_(
+    db: Path | None,
+    conflict: str,
+    dry_run: bool,
+    drop_dangling: bool,
+    in_target: str,
+    out: Output,
+) -> None:
     """Import the bundle IN (a path, or - for standard input) into the database.
+
+    IN may also be a Kindling JSON export (told by its content), imported the same way.
 
     The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
     error, integrity problem) the database is left exactly as it was.
@@ -293,16 +341,29 @@ def import_(db: Path | None, conflict: str, dry_run: bool, in_target: str, out: 
     def on_manifest(manifest: Manifest) -> None:
         progress.total_records = manifest.total_records
 
+    dangling = None
     with _target_database(db_path, dry_run) as conn, open_source(in_target) as stream:
+        kind, stream = peek_format(stream)
         try:
-            report = import_bundle(
-                conn,
-                stream,
-                conflict=conflict,  # type: ignore[arg-type]
-                dry_run=dry_run,
-                progress=progress,
-                on_manifest=on_manifest,
-            )
+            if kind == "kindling-json":
+                report, dangling = import_kindling_json(
+                    conn,
+                    stream,
+                    conflict=conflict,  # type: ignore[arg-type]
+                    dry_run=dry_run,
+                    drop_dangling=drop_dangling,
+                    name=in_target,
+                    progress=progress,
+                )
+            else:
+                report = import_bundle(
+                    conn,
+                    stream,
+                    conflict=conflict,  # type: ignore[arg-type]
+                    dry_run=dry_run,
+                    progress=progress,
+                    on_manifest=on_manifest,
+                )
         finally:
             progress.close()
     verb = "would import" if dry_run else "imported"
@@ -313,8 +374,14 @@ def import_(db: Path | None, conflict: str, dry_run: bool, in_target: str, out: 
             f"  {entity:<14}{counts.inserted:>10,}{counts.overwritten:>13,}"
             f"{counts.skipped:>9,}{counts.unchanged:>11,}"
         )
+    if dangling is not None and dangling.total:
+        out.line(
+            f"  left out {dangling.links} capsule links, {dangling.summaries} summaries and "
+            f"{dangling.pins} pins naming records not in {in_target}"
+        )
     _print_integrity(out, report.integrity)
-    out.result({"database": str(db_path), **report.to_dict()})
+    extra = {"dangling": dangling.to_dict()} if dangling is not None else {}
+    out.result({"database": str(db_path), **report.to_dict(), **extra})
 
 
 @contextmanager
@@ -342,7 +409,8 @@ def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnectio
 def verify(in_target: str, out: Output) -> None:
     """Check a bundle completely, without any database: every byte, hash, count and reference.
 
-    Prints each problem found, or that the bundle is valid; exits 1 if it is not.
+    IN may also be a Kindling JSON export (told by its content): every record, id and
+    reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
     """
     progress = _progress("verify", out)
 
@@ -350,10 +418,15 @@ def verify(in_target: str, out: Output) -> None:
         progress.total_records = manifest.total_records
 
     with open_source(in_target) as stream:
+        kind, stream = peek_format(stream)
         try:
-            report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+            if kind == "kindling-json":
+                report = verify_kindling_json(stream, name=in_target)
+            else:
+                report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
         finally:
             progress.close()
+    what = "Kindling JSON export" if kind == "kindling-json" else "bundle"
     if out.as_json:
         out.result({"bundle": in_target, **report.to_dict(), "source": in_target})
     elif report.ok:
@@ -371,7 +444,7 @@ def verify(in_target: str, out: Output) -> None:
         first = report.problems[0] if report.problems else "damaged"
         more = report.problem_count - 1
         raise _Failed(
-            f"{in_target}: not a valid bundle: {first.removeprefix(in_target + ': ')}"
+            f"{in_target}: not a valid {what}: {first.removeprefix(in_target + ': ')}"
             + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
         )
 
@@ -444,6 +517,132 @@ def _print_integrity(out: Output, report: IntegrityReport) -> None:
         out.line(
             f"  {problem.severity}: {problem.kind}: {problem.entity} {problem.id}: {problem.detail}"
         )
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("dest")
+@click.option(
+    "--drop-dangling",
+    is_flag=True,
+    help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
+    "(Kindling's default export leaves redacted observations out).",
+)
+@common_options
+def convert(source: str, dest: str, drop_dangling: bool, out: Output) -> None:
+    """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
+
+    What SOURCE is, is told by its content; DEST gets the other format. Either may be `-`
+    (standard input or output) or a URL. DEST appears only when complete.
+    """
+    with open_source(source) as stream:
+        kind, stream = peek_format(stream)
+        if kind is None:
+            raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
+        with open_destination(dest) as target:
+            if kind == "kindling-json":
+                dangling = DanglingReport()
+                manifest = kindling_json_to_bundle(
+                    stream, target, drop_dangling=drop_dangling, dangling=dangling, name=source
+                )
+                counts = {entry.entity: entry.records for entry in manifest.entities}
+            else:
+                dangling = None
+                counts = bundle_to_kindling_json(stream, target)
+    to = "bundle" if kind == "kindling-json" else "kindling-json"
+    to_stderr = dest == STDIO  # the converted data is on standard output
+    out.line(
+        f"wrote {dest} ({to}): " + ", ".join(f"{n} {e}" for e, n in counts.items()), err=to_stderr
+    )
+    if dangling is not None and dangling.total:
+        out.line(
+            f"left out {dangling.links} capsule links, {dangling.summaries} summaries and "
+            f"{dangling.pins} pins naming records not in {source}",
+            err=to_stderr,
+        )
+    out.result(
+        {
+            "source": source,
+            "dest": dest,
+            "from": kind,
+            "to": to,
+            "records": counts,
+            "dangling": dangling.to_dict() if dangling is not None else None,
+        },
+        err=to_stderr,
+    )
+
+
+@cli.command()
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@common_options
+def diff(a: str, b: str, out: Output) -> None:
+    """Compare two datasets: per entity, records added, removed and changed from A to B, and
+    the same (by id, and by content for the same id).
+
+    A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only).
+    """
+    report = diff_datasets(a, b)
+    out.line(f"{'entity':<14}{'added':>8}{'removed':>9}{'changed':>9}{'same':>9}")
+    for entity, d in report.entities.items():
+        out.line(f"{entity:<14}{d.added:>8}{d.removed:>9}{d.changed:>9}{d.same:>9}")
+        for kind, ids in d.examples.items():
+            if ids:
+                more = getattr(d, kind) - len(ids)
+                out.line(f"  {kind}: {', '.join(ids)}" + (f" (and {more} more)" if more else ""))
+    out.line("identical" if report.identical else "the datasets differ")
+    out.result(report.to_dict())
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="A B ... OUT")
+@click.option(
+    "--conflict",
+    type=click.Choice(CONFLICT_STRATEGIES),
+    default="skip",
+    show_default=True,
+    help="Same id, different content: skip keeps the first, overwrite the last, error stops.",
+)
+@click.option(
+    "--drop-dangling",
+    is_flag=True,
+    help="Leave out references that no input can satisfy, instead of failing.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@common_options
+def merge(
+    paths: tuple[str, ...], conflict: str, drop_dangling: bool, force: bool, out: Output
+) -> None:
+    """Merge bundles, Kindling JSON exports and Kindling databases into one bundle OUT.
+
+    OUT holds the union; it verifies and imports (every reference resolves). OUT is never
+    replaced unless --force is given, so a forgotten OUT cannot overwrite an input.
+    """
+    if len(paths) < 3:
+        raise click.UsageError("merge needs at least two inputs and OUT")
+    *sources, dest = paths
+    for source in sources:
+        if not Path(source).is_file():
+            raise click.UsageError(f"input {source!r} is not a file")
+    if Path(dest).exists() and not force:
+        raise click.UsageError(f"{dest} exists: choose another OUT, or give --force to replace it")
+    report = merge_datasets(sources, dest, conflict=conflict, drop_dangling=drop_dangling)
+    out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
+    conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}
+    if conflicts:
+        settled = "kept the first" if conflict == "skip" else "kept the last"
+        listed = ", ".join(f"{n} {e}" for e, n in conflicts.items())
+        out.line(f"conflicts ({settled}): {listed}")
+    if report.moved_pins:
+        out.line(f"moved {report.moved_pins} pins to the summary kept for their capsule")
+    if report.dangling.total:
+        d = report.dangling
+        out.line(
+            f"left out {d.links} capsule links, {d.summaries} summaries and {d.pins} pins "
+            "naming records no input holds"
+        )
+    out.result(report.to_dict())
 
 
 class _Failed(KindlingBundleError):

@@ -116,6 +116,7 @@ class _PrefixedReader(io.RawIOBase):
     def __init__(self, head: bytes, rest: BinaryIO):
         self._head = head
         self._rest = rest
+        self.name = getattr(rest, "name", "<stream>")
 
     def readable(self) -> bool:
         return True
@@ -135,8 +136,11 @@ class _PrefixedReader(io.RawIOBase):
 def peek_format(stream: BinaryIO) -> tuple[InputFormat | None, BinaryIO]:
     """Detect the format of a stream, which may not be seekable (stdin, a pipe, a download).
 
-    Returns the format and a stream to read instead, which starts with the bytes looked at.
+    Returns the format and the stream to read instead: the same one rewound if it can seek,
+    else one that gives back the bytes looked at first (under the same name).
     """
+    seekable = stream.seekable()
+    start = stream.tell() if seekable else 0
     head = b""
     while len(head) < 65536:
         data = stream.read(4096)
@@ -145,7 +149,11 @@ def peek_format(stream: BinaryIO) -> tuple[InputFormat | None, BinaryIO]:
         head += data
         if len(head) >= len(ZSTD_MAGIC) and head.removeprefix(_BOM).strip(b" \t\r\n"):
             break
-    return detect_format(head), io.BufferedReader(_PrefixedReader(head, stream), CHUNK_BYTES)
+    if seekable:
+        stream.seek(start)
+        return detect_format(head), stream
+    prefixed = _PrefixedReader(head, stream)
+    return detect_format(head), io.BufferedReader(prefixed, CHUNK_BYTES)
 
 
 @dataclass
