@@ -47,7 +47,14 @@ from kindling_bundle.kindling_json import (
 from kindling_bundle.merge import diff_datasets, merge_datasets
 from kindling_bundle.progress import Progress
 from kindling_bundle.sample import generate_sample
-from kindling_bundle.storage import STDIO, is_url, open_destination, open_source
+from kindling_bundle.storage import (
+    HEAD_BLOCK_SIZE,
+    STDIO,
+    is_url,
+    open_destination,
+    open_source,
+    parse_storage_options,
+)
 from kindling_bundle.store import KindlingConnection, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -79,6 +86,38 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, as_json: bool, quiet: bool, debug: bool, **kwargs: Any) -> Any:
         click.get_current_context().meta["kindling_bundle.debug"] = debug
         return func(*args, out=Output(as_json=as_json, quiet=quiet), **kwargs)
+
+    return wrapper
+
+
+def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage-option and --endpoint-url for bundles given as URLs; hands `storage_options`."""
+
+    @click.option(
+        "--storage-option",
+        "option_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="For a URL: an option of its storage backend, e.g. profile=backup or anon=true "
+        "(repeatable). Credentials also come from the environment and AWS config files.",
+    )
+    @click.option(
+        "--endpoint-url",
+        metavar="URL",
+        help="For an s3:// URL: an S3-compatible endpoint such as MinIO [default: "
+        "$AWS_ENDPOINT_URL, else AWS].",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, option_pairs: tuple[str, ...], endpoint_url: str | None, **kwargs: Any
+    ) -> Any:
+        try:
+            options = parse_storage_options(option_pairs)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--storage-option'") from None
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+        return func(*args, storage_options=options, **kwargs)
 
     return wrapper
 
@@ -216,6 +255,7 @@ def _progress(label: str, out: Output) -> Progress:
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
 @click.argument("out_target", metavar="OUT")
+@storage_options
 @common_options
 def export(
     db: Path | None,
@@ -230,8 +270,10 @@ def export(
     out_format: str,
     out_target: str,
     out: Output,
+    storage_options: dict[str, Any],
 ) -> None:
-    """Export the database to a bundle at OUT (a path, or - for standard output).
+    """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
+    s3://bucket/key, uploaded as it is written and there only once complete).
 
     With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
     marked), for a Kindling installation that only reads JSON.
@@ -269,7 +311,7 @@ def export(
 
     try:
         if out_target == STDIO or is_url(out_target):
-            with open_destination(out_target) as stream:
+            with open_destination(out_target, storage_options=storage_options) as stream:
                 hashing = _Hashing(stream)
                 counts = write(hashing)  # type: ignore[arg-type]
             size, digest = hashing.size, hashing.sha256.hexdigest()
@@ -319,6 +361,7 @@ def export(
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_target", metavar="IN")
+@storage_options
 @common_options
 def import_(
     db: Path | None,
@@ -327,8 +370,9 @@ def import_(
     drop_dangling: bool,
     in_target: str,
     out: Output,
+    storage_options: dict[str, Any],
 ) -> None:
-    """Import the bundle IN (a path, or - for standard input) into the database.
+    """Import the bundle IN (a path, - for standard input, or a URL) into the database.
 
     IN may also be a Kindling JSON export (told by its content), imported the same way.
 
@@ -342,7 +386,10 @@ def import_(
         progress.total_records = manifest.total_records
 
     dangling = None
-    with _target_database(db_path, dry_run) as conn, open_source(in_target) as stream:
+    with (
+        _target_database(db_path, dry_run) as conn,
+        open_source(in_target, storage_options=storage_options) as stream,
+    ):
         kind, stream = peek_format(stream)
         try:
             if kind == "kindling-json":
@@ -352,7 +399,7 @@ def import_(
                     conflict=conflict,  # type: ignore[arg-type]
                     dry_run=dry_run,
                     drop_dangling=drop_dangling,
-                    name=in_target,
+                    name=_source_name(in_target),
                     progress=progress,
                 )
             else:
@@ -405,9 +452,11 @@ def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnectio
 
 @cli.command()
 @click.argument("in_target", metavar="IN")
+@storage_options
 @common_options
-def verify(in_target: str, out: Output) -> None:
-    """Check a bundle completely, without any database: every byte, hash, count and reference.
+def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+    """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
+    count and reference.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
     reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
@@ -417,11 +466,11 @@ def verify(in_target: str, out: Output) -> None:
     def on_manifest(manifest: Manifest) -> None:
         progress.total_records = manifest.total_records
 
-    with open_source(in_target) as stream:
+    with open_source(in_target, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
         try:
             if kind == "kindling-json":
-                report = verify_kindling_json(stream, name=in_target)
+                report = verify_kindling_json(stream, name=_source_name(in_target))
             else:
                 report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
         finally:
@@ -451,10 +500,14 @@ def verify(in_target: str, out: Output) -> None:
 
 @cli.command()
 @click.argument("in_target", metavar="IN")
+@storage_options
 @common_options
-def inspect(in_target: str, out: Output) -> None:
-    """Show a bundle's manifest, reading only the manifest (not the record streams)."""
-    with open_source(in_target) as stream:
+def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+    """Show a bundle's manifest (from a path, - or a URL), reading only the manifest: from a
+    URL, only the first few hundred KiB of the object are fetched."""
+    with open_source(
+        in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
+    ) as stream:
         manifest = read_manifest(stream)
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
@@ -528,22 +581,29 @@ def _print_integrity(out: Output, report: IntegrityReport) -> None:
     help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
     "(Kindling's default export leaves redacted observations out).",
 )
+@storage_options
 @common_options
-def convert(source: str, dest: str, drop_dangling: bool, out: Output) -> None:
+def convert(
+    source: str, dest: str, drop_dangling: bool, out: Output, storage_options: dict[str, Any]
+) -> None:
     """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
 
     What SOURCE is, is told by its content; DEST gets the other format. Either may be `-`
     (standard input or output) or a URL. DEST appears only when complete.
     """
-    with open_source(source) as stream:
+    with open_source(source, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
         if kind is None:
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
-        with open_destination(dest) as target:
+        with open_destination(dest, storage_options=storage_options) as target:
             if kind == "kindling-json":
                 dangling = DanglingReport()
                 manifest = kindling_json_to_bundle(
-                    stream, target, drop_dangling=drop_dangling, dangling=dangling, name=source
+                    stream,
+                    target,
+                    drop_dangling=drop_dangling,
+                    dangling=dangling,
+                    name=_source_name(source),
                 )
                 counts = {entry.entity: entry.records for entry in manifest.entities}
             else:
@@ -643,6 +703,11 @@ def merge(
             "naming records no input holds"
         )
     out.result(report.to_dict())
+
+
+def _source_name(target: str) -> str | None:
+    """How messages name an input: as given, except standard input (its stream says <stdin>)."""
+    return None if target == STDIO else target
 
 
 class _Failed(KindlingBundleError):
