@@ -700,3 +700,97 @@ def test_merge_closes_references_over_the_union(tmp_path: Path):
     # SCOPED_PRETTY holds obs-05 (session s-1); obs-10 is in neither.
     assert (report.dangling.links, report.dangling.pins) == (1, 1)
     assert verify_bundle(dest).ok
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def one_error_line(process: subprocess.CompletedProcess) -> str:
+    lines = process.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("kindling-bundle: error: ")
+    return lines[0].removeprefix("kindling-bundle: error: ")
+
+
+def test_cli_converts_both_ways_through_pipes(run_cli):
+    to_bundle = run_cli("convert", "-", "-", input=FULL.read_bytes())
+    assert to_bundle.returncode == 0, to_bundle.stderr
+    assert to_bundle.stdout[:4] == b"\x28\xb5\x2f\xfd"
+    assert b"wrote - (bundle): 12 observations" in to_bundle.stderr
+    back = run_cli("convert", "-", "-", "--quiet", input=to_bundle.stdout)
+    assert back.returncode == 0 and back.stderr == b""
+    assert back.stdout == FULL.read_bytes()
+
+
+def test_cli_import_verify_and_export_speak_kindling_json(run_cli, tmp_path: Path, sample_copy):
+    verify = run_cli("verify", DEFAULT)
+    assert verify.returncode == 1
+    assert one_error_line(verify) == (
+        f"{DEFAULT}: not a valid Kindling JSON export: capsule cap-s1 links observation obs-05, "
+        "not in the file (and 2 more problems)"
+    )
+    assert run_cli("verify", FULL).stdout.decode() == f"{FULL}: valid (20 records)\n"
+
+    before = dump_tables(sample_copy)
+    refused = run_cli("import", "--db", sample_copy, "-", input=DEFAULT.read_bytes())
+    assert refused.returncode == 1
+    assert "<stdin>: capsule cap-s1 links observation obs-05" in one_error_line(refused)
+    assert "--drop-dangling" in one_error_line(refused)
+    assert dump_tables(sample_copy) == before
+
+    db = tmp_path / "new.db"
+    dropped = run_cli("import", "--db", db, "--drop-dangling", "--json", DEFAULT)
+    assert dropped.returncode == 0, dropped.stderr
+    result = json.loads(dropped.stdout)
+    assert result["dangling"]["links"] == 2 and result["dangling"]["pins"] == 1
+    assert result["counts"]["observations"]["inserted"] == 10
+    full = run_cli("import", "--db", db, "--conflict", "overwrite", FULL)
+    assert full.returncode == 0, full.stderr
+
+    out = tmp_path / "out.json"
+    export = run_cli(
+        "export", "--db", db, "--format", "kindling-json", "--created-at", "1767225800000", out
+    )
+    assert export.returncode == 0, export.stderr
+    assert out.read_bytes() == FULL.read_bytes()  # Kindling's own file, byte for byte
+
+
+def test_cli_diff_and_merge(run_cli, overlapping, tmp_path: Path):
+    a, b = overlapping
+    same = run_cli("diff", a, a, "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["identical"] is True
+    table = run_cli("diff", a, b).stdout.decode().splitlines()
+    assert table[0].split() == ["entity", "added", "removed", "changed", "same"]
+    assert table[1].split() == ["observations", "1", "1", "1", "10"]
+    assert "  changed: obs-02" in table and table[-1] == "the datasets differ"
+
+    out = tmp_path / "merged.kbundle"
+    failed = run_cli("merge", a, b, out, "--conflict", "error")
+    assert failed.returncode == 1 and not out.exists()
+    assert (
+        one_error_line(failed)
+        == f"observation obs-02 differs between {a} and {b} (--conflict error)"
+    )
+    merged = run_cli("merge", a, b, out, "--conflict", "overwrite", "--json")
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["entities"]["observations"]["records"] == 13
+    assert run_cli("verify", out).returncode == 0
+    again = run_cli("merge", a, b, out)
+    assert again.returncode == 2 and "exists" in one_error_line(again)
+    assert run_cli("merge", a, out).returncode == 2  # two inputs and OUT, at least
+
+
+def test_cli_names_the_position_of_invalid_json(run_cli, tmp_path: Path):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(FULL.read_bytes()[:2000])
+    for command in (
+        ("verify", bad),
+        ("import", "--db", tmp_path / "x.db", bad),
+        ("convert", bad, tmp_path / "x.kbundle"),
+    ):
+        process = run_cli(*command)
+        assert process.returncode == 1
+        line = one_error_line(process)
+        assert line.startswith(f"{bad}: ")
+        assert "JSON ends early at line 1, column 2001 (byte 2000)" in line
+    assert not (tmp_path / "x.kbundle").exists()
