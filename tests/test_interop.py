@@ -794,3 +794,36 @@ def test_cli_names_the_position_of_invalid_json(run_cli, tmp_path: Path):
         assert line.startswith(f"{bad}: ")
         assert "JSON ends early at line 1, column 2001 (byte 2000)" in line
     assert not (tmp_path / "x.kbundle").exists()
+
+
+@pytest.mark.parametrize("change", ["insert", "redact"])
+def test_merge_notices_a_database_written_to_between_its_passes(
+    tmp_path: Path, monkeypatch, change
+):
+    from kindling_bundle import merge as merge_module
+    from kindling_bundle.store import write_transaction
+    from kindling_bundle.store.writes import insert_observation, redact_observation
+
+    db = tmp_path / "live.db"
+    conn = open_store(db)
+    import_kindling_json(conn, FULL)
+    conn.close()
+    first_pass = merge_module._Merger.build_index
+
+    def then_write(self) -> None:
+        first_pass(self)
+        writer = open_store(db)
+        with write_transaction(writer):
+            if change == "insert":
+                insert_observation(
+                    writer, Observation(id="obs-00", kind="message", content="x", ts=1)
+                )
+            else:
+                redact_observation(writer, "obs-03")
+        writer.close()
+
+    monkeypatch.setattr(merge_module._Merger, "build_index", then_write)
+    dest = tmp_path / "merged.kbundle"
+    with pytest.raises(BundleError, match=rf"{db}: changed while it was being merged"):
+        merge_datasets([db, FULL], dest)
+    assert not dest.exists()
