@@ -316,6 +316,8 @@ def _reason(exc: BaseException, remote: bool) -> str:
         if remote and "does not exist" in message:
             return message.rstrip(".").lower()  # "the specified bucket does not exist"
         return "no such object" if remote else "no such file or folder"
+    if isinstance(exc, TypeError):  # the client was given an option it does not take
+        return f"bad storage option ({message})"
     if type(exc).__name__ == "NoCredentialsError":
         return (
             "no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or "

@@ -31,6 +31,7 @@ from kindling_bundle.bundle import (
     write_bundle,
 )
 from kindling_bundle.errors import BundleError, StorageError
+from kindling_bundle.sample import generate_sample
 from kindling_bundle.storage import (
     HEAD_BLOCK_SIZE,
     UPLOAD_PART_SIZE,
@@ -332,6 +333,124 @@ def test_damaged_bundle_in_a_bucket_is_named_by_its_url(s3_server: S3Server, buc
         open_source(url, storage_options=s3_server.options) as src,
     ):
         read_manifest(src)
+
+
+# --- the command line: back up to a bucket, restore from it --------------------------------
+
+
+def cli_env(server: S3Server, **extra: str) -> dict[str, str]:
+    """The CLI's environment: the good credentials in the standard AWS variables, nothing else."""
+    return {
+        **_isolated_environ(),
+        "AWS_ACCESS_KEY_ID": server.key,
+        "AWS_SECRET_ACCESS_KEY": server.secret,
+        **extra,
+    }
+
+
+def test_cli_backup_to_a_bucket_and_restore_gives_the_same_database(
+    s3_server: S3Server, bucket: str, sample_db: Path, tmp_path: Path, run_cli
+):
+    url = f"s3://{bucket}/nightly/kindling.kbundle"
+    env = cli_env(s3_server)
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    stamp = ["--created-at", "1700000000000"]
+
+    done = run_cli("export", "--db", sample_db, *stamp, url, *endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"to {url}: 1500 observations" in done.stdout.decode()
+    local = tmp_path / "local.kbundle"
+    assert run_cli("export", "--db", sample_db, *stamp, local, env=env).returncode == 0
+
+    fs = s3_server.fs()
+    assert fs.ls(f"{bucket}/nightly") == [f"{bucket}/nightly/kindling.kbundle"]
+    assert fs.cat(url) == local.read_bytes()
+
+    # The endpoint may also come from the standard AWS_ENDPOINT_URL variable.
+    with_endpoint_env = cli_env(s3_server, AWS_ENDPOINT_URL=s3_server.endpoint)
+    done = run_cli("inspect", "--json", url, env=with_endpoint_env)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)["manifest"]
+    records = {entry["entity"]: entry["records"] for entry in manifest["entities"]}
+    assert records["observations"] == 1500
+
+    done = run_cli("verify", url, *endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith(f"{url}: valid (")
+
+    from_bucket, from_file = tmp_path / "from-bucket.db", tmp_path / "from-file.db"
+    done = run_cli("import", "--db", from_bucket, url, *endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("import", "--db", from_file, local, env=env).returncode == 0
+    assert restored(from_bucket) == restored(from_file)
+
+
+@pytest.fixture(scope="module")
+def large_bundle(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A bundle of a few MiB, many times the block that inspect fetches."""
+    folder = tmp_path_factory.mktemp("large")
+    generate_sample(folder / "large.db", observations=20000, seed=3)
+    with open_store(folder / "large.db", readonly=True) as conn:
+        write_bundle(conn, folder / "large.kbundle", BundleOptions(created_at=1_700_000_000_000))
+    return (folder / "large.kbundle").read_bytes()
+
+
+def test_cli_inspect_fetches_only_the_start_of_the_object(
+    s3_server: S3Server, bucket: str, large_bundle: bytes, run_cli
+):
+    url = f"s3://{bucket}/large.kbundle"
+    s3_server.fs().pipe(url, large_bundle)
+    env = cli_env(s3_server)
+
+    s3_server.reset_served()
+    done = run_cli("inspect", url, "--endpoint-url", s3_server.endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "observations" in done.stdout.decode()
+    inspected = s3_server.served(bucket, "large.kbundle")
+    assert 0 < inspected <= 2 * HEAD_BLOCK_SIZE < len(large_bundle) / 4
+
+    s3_server.reset_served()
+    done = run_cli("verify", url, "--endpoint-url", s3_server.endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert s3_server.served(bucket, "large.kbundle") >= len(large_bundle)
+
+
+def test_cli_failures_are_one_line_and_leave_nothing(
+    s3_server: S3Server, bucket: str, sample_db: Path, run_cli
+):
+    url = f"s3://{bucket}/kindling.kbundle"
+    env = cli_env(s3_server)
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+
+    wrong_secret = ["--storage-option", f"key={s3_server.key}", "--storage-option", "secret=x"]
+    done = run_cli("export", "--db", sample_db, url, *endpoint, *wrong_secret, env=env)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        f"kindling-bundle: error: cannot write {url}: access denied (The request signature we "
+        "calculated does not match the signature you provided. Check your key and signing "
+        "method.); check the credentials (environment, AWS config files, --storage-option) "
+        "and the bucket's permissions"
+    ]
+    assert s3_server.fs().ls(bucket) == []
+
+    missing = "s3://no-such-bucket-here/kindling.kbundle"
+    for command in (["export", "--db", sample_db, missing], ["import", "--db", "x.db", missing]):
+        done = run_cli(*command, *endpoint, env=env)
+        assert done.returncode == 1
+        verb = "write" if command[0] == "export" else "read"
+        assert done.stderr.decode().splitlines() == [
+            f"kindling-bundle: error: cannot {verb} {missing}: the specified bucket does not exist"
+        ]
+
+    done = run_cli("inspect", url, *endpoint, "--storage-option", "no-equals-sign", env=env)
+    assert done.returncode == 2
+    assert "--storage-option" in done.stderr.decode()
+
+    done = run_cli("inspect", url, *endpoint, "--storage-option", "colour=blue", env=env)
+    assert done.returncode == 1
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith(f"kindling-bundle: error: cannot read {url}: bad storage option (")
+    assert "colour" in line
 
 
 # --- one clear line when it cannot work ----------------------------------------------------
