@@ -269,8 +269,9 @@ class KindlingJsonReader:
     def _parse(self, on_error: Callable[[RecordError], None] | None) -> Iterator[tuple[str, Any]]:
         """Yield (entity, _START) and (entity, _END) around each entity list, and
         (entity, record) for each record in between."""
-        self._skip_ws()
-        if self._buf.startswith(_BOM, self._pos):
+        while len(self._buf) < len(_BOM) and (data := self._src.read(CHUNK_BYTES)):
+            self._buf += data
+        if self._buf.startswith(_BOM):
             self._pos += len(_BOM)
         if self._peek("the start of the document") != b"{":
             raise BundleError(

@@ -827,3 +827,32 @@ def test_merge_notices_a_database_written_to_between_its_passes(
     with pytest.raises(BundleError, match=rf"{db}: changed while it was being merged"):
         merge_datasets([db, FULL], dest)
     assert not dest.exists()
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most a few bytes per read, so every value crosses reads."""
+
+    def __init__(self, data: bytes, sizes: list[int]):
+        self._data = data
+        self._sizes = sizes
+        self._at = 0
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        size = self._sizes[self._reads % len(self._sizes)]
+        self._reads += 1
+        chunk = self._data[self._at : self._at + min(size, n if n >= 0 else size)]
+        self._at += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 3, 5, 7, 11, 13], [4096, 1, 1]])
+@pytest.mark.parametrize("fixture", [FULL, SCOPED_PRETTY])
+def test_values_split_across_reads_parse_the_same(fixture: Path, sizes: list[int]):
+    expected, _ = read_all(fixture)
+    for data in (fixture.read_bytes(), b"\xef\xbb\xbf" + fixture.read_bytes()):  # with a BOM too
+        records = list(KindlingJsonReader(_Trickle(data, sizes)).records())
+        assert records == expected
