@@ -90,6 +90,9 @@ class ImportEntityResult:
     id: str
     outcome: Outcome | None  # None when error is set
     error: str | None = None
+    kept_id: str | None = None
+    """Set when a record was skipped in favour of a stored record with another id (a capsule's
+    other summary): references to this record should go to `kept_id` instead."""
 
     @property
     def imported(self) -> bool:
@@ -346,7 +349,8 @@ def import_summary(
             "summaries", sid, f"capsule {cid} already has a different summary {holder[1]}"
         )
     if conflict == "skip":
-        return ImportEntityResult("summaries", sid, "skipped")
+        kept = holder[1] if holder is not None and stored is None else None
+        return ImportEntityResult("summaries", sid, "skipped", kept_id=kept)
     with _atomic(conn, "summaries", sid):
         if holder is not None and stored is not None:
             _ensure_fts_entry(conn, "summaries_fts", holder[0], holder[3])

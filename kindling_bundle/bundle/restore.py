@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import msgspec
+
 from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.bundle.reader import BundleReader, BundleSource
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError
 from kindling_bundle.importer import CONFLICT_STRATEGIES, ConflictStrategy, import_batch
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
-from kindling_bundle.records import ENTITY_TYPES
+from kindling_bundle.records import ENTITY_TYPES, Pin
 from kindling_bundle.store.connection import KindlingConnection, write_transaction
 
 _LISTED_PROBLEMS = 3
@@ -102,11 +104,12 @@ def import_bundle(
         if on_manifest is not None:
             on_manifest(manifest)
         counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
+        redirects: dict[str, str] = {}
         try:
             with write_transaction(conn):
                 for entity, records in reader.batches(progress):
                     where = f"{label}: {ENTITY_MEMBERS[entity]}"
-                    _import_frame(conn, records, conflict, counts, where)
+                    _import_frame(conn, records, conflict, counts, where, redirects)
                 integrity = verify_import_integrity(conn)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
@@ -124,7 +127,12 @@ def _import_frame(
     conflict: ConflictStrategy,
     counts: dict[str, EntityCounts],
     where: str,
+    redirects: dict[str, str],
 ) -> None:
+    """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
+    summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
+    if redirects and isinstance(records[0], Pin):
+        records = [_redirected(pin, redirects) for pin in records]
     try:
         results = import_batch(conn, records, conflict)
     except RecordError as exc:
@@ -134,8 +142,16 @@ def _import_frame(
             raise ImportConflictError(
                 f"{where}: {result.error}", entity=result.entity, record_id=result.id
             )
+        if result.kept_id is not None:
+            redirects[result.id] = result.kept_id
         entity_counts = counts[result.entity]
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
+
+
+def _redirected(pin: Pin, redirects: dict[str, str]) -> Pin:
+    if pin.target_type == "summary" and pin.target_id in redirects:
+        return msgspec.structs.replace(pin, target_id=redirects[pin.target_id])
+    return pin
 
 
 def _integrity_message(label: str, integrity: IntegrityReport) -> str:
