@@ -69,6 +69,7 @@ from kindling_bundle.store.rows import (
     pin_values,
     summary_values,
 )
+from kindling_bundle.store.schema import TRIGGERS
 from kindling_bundle.store.writes import (
     INSERT_CAPSULE,
     INSERT_LINK,
@@ -550,3 +551,62 @@ def import_batch(
         results.extend(_import_run(conn, records[start:end], conflict))
         start = end
     return results
+
+
+# --- loading into an empty database ----------------------------------------------------------
+
+# Per table: its FTS index, the insert trigger that keeps the index in step row by row, and
+# which rows that trigger indexes.
+_FTS_INDEXED = {
+    "observations": ("observations_fts", "observations_fts_insert", "redacted = 0"),
+    "summaries": ("summaries_fts", "summaries_fts_insert", "1"),
+}
+
+
+def _same_sql(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+@contextmanager
+def deferred_fts(conn: sqlite3.Connection) -> Iterator[None]:
+    """Index the full-text tables once, at the end, when the load starts from empty tables.
+
+    Kindling's insert triggers index one row per statement, and FTS5 writes its pending index
+    out at every statement's savepoint, so a large load becomes many tiny segments merged again
+    and again (at 200,000 observations, 13 s of a 27 s import). For a table that holds no rows
+    and whose index is empty, its insert trigger is dropped for the load; on success every row
+    the trigger would have indexed is indexed by one INSERT ... SELECT in rowid order, and the
+    trigger is re-created from its own stored SQL (it moves to the end of sqlite_master).
+    The index then holds the same entries as the trigger path would give (same rows, tokens,
+    positions and statistics; segments may be laid out differently). Update and delete triggers
+    stay, so a record overwritten within the same load is handled as usual; if anything did
+    reach the index meanwhile, the index is cleared before the one rebuild.
+
+    Use it inside the caller's write transaction: on an exception nothing is re-created here,
+    and the caller's rollback restores the triggers. A trigger whose stored SQL is not
+    Kindling's own is left alone (that table is indexed row by row as before).
+    """
+    if not conn.in_transaction:
+        raise ValueError("deferred_fts needs an open write transaction")
+    deferred: list[tuple[str, str, str, str]] = []
+    for table, (fts, trigger, indexed) in _FTS_INDEXED.items():
+        if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+            continue
+        if conn.execute(f"SELECT 1 FROM {fts}_docsize LIMIT 1").fetchone() is not None:
+            continue
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (trigger,)
+        ).fetchone()
+        if row is None or not _same_sql(row[0], TRIGGERS[trigger]):
+            continue
+        conn.execute(f"DROP TRIGGER {trigger}")
+        deferred.append((table, fts, indexed, row[0]))
+    yield
+    for table, fts, indexed, trigger_sql in deferred:
+        if conn.execute(f"SELECT 1 FROM {fts}_docsize LIMIT 1").fetchone() is not None:
+            conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
+        conn.execute(
+            f"INSERT INTO {fts}(rowid, content) "
+            f"SELECT rowid, content FROM {table} WHERE {indexed} ORDER BY rowid"
+        )
+        conn.execute(trigger_sql)

@@ -21,7 +21,12 @@ import msgspec
 from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.bundle.reader import BundleReader, BundleSource
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError
-from kindling_bundle.importer import CONFLICT_STRATEGIES, ConflictStrategy, import_batch
+from kindling_bundle.importer import (
+    CONFLICT_STRATEGIES,
+    ConflictStrategy,
+    deferred_fts,
+    import_batch,
+)
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.records import ENTITY_TYPES, Pin
 from kindling_bundle.store.connection import KindlingConnection, write_transaction
@@ -107,9 +112,10 @@ def import_bundle(
         redirects: dict[str, str] = {}
         try:
             with write_transaction(conn):
-                for entity, records in reader.batches(progress):
-                    where = f"{label}: {ENTITY_MEMBERS[entity]}"
-                    _import_frame(conn, records, conflict, counts, where, redirects)
+                with deferred_fts(conn):
+                    for entity, records in reader.batches(progress):
+                        where = f"{label}: {ENTITY_MEMBERS[entity]}"
+                        _import_frame(conn, records, conflict, counts, where, redirects)
                 integrity = verify_import_integrity(conn)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
