@@ -41,7 +41,7 @@ a whole run of records of one entity in a few queries and inserts the new ones w
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -495,8 +495,16 @@ _BATCH: dict[type, tuple[Callable[..., list[bool]], Callable[..., None]]] = {
 }
 
 
+def _all_new(conn: sqlite3.Connection, run: Sequence[Record]) -> list[bool]:
+    """Classify nothing: try the whole run as new; the database refuses it if it is not."""
+    return [True] * len(run)
+
+
 def _import_run(
-    conn: sqlite3.Connection, run: Sequence[Record], conflict: ConflictStrategy
+    conn: sqlite3.Connection,
+    run: Sequence[Record],
+    conflict: ConflictStrategy,
+    insert_first: Collection[type],
 ) -> list[ImportEntityResult]:
     """Import records of one type: the new ones with executemany, the others one by one, in
     order, so the results (and rowids) are those of importing them one by one."""
@@ -504,6 +512,8 @@ def _import_run(
     if _repeated([r.id for r in run]) is not None:  # a later copy meets an earlier one
         return [single(conn, record, conflict) for record in run]
     classify, insert = _BATCH[type(run[0])]
+    if type(run[0]) in insert_first:
+        classify = _all_new
     entity = entity_of(run[0])
     results: list[ImportEntityResult] = []
     pending: list[Record] = []
@@ -532,14 +542,22 @@ def _import_run(
 
 
 def import_batch(
-    conn: sqlite3.Connection, records: Sequence[Record], conflict: ConflictStrategy = "skip"
+    conn: sqlite3.Connection,
+    records: Sequence[Record],
+    conflict: ConflictStrategy = "skip",
+    *,
+    insert_first: Collection[type] = (),
 ) -> list[ImportEntityResult]:
     """Import many records with the results of `import_record` on each in order, but faster.
 
     Records may mix types (in foreign-key order, as bundles hold them). Each run of one type is
     looked up in a few queries; the new records are inserted with executemany, the rest go
     through the per-record functions. Not atomic as a whole: run it inside the caller's
-    transaction, which rolls back if any result has an error."""
+    transaction, which rolls back if any result has an error.
+
+    `insert_first` (from `bulk_load`) names record types whose runs skip the lookups and are
+    inserted straight away: the database's own constraints refuse a run that is not all new,
+    and the run is then redone one record at a time, with the same results."""
     _check_strategy(conflict)
     results: list[ImportEntityResult] = []
     start = 0
@@ -548,7 +566,7 @@ def import_batch(
         end = start + 1
         while end < len(records) and type(records[end]) is kind:
             end += 1
-        results.extend(_import_run(conn, records[start:end], conflict))
+        results.extend(_import_run(conn, records[start:end], conflict, insert_first))
         start = end
     return results
 
@@ -567,32 +585,55 @@ def _same_sql(a: str, b: str) -> bool:
     return a.split() == b.split()
 
 
-@contextmanager
-def deferred_fts(conn: sqlite3.Connection) -> Iterator[None]:
-    """Index the full-text tables once, at the end, when the load starts from empty tables.
+def _empty(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
 
-    Kindling's insert triggers index one row per statement, and FTS5 writes its pending index
-    out at every statement's savepoint, so a large load becomes many tiny segments merged again
-    and again (at 200,000 observations, 13 s of a 27 s import). For a table that holds no rows
-    and whose index is empty, its insert trigger is dropped for the load; on success every row
-    the trigger would have indexed is indexed by one INSERT ... SELECT in rowid order, and the
-    trigger is re-created from its own stored SQL (it moves to the end of sqlite_master).
-    The index then holds the same entries as the trigger path would give (same rows, tokens,
-    positions and statistics; segments may be laid out differently). Update and delete triggers
-    stay, so a record overwritten within the same load is handled as usual; if anything did
-    reach the index meanwhile, the index is cleared before the one rebuild.
+
+def _foreign_keys_enforced(conn: sqlite3.Connection) -> bool:
+    """Whether every insert is checked against its foreign keys as it happens."""
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    deferred = conn.execute("PRAGMA defer_foreign_keys").fetchone()[0]
+    return bool(enforced) and not deferred
+
+
+@contextmanager
+def bulk_load(conn: sqlite3.Connection) -> Iterator[frozenset[type]]:
+    """Load faster into tables that start empty, with exactly the results of the usual path.
+
+    Yields the record types to pass to `import_batch(..., insert_first=...)`: those whose
+    table is empty, so that a run is inserted without looking each id up first (observations;
+    capsules and summaries too when foreign keys are enforced, as they are on every connection
+    `open_store` makes: a missing reference, a repeated id or a second summary for a capsule is
+    refused by a constraint, and the run is then redone record by record). Pins always look up
+    their targets, which no constraint checks.
+
+    Full-text indexes are built once, at the end. Kindling's insert triggers index one row per
+    statement, and FTS5 writes its pending index out at every statement's savepoint, so a large
+    load becomes many tiny segments merged again and again (at 200,000 observations, 13 s of a
+    27 s import). For a table that holds no rows and whose index is empty, its insert trigger is
+    dropped for the load; on success every row the trigger would have indexed is indexed by one
+    INSERT ... SELECT in rowid order, and the trigger is re-created from its own stored SQL (it
+    moves to the end of sqlite_master). The index then holds the same entries as the trigger
+    path gives (same rows, tokens, positions and statistics; segments may be laid out
+    differently). Update and delete triggers stay, so a record overwritten within the same load
+    is handled as usual; if anything did reach the index meanwhile, it is cleared before the
+    one rebuild. A trigger whose stored SQL is not Kindling's own is left alone (that table is
+    indexed row by row as before).
 
     Use it inside the caller's write transaction: on an exception nothing is re-created here,
-    and the caller's rollback restores the triggers. A trigger whose stored SQL is not
-    Kindling's own is left alone (that table is indexed row by row as before).
+    and the caller's rollback restores the triggers.
     """
     if not conn.in_transaction:
-        raise ValueError("deferred_fts needs an open write transaction")
+        raise ValueError("bulk_load needs an open write transaction")
+    constrained = _foreign_keys_enforced(conn)
+    insert_first = {Observation} if _empty(conn, "observations") else set()
+    if constrained and _empty(conn, "capsules") and _empty(conn, "capsule_observations"):
+        insert_first.add(Capsule)
+    if constrained and _empty(conn, "summaries"):
+        insert_first.add(Summary)
     deferred: list[tuple[str, str, str, str]] = []
     for table, (fts, trigger, indexed) in _FTS_INDEXED.items():
-        if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
-            continue
-        if conn.execute(f"SELECT 1 FROM {fts}_docsize LIMIT 1").fetchone() is not None:
+        if not _empty(conn, table) or not _empty(conn, f"{fts}_docsize"):
             continue
         row = conn.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (trigger,)
@@ -601,9 +642,9 @@ def deferred_fts(conn: sqlite3.Connection) -> Iterator[None]:
             continue
         conn.execute(f"DROP TRIGGER {trigger}")
         deferred.append((table, fts, indexed, row[0]))
-    yield
+    yield frozenset(insert_first)
     for table, fts, indexed, trigger_sql in deferred:
-        if conn.execute(f"SELECT 1 FROM {fts}_docsize LIMIT 1").fetchone() is not None:
+        if not _empty(conn, f"{fts}_docsize"):
             conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
         conn.execute(
             f"INSERT INTO {fts}(rowid, content) "

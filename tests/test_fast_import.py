@@ -1,6 +1,6 @@
 """Restoring into an empty database takes a faster path; its result must be the trigger path's.
 
-The fast path (kindling_bundle.importer.deferred_fts) indexes the full-text tables once at the
+The fast path (kindling_bundle.importer.bulk_load) indexes the full-text tables once at the
 end instead of through Kindling's per-row insert triggers. What the index holds (every token of
 every indexed row at every position, and the per-row statistics) must be exactly what the
 triggers give, the triggers must be back afterwards, and a failed import must leave the database
@@ -17,14 +17,20 @@ import pytest
 from conftest import dump_tables
 from kindling_bundle import (
     BundleOptions,
+    Capsule,
+    Observation,
+    Pin,
+    Summary,
     import_batch,
     import_bundle,
+    import_record,
     open_bundle,
     write_bundle,
     write_bundle_from_records,
 )
 from kindling_bundle.errors import BundleError
-from kindling_bundle.records import Observation, Record
+from kindling_bundle.importer import bulk_load
+from kindling_bundle.records import Record
 from kindling_bundle.store import open_store, write_transaction
 
 CREATED_AT = 1767225600000
@@ -190,3 +196,82 @@ def test_a_dry_run_into_an_empty_database_changes_nothing(sample_db: Path, tmp_p
     conn.close()
     assert report.integrity.ok and report.counts["observations"].inserted == 1500
     assert (dump_tables(db), schema(db)) == before
+
+
+def _frames_for_an_empty_database() -> list[list[Record]]:
+    """Frames of records that an empty database cannot take as they come: every way a run
+    inserted without lookups must be refused and redone record by record."""
+    obs = [
+        Observation(id=f"o{i}", kind="message", content=f"word{i} common", ts=i) for i in range(8)
+    ]
+
+    def capsule(cid: str, links: list[str]) -> Capsule:
+        return Capsule(id=cid, type="session", intent=cid, opened_at=1, observation_ids=links)
+
+    def summary(sid: str, cid: str) -> Summary:
+        return Summary(id=sid, capsule_id=cid, content=f"{sid} text", confidence=0.5, created_at=1)
+
+    return [
+        obs[:5],
+        [obs[5], Observation(id="o1", kind="error", content="o1 again", ts=9), obs[6]],
+        [obs[1], obs[7]],  # unchanged, then new
+        [capsule("c1", ["o1", "o2"]), capsule("c2", ["o3"])],
+        [capsule("c3", ["o4", "missing"]), capsule("c4", [])],
+        [capsule("c5", ["o5", "o5"]), capsule("c6", ["o6"])],
+        [capsule("c1", ["o2", "o1"]), capsule("c7", ["o7"])],
+        [summary("s1", "c1"), summary("s2", "c2")],
+        [summary("s3", "no-capsule"), summary("s4", "c4")],
+        [summary("s5", "c1"), summary("s6", "c6")],  # c1 already has s1
+        [summary("s2", "c2"), summary("s7", "c7")],
+        [Pin(id="p1", target_type="summary", target_id="s1", created_at=1)],
+        [Pin(id="p2", target_type="observation", target_id="ghost", created_at=1)],
+    ]
+
+
+@pytest.mark.parametrize("conflict", ["skip", "overwrite", "error"])
+def test_inserting_first_into_an_empty_database_gives_the_per_record_results(
+    tmp_path: Path, conflict: str
+) -> None:
+    frames = _frames_for_an_empty_database()
+    fast, reference = tmp_path / "fast.db", tmp_path / "reference.db"
+    conn = open_store(fast)
+    with write_transaction(conn), bulk_load(conn) as insert_first:
+        assert insert_first == {Observation, Capsule, Summary}
+        results = [
+            import_batch(conn, frame, conflict, insert_first=insert_first)  # type: ignore[arg-type]
+            for frame in frames
+        ]
+    conn.close()
+    conn = open_store(reference)
+    with write_transaction(conn):
+        expected = [
+            [import_record(conn, record, conflict) for record in frame]  # type: ignore[arg-type]
+            for frame in frames
+        ]
+    conn.close()
+    assert results == expected
+    outcomes = {r.outcome for frame in results for r in frame}
+    assert "inserted" in outcomes and "unchanged" in outcomes
+    assert sum(r.error is not None for frame in results for r in frame) >= 4
+    assert data_tables(fast) == data_tables(reference)
+    assert index_contents(fast) == index_contents(reference)
+
+
+def test_nothing_is_inserted_first_into_a_database_that_holds_records(
+    sample_copy: Path,
+) -> None:
+    conn = open_store(sample_copy)
+    with write_transaction(conn), bulk_load(conn) as insert_first:
+        assert insert_first == frozenset()
+    conn.close()
+
+
+def test_without_foreign_key_enforcement_links_are_still_looked_up(tmp_path: Path) -> None:
+    conn = open_store(tmp_path / "loose.db")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    with write_transaction(conn), bulk_load(conn) as insert_first:
+        assert insert_first == {Observation}
+        capsule = Capsule(id="c", type="session", intent="i", opened_at=1, observation_ids=["x"])
+        (result,) = import_batch(conn, [capsule], "skip", insert_first=insert_first)
+    conn.close()
+    assert result.error == "capsule c: links to observation x, which does not exist"

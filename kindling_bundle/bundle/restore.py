@@ -24,7 +24,7 @@ from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordEr
 from kindling_bundle.importer import (
     CONFLICT_STRATEGIES,
     ConflictStrategy,
-    deferred_fts,
+    bulk_load,
     import_batch,
 )
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
@@ -112,10 +112,12 @@ def import_bundle(
         redirects: dict[str, str] = {}
         try:
             with write_transaction(conn):
-                with deferred_fts(conn):
+                with bulk_load(conn) as insert_first:
                     for entity, records in reader.batches(progress):
                         where = f"{label}: {ENTITY_MEMBERS[entity]}"
-                        _import_frame(conn, records, conflict, counts, where, redirects)
+                        _import_frame(
+                            conn, records, conflict, counts, where, redirects, insert_first
+                        )
                 integrity = verify_import_integrity(conn)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
@@ -134,13 +136,14 @@ def _import_frame(
     counts: dict[str, EntityCounts],
     where: str,
     redirects: dict[str, str],
+    insert_first: frozenset[type],
 ) -> None:
     """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
     summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
     if redirects and isinstance(records[0], Pin):
         records = [_redirected(pin, redirects) for pin in records]
     try:
-        results = import_batch(conn, records, conflict)
+        results = import_batch(conn, records, conflict, insert_first=insert_first)
     except RecordError as exc:
         raise RecordError(f"{where}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
     for result in results:
