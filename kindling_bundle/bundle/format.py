@@ -8,6 +8,7 @@ Unknown manifest fields are ignored: a newer minor version may add some.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -34,6 +35,16 @@ MAX_FRAME_BYTES = 64 << 20
 
 FRAME_RECORDS = 1024
 """Records per frame a writer puts in each frame (the last frame of a member may hold fewer)."""
+
+MAX_FRAME_VALUES = 1 << 21
+"""The most MessagePack values (containers, keys and elements all count) a frame may hold.
+Decoding makes a Python object of each, up to ~70 times the bytes it took (an empty map is one
+byte), so this bounds a frame's decoded size where MAX_FRAME_BYTES alone would allow gigabytes.
+Only frames longer than this many bytes can exceed it, so only those are counted."""
+
+MAX_NESTING_DEPTH = 100
+"""How deep maps and arrays may nest in an observation's provenance (the provenance map itself
+is level 1): deeper values cannot be decoded and stored back within Python's recursion limit."""
 
 ProgressCallback = Callable[[int, int], None]
 """`progress(records_done, bytes_done)`: called after each frame (about every 1024 records).
@@ -120,13 +131,41 @@ def encode_manifest(manifest: Manifest) -> bytes:
 _manifest_decoder = msgspec.json.Decoder(Manifest)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _refuse_duplicate_keys(data: bytes) -> None:
+    """Raise _DuplicateKey for a key repeated within one JSON object (msgspec keeps the last)."""
+    json.loads(data, object_pairs_hook=_unique_pairs)
+
+
 def decode_manifest(data: bytes, label: str) -> Manifest:
     """Decode and validate a manifest; a BundleError names the file and what is wrong."""
     where = f"{label}: {MANIFEST_MEMBER}"
     try:
         raw = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+        _refuse_duplicate_keys(data)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: not UTF-8
         raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: not a manifest (nested too deeply to decode)") from None
+    except _DuplicateKey as exc:
+        raise BundleError(
+            f"{where}: key {exc.args[0]!r} appears twice in one object (readers could disagree "
+            "on which one counts, so a manifest must not repeat a key)"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise BundleError(
             f"{where}: not a kindling-bundle manifest (format is not {FORMAT_NAME!r})"
