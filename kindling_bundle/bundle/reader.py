@@ -4,8 +4,11 @@
 `verify_bundle` can report every problem while `open_bundle(...).batches()` and `import_bundle`
 stop at the first. Memory holds one frame at a time, whatever the bundle's size. Every size is
 bounded by what the manifest declares before a byte of it is trusted: a member must be exactly as
-long as the manifest says, and no frame may run past the end of its member or exceed
-MAX_FRAME_BYTES.
+long as the manifest says, no frame may run past the end of its member or exceed
+MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream may not
+hold a byte more than the manifest's members, their tar headers and the end of the archive
+(`declared_archive_bytes`). Nothing is ever written to disk: member names are compared with the
+names a bundle holds, never used as paths.
 """
 
 from __future__ import annotations
@@ -21,20 +24,20 @@ from kindling_bundle.bundle.format import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
     MAX_FRAME_BYTES,
+    MAX_FRAME_VALUES,
     MAX_MANIFEST_BYTES,
     EntityEntry,
     Manifest,
     ProgressCallback,
     decode_manifest,
 )
-from kindling_bundle.bundle.frames import RecordDecoder
+from kindling_bundle.bundle.frames import RecordDecoder, count_values
 from kindling_bundle.bundle.tarstream import BLOCK, RECORD, MemberHeader, parse_header
 from kindling_bundle.bundle.zstdio import FrameReader
 from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO
-_SKIP_BYTES = 1 << 20
 
 
 def source_label(src: BundleSource) -> str:
@@ -49,6 +52,13 @@ class FramingError(BundleError):
     """A member's frames cannot be split (the rest of the stream may still be readable)."""
 
 
+def declared_archive_bytes(manifest: Manifest) -> int:
+    """The most decompressed bytes that may follow the manifest member: each entity member's
+    header, data and padding, the end-of-archive marker, and at most one tar record of padding."""
+    members = sum(BLOCK + entry.bytes + (-entry.bytes % BLOCK) for entry in manifest.entities)
+    return members + 2 * BLOCK + RECORD
+
+
 class MemberData:
     """The data of one member: bounded reads that are hashed as they go."""
 
@@ -58,6 +68,7 @@ class MemberData:
         self.where = where
         self.remaining = header.size
         self._sha256 = hashlib.sha256()
+        self._skipped = False
 
     def read(self, n: int, what: str) -> bytes:
         """Exactly `n` bytes of this member (the caller checked `remaining`)."""
@@ -67,17 +78,22 @@ class MemberData:
         return data
 
     def skip_rest(self) -> None:
-        """Read (and hash) what is left, e.g. after a framing error."""
-        while self.remaining:
-            self.read(min(self.remaining, _SKIP_BYTES), "member data")
+        """Discard what is left unread (e.g. after a framing error) without hashing it: the
+        member is already known to be bad, and skipping gigabytes should cost no more than
+        decompressing them."""
+        if self.remaining:
+            self._zstd.skip(self.remaining, f"{self.where} (member data)")
+            self.remaining = 0
+            self._skipped = True
 
-    def close(self) -> str:
-        """Skip what is left and the block padding; the SHA-256 of the member's data."""
+    def close(self) -> str | None:
+        """Skip what is left and the block padding; the SHA-256 of the member's data, or None
+        if part of it was skipped unread."""
         self.skip_rest()
         pad = -self.header.size % BLOCK
         if pad and self._zstd.read_exact(pad, f"{self.where} (padding)").count(0) != pad:
             raise BundleError(f"{self.where}: damaged tar padding after the member data")
-        return self._sha256.hexdigest()
+        return None if self._skipped else self._sha256.hexdigest()
 
     def frames(self) -> Iterator[bytes]:
         """Each frame's payload; a FramingError (naming the member and offset) on bad framing."""
@@ -96,7 +112,16 @@ class MemberData:
                     f"{self.where}: frame at byte {offset} declares {size} bytes but the member "
                     f"has {self.remaining} left"
                 )
-            yield self.read(size, "frame")
+            payload = self.read(size, "frame")
+            if (
+                size > MAX_FRAME_VALUES
+                and count_values(payload, MAX_FRAME_VALUES) > MAX_FRAME_VALUES
+            ):
+                raise FramingError(
+                    f"{self.where}: frame at byte {offset} holds more than {MAX_FRAME_VALUES} "
+                    "values (maps, arrays, keys and elements); decoding it could take gigabytes"
+                )
+            yield payload
 
 
 class BundleReader:
@@ -144,6 +169,7 @@ class BundleReader:
         data = member.read(header.size, "manifest")
         member.close()
         self.manifest = decode_manifest(data, self.label)
+        self.zstd.limit = self.zstd.decompressed_bytes + declared_archive_bytes(self.manifest)
         return self.manifest
 
     def next_member(self) -> MemberHeader | None:
