@@ -73,6 +73,11 @@ def parse_header(block: bytes, label: str) -> MemberHeader | None:
     except UnicodeDecodeError:
         name = raw_name.decode("ascii", "backslashreplace")
         raise BundleError(f"{label}: member name {name!r} is not a bundle member") from None
+    if block[len(raw_name) : 100].strip(b"\0"):  # tar would see `name`; other tools, more
+        hidden = block[:100].rstrip(b"\0").decode("ascii", "backslashreplace")
+        raise BundleError(
+            f"{label}: member name {hidden!r} holds a NUL byte; no bundle member does"
+        )
     kind = block[156:157]
     if kind != tarfile.REGTYPE:
         raise BundleError(
