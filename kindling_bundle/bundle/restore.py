@@ -8,28 +8,41 @@ stream end cleanly. `verify_import_integrity` then checks the database as it wou
 Any failure (damage found late, a conflict under `error`, a missing reference, a record the
 database rejects, an integrity problem, an interruption) rolls the transaction back: the
 database is exactly as it was. A dry run does everything, reports, and rolls back.
+
+An id that appears twice within one entity is refused, as verify refuses it (otherwise the
+conflict strategy would silently pick one copy), without holding every id in memory: see
+`_RepeatedIds`. A database failure mid-way (disk full, a corrupt page, an I/O error) is a
+StoreError naming the database; a process killed mid-way leaves an uncommitted transaction,
+which SQLite discards when the database is next opened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgspec
 
 from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
+from kindling_bundle.bundle.frames import SINGULAR
 from kindling_bundle.bundle.reader import BundleReader, BundleSource
-from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError
+from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
 from kindling_bundle.importer import (
     CONFLICT_STRATEGIES,
     ConflictStrategy,
+    ImportEntityResult,
     bulk_load,
     import_batch,
 )
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.records import ENTITY_TYPES, Pin
-from kindling_bundle.store.connection import KindlingConnection, write_transaction
+from kindling_bundle.store.connection import (
+    KindlingConnection,
+    describe_error,
+    write_transaction,
+)
 
 _LISTED_PROBLEMS = 3
 
@@ -94,9 +107,10 @@ def import_bundle(
     `conflict` decides what happens to a record whose id is stored with other content: "skip"
     keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
     BundleError (damaged or not a bundle), RecordError (an invalid record),
-    ImportConflictError (a conflict under "error", or a missing reference) or IntegrityError;
-    in every case nothing was written. `progress(records_done, bytes_done)` is called after each
-    frame; `on_manifest(manifest)` once the manifest is valid, before any write.
+    ImportConflictError (a conflict under "error", or a missing reference), IntegrityError or
+    StoreError (the database failed: locked, full, corrupt); in every case nothing was
+    written. `progress(records_done, bytes_done)` is called after each frame;
+    `on_manifest(manifest)` once the manifest is valid, before any write.
     """
     if conflict not in CONFLICT_STRATEGIES:
         raise ValueError(
@@ -112,12 +126,14 @@ def import_bundle(
         redirects: dict[str, str] = {}
         try:
             with write_transaction(conn):
+                repeated = _RepeatedIds(conn)
                 with bulk_load(conn) as insert_first:
                     for entity, records in reader.batches(progress):
                         where = f"{label}: {ENTITY_MEMBERS[entity]}"
-                        _import_frame(
+                        results = _import_frame(
                             conn, records, conflict, counts, where, redirects, insert_first
                         )
+                        repeated.check(entity, results, where)
                 integrity = verify_import_integrity(conn)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
@@ -126,6 +142,11 @@ def import_bundle(
                     raise _RollBack(report)
         except _RollBack as rollback:
             return rollback.report
+        except sqlite3.DatabaseError as exc:  # rolled back (or never begun): nothing written
+            name = getattr(conn, "path", "") or "database"
+            raise StoreError(
+                f"{name}: import failed, nothing written: {describe_error(exc)}"
+            ) from None
     return report
 
 
@@ -137,7 +158,7 @@ def _import_frame(
     where: str,
     redirects: dict[str, str],
     insert_first: frozenset[type],
-) -> None:
+) -> list[ImportEntityResult]:
     """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
     summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
     if redirects and isinstance(records[0], Pin):
@@ -155,6 +176,48 @@ def _import_frame(
             redirects[result.id] = result.kept_id
         entity_counts = counts[result.entity]
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
+    return results
+
+
+class _RepeatedIds:
+    """Finds an id that appears twice within one entity of the bundle.
+
+    Holding every id would cost memory in proportion to the bundle. Instead: a record that meets
+    no stored row is inserted, and a later copy of it meets the row it made, whose rowid is
+    above the largest the table held when the import began (SQLite gives a new row the largest
+    rowid plus one). So only the ids of records that met rows stored before the import (or no
+    row: a summary skipped in favour of another) are remembered. An import into an empty
+    database remembers none, and costs nothing while every record is inserted."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self._before = {
+            entity: conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {entity}").fetchone()[0]
+            for entity in ENTITY_TYPES
+        }
+        self._met: dict[str, set[str]] = {entity: set() for entity in ENTITY_TYPES}
+
+    def check(self, entity: str, results: Sequence[ImportEntityResult], where: str) -> None:
+        met = [result.id for result in results if result.outcome != "inserted"]
+        if not met:
+            return
+        rowids = dict(
+            self._conn.execute(
+                f"SELECT j.value, t.rowid FROM json_each(?) AS j JOIN {entity} AS t "
+                "ON t.id = j.value",
+                (msgspec.json.encode(met).decode(),),
+            ).fetchall()
+        )
+        seen = self._met[entity]
+        for record_id in met:
+            rowid = rowids.get(record_id)
+            if (rowid is not None and rowid > self._before[entity]) or record_id in seen:
+                raise RecordError(
+                    f"{where}: {SINGULAR[entity]} {record_id} appears more than once",
+                    entity=entity,
+                    record_id=record_id,
+                )
+            seen.add(record_id)
 
 
 def _redirected(pin: Pin, redirects: dict[str, str]) -> Pin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from kindling_bundle.errors import StoreError
 from kindling_bundle.store.schema import create_schema, detect_generation
 
 BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_ENV = "KINDLING_BUSY_TIMEOUT_MS"
+"""Overrides BUSY_TIMEOUT_MS (whole milliseconds): how long to wait for another process's lock."""
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -22,16 +25,20 @@ class KindlingConnection(sqlite3.Connection):
 
 
 def open_store(
-    path: str | Path, *, readonly: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    path: str | Path, *, readonly: bool = False, busy_timeout_ms: int | None = None
 ) -> KindlingConnection:
     """Open (or, unless read-only, create) a Kindling database.
 
     The connection is in autocommit mode: every write goes through `write_transaction` or
     `savepoint`, so nothing is ever committed behind the caller's back. A read-only connection
-    never changes the file, not even its journal mode.
+    never changes the file, not even its journal mode. While another process holds a lock, a
+    statement waits up to `busy_timeout_ms` (default: $KINDLING_BUSY_TIMEOUT_MS, else 5000, as
+    Kindling waits) and then fails with a StoreError.
     """
     path = Path(path)
     label = str(path)
+    if busy_timeout_ms is None:
+        busy_timeout_ms = _busy_timeout_from_environment()
     exists = path.exists()
     if exists and path.is_dir():
         raise StoreError(f"{label}: is a directory, not a database")
@@ -65,11 +72,20 @@ def open_store(
         conn.path = label
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise StoreError(f"{label}: {_describe(exc)}") from None
+        raise StoreError(f"{label}: {describe_error(exc)}") from None
     except StoreError:
         conn.close()
         raise
     return conn
+
+
+def _busy_timeout_from_environment() -> int:
+    value = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    if not value:
+        return BUSY_TIMEOUT_MS
+    if not value.isdigit():
+        raise StoreError(f"{BUSY_TIMEOUT_ENV}={value!r} is not a whole number of milliseconds")
+    return int(value)
 
 
 def _configure(conn: sqlite3.Connection, *, readonly: bool, busy_timeout_ms: int) -> None:
@@ -82,12 +98,15 @@ def _configure(conn: sqlite3.Connection, *, readonly: bool, busy_timeout_ms: int
         conn.execute("PRAGMA synchronous = NORMAL")
 
 
-def _describe(exc: sqlite3.Error) -> str:
+def describe_error(exc: sqlite3.Error) -> str:
+    """A database failure in words a user can act on."""
     text = str(exc)
     if "locked" in text or "busy" in text:
         return f"database is locked by another process ({text})"
     if "malformed" in text or "not a database" in text:
         return f"database is corrupt ({text})"
+    if "full" in text:
+        return f"the disk is full or the file is too large ({text})"
     return text
 
 
@@ -98,7 +117,11 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        raise StoreError(f"cannot start a write transaction: {_describe(exc)}") from None
+        path = getattr(conn, "path", "")
+        where = f"{path}: " if path else ""
+        raise StoreError(
+            f"{where}cannot start a write transaction: {describe_error(exc)}"
+        ) from None
     try:
         yield conn
     except BaseException:
@@ -115,7 +138,8 @@ def savepoint(conn: sqlite3.Connection, name: str = "kindling_bundle") -> Iterat
     try:
         yield
     except BaseException:
-        conn.execute(f"ROLLBACK TO {name}")
-        conn.execute(f"RELEASE {name}")
+        if conn.in_transaction:  # SQLite rolls everything back itself on some errors (corruption)
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
         raise
     conn.execute(f"RELEASE {name}")
