@@ -7,10 +7,15 @@ file (the spool: beside the destination file, or in TMPDIR for a stream destinat
 hashed and counted; then the archive is written from the spool. Memory holds one frame at a time.
 For a database export the read snapshot covers the spooling only, not the slower compression.
 
-A path destination is written under a temporary name in the same directory, fsynced, and renamed
+A path destination is written to a temporary file in the same directory, fsynced, and renamed
 into place only when complete: on any failure there is no file at the destination (an existing
-file there is replaced only by a complete bundle). A stream destination (stdout, an upload) is
-written front to back and flushed, never sought nor closed.
+file there is replaced only by a complete bundle). On Linux the temporary file has no name until
+it is complete (O_TMPFILE), so a process killed mid-export (SIGKILL, power loss) leaves nothing
+behind at all: the kernel frees the unnamed file, as it does the spool. Elsewhere (or on a file
+system without O_TMPFILE) it is `.NAME.XXXXXXXX.tmp` beside the destination, removed on any
+error the process lives to see; after a kill it stays, clearly named, for the user to delete (a
+later export does not, as it could belong to an export still running). A stream destination
+(stdout, an upload) is written front to back and flushed, never sought nor closed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -140,7 +146,11 @@ def write_bundle(
     with _spool(dest, label) as spool:
         with snapshot(conn):
             streams = {entity: export(conn, selection) for entity, export in _EXPORTS.items()}
-            entries = _encode_entities(spool, streams, label, progress)
+            try:
+                entries = _encode_entities(spool, streams, label, progress)
+            finally:  # finalize unfinished streams while the connection is open, not at GC
+                for stream in streams.values():
+                    stream.close()  # type: ignore[attr-defined]
         manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
         _write_archive(dest, label, spool, manifest, opts.level)
     return manifest
@@ -279,6 +289,15 @@ def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
         dest.flush()
         return
     path = Path(dest)
+    unnamed = _unnamed_file(path.parent)
+    if unnamed is not None:
+        with os.fdopen(unnamed, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+            _publish(out.fileno(), path)
+        _fsync_directory(path.parent)
+        return
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -291,6 +310,40 @@ def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
             os.unlink(temporary)
         raise
     _fsync_directory(path.parent)
+
+
+def _unnamed_file(directory: Path) -> int | None:
+    """A new file in `directory` that has no name (Linux O_TMPFILE, mode 0600), or None where
+    the system or the file system has no such thing."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY, 0o600)
+    except OSError:  # e.g. EOPNOTSUPP: this file system cannot; a named one will do
+        return None
+
+
+def _publish(fd: int, path: Path) -> None:
+    """Give the unnamed file `fd` the name `path`, replacing any file there in one step: link
+    it under a fresh temporary name, then rename that over `path`."""
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        while True:
+            temporary = f".{path.name}.{secrets.token_hex(4)}.tmp"
+            try:  # dst_dir_fd makes os.link call linkat(), which can follow /proc's link
+                os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=directory)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=directory)
+            raise
+    finally:
+        os.close(directory)
 
 
 def _fsync_directory(directory: Path) -> None:
