@@ -69,7 +69,7 @@ from kindling_bundle.store.rows import (
     pin_values,
     summary_values,
 )
-from kindling_bundle.store.schema import TRIGGERS
+from kindling_bundle.store.schema import INDEXES, TRIGGERS
 from kindling_bundle.store.writes import (
     INSERT_CAPSULE,
     INSERT_LINK,
@@ -573,16 +573,28 @@ def import_batch(
 
 # --- loading into an empty database ----------------------------------------------------------
 
-# Per table: its FTS index, the insert trigger that keeps the index in step row by row, and
-# which rows that trigger indexes.
+DATA_TABLES = ("observations", "capsules", "capsule_observations", "summaries", "pins")
+
+# Each full-text index, the table it indexes and which of its rows Kindling's triggers index.
 _FTS_INDEXED = {
-    "observations": ("observations_fts", "observations_fts_insert", "redacted = 0"),
-    "summaries": ("summaries_fts", "summaries_fts_insert", "1"),
+    "observations_fts": ("observations", "redacted = 0"),
+    "summaries_fts": ("summaries", "1"),
 }
 
+_BULK_CACHE_KIB = 32 << 10
+"""SQLite page cache while loading (the default is 2 MiB), so that the primary key indexes,
+written in random order (UUID ids), are not re-read from the file for every insert. At a
+million observations 64 MiB was no faster, 16 MiB slower; peak memory grows with it."""
+_SORT_CACHE_KIB = 4 << 10
+"""The page cache while the indexes are re-created: SQLite's sorter may buffer as much as the
+page cache holds before it spills to a temporary file, so the two would otherwise add up."""
 
-def _same_sql(a: str, b: str) -> bool:
-    return a.split() == b.split()
+
+def _normalized(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+_KINDLING_DDL = {_normalized(sql) for sql in (*TRIGGERS.values(), *INDEXES)}
 
 
 def _empty(conn: sqlite3.Connection, table: str) -> bool:
@@ -607,47 +619,55 @@ def bulk_load(conn: sqlite3.Connection) -> Iterator[frozenset[type]]:
     refused by a constraint, and the run is then redone record by record). Pins always look up
     their targets, which no constraint checks.
 
-    Full-text indexes are built once, at the end. Kindling's insert triggers index one row per
-    statement, and FTS5 writes its pending index out at every statement's savepoint, so a large
-    load becomes many tiny segments merged again and again (at 200,000 observations, 13 s of a
-    27 s import). For a table that holds no rows and whose index is empty, its insert trigger is
-    dropped for the load; on success every row the trigger would have indexed is indexed by one
-    INSERT ... SELECT in rowid order, and the trigger is re-created from its own stored SQL (it
-    moves to the end of sqlite_master). The index then holds the same entries as the trigger
-    path gives (same rows, tokens, positions and statistics; segments may be laid out
-    differently). Update and delete triggers stay, so a record overwritten within the same load
-    is handled as usual; if anything did reach the index meanwhile, it is cleared before the
-    one rebuild. A trigger whose stored SQL is not Kindling's own is left alone (that table is
-    indexed row by row as before).
+    When the whole database is empty (no records, empty full-text indexes), Kindling's own
+    triggers and secondary indexes are dropped for the load and re-created at its end, in their
+    original order and from their own stored SQL, as a `.dump` restore does. Building an index
+    by sorting once beats keeping it ordered through a million random inserts, and Kindling's
+    FTS insert triggers index one row per statement while FTS5 writes its pending index out at
+    every statement's savepoint: a large load became many tiny segments merged again and again
+    (at 200,000 observations, 13 s of a 27 s import). Instead every row the triggers would have
+    indexed (redacted observations left out) is indexed by one INSERT ... SELECT in rowid order,
+    so the index holds the same entries as the trigger path (same rows, tokens, positions and
+    statistics; segments may be laid out differently). Anything that reached an index during
+    the load (a record overwritten within it) is cleared before that one rebuild. Triggers and
+    indexes that are not Kindling's own are left in place (a UNIQUE index keeps enforcing).
 
     Use it inside the caller's write transaction: on an exception nothing is re-created here,
-    and the caller's rollback restores the triggers.
+    and the caller's rollback restores everything.
     """
     if not conn.in_transaction:
         raise ValueError("bulk_load needs an open write transaction")
+    empty = {table for table in DATA_TABLES if _empty(conn, table)}
     constrained = _foreign_keys_enforced(conn)
-    insert_first = {Observation} if _empty(conn, "observations") else set()
-    if constrained and _empty(conn, "capsules") and _empty(conn, "capsule_observations"):
+    insert_first: set[type] = {Observation} if "observations" in empty else set()
+    if constrained and {"capsules", "capsule_observations"} <= empty:
         insert_first.add(Capsule)
-    if constrained and _empty(conn, "summaries"):
+    if constrained and "summaries" in empty:
         insert_first.add(Summary)
-    deferred: list[tuple[str, str, str, str]] = []
-    for table, (fts, trigger, indexed) in _FTS_INDEXED.items():
-        if not _empty(conn, table) or not _empty(conn, f"{fts}_docsize"):
-            continue
-        row = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (trigger,)
-        ).fetchone()
-        if row is None or not _same_sql(row[0], TRIGGERS[trigger]):
-            continue
-        conn.execute(f"DROP TRIGGER {trigger}")
-        deferred.append((table, fts, indexed, row[0]))
-    yield frozenset(insert_first)
-    for table, fts, indexed, trigger_sql in deferred:
-        if not _empty(conn, f"{fts}_docsize"):
-            conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
-        conn.execute(
-            f"INSERT INTO {fts}(rowid, content) "
-            f"SELECT rowid, content FROM {table} WHERE {indexed} ORDER BY rowid"
-        )
-        conn.execute(trigger_sql)
+    deferred: list[str] = []
+    if empty == set(DATA_TABLES) and all(_empty(conn, f"{fts}_docsize") for fts in _FTS_INDEXED):
+        schema = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') "
+            "AND sql IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+        for kind, name, sql in schema:
+            if _normalized(sql) in _KINDLING_DDL:
+                conn.execute(f'DROP {kind.upper()} "{name}"')
+                deferred.append(sql)
+    previous_cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+    conn.execute(f"PRAGMA cache_size = -{_BULK_CACHE_KIB}")
+    try:
+        yield frozenset(insert_first)
+        if deferred:
+            for fts, (table, indexed) in _FTS_INDEXED.items():
+                if not _empty(conn, f"{fts}_docsize"):
+                    conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
+                conn.execute(
+                    f"INSERT INTO {fts}(rowid, content) "
+                    f"SELECT rowid, content FROM {table} WHERE {indexed} ORDER BY rowid"
+                )
+            conn.execute(f"PRAGMA cache_size = -{_SORT_CACHE_KIB}")
+            for sql in deferred:
+                conn.execute(sql)
+    finally:
+        conn.execute(f"PRAGMA cache_size = {previous_cache}")
