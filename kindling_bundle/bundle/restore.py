@@ -142,10 +142,16 @@ def import_bundle(
                     raise _RollBack(report)
         except _RollBack as rollback:
             return rollback.report
-        except sqlite3.DatabaseError as exc:  # rolled back (or never begun): nothing written
+        except (sqlite3.DatabaseError, StoreError) as exc:  # rolled back: nothing written
+            # A StoreError from savepoint(): SQLite rolled back after the error in its context.
+            cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
+            if exc.__suppress_context__:  # a StoreError that says all there is to say
+                raise
+            if not isinstance(cause, sqlite3.DatabaseError):
+                raise
             name = getattr(conn, "path", "") or "database"
             raise StoreError(
-                f"{name}: import failed, nothing written: {describe_error(exc)}"
+                f"{name}: import failed, nothing written: {describe_error(cause)}"
             ) from None
     return report
 

@@ -16,6 +16,9 @@ BUSY_TIMEOUT_ENV = "KINDLING_BUSY_TIMEOUT_MS"
 """Overrides BUSY_TIMEOUT_MS (whole milliseconds): how long to wait for another process's lock."""
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+_WRITING: set[int] = set()
+"""id() of each connection inside a write_transaction (sqlite3 connections take no weakrefs)."""
+
 
 class KindlingConnection(sqlite3.Connection):
     """A sqlite3 connection that remembers which schema generation (4 or 5) it found."""
@@ -113,7 +116,12 @@ def describe_error(exc: sqlite3.Error) -> str:
 @contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """An outermost BEGIN IMMEDIATE transaction: takes the write lock up front (waiting up to
-    the busy timeout) so a long import cannot fail half-way on a lock upgrade."""
+    the busy timeout) so a long import cannot fail half-way on a lock upgrade.
+
+    On some errors (disk full, I/O error, corruption) SQLite rolls the whole transaction back by
+    itself, and the connection is back in autocommit mode: a caller that carried on (retrying
+    record by record, say) would commit each statement on its own. `savepoint` therefore
+    refuses to start inside a write_transaction whose transaction is gone, and COMMIT fails."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
@@ -122,18 +130,27 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise StoreError(
             f"{where}cannot start a write transaction: {describe_error(exc)}"
         ) from None
+    _WRITING.add(id(conn))
     try:
         yield conn
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    finally:
+        _WRITING.discard(id(conn))
     conn.execute("COMMIT")
 
 
 @contextmanager
 def savepoint(conn: sqlite3.Connection, name: str = "kindling_bundle") -> Iterator[None]:
     """Make a group of statements atomic, inside a caller's transaction or on its own."""
+    if id(conn) in _WRITING and not conn.in_transaction:
+        path = getattr(conn, "path", "")
+        raise StoreError(
+            f"{path or 'database'}: the write transaction was rolled back by SQLite after an "
+            "earlier error; nothing more is written"
+        )
     conn.execute(f"SAVEPOINT {name}")
     try:
         yield
