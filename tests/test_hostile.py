@@ -1074,3 +1074,27 @@ def test_a_bad_busy_timeout_setting_is_one_line(
     line = _one_error_line(_run_cli("import", "--db", tmp_path / "t.db", good_bundle))
     assert "KINDLING_BUSY_TIMEOUT_MS='soon' is not a whole number of milliseconds" in line
     assert not (tmp_path / "t.db").exists()
+
+
+def test_the_spec_states_the_limits_the_code_enforces() -> None:
+    """spec/bundle-format.md section 13.1 names each limit's constant; the numbers must agree."""
+    from kindling_bundle.bundle.format import MAX_MANIFEST_BYTES
+    from kindling_bundle.bundle.tarstream import MAX_MEMBER_BYTES, RECORD
+    from kindling_bundle.bundle.zstdio import MAX_WINDOW_BYTES
+
+    spec = (VECTORS.parent / "bundle-format.md").read_text()
+    rows = {
+        line.split("`")[1]: line
+        for line in spec.splitlines()
+        if line.startswith("| ") and "`" in line
+    }
+    for constant, value in {
+        "MAX_MANIFEST_BYTES": MAX_MANIFEST_BYTES,
+        "MAX_FRAME_BYTES": MAX_FRAME_BYTES,
+        "MAX_FRAME_VALUES": MAX_FRAME_VALUES,
+        "MAX_NESTING_DEPTH": MAX_NESTING_DEPTH,
+        "MAX_WINDOW_BYTES": MAX_WINDOW_BYTES,
+        "RECORD": RECORD,
+    }.items():
+        assert f"{value:,}" in rows[constant], (constant, value)
+    assert "8 GiB - 1" in rows["MAX_MEMBER_BYTES"] and MAX_MEMBER_BYTES == 8 * 2**30 - 1
