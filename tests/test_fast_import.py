@@ -25,6 +25,7 @@ from kindling_bundle import (
     import_bundle,
     import_record,
     open_bundle,
+    verify_import_integrity,
     write_bundle,
 )
 from kindling_bundle.errors import BundleError
@@ -257,3 +258,21 @@ def test_without_foreign_key_enforcement_links_are_still_looked_up(tmp_path: Pat
         (result,) = import_batch(conn, [capsule], "skip", insert_first=insert_first)
     conn.close()
     assert result.error == "capsule c: links to observation x, which does not exist"
+
+
+def test_a_dangling_foreign_key_outside_kindling_tables_is_still_reported(
+    sample_copy: Path,
+) -> None:
+    """The integrity report proves Kindling's own foreign keys sound with ordered scans; any
+    other foreign key in the database is left to PRAGMA foreign_key_check, as before."""
+    conn = sqlite3.connect(sample_copy)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, obs TEXT REFERENCES observations)")
+    conn.execute("INSERT INTO notes VALUES (7, 'no-such-observation')")
+    conn.commit()
+    conn.close()
+    store = open_store(sample_copy, readonly=True)
+    report = verify_import_integrity(store)
+    store.close()
+    assert [(p.kind, p.entity, p.id, p.detail) for p in report.problems] == [
+        ("foreign_key", "notes", "7", "references a missing row of observations")
+    ]
