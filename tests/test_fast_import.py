@@ -203,8 +203,8 @@ def _frames_for_an_empty_database() -> list[list[Record]]:
         [capsule("c5", ["o5", "o5"]), capsule("c6", ["o6"])],
         [capsule("c1", ["o2", "o1"]), capsule("c7", ["o7"])],
         [summary("s1", "c1"), summary("s2", "c2")],
-        [summary("s3", "no-capsule"), summary("s4", "c4")],
-        [summary("s5", "c1"), summary("s6", "c6")],  # c1 already has s1
+        [summary("s4", "c4"), summary("s3", "no-capsule"), summary("s8", "c6")],
+        [summary("s5", "c1"), summary("s6", "c7")],  # c1 already has s1
         [summary("s2", "c2"), summary("s7", "c7")],
         [Pin(id="p1", target_type="summary", target_id="s1", created_at=1)],
         [Pin(id="p2", target_type="observation", target_id="ghost", created_at=1)],
