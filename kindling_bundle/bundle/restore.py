@@ -40,6 +40,7 @@ from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.records import ENTITY_TYPES, Pin
 from kindling_bundle.store.connection import (
     KindlingConnection,
+    TransactionLost,
     describe_error,
     write_transaction,
 )
@@ -142,17 +143,18 @@ def import_bundle(
                     raise _RollBack(report)
         except _RollBack as rollback:
             return rollback.report
-        except (sqlite3.DatabaseError, StoreError) as exc:  # rolled back: nothing written
-            # A StoreError from savepoint(): SQLite rolled back after the error in its context.
+        except (sqlite3.DatabaseError, TransactionLost) as exc:  # rolled back: nothing written
+            # TransactionLost: SQLite rolled back by itself; the error that made it may be in
+            # the context, unless the code that met it went on (and so met TransactionLost).
             cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
-            if exc.__suppress_context__:  # a StoreError that says all there is to say
-                raise
-            if not isinstance(cause, sqlite3.DatabaseError):
-                raise
             name = getattr(conn, "path", "") or "database"
-            raise StoreError(
-                f"{name}: import failed, nothing written: {describe_error(cause)}"
-            ) from None
+            detail = (
+                describe_error(cause)
+                if isinstance(cause, sqlite3.DatabaseError)
+                else "SQLite rolled the transaction back after an error (a full disk, an I/O "
+                "error or a corrupt database)"
+            )
+            raise StoreError(f"{name}: import failed, nothing written: {detail}") from None
     return report
 
 

@@ -20,6 +20,10 @@ _WRITING: set[int] = set()
 """id() of each connection inside a write_transaction (sqlite3 connections take no weakrefs)."""
 
 
+class TransactionLost(StoreError):
+    """SQLite rolled a write_transaction back by itself (disk full, I/O error, corruption)."""
+
+
 class KindlingConnection(sqlite3.Connection):
     """A sqlite3 connection that remembers which schema generation (4 or 5) it found."""
 
@@ -147,9 +151,9 @@ def savepoint(conn: sqlite3.Connection, name: str = "kindling_bundle") -> Iterat
     """Make a group of statements atomic, inside a caller's transaction or on its own."""
     if id(conn) in _WRITING and not conn.in_transaction:
         path = getattr(conn, "path", "")
-        raise StoreError(
-            f"{path or 'database'}: the write transaction was rolled back by SQLite after an "
-            "earlier error; nothing more is written"
+        raise TransactionLost(
+            f"{path or 'database'}: SQLite rolled the write transaction back after an error (a "
+            "full disk, an I/O error or a corrupt database); nothing more is written"
         )
     conn.execute(f"SAVEPOINT {name}")
     try:
