@@ -26,23 +26,61 @@ def loads(text: str) -> Any:
 
 def dumps(value: Any) -> str:
     """Encode a JSON value as `JSON.stringify(value)` would."""
-    if not _has_float(value):
-        try:
-            return _encoder.encode(value).decode()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: JavaScript escapes it, which the slow path does
+    try:
+        if _has_float(value):
+            # msgspec writes floats as Python does (1.0, 1e-05); give it JavaScript's digits
+            value = _with_js_floats(value)
+        return _encoder.encode(value).decode()
+    except (UnicodeEncodeError, _Unusual):
+        pass  # a lone surrogate (JavaScript escapes it) or a key that is not a str
     return "".join(_write(value))
 
 
-def _has_float(value: Any) -> bool:
+class _Unusual(Exception):
+    """A tree that only the general writer below handles exactly."""
+
+
+def _with_js_floats(value: Any) -> Any:
+    """A copy of a dict/list tree whose floats are msgspec.Raw JSON numbers as JavaScript
+    writes them, for the encoder to copy verbatim. Anything but plain JSON types (subclasses,
+    non-str keys) raises _Unusual, so that _write meets it, and fails, exactly as before."""
     kind = type(value)
     if kind is float:
-        return True
+        return msgspec.Raw(js_number(value).encode())
     if kind is dict:
-        return any(_has_float(v) for v in value.values())
+        copy = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            copy[key] = _with_js_floats(item)
+        return copy
     if kind is list:
-        return any(_has_float(v) for v in value)
-    return False
+        return [_with_js_floats(item) for item in value]
+    if kind not in _SCALARS:
+        raise _Unusual
+    return value
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+_CONTAINERS = (dict, list)
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a float is anywhere in a dict/list tree. The types of a container's items are
+    collected in one C-level pass, so a flat container costs no Python loop."""
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return kind is float
+    kinds = set(map(type, items))
+    if float in kinds:
+        return True
+    if kinds <= _SCALARS:
+        return False
+    return any(_has_float(item) for item in items if type(item) in _CONTAINERS)
 
 
 def _write(value: Any):
@@ -90,6 +128,9 @@ def js_number(value: float) -> str:
         raise ValueError(f"{value!r} is not representable in JSON")
     if value == 0:
         return "0"
+    shortest = repr(value)
+    if "e" not in shortest and not shortest.endswith(".0"):
+        return shortest  # both write the shortest round-trip digits positionally here
     sign = "-" if value < 0 else ""
     # repr gives the shortest digits that round-trip, as JavaScript does; take them apart.
     mantissa, _, exp_text = repr(abs(value)).partition("e")

@@ -61,9 +61,11 @@ def _dumps(value: Any, entity: str, record_id: str, field: str) -> str:
         ) from None
 
 
+_SCOPE_KEYS = tuple(DENORMALIZED_SCOPE_KEYS)
+
+
 def _scope_columns(scope_ids: dict[str, str]) -> tuple[Any, ...]:
-    get = scope_ids.get
-    return tuple(get(key) for key in DENORMALIZED_SCOPE_KEYS)
+    return tuple(map(scope_ids.get, _SCOPE_KEYS))
 
 
 def observation_from_row(row: tuple) -> Observation:
