@@ -128,10 +128,10 @@ def manifest_for(data: dict[str, bytes], counts: dict[str, int]) -> dict[str, An
 class Parts:
     """A bundle taken apart: edit the manifest, the members or the records, then `tar()` it."""
 
-    def __init__(self, records: dict[str, list[dict[str, Any]]] | None = None):
-        self.records = sample_records() if records is None else records
+    def __init__(self) -> None:
+        self.records = sample_records()
         self.data = entity_data(self.records)
-        self.manifest = manifest_for(self.data, {e: len(self.records.get(e, [])) for e in ENTITIES})
+        self.manifest = manifest_for(self.data, {e: len(self.records[e]) for e in ENTITIES})
 
     def entry(self, entity: str) -> dict[str, Any]:
         return self.manifest["entities"][ENTITIES.index(entity)]
@@ -157,8 +157,8 @@ class Parts:
             member(f"{e}.msgpack", self.data[e]) for e in ENTITIES
         ]
 
-    def tar(self, *, before_end: list[bytes] | None = None) -> bytes:
-        return archive(*self.members(), *(before_end or []))
+    def tar(self) -> bytes:
+        return archive(*self.members())
 
     def bundle(self) -> bytes:
         return compress(self.tar())
@@ -167,15 +167,9 @@ class Parts:
 # --- the compression layer -----------------------------------------------------------------------
 
 
-def compress(data: bytes, *, level: int = 3, window_log: int | None = None) -> bytes:
+def compress(data: bytes) -> bytes:
     """One zstd frame with a checksum and no content size, as bundles are written."""
-    if window_log is None:
-        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=False)
-    else:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level, window_log=window_log, write_checksum=1, write_content_size=0
-        )
-        cctx = zstandard.ZstdCompressor(compression_params=params)
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=False)
     return cctx.compress(data)
 
 
@@ -194,21 +188,26 @@ def with_content_size(frame_bytes: bytes, content_size: int) -> bytes:
     )
 
 
-def raw_block(data: bytes, *, last: bool = False) -> bytes:
+# A block header is 3 bytes, little-endian: Last_Block (bit 0), Block_Type (bits 1-2: 0 raw,
+# 1 RLE), Block_Size (bits 3-23). Blocks here are never the last: bombs are refused before then.
+
+
+def raw_block(data: bytes) -> bytes:
     assert len(data) <= RLE_BLOCK_MAX
-    return (len(data) << 3 | 0 << 1 | last).to_bytes(3, "little") + data
+    return (len(data) << 3).to_bytes(3, "little") + data
 
 
-def rle_block(byte: int, size: int, *, last: bool = False) -> bytes:
+def rle_block(byte: int, size: int) -> bytes:
+    """One byte in the file, `size` copies of it decompressed."""
     assert 0 < size <= RLE_BLOCK_MAX
-    return (size << 3 | 1 << 1 | last).to_bytes(3, "little") + bytes([byte])
+    return (size << 3 | 1 << 1).to_bytes(3, "little") + bytes([byte])
 
 
-def zstd_frame(blocks: list[bytes], *, window_log: int = 20, checksum: bytes = b"\0" * 4) -> bytes:
-    """A zstd frame made block by block, with a window descriptor and a checksum flag set. The
-    checksum is whatever is given: a reader that stops early never gets to check it."""
-    descriptor = 0x04  # Content_Checksum_flag
-    return ZSTD_MAGIC + bytes([descriptor, (window_log - 10) << 3]) + b"".join(blocks) + checksum
+def zstd_frame(blocks: list[bytes]) -> bytes:
+    """A zstd frame made block by block: a 1 MiB window, the checksum flag set, and a checksum
+    that is never reached (the frame has no last block)."""
+    descriptor, window = 0x04, (20 - 10) << 3  # Content_Checksum_flag; window 2**20
+    return ZSTD_MAGIC + bytes([descriptor, window]) + b"".join(blocks) + b"\0" * 4
 
 
 def zero_blocks(size: int) -> list[bytes]:
