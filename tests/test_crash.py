@@ -26,6 +26,7 @@ import pytest
 
 from conftest import cli_executable, dump_tables
 from kindling_bundle import generate_sample, import_bundle, open_store, verify_bundle, write_bundle
+from kindling_bundle.errors import StoreError
 
 BUNDLE_OBSERVATIONS = 20_000
 IMPORT_KILLS = 18
@@ -320,3 +321,38 @@ def test_the_crash_fixtures_are_what_the_tests_assume(
     assert report.ok and sum(report.records.values()) > 20_000
     for _, before, after in targets:
         assert before != after
+
+
+def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
+    tmp_path: Path,
+    bundle: Path,
+    targets: list[tuple[Path, Dumps, Dumps]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a full disk SQLite rolls the whole transaction back inside the failing statement; an
+    importer that steps past the error then sees the bundle's later records miss what they
+    reference (so it seemed on a full tmpfs). Simulated here after the second frame: the import
+    must report the lost transaction, not a missing capsule, and leave the database as it was."""
+    from kindling_bundle.bundle import restore
+
+    real_import_batch = restore.import_batch
+    frames = 0
+
+    def import_batch_then_lose_the_transaction(conn, records, *args, **kwargs):
+        nonlocal frames
+        frames += 1
+        results = real_import_batch(conn, records, *args, **kwargs)
+        if frames == 2:
+            conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+        return results
+
+    monkeypatch.setattr(restore, "import_batch", import_batch_then_lose_the_transaction)
+    template, before, _ = targets[0]  # empty: the insert-first path, which uses no savepoint
+    target = tmp_path / "t.db"
+    shutil.copy(template, target)
+    conn = open_store(target)
+    with pytest.raises(StoreError, match=r"t\.db: import failed, nothing written: SQLite rolled"):
+        import_bundle(conn, bundle)
+    conn.close()
+    assert frames == 2
+    assert dump_tables(target) == before

@@ -174,7 +174,11 @@ def _import_frame(
     try:
         results = import_batch(conn, records, conflict, insert_first=insert_first)
     except RecordError as exc:
+        _transaction_alive(conn)
         raise RecordError(f"{where}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
+    # A write error the importer met and went past (a full disk) may have made SQLite roll back
+    # everything: the records that follow would then seem to miss what they reference.
+    _transaction_alive(conn)
     for result in results:
         if result.error is not None:
             raise ImportConflictError(
@@ -185,6 +189,11 @@ def _import_frame(
         entity_counts = counts[result.entity]
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
     return results
+
+
+def _transaction_alive(conn: KindlingConnection) -> None:
+    if not conn.in_transaction:
+        raise TransactionLost(f"{getattr(conn, 'path', '') or 'database'}: transaction lost")
 
 
 class _RepeatedIds:
