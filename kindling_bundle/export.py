@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from kindling_bundle.errors import RecordError, StoreError
 from kindling_bundle.records import DENORMALIZED_SCOPE_KEYS, Capsule, Observation, Pin, Summary
+from kindling_bundle.store.connection import describe_error
 from kindling_bundle.store.rows import (
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
@@ -363,7 +364,10 @@ def _records(
     except RecordError as exc:
         raise RecordError(f"{label}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
     except sqlite3.Error as exc:
-        raise StoreError(f"{label}: cannot export {entity}: {exc}") from None
+        reason = describe_error(exc)
+        if len(reason) > 200:  # SQLite may quote a whole damaged column value
+            reason = reason[:200] + "..."
+        raise StoreError(f"{label}: cannot export {entity}: {reason}") from None
 
 
 def _label(conn: sqlite3.Connection) -> str:

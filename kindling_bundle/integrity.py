@@ -24,6 +24,9 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from kindling_bundle.errors import StoreError
+from kindling_bundle.store.connection import describe_error
+
 Severity = Literal["error", "warning"]
 
 PROBLEMS_PER_KIND = 1000
@@ -98,6 +101,14 @@ def verify_import_integrity(conn: sqlite3.Connection, *, sample_size: int = 200)
     an import before committing it)."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
+    try:
+        return _verify(conn, sample_size)
+    except sqlite3.DatabaseError as exc:
+        label = getattr(conn, "path", "") or "database"
+        raise StoreError(f"{label}: cannot check integrity: {describe_error(exc)}") from None
+
+
+def _verify(conn: sqlite3.Connection, sample_size: int) -> IntegrityReport:
     found = _Collector()
     _quick_check(conn, found)
     _foreign_keys(conn, found)

@@ -283,3 +283,19 @@ def test_progress_is_drawn_on_a_terminal(sample_db: Path, tmp_path: Path) -> Non
     os.close(controller)
     assert proc.returncode == 0
     assert b"export:" in drawn and b"records" in drawn
+
+
+def test_corrupt_database_gives_one_line_for_check_and_export(
+    run_cli, sample_copy: Path, tmp_path: Path
+) -> None:
+    conn = sqlite3.connect(sample_copy)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(sample_copy.read_bytes())
+    for offset in range(8 * 4096, len(data), 3 * 4096):  # wreck pages all through the file
+        data[offset : offset + 600] = bytes(range(256)) * 2 + bytes(88)
+    sample_copy.write_bytes(bytes(data))
+    for args in (("check", "--db", sample_copy), ("export", "--db", sample_copy, tmp_path / "o")):
+        line = _one_clean_error_line(run_cli(*args))
+        assert "copy.db" in line and "internal error" not in line
+    assert not (tmp_path / "o").exists()
