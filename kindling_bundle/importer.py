@@ -510,13 +510,15 @@ def _insert_unguarded(
 
     A savepoint makes SQLite copy every page it changes that existed before (the primary key
     index, in random order) to a sub-journal: a third of the time spent inserting observations.
+    Only a refused row (a constraint) is retried that way; any other failure (a full disk, an
+    I/O error) propagates, since SQLite may have rolled the whole transaction back.
     Without one, a row the database refuses is rolled back on its own, and those before it stay,
     exactly as importing them one by one would have stored them (the same rows and rowids, new
     rowids being the largest plus one); the caller redoes the rest one by one."""
     before = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {table}").fetchone()[0]
     try:
         insert(conn, pending)
-    except (sqlite3.Error, RecordError):
+    except (sqlite3.IntegrityError, RecordError):
         stored = conn.execute(f"SELECT count(*) FROM {table} WHERE rowid > ?", (before,))
         return stored.fetchone()[0]
     return len(pending)
@@ -554,7 +556,7 @@ def _import_run(
                 with savepoint(conn, "kindling_batch"):
                     insert(conn, pending)
                 done = len(pending)
-            except (sqlite3.Error, RecordError):
+            except (sqlite3.IntegrityError, RecordError):
                 done = 0
         results.extend(ImportEntityResult(entity, r.id, "inserted") for r in pending[:done])
         # Redo the rest one by one: the culprit raises its own error naming it, as it would have.
