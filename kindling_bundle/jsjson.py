@@ -8,6 +8,7 @@ way JavaScript does; msgspec and Python's json differ on floats (`1.0`, `1e+16`,
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -17,11 +18,32 @@ _decoder = msgspec.json.Decoder()
 
 
 def loads(text: str) -> Any:
-    """Decode JSON text; raises ValueError with msgspec's description on bad input."""
+    """Decode JSON text; raises ValueError with msgspec's description on bad input.
+
+    Integers beyond 64 bits become floats: JavaScript writes a large number such as 1e20 as
+    `100000000000000000000`, which as a float is written back as the same digits, while as an
+    integer it could not travel in a bundle (MessagePack integers are 64-bit)."""
     try:
-        return _decoder.decode(text)
+        value = _decoder.decode(text)
     except msgspec.DecodeError as exc:
         raise ValueError(str(exc)) from None
+    if _LONG_DIGITS.search(text):
+        return _wide_ints_as_floats(value)
+    return value
+
+
+_LONG_DIGITS = re.compile(r"\d{19}")  # any integer beyond 64 bits has at least 19 digits
+
+
+def _wide_ints_as_floats(value: Any) -> Any:
+    kind = type(value)
+    if kind is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    if kind is dict:
+        return {key: _wide_ints_as_floats(item) for key, item in value.items()}
+    if kind is list:
+        return [_wide_ints_as_floats(item) for item in value]
+    return value
 
 
 def dumps(value: Any) -> str:

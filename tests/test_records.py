@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from kindling_bundle import Capsule, Observation, Pin, Summary
-from kindling_bundle.jsjson import dumps, js_number
+from kindling_bundle.jsjson import dumps, js_number, loads
 from kindling_bundle.store.rows import (
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
@@ -208,3 +208,10 @@ def test_wire_names_are_kindlings_camel_case() -> None:
         "expiresAt",
         "scopeIds",
     ]
+
+
+def test_a_number_javascript_writes_as_wide_digits_survives_a_bundle() -> None:
+    text = '{"big":100000000000000000000,"max":18446744073709552000,"neg":-1e+21}'  # node wrote it
+    value = loads(text)
+    msgspec.msgpack.encode(value)  # fits a bundle record
+    assert dumps(msgspec.msgpack.decode(msgspec.msgpack.encode(value))) == text
