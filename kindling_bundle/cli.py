@@ -293,9 +293,9 @@ def export(
     }
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
+        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+        raise click.UsageError(str(exc)) from None
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     progress = _progress("export", out)
@@ -386,33 +386,31 @@ def import_(
         progress.total_records = manifest.total_records
 
     dangling = None
-    with (
-        _target_database(db_path, dry_run) as conn,
-        open_source(in_target, storage_options=storage_options) as stream,
-    ):
+    with open_source(in_target, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
-        try:
-            if kind == "kindling-json":
-                report, dangling = import_kindling_json(
-                    conn,
-                    stream,
-                    conflict=conflict,  # type: ignore[arg-type]
-                    dry_run=dry_run,
-                    drop_dangling=drop_dangling,
-                    name=_source_name(in_target),
-                    progress=progress,
-                )
-            else:
-                report = import_bundle(
-                    conn,
-                    stream,
-                    conflict=conflict,  # type: ignore[arg-type]
-                    dry_run=dry_run,
-                    progress=progress,
-                    on_manifest=on_manifest,
-                )
-        finally:
-            progress.close()
+        with _target_database(db_path, dry_run) as conn:
+            try:
+                if kind == "kindling-json":
+                    report, dangling = import_kindling_json(
+                        conn,
+                        stream,
+                        conflict=conflict,  # type: ignore[arg-type]
+                        dry_run=dry_run,
+                        drop_dangling=drop_dangling,
+                        name=_source_name(in_target),
+                        progress=progress,
+                    )
+                else:
+                    report = import_bundle(
+                        conn,
+                        stream,
+                        conflict=conflict,  # type: ignore[arg-type]
+                        dry_run=dry_run,
+                        progress=progress,
+                        on_manifest=on_manifest,
+                    )
+            finally:
+                progress.close()
     verb = "would import" if dry_run else "imported"
     out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
     out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
@@ -434,7 +432,7 @@ def import_(
 @contextmanager
 def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
     """The database to import into; a dry run against a database that does not exist yet uses a
-    throwaway one, so that it creates nothing."""
+    throwaway one, and a failed import removes a database it created, so neither leaves one."""
     if dry_run and not db_path.exists():
         with tempfile.TemporaryDirectory(prefix="kindling-dry-run-") as folder:
             conn = open_store(Path(folder) / "dry-run.db")
@@ -443,11 +441,17 @@ def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnectio
             finally:
                 conn.close()
         return
+    created = not db_path.exists()
     conn = open_store(db_path)
     try:
         yield conn
-    finally:
+    except BaseException:
         conn.close()
+        if created:  # a failed import into a new database leaves no database behind
+            for leftover in (db_path, *(Path(f"{db_path}{end}") for end in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+        raise
+    conn.close()
 
 
 @cli.command()

@@ -207,10 +207,18 @@ def test_conflict_error_exits_1_and_leaves_the_database_unchanged(
     assert overwritten["counts"]["observations"]["overwritten"] == 1
 
 
-def test_missing_file_gives_one_line(run_cli, tmp_path: Path) -> None:
+def test_missing_file_gives_one_line_and_creates_no_database(run_cli, tmp_path: Path) -> None:
     for command in (("verify",), ("inspect",), ("import", "--db", tmp_path / "x.db")):
         line = _one_clean_error_line(run_cli(*command, tmp_path / "nope.kbundle"))
         assert "nope.kbundle" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_import_into_a_new_database_leaves_none(run_cli, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.kbundle"
+    damaged.write_bytes(bytes.fromhex("28b52ffd") + b"\x00" * 64)
+    _one_clean_error_line(run_cli("import", "--db", tmp_path / "new.db", damaged))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.kbundle"]
 
 
 def test_non_bundle_file_gives_one_line(run_cli, sample_db: Path, tmp_path: Path) -> None:
@@ -228,6 +236,8 @@ def test_bad_option_is_a_usage_error_with_one_line(run_cli, tmp_path: Path) -> N
         ("export", "--since", "yesterday-ish", "x"),
         ("sample",),
         ("frobnicate",),
+        ("export", "--created-at", "-5", "x"),
+        ("export", "--since", "2026-02-01", "--until", "2026-01-01", "x"),
     ):
         _one_clean_error_line(run_cli(*args), code=2)
 
