@@ -58,6 +58,7 @@ from kindling_bundle.records import (
     Summary,
     entity_of,
 )
+from kindling_bundle.rules import first_repeated
 from kindling_bundle.store.connection import savepoint
 from kindling_bundle.store.rows import (
     CAPSULE_COLUMNS,
@@ -215,15 +216,6 @@ def _absent_observations(conn: sqlite3.Connection, ids: Sequence[str]) -> list[s
     return [value for (value,) in conn.execute(sql, (_json_list(ids),))]
 
 
-def _repeated(ids: Sequence[str]) -> str | None:
-    seen: set[str] = set()
-    for value in ids:
-        if value in seen:
-            return value
-        seen.add(value)
-    return None
-
-
 def _ensure_fts_entry(conn: sqlite3.Connection, fts: str, rowid: int, content: str) -> None:
     """Index a row that the index lacks, so the update trigger's FTS 'delete' of its old content
     removes an entry that exists (a 'delete' of a missing entry corrupts FTS5's statistics)."""
@@ -260,7 +252,7 @@ def import_observation(
 
 def _link_problem(conn: sqlite3.Connection, capsule: Capsule) -> str | None:
     """Why the capsule's links cannot be written, or None."""
-    twice = _repeated(capsule.observation_ids)
+    twice = first_repeated(capsule.observation_ids)
     if twice is not None:
         return f"lists observation {twice} more than once"
     missing = _absent_observations(conn, capsule.observation_ids)
@@ -437,7 +429,7 @@ def _fast_observations(conn: sqlite3.Connection, run: Sequence[Observation]) -> 
 
 def _fast_capsules(conn: sqlite3.Connection, run: Sequence[Capsule]) -> list[bool]:
     stored = _present(conn, "capsules", [c.id for c in run])
-    fresh = [c.id not in stored and _repeated(c.observation_ids) is None for c in run]
+    fresh = [c.id not in stored and first_repeated(c.observation_ids) is None for c in run]
     linked = [oid for c, ok in zip(run, fresh, strict=True) if ok for oid in c.observation_ids]
     missing = set(_absent_observations(conn, linked))
     if not missing:
@@ -447,7 +439,7 @@ def _fast_capsules(conn: sqlite3.Connection, run: Sequence[Capsule]) -> list[boo
 
 def _fast_summaries(conn: sqlite3.Connection, run: Sequence[Summary]) -> list[bool]:
     capsule_ids = [s.capsule_id for s in run]
-    if _repeated(capsule_ids) is not None:  # the second one meets the first: go one by one
+    if first_repeated(capsule_ids) is not None:  # the second one meets the first: go one by one
         return [False] * len(run)
     stored = _present(conn, "summaries", [s.id for s in run])
     summarised = _present(conn, "summaries", capsule_ids, column="capsule_id")
@@ -538,7 +530,7 @@ def _import_run(
     """Import records of one type: the new ones with executemany, the others one by one, in
     order, so the results (and rowids) are those of importing them one by one."""
     single = _importer(run[0])
-    if _repeated([r.id for r in run]) is not None:  # a later copy meets an earlier one
+    if first_repeated([r.id for r in run]) is not None:  # a later copy meets an earlier one
         return [single(conn, record, conflict) for record in run]
     classify, insert = _BATCH[type(run[0])]
     table = _UNGUARDED_TABLES.get(type(run[0])) if type(run[0]) in insert_first else None

@@ -73,7 +73,8 @@ from kindling_bundle.export import (
     snapshot,
 )
 from kindling_bundle.importer import ConflictStrategy
-from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary, entity_of
+from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary
+from kindling_bundle.rules import RecordRules
 from kindling_bundle.store.connection import KindlingConnection
 
 KINDLING_JSON_VERSION = "1.0"
@@ -712,75 +713,57 @@ class DanglingReport:
 
 
 class ReferenceGuard:
-    """Checks the references of capsules, summaries and pins against the ids that exist.
+    """Passes a foreign-key-ordered stream through the record rules (`kindling_bundle.rules`),
+    so what is written verifies and imports.
 
-    `exists(entity, id)` says whether a record is there. A dangling reference raises a
-    RecordError naming the record and the missing id, or with `drop` is removed from the
-    record (a capsule link) or removes the record (a summary, a pin), and is counted in
-    `report`. Evidence refs are left alone: Kindling keeps them when observations go away,
-    and the integrity report lists them as warnings.
+    A breach raises a RecordError naming `name` and the record. With `drop`, a dangling reference
+    is left out instead and counted in `report`: removed from the record (a capsule link), or the
+    record is (a summary, a pin). Evidence refs are left alone: Kindling keeps them when
+    observations go away, and the integrity report lists them as warnings.
     """
 
     def __init__(
         self,
-        exists: Callable[[str, str], bool],
         *,
         drop: bool,
         name: str,
         report: DanglingReport,
-        on_dangling: Callable[[str], None] | None = None,
-        scope: str = "the dataset",
+        place: str = "the dataset",
     ):
-        self.scope = scope
-        self.exists = exists
+        self.rules = RecordRules(place)
         self.drop = drop
         self.name = name
         self.report = report
-        self.on_dangling = on_dangling
 
     def check(self, record: Record) -> Record | None:
         """The record, repaired when `drop` is set; None when it must be left out."""
-        kind = type(record)
-        if kind is Capsule:
-            missing = [o for o in record.observation_ids if not self.exists("observations", o)]
-            if missing:
-                text = f"capsule {record.id} links observation {missing[0]}" + (
-                    f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                )
-                self._dangling("capsules", record.id, text)
-                self.report.links += len(missing)
-                absent = set(missing)
+        breaches = self.rules.check(record)
+        if breaches:
+            dangling = None
+            for breach in breaches:
+                if breach.rule == "dangling" and self.drop:
+                    dangling = breach
+                elif not breach.warning:
+                    hint = f" ({DANGLING_HINT})" if breach.rule == "dangling" else ""
+                    raise RecordError(
+                        f"{self.name}: {breach.text}{hint}",
+                        entity=breach.entity,
+                        record_id=breach.record_id,
+                    )
+            if dangling is not None:
+                self.report.note(dangling.text)
+                if type(record) is not Capsule:
+                    if type(record) is Summary:
+                        self.report.summaries += 1
+                    else:
+                        self.report.pins += 1
+                    return None
+                self.report.links += len(dangling.missing)
+                absent = set(dangling.missing)
                 kept = [o for o in record.observation_ids if o not in absent]
-                return msgspec.structs.replace(record, observation_ids=kept)
-        elif kind is Summary:
-            if not self.exists("capsules", record.capsule_id):
-                self._dangling(
-                    "summaries", record.id, f"summary {record.id} is of capsule {record.capsule_id}"
-                )
-                self.report.summaries += 1
-                return None
-        elif kind is Pin:
-            target = "observations" if record.target_type == "observation" else "summaries"
-            if not self.exists(target, record.target_id):
-                self._dangling(
-                    "pins",
-                    record.id,
-                    f"pin {record.id} targets {record.target_type} {record.target_id}",
-                )
-                self.report.pins += 1
-                return None
+                record = msgspec.structs.replace(record, observation_ids=kept)
+        self.rules.add(record)
         return record
-
-    def _dangling(self, entity: str, record_id: str, text: str) -> None:
-        if not self.drop:
-            raise RecordError(
-                f"{self.name}: {text}, which is not in {self.scope} ({DANGLING_HINT})",
-                entity=entity,
-                record_id=record_id,
-            )
-        self.report.note(text)
-        if self.on_dangling is not None:
-            self.on_dangling(text)
 
 
 def close_references(
@@ -790,22 +773,17 @@ def close_references(
     name: str,
     report: DanglingReport | None = None,
 ) -> Iterator[Record]:
-    """Pass a foreign-key-ordered stream through, checking that every capsule link, summary
-    capsule and pin target is in the stream (see ReferenceGuard).
+    """Pass a foreign-key-ordered stream through the record rules (see ReferenceGuard): a
+    repeated id, a repeated capsule link, a second summary of a capsule or (without `drop`) a
+    dangling reference raises RecordError.
 
-    Memory: the 64-bit hash of every observation, capsule and summary id (a Python int in a
-    set, about 60-80 bytes per record)."""
-    seen: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+    Memory: the 64-bit hash of every id (a Python int in a set, about 60-80 bytes per record)."""
     guard = ReferenceGuard(
-        lambda entity, rid: hash(rid) in seen[entity],
-        drop=drop,
-        name=name,
-        report=report if report is not None else DanglingReport(),
+        drop=drop, name=name, report=report if report is not None else DanglingReport()
     )
     for record in records:
         kept = guard.check(record)
         if kept is not None:
-            seen[entity_of(kept)].add(hash(kept.id))
             yield kept
 
 
@@ -815,56 +793,36 @@ def close_references(
 def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None) -> VerifyReport:
     """Check a Kindling JSON export completely, never raising for a bad file.
 
-    Every record is validated (all bad records are reported, not just the first); ids must be
-    unique per entity; capsule links, summary capsules (one summary per capsule) and pin
-    targets must be in the file (problems, since an import would refuse them); evidence refs
-    that are not in the file are warnings. Invalid JSON ends the check with its position.
+    Every record is validated (all bad records are reported, not just the first), then checked
+    against the record rules (`kindling_bundle.rules`, as bundle verify and conversions do):
+    breaches are problems, since an import would refuse them; evidence refs that are not in the
+    file are warnings. Invalid JSON ends the check with its position.
     """
     report = VerifyReport(source=_label(src, name))
-    ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
     # References into an entity with invalid records are not checked: they would only echo.
     damaged: set[str] = set()
-    summarised: set[int] = set()
-    dangling = DanglingReport()
+    rules = RecordRules("the file", trusted=lambda entity: entity not in damaged)
+    dangling = False
     try:
         with open_kindling_json(src, name=name) as reader:
             report.source = reader.name
-            guard = ReferenceGuard(
-                lambda entity, rid: entity in damaged or hash(rid) in ids[entity],
-                drop=True,
-                name=reader.name,
-                report=dangling,
-                on_dangling=lambda text: report.problem(f"{reader.name}: {text}, not in the file"),
-            )
 
             def invalid(error: RecordError) -> None:
                 report.problem(str(error))
                 damaged.add(error.entity or "")
 
             for record in reader.records(on_error=invalid):
-                entity = entity_of(record)
-                key = hash(record.id)
-                if key in ids[entity]:
-                    report.problem(f"{reader.name}: {entity} id {record.id} appears more than once")
-                ids[entity].add(key)
-                guard.check(record)
-                if type(record) is Summary:
-                    if hash(record.capsule_id) in summarised:
-                        report.problem(
-                            f"{reader.name}: summary {record.id}: capsule {record.capsule_id} "
-                            "already has a summary in the file"
-                        )
-                    summarised.add(hash(record.capsule_id))
-                    for ref in record.evidence_refs:
-                        if hash(ref) not in ids["observations"]:
-                            report.warning(
-                                f"{reader.name}: summary {record.id}: evidence observation "
-                                f"{ref} is not in the file"
-                            )
+                for breach in rules.check(record):
+                    if breach.warning:
+                        report.warning(f"{reader.name}: {breach.text}")
+                    else:
+                        report.problem(f"{reader.name}: {breach.text}")
+                        dangling = dangling or breach.rule == "dangling"
+                rules.add(record)
             report.records = dict(reader.info.counts)
     except (BundleError, RecordError) as exc:
         report.problem(str(exc))
-    if dangling.total:
+    if dangling:
         report.warning(f"{report.source}: {DANGLING_HINT}")
     return report
 
@@ -943,12 +901,14 @@ def kindling_json_to_bundle(
 def bundle_to_kindling_json(src: BundleSource, dest: str | Path | BinaryIO) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
     `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
-    counts); on a damaged bundle a path destination is left untouched."""
+    counts) and against the record rules, so the export imports; on a damaged bundle a path
+    destination is left untouched."""
     with open_bundle(src) as reader:
         manifest = reader.manifest
+        records = close_references(reader.records(), drop=False, name=reader.label)
         return write_kindling_json(
             dest,
-            dict(entity_streams(reader.records())),
+            dict(entity_streams(records)),
             exported_at=manifest.created_at,
             scope=manifest.export_filter.scope_ids,
         )

@@ -30,11 +30,12 @@ A capsule has at most one summary: two summaries (different ids) of the same cap
 union are a conflict on that capsule, settled by the same strategy; pins on the summary left out
 are moved to the one kept (as an overwriting import does), so no pin is lost or left dangling.
 
-Referential closure: the merged bundle is checked against the union, not each input, so an
-input that is not closed (a Kindling JSON export without its redacted observations) is fine
-when another input holds what it names. A reference that no input can satisfy is an error, or
-with `drop_dangling` is left out and counted (see kindling_json.ReferenceGuard). The result
-always verifies and imports.
+Record rules: the winners are checked as they are written, by the checker verify uses
+(`kindling_bundle.rules`, through kindling_json.ReferenceGuard), so references are closed over
+the union, not each input: an input that is not closed (a Kindling JSON export without its
+redacted observations) is fine when another input holds what it names. A reference that no input
+can satisfy is an error, or with `drop_dangling` is left out and counted; a capsule that lists an
+observation twice is an error. The result always verifies and imports.
 """
 
 from __future__ import annotations
@@ -339,11 +340,7 @@ class _Merger:
             DanglingReport(),
         )
         self.guard = ReferenceGuard(
-            lambda entity, rid: rid in self.index[entity],
-            drop=drop_dangling,
-            name="merge",
-            report=self.report.dangling,
-            scope="any input",
+            drop=drop_dangling, name="merge", report=self.report.dangling, place="any input"
         )
 
     # pass 1: which occurrence of each id wins
@@ -456,7 +453,6 @@ class _Merger:
             self.guard.name = self.names[source]
             record = self.guard.check(record)
             if record is None:  # a summary of a capsule nobody has, or a dangling pin
-                del index[winner_id]
                 continue
             stats.records += 1
             yield record

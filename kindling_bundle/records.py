@@ -104,6 +104,15 @@ ENTITY_TYPES: dict[str, type[Observation] | type[Capsule] | type[Summary] | type
 }
 
 
+# How messages name one record of each entity.
+SINGULAR: dict[str, str] = {
+    "observations": "observation",
+    "capsules": "capsule",
+    "summaries": "summary",
+    "pins": "pin",
+}
+
+
 def entity_of(record: Record) -> str:
     """The entity name ("observations", ...) of a record."""
     return _ENTITY_BY_TYPE[type(record)]

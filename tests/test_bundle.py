@@ -559,8 +559,8 @@ def test_verify_checks_references_and_ids_inside_the_bundle(tmp_path: Path) -> N
     where = f"{path}: "
     assert report.problems == [
         where + "observations.msgpack: observation o1 appears more than once",
-        where + "capsules.msgpack: capsule c1 links to observations not in the bundle: o9",
-        where + "capsules.msgpack: capsule c2 lists an observation twice",
+        where + "capsules.msgpack: capsule c1: linked observation o9 is not in the bundle",
+        where + "capsules.msgpack: capsule c2 lists observation o1 more than once",
         where + "summaries.msgpack: summary s2: capsule c1 already has a summary in the bundle",
         where + "summaries.msgpack: summary s3: capsule c7 is not in the bundle",
         where + "pins.msgpack: pin p1: target observation o5 is not in the bundle",

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from conftest import dump_tables
-from kindling_bundle.bundle import import_bundle, read_manifest, verify_bundle, write_bundle
+from kindling_bundle.bundle import (
+    import_bundle,
+    read_manifest,
+    verify_bundle,
+    write_bundle,
+    write_bundle_from_records,
+)
 from kindling_bundle.bundle.writer import BundleOptions
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.integrity import verify_import_integrity
@@ -396,7 +402,7 @@ def test_kindlings_default_export_without_redacted_rows_needs_drop_dangling(tmp_
     with pytest.raises(RecordError) as caught:
         kindling_json_to_bundle(DEFAULT, bundle)
     message = str(caught.value)
-    assert message.startswith(f"{DEFAULT}: capsule cap-s1 links observation obs-05, which is not")
+    assert message.startswith(f"{DEFAULT}: capsule cap-s1: linked observation obs-05 is not")
     assert "--drop-dangling" in message and "redacted" in message
     assert not bundle.exists() and list(tmp_path.iterdir()) == []
 
@@ -426,7 +432,7 @@ def test_importing_json_is_all_or_nothing_with_bundle_semantics(tmp_path: Path, 
     spool = tmp_path / "spool"
     spool.mkdir()
     conn = open_store(sample_copy)
-    with pytest.raises(RecordError, match="capsule cap-s1 links observation obs-05"):
+    with pytest.raises(RecordError, match="capsule cap-s1: linked observation obs-05"):
         import_kindling_json(conn, DEFAULT, spool_dir=str(spool))
     conn.close()
     assert dump_tables(sample_copy) == before
@@ -468,9 +474,9 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     report = verify_kindling_json(DEFAULT)
     assert not report.ok
     assert [p.removeprefix(f"{DEFAULT}: ") for p in report.problems] == [
-        "capsule cap-s1 links observation obs-05, not in the file",
-        "capsule cap-s2 links observation obs-10, not in the file",
-        "pin pin-redacted targets observation obs-10, not in the file",
+        "capsule cap-s1: linked observation obs-05 is not in the file",
+        "capsule cap-s2: linked observation obs-10 is not in the file",
+        "pin pin-redacted: target observation obs-10 is not in the file",
     ]
     assert any("evidence observation obs-05" in w for w in report.warnings)
 
@@ -487,7 +493,7 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     assert report.problem_count == 4, problems
     assert "observations[2] (id obs-03): field kind" in problems
     assert "observations[4] (id obs-05): field ts" in problems
-    assert "observations id obs-01 appears more than once" in problems
+    assert "observation obs-01 appears more than once" in problems
     assert "summary sum-twice: capsule cap-node already has a summary" in problems
 
     truncated = tmp_path / "cut.json"
@@ -692,7 +698,7 @@ def test_merge_closes_references_over_the_union(tmp_path: Path):
     before = dest.read_bytes()
     with pytest.raises(
         RecordError,
-        match=r"default.json: capsule cap-s2 links observation obs-10, which is not in any input",
+        match=r"default.json: capsule cap-s2: linked observation obs-10 is not in any input",
     ):
         merge_datasets([DEFAULT, SCOPED_PRETTY], dest)
     assert dest.read_bytes() == before  # a failed merge leaves the destination alone
@@ -700,6 +706,47 @@ def test_merge_closes_references_over_the_union(tmp_path: Path):
     # SCOPED_PRETTY holds obs-05 (session s-1); obs-10 is in neither.
     assert (report.dangling.links, report.dangling.pins) == (1, 1)
     assert verify_bundle(dest).ok
+
+
+def test_what_verify_refuses_no_conversion_or_merge_writes(tmp_path: Path, run_cli):
+    """One set of record rules: a file verify refuses is refused by convert, merge and import,
+    and a bundle verify refuses does not become a JSON export."""
+    data = records_of(FULL)
+    capsule = data["capsules"][0]
+    data["capsules"][0] = msgspec_replace(
+        capsule, observation_ids=[*capsule.observation_ids, capsule.observation_ids[0]]
+    )
+    linked_twice = write_dataset(tmp_path / "linked-twice.json", data)
+    data = records_of(FULL)
+    data["observations"].append(msgspec_replace(data["observations"][0], content="again"))
+    id_twice = write_dataset(tmp_path / "id-twice.json", data)
+    twice = f"lists observation {capsule.observation_ids[0]} more than once"
+    for path, expected in [(linked_twice, twice), (id_twice, "obs-01 appears more than once")]:
+        report = verify_kindling_json(path)
+        assert not report.ok and any(expected in p for p in report.problems), report.problems
+        bundle = tmp_path / "out.kbundle"
+        with pytest.raises(RecordError, match=expected):
+            kindling_json_to_bundle(path, bundle)
+        assert not bundle.exists()
+        refused = run_cli("convert", path, bundle)
+        assert refused.returncode == 1 and expected in one_error_line(refused), refused.stderr
+        assert not bundle.exists()
+    # Merge settles a repeated id by its strategy, but a capsule's links are its content.
+    refused = run_cli("merge", FULL, linked_twice, bundle, "--conflict", "overwrite")
+    assert refused.returncode == 1 and twice in one_error_line(refused), refused.stderr
+    assert not bundle.exists()
+    with pytest.raises(RecordError, match=twice):
+        merge_datasets([linked_twice], tmp_path / "merged.kbundle")
+
+    streams = records_of(FULL)
+    streams["summaries"].append(streams["summaries"][0])
+    bundle = tmp_path / "id-twice.kbundle"
+    write_bundle_from_records(bundle, streams)
+    assert not verify_bundle(bundle).ok
+    out = tmp_path / "out.json"
+    with pytest.raises(RecordError, match=r"id-twice.kbundle: summary \S+ appears more than once"):
+        bundle_to_kindling_json(bundle, out)
+    assert not out.exists()
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -726,15 +773,15 @@ def test_cli_import_verify_and_export_speak_kindling_json(run_cli, tmp_path: Pat
     verify = run_cli("verify", DEFAULT)
     assert verify.returncode == 1
     assert one_error_line(verify) == (
-        f"{DEFAULT}: not a valid Kindling JSON export: capsule cap-s1 links observation obs-05, "
-        "not in the file (and 2 more problems)"
+        f"{DEFAULT}: not a valid Kindling JSON export: capsule cap-s1: linked observation "
+        "obs-05 is not in the file (and 2 more problems)"
     )
     assert run_cli("verify", FULL).stdout.decode() == f"{FULL}: valid (20 records)\n"
 
     before = dump_tables(sample_copy)
     refused = run_cli("import", "--db", sample_copy, "-", input=DEFAULT.read_bytes())
     assert refused.returncode == 1
-    assert "<stdin>: capsule cap-s1 links observation obs-05" in one_error_line(refused)
+    assert "<stdin>: capsule cap-s1: linked observation obs-05" in one_error_line(refused)
     assert "--drop-dangling" in one_error_line(refused)
     assert dump_tables(sample_copy) == before
 

@@ -3,10 +3,11 @@
 Checked, in one forward pass: the zstd frame (checksum, complete, nothing after it), the tar
 structure, the manifest (present, first, valid), every listed member present exactly once, in
 order, and no other; each member's size, SHA-256 and record count against the manifest; the
-framing; every record decoded and validated; no id twice within an entity; and every reference
-resolved inside the bundle: capsule observations, summary capsules (one summary per capsule),
-pin targets. Summary evidence refs that do not resolve are warnings, as in the integrity report
-(Kindling keeps evidence lists when observations are deleted, and exports only existing ones).
+framing; every record decoded and validated; and the record rules (`kindling_bundle.rules`, the
+same checker conversions and merges use): no id twice within an entity, no observation twice in
+a capsule, every reference resolved inside the bundle (capsule observations, summary capsules, one
+summary per capsule, pin targets). Summary evidence refs that do not resolve are warnings, as in
+the integrity report (Kindling keeps evidence lists when observations are deleted).
 
 A problem in one member does not stop the others from being checked; only damage that makes the
 rest of the stream unreadable (zstd corruption, truncation, a broken tar header) ends the pass.
@@ -30,7 +31,7 @@ from kindling_bundle.bundle.format import (
     Manifest,
     ProgressCallback,
 )
-from kindling_bundle.bundle.frames import SINGULAR, RecordDecoder
+from kindling_bundle.bundle.frames import RecordDecoder
 from kindling_bundle.bundle.reader import (
     BundleReader,
     BundleSource,
@@ -39,12 +40,11 @@ from kindling_bundle.bundle.reader import (
     source_label,
 )
 from kindling_bundle.errors import BundleError
-from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Record, Summary
+from kindling_bundle.records import ENTITY_TYPES, Record
+from kindling_bundle.rules import RecordRules
 
 MAX_LISTED = 200
 """Problems (and warnings) listed in a report; the counts include those left out."""
-
-_LISTED_IDS = 5
 
 
 @dataclass
@@ -115,9 +115,8 @@ class _Verifier:
         self.label = reader.label
         self.report = report
         self.progress = progress
-        self.ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
         self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
-        self.summarised: set[int] = set()
+        self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__)
         self.records_done = 0
         self.bytes_done = 0
 
@@ -159,7 +158,6 @@ class _Verifier:
                 f"{where}: holds {member.header.size} bytes, the manifest says {entry.bytes}"
             )
         decoder = RecordDecoder(entity)
-        check = getattr(self, f"_{entity}")
         count = valid = 0
         clean = True
         try:
@@ -170,7 +168,7 @@ class _Verifier:
                     clean = False
                 count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
                 valid += len(records)
-                check(records, where)
+                self._check(records, where)
                 self.records_done += len(records)
                 self.bytes_done += FRAME_HEADER_BYTES + len(payload)
                 if self.progress is not None:
@@ -191,72 +189,12 @@ class _Verifier:
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
 
-    def _add_ids(self, entity: str, records: list[Record], where: str) -> None:
-        ids = self.ids[entity]
+    def _check(self, records: list[Record], where: str) -> None:
+        rules = self.rules
         for record in records:
-            key = hash(record.id)
-            if key in ids:
-                self.report.problem(
-                    f"{where}: {SINGULAR[entity]} {record.id} appears more than once"
-                )
-            ids.add(key)
-
-    def _missing(self, entity: str, wanted: list[str]) -> list[str]:
-        """Those of `wanted` not seen in `entity`; none when that entity cannot be trusted."""
-        if not self.complete[entity]:
-            return []
-        ids = self.ids[entity]
-        return [value for value in wanted if hash(value) not in ids]
-
-    def _observations(self, records: list[Observation], where: str) -> None:
-        self._add_ids("observations", records, where)
-
-    def _capsules(self, records: list[Capsule], where: str) -> None:
-        self._add_ids("capsules", records, where)
-        for capsule in records:
-            links = capsule.observation_ids
-            if len(set(links)) != len(links):
-                self.report.problem(f"{where}: capsule {capsule.id} lists an observation twice")
-            missing = self._missing("observations", links)
-            if missing:
-                listed = ", ".join(missing[:_LISTED_IDS])
-                more = (
-                    f" (and {len(missing) - _LISTED_IDS} more)"
-                    if len(missing) > _LISTED_IDS
-                    else ""
-                )
-                self.report.problem(
-                    f"{where}: capsule {capsule.id} links to observations not in the bundle: "
-                    f"{listed}{more}"
-                )
-
-    def _summaries(self, records: list[Summary], where: str) -> None:
-        self._add_ids("summaries", records, where)
-        for summary in records:
-            if self._missing("capsules", [summary.capsule_id]):
-                self.report.problem(
-                    f"{where}: summary {summary.id}: capsule {summary.capsule_id} is not in "
-                    "the bundle"
-                )
-            key = hash(summary.capsule_id)
-            if key in self.summarised:
-                self.report.problem(
-                    f"{where}: summary {summary.id}: capsule {summary.capsule_id} already has "
-                    "a summary in the bundle"
-                )
-            self.summarised.add(key)
-            for missing in self._missing("observations", summary.evidence_refs):
-                self.report.warning(
-                    f"{where}: summary {summary.id}: evidence observation {missing} is not in "
-                    "the bundle"
-                )
-
-    def _pins(self, records: list[Pin], where: str) -> None:
-        self._add_ids("pins", records, where)
-        for pin in records:
-            target = "observations" if pin.target_type == "observation" else "summaries"
-            if self._missing(target, [pin.target_id]):
-                self.report.problem(
-                    f"{where}: pin {pin.id}: target {pin.target_type} {pin.target_id} is not in "
-                    "the bundle"
-                )
+            for breach in rules.check(record):
+                if breach.warning:
+                    self.report.warning(f"{where}: {breach.text}")
+                else:
+                    self.report.problem(f"{where}: {breach.text}")
+            rules.add(record)

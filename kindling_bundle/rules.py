@@ -1,0 +1,131 @@
+"""The rules a record stream must keep for an import to take it, checked in one place.
+
+A dataset (a bundle, a Kindling JSON export, a merge or a conversion in progress) is a stream of
+records in foreign-key order. It can be imported only when: no id appears twice within an entity;
+no capsule lists the same observation twice; every capsule link, summary capsule and pin target
+is in the stream; no capsule has two summaries. Summary evidence refs that are not in the stream
+are only warnings: Kindling keeps evidence lists when observations are deleted, and the integrity
+report lists them as warnings too.
+
+`RecordRules` is the one checker: bundle verify and JSON verify report what it finds; conversions,
+merges and bundle-to-JSON refuse it (or, for dangling references, drop them on request), through
+`kindling_json.ReferenceGuard`. So whatever one of them writes, the others accept, and import
+(which enforces the same rules against the database) takes it.
+
+Memory: the 64-bit hash of every id seen (a Python int in a set, about 60-80 bytes per record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Capsule, Pin, Record, Summary, entity_of
+
+Rule = Literal["repeated-id", "repeated-link", "dangling", "second-summary", "evidence"]
+
+_LISTED_IDS = 5
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One rule a record breaks; `text` names the record and says what is wrong."""
+
+    entity: str
+    record_id: str
+    rule: Rule
+    text: str
+    missing: tuple[str, ...] = ()
+    """For a dangling reference: the ids that are not there."""
+
+    @property
+    def warning(self) -> bool:
+        """Only a warning (an evidence ref): an import takes the record as it is."""
+        return self.rule == "evidence"
+
+
+def first_repeated(values: Sequence[str]) -> str | None:
+    """The first value that appears a second time, or None."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+class RecordRules:
+    """Checks records in foreign-key order against the records added before them.
+
+    `place` names the dataset in messages ("the bundle", "the file", ...). References into an
+    entity for which `trusted(entity)` is false are not checked (verify uses this for an entity
+    with damaged records, so one damaged member does not drown the report in echoes).
+    """
+
+    def __init__(self, place: str, *, trusted: Callable[[str], bool] | None = None):
+        self.place = place
+        self._trusted = trusted
+        self._ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+        self._summarised: set[int] = set()
+
+    def check(self, record: Record) -> list[Breach]:
+        """Every rule the record breaks; it is not counted as present until `add`."""
+        entity = entity_of(record)
+        breaches: list[Breach] = []
+        if hash(record.id) in self._ids[entity]:
+            text = f"{SINGULAR[entity]} {record.id} appears more than once"
+            breaches.append(Breach(entity, record.id, "repeated-id", text))
+        kind = type(record)
+        if kind is Capsule:
+            twice = first_repeated(record.observation_ids)
+            if twice is not None:
+                text = f"capsule {record.id} lists observation {twice} more than once"
+                breaches.append(Breach(entity, record.id, "repeated-link", text))
+            missing = self._missing("observations", record.observation_ids)
+            if missing:
+                if len(missing) == 1:
+                    what = f"linked observation {missing[0]} is"
+                else:
+                    listed = ", ".join(missing[:_LISTED_IDS])
+                    more = len(missing) - _LISTED_IDS
+                    what = f"linked observations {listed}" + (
+                        f" (and {more} more) are" if more > 0 else " are"
+                    )
+                text = f"capsule {record.id}: {what} not in {self.place}"
+                breaches.append(Breach(entity, record.id, "dangling", text, tuple(missing)))
+        elif kind is Summary:
+            capsule = record.capsule_id
+            if self._missing("capsules", [capsule]):
+                text = f"summary {record.id}: capsule {capsule} is not in {self.place}"
+                breaches.append(Breach(entity, record.id, "dangling", text, (capsule,)))
+            if hash(capsule) in self._summarised:
+                text = (
+                    f"summary {record.id}: capsule {capsule} already has a summary in {self.place}"
+                )
+                breaches.append(Breach(entity, record.id, "second-summary", text))
+            for ref in self._missing("observations", record.evidence_refs):
+                text = f"summary {record.id}: evidence observation {ref} is not in {self.place}"
+                breaches.append(Breach(entity, record.id, "evidence", text, (ref,)))
+        elif kind is Pin:
+            target = "observations" if record.target_type == "observation" else "summaries"
+            if self._missing(target, [record.target_id]):
+                text = (
+                    f"pin {record.id}: target {record.target_type} {record.target_id} is not in "
+                    f"{self.place}"
+                )
+                breaches.append(Breach(entity, record.id, "dangling", text, (record.target_id,)))
+        return breaches
+
+    def add(self, record: Record) -> None:
+        """Count the record as present: later references to it resolve, its id is taken."""
+        kind = type(record)
+        self._ids[entity_of(record)].add(hash(record.id))
+        if kind is Summary:
+            self._summarised.add(hash(record.capsule_id))
+
+    def _missing(self, entity: str, wanted: Sequence[str]) -> list[str]:
+        if not wanted or (self._trusted is not None and not self._trusted(entity)):
+            return []
+        ids = self._ids[entity]
+        return [value for value in wanted if hash(value) not in ids]
