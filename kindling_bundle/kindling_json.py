@@ -935,8 +935,14 @@ def import_kindling_json(
         kindling_json_to_bundle(
             src, bundle, drop_dangling=drop_dangling, dangling=dangling, name=name, level=1
         )
-        report = import_bundle(conn, bundle, conflict=conflict, dry_run=dry_run, progress=progress)
-    report.source = _label(src, name)
+        report = import_bundle(
+            conn,
+            bundle,
+            conflict=conflict,
+            dry_run=dry_run,
+            progress=progress,
+            name=_label(src, name),
+        )
     return report, dangling
 
 

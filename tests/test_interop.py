@@ -10,6 +10,7 @@ import io
 import json
 import re
 import subprocess
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -447,6 +448,19 @@ def test_importing_json_is_all_or_nothing_with_bundle_semantics(tmp_path: Path, 
     dry, _ = import_kindling_json(conn, SCOPED_PRETTY, dry_run=True)
     assert dry.dry_run and sum(c.unchanged for c in dry.counts.values()) == 14
     conn.close()
+
+
+def test_json_import_errors_name_the_users_file(tmp_path: Path, run_cli):
+    db = tmp_path / "memory.db"
+    assert run_cli("import", "--db", db, FULL).returncode == 0
+    data = records_of(FULL)
+    data["observations"][0] = msgspec_replace(data["observations"][0], content="changed")
+    changed = write_dataset(tmp_path / "chg.json", data)
+    refused = run_cli("import", "--db", db, "--conflict", "error", changed)
+    assert refused.returncode == 1
+    line = one_error_line(refused)
+    assert line.startswith(f"{changed}: ") and "obs-01" in line, line
+    assert "kbundle" not in line and tempfile.gettempdir() + "/kindling-json" not in line
 
 
 def test_a_database_exports_to_json_and_back_without_loss(tmp_path: Path, sample_db: Path):

@@ -125,10 +125,13 @@ class MemberData:
 
 
 class BundleReader:
-    """One forward pass over a bundle; use as a context manager (closes files it opened)."""
+    """One forward pass over a bundle; use as a context manager (closes files it opened).
 
-    def __init__(self, src: BundleSource):
-        self.label = source_label(src)
+    Messages name the bundle `name` when given (a file the bundle was made from), else as
+    `source_label` does."""
+
+    def __init__(self, src: BundleSource, *, name: str | None = None):
+        self.label = name or source_label(src)
         if isinstance(src, str | os.PathLike):
             try:
                 # Closed by close(): the reader owns it for its whole life.
@@ -262,12 +265,12 @@ class BundleReader:
             )
 
 
-def open_bundle(src: BundleSource) -> BundleReader:
+def open_bundle(src: BundleSource, *, name: str | None = None) -> BundleReader:
     """A reader over a bundle, its manifest already read and validated.
 
     Use it as a context manager; iterate `batches()` or `records()` to stream every record with
     every check applied. Works on non-seekable streams (one forward pass)."""
-    reader = BundleReader(src)
+    reader = BundleReader(src, name=name)
     try:
         reader.read_manifest()
     except BaseException:

@@ -102,6 +102,7 @@ def import_bundle(
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
+    name: str | None = None,
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
@@ -111,14 +112,15 @@ def import_bundle(
     ImportConflictError (a conflict under "error", or a missing reference), IntegrityError or
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
-    `on_manifest(manifest)` once the manifest is valid, before any write.
+    `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
+    bundle `name` when given (the file a temporary bundle was converted from).
     """
     if conflict not in CONFLICT_STRATEGIES:
         raise ValueError(
             f"unknown conflict strategy {conflict!r} (expected one of: "
             f"{', '.join(CONFLICT_STRATEGIES)})"
         )
-    with BundleReader(src) as reader:
+    with BundleReader(src, name=name) as reader:
         label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:
