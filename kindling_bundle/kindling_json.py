@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import re
 import struct
 import tempfile
@@ -75,6 +74,7 @@ from kindling_bundle.export import (
 from kindling_bundle.importer import ConflictStrategy
 from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary
 from kindling_bundle.rules import RecordRules
+from kindling_bundle.storage import atomic_file
 from kindling_bundle.store.connection import KindlingConnection
 
 KINDLING_JSON_VERSION = "1.0"
@@ -619,25 +619,15 @@ def write_kindling_json(
     """Write a Kindling JSON export from record streams; returns the count per entity.
 
     The streams are consumed in foreign-key order, one at a time, so they may be lazy streams
-    of one snapshot or one bundle pass. A path destination is written to a temporary name in
-    the same directory and renamed into place only when complete.
+    of one snapshot or one bundle pass. A path destination appears only when complete
+    (`storage.atomic_file`); failing to write it is a one-line StorageError naming it.
     """
     unknown = set(streams) - set(ENTITY_TYPES)
     if unknown:
         raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
     if isinstance(dest, (str, Path)):
-        dest = Path(dest)
-        fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                counts = _write(handle, streams, exported_at, scope)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, dest)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return counts
+        with atomic_file(dest) as handle:
+            return _write(handle, streams, exported_at, scope)
     return _write(dest, streams, exported_at, scope)
 
 
@@ -850,7 +840,11 @@ def export_kindling_json(
             "summaries": export_summaries(conn, opts),
             "pins": export_pins(conn, opts),
         }
-        return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
+        try:
+            return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
+        finally:  # finalize unfinished streams while the connection is open, not at GC
+            for stream in streams.values():
+                stream.close()  # type: ignore[attr-defined]
 
 
 def kindling_json_to_bundle(

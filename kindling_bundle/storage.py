@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -188,6 +189,97 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_local_destination(path: str | os.PathLike[str], *, label: str | None = None) -> None:
+    """Refuse, before any work is done, a local destination that cannot be written: a folder,
+    or a path in a folder that does not exist."""
+    path = Path(path)
+    label = label or os.fspath(path)
+    if path.is_dir():
+        raise StorageError(f"cannot write {label}: it is a folder")
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot write {label}: folder {path.parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, label: str | None = None) -> Iterator[BinaryIO]:
+    """A new file that appears at `path` only when the block exits cleanly, complete and fsynced.
+
+    The file is written beside `path` (same file system, so the rename is atomic) and renamed over
+    it: a reader sees the old file or the complete new one, and on any failure `path` is left as
+    it was. On Linux the file has no name until then (O_TMPFILE), so a process killed mid-write
+    (SIGKILL, power loss) leaves nothing behind at all. Elsewhere (or on a file system without
+    O_TMPFILE) it is `.NAME.XXXXXXXX.tmp`, removed on any error the process lives to see; after
+    a kill it stays, clearly named, for the user to delete (nothing else deletes it: it could
+    belong to a write still running). The folder is fsynced after the rename, so the new name
+    is durable. Every OSError (a missing folder, a full disk, permissions) is a one-line
+    StorageError naming `label` (default: the path).
+    """
+    path = Path(path)
+    label = label or os.fspath(path)
+    check_local_destination(path, label=label)
+    temporary: str | None = None
+    with _translated("write", label, remote=False):
+        unnamed = _unnamed_file(path.parent)
+        if unnamed is None:
+            fd, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            )
+        out = os.fdopen(fd if unnamed is None else unnamed, "wb")
+    try:
+        with _translated("write", label, remote=False, only_storage=True):
+            yield out
+        with _translated("write", label, remote=False):
+            out.flush()
+            os.fsync(out.fileno())
+            if temporary is None:
+                _publish(out.fileno(), path)
+            out.close()
+            if temporary is not None:
+                os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.close()  # may flush into a full disk again: what failed first is what counts
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _unnamed_file(folder: Path) -> int | None:
+    """A new file in `folder` that has no name (Linux O_TMPFILE, mode 0600), or None where the
+    system or the file system has no such thing."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, flag | os.O_WRONLY, 0o600)
+    except OSError:  # e.g. EOPNOTSUPP: this file system cannot; a named one will do
+        return None
+
+
+def _publish(fd: int, path: Path) -> None:
+    """Give the unnamed file `fd` the name `path`, replacing any file there in one step: link
+    it under a fresh temporary name, then rename that over `path`."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        while True:
+            temporary = f".{path.name}.{secrets.token_hex(4)}.tmp"
+            try:  # dst_dir_fd makes os.link call linkat(), which can follow /proc's link
+                os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=folder)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.replace(temporary, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
 
 
 @contextlib.contextmanager

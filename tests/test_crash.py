@@ -219,6 +219,31 @@ def test_a_full_disk_during_export_fails_cleanly(tmp_path: Path, source: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_json_export_destinations_that_cannot_be_written_are_one_line(
+    tmp_path: Path, source: Path
+) -> None:
+    dest = tmp_path / "memory.json"
+    proc = subprocess.run(
+        _cli("export", "--db", source, "--format", "kindling-json", dest),
+        capture_output=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(256 << 10),
+    )
+    assert _one_error_line(proc).endswith(f"cannot write {dest}: File too large")
+    assert list(tmp_path.iterdir()) == []
+    for target, reason in [
+        (tmp_path / "nodir" / "o.json", f"folder {tmp_path / 'nodir'} does not exist"),
+        (tmp_path, "it is a folder"),
+    ]:
+        proc = subprocess.run(
+            _cli("export", "--db", source, "--format", "kindling-json", target),
+            capture_output=True,
+            timeout=120,
+        )
+        assert _one_error_line(proc).endswith(f"cannot write {target}: {reason}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_full_disk_during_import_fails_cleanly(
     tmp_path: Path, bundle: Path, targets: list[tuple[Path, Dumps, Dumps]]
 ) -> None:
