@@ -36,6 +36,7 @@ writes them (see `jsjson`). Records keep their `redacted` flag, so redacted rows
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import re
@@ -829,9 +830,12 @@ def export_kindling_json(
 ) -> dict[str, int]:
     """Export a database as a Kindling JSON export (from one read snapshot), so its content
     can go to a Kindling installation that only reads JSON. Redacted rows are included and
-    marked. `exported_at` defaults as a bundle's creation time does ($SOURCE_DATE_EPOCH, else
-    now). Returns the count per entity."""
+    marked. A filtered export brings the records its selection references (as a bundle export
+    does), so the file is referentially closed and imports. `exported_at` defaults as a bundle's
+    creation time does ($SOURCE_DATE_EPOCH, else now). Returns the count per entity."""
     opts = opts or ExportStreamOptions()
+    if opts.filtered and not opts.include_references:
+        opts = dataclasses.replace(opts, include_references=True)
     exported_at = resolve_created_at(exported_at)
     with snapshot(conn):
         streams = {

@@ -26,6 +26,7 @@ from kindling_bundle.bundle import (
 )
 from kindling_bundle.bundle.writer import BundleOptions
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
+from kindling_bundle.export import ExportStreamOptions
 from kindling_bundle.integrity import verify_import_integrity
 from kindling_bundle.kindling_json import (
     DanglingReport,
@@ -448,6 +449,25 @@ def test_importing_json_is_all_or_nothing_with_bundle_semantics(tmp_path: Path, 
     dry, _ = import_kindling_json(conn, SCOPED_PRETTY, dry_run=True)
     assert dry.dry_run and sum(c.unchanged for c in dry.counts.values()) == 14
     conn.close()
+
+
+def test_a_filtered_json_export_is_referentially_closed(tmp_path: Path, sample_db: Path):
+    conn = open_store(sample_db, readonly=True)
+    ts = sorted(o.ts for o in records_of_db(conn)["observations"])
+    dest = tmp_path / "window.json"
+    window = ExportStreamOptions(from_ts=ts[len(ts) // 3], to_ts=ts[len(ts) // 2])
+    counts = export_kindling_json(conn, dest, window)
+    conn.close()
+    report = verify_kindling_json(dest)
+    assert report.ok, report.problems
+    assert report.records == counts and 0 < counts["observations"] < len(ts)
+
+
+def records_of_db(conn) -> dict[str, list]:
+    stream = io.BytesIO()
+    export_kindling_json(conn, stream)
+    stream.seek(0)
+    return records_of(stream)
 
 
 def test_json_import_errors_name_the_users_file(tmp_path: Path, run_cli):
