@@ -133,10 +133,10 @@ def open_destination(
 ) -> Iterator[BinaryIO]:
     """Open a bundle for writing; it appears at `target` only when the block exits cleanly.
 
-    `-` is standard output. A local path (or `file://` URL) is written to a temporary file in the
-    same folder, fsynced and renamed into place. Any other URL is uploaded as it is written and
-    published (S3: CompleteMultipartUpload) on a clean exit; if the block raises, the upload is
-    aborted and nothing is left at the key.
+    `-` is standard output. A local path (or `file://` URL) is written through `atomic_file`
+    (a temporary file in the same folder, fsynced and renamed into place). Any other URL is
+    uploaded as it is written and published (S3: CompleteMultipartUpload) on a clean exit; if
+    the block raises, the upload is aborted and nothing is left at the key.
     """
     if target == STDIO:
         yield sys.stdout.buffer
@@ -144,37 +144,11 @@ def open_destination(
         return
     local = _local_path(target)
     if local is not None:
-        with _local_destination(target, local) as stream:
+        with atomic_file(local, label=target) as stream:
             yield stream
     else:
         with _remote_destination(target, storage_options) as stream:
             yield stream
-
-
-@contextlib.contextmanager
-def _local_destination(target: str, path: Path) -> Iterator[BinaryIO]:
-    if path.is_dir():
-        raise StorageError(f"cannot write {target}: it is a folder")
-    if not path.parent.is_dir():
-        raise StorageError(f"cannot write {target}: folder {path.parent} does not exist")
-    with _translated("write", target, remote=False):
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed or removed below
-            dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
-        )
-    temp = Path(handle.name)
-    try:
-        with _translated("write", target, remote=False, only_storage=True):
-            yield handle
-        with _translated("write", target, remote=False):
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(temp, path)
-            _fsync_folder(path.parent)
-    except BaseException:
-        handle.close()
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _fsync_folder(folder: Path) -> None:

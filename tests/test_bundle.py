@@ -27,6 +27,7 @@ from kindling_bundle import (
     Observation,
     Pin,
     RecordError,
+    StorageError,
     Summary,
     export_capsules,
     export_observations,
@@ -377,9 +378,9 @@ def test_failed_export_leaves_no_file_and_keeps_an_existing_one(
 
 
 def test_destination_errors_are_one_line(sample_conn, tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="does not exist"):
+    with pytest.raises(StorageError, match="missing does not exist"):
         write_bundle(sample_conn, tmp_path / "missing" / "b.kbundle")
-    with pytest.raises(BundleError, match="is a directory"):
+    with pytest.raises(StorageError, match="it is a folder"):
         write_bundle(sample_conn, tmp_path)
     with pytest.raises(BundleError, match="cannot open: No such file"):
         read_manifest(tmp_path / "nothing.kbundle")

@@ -614,7 +614,10 @@ def test_local_destination_is_replaced_atomically(tmp_path: Path, as_url: bool):
 
     with pytest.raises(RuntimeError), open_destination(target) as stream:
         stream.write(b"half")
+        stream.flush()
         assert path.read_bytes() == b"previous backup"
+        if hasattr(os, "O_TMPFILE"):  # unnamed until complete: a kill now would leave nothing
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["kindling.kbundle"]
         raise RuntimeError("interrupted")
     assert path.read_bytes() == b"previous backup"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kindling.kbundle"]

@@ -7,15 +7,14 @@ file (the spool: beside the destination file, or in TMPDIR for a stream destinat
 hashed and counted; then the archive is written from the spool. Memory holds one frame at a time.
 For a database export the read snapshot covers the spooling only, not the slower compression.
 
-A path destination is written to a temporary file in the same directory, fsynced, and renamed
-into place only when complete: on any failure there is no file at the destination (an existing
-file there is replaced only by a complete bundle). On Linux the temporary file has no name until
-it is complete (O_TMPFILE), so a process killed mid-export (SIGKILL, power loss) leaves nothing
-behind at all: the kernel frees the unnamed file, as it does the spool. Elsewhere (or on a file
-system without O_TMPFILE) it is `.NAME.XXXXXXXX.tmp` beside the destination, removed on any
-error the process lives to see; after a kill it stays, clearly named, for the user to delete (a
-later export does not, as it could belong to an export still running). A stream destination
-(stdout, an upload) is written front to back and flushed, never sought nor closed.
+A path destination is written through `storage.atomic_file`: a temporary file in the same
+directory, fsynced, and renamed into place only when complete, so on any failure there is no file
+at the destination (an existing file there is replaced only by a complete bundle). On Linux the
+temporary file has no name until it is complete (O_TMPFILE), so a process killed mid-export
+(SIGKILL, power loss) leaves nothing behind at all: the kernel frees the unnamed file, as it does
+the spool. Elsewhere it is `.NAME.XXXXXXXX.tmp` beside the destination (see atomic_file). A
+stream destination (stdout, an upload) is written front to back and flushed, never sought nor
+closed.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -58,6 +56,7 @@ from kindling_bundle.export import (
     snapshot,
 )
 from kindling_bundle.records import Record
+from kindling_bundle.storage import atomic_file, check_local_destination
 from kindling_bundle.store.connection import KindlingConnection
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
@@ -222,13 +221,9 @@ def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
     """An anonymous temporary file beside a path destination (same filesystem, and not a RAM
     disk by accident), or in TMPDIR for a stream destination."""
     directory = None
-    if isinstance(dest, str | os.PathLike):
-        path = Path(dest)
-        if path.is_dir():
-            raise BundleError(f"{label}: is a directory")
-        directory = path.parent
-        if not directory.is_dir():
-            raise BundleError(f"{label}: directory {directory} does not exist")
+    if isinstance(dest, str | os.PathLike):  # refused now, not after the records are encoded
+        check_local_destination(dest, label=label)
+        directory = Path(dest).parent
     try:  # entered just below, outside this try (whose except is about creating it)
         spool = tempfile.TemporaryFile(dir=directory, prefix=".kbundle-spool-")  # noqa: SIM115
     except OSError as exc:
@@ -283,81 +278,13 @@ def _write_archive(
 
 @contextlib.contextmanager
 def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
-    """The stream to write to; for a path, a temporary file renamed into place on success."""
-    if not isinstance(dest, str | os.PathLike):
-        yield dest
-        dest.flush()
-        return
-    path = Path(dest)
-    unnamed = _unnamed_file(path.parent)
-    if unnamed is not None:
-        with os.fdopen(unnamed, "wb") as out:
+    """The stream to write to; for a path, a file that appears only when complete."""
+    if isinstance(dest, str | os.PathLike):
+        with atomic_file(dest) as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
-            _publish(out.fileno(), path)
-        _fsync_directory(path.parent)
         return
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _unnamed_file(directory: Path) -> int | None:
-    """A new file in `directory` that has no name (Linux O_TMPFILE, mode 0600), or None where
-    the system or the file system has no such thing."""
-    flag = getattr(os, "O_TMPFILE", 0)
-    if not flag or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        return os.open(directory, flag | os.O_WRONLY, 0o600)
-    except OSError:  # e.g. EOPNOTSUPP: this file system cannot; a named one will do
-        return None
-
-
-def _publish(fd: int, path: Path) -> None:
-    """Give the unnamed file `fd` the name `path`, replacing any file there in one step: link
-    it under a fresh temporary name, then rename that over `path`."""
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        while True:
-            temporary = f".{path.name}.{secrets.token_hex(4)}.tmp"
-            try:  # dst_dir_fd makes os.link call linkat(), which can follow /proc's link
-                os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=directory)
-                break
-            except FileExistsError:
-                continue
-        try:
-            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=directory)
-            raise
-    finally:
-        os.close(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    yield dest
+    dest.flush()
 
 
 def _emit(out: BinaryIO, spool: BinaryIO, manifest: Manifest, level: int) -> None:
