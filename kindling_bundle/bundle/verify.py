@@ -191,6 +191,9 @@ class _Verifier:
 
     def _check(self, records: list[Record], where: str) -> None:
         rules = self.rules
+        if rules.clear_run(records):
+            rules.add_run(records)
+            return
         for record in records:
             for breach in rules.check(record):
                 if breach.warning:
