@@ -25,6 +25,7 @@ from kindling_bundle.errors import (
     StoreError,
 )
 from kindling_bundle.export import (
+    ENTITY_EXPORTS,
     ExportStreamOptions,
     export_capsules,
     export_observations,
@@ -70,6 +71,7 @@ from kindling_bundle.store import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENTITY_EXPORTS",
     "BundleError",
     "BundleOptions",
     "BundleReader",

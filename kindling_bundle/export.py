@@ -45,7 +45,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kindling_bundle.errors import RecordError, StoreError
-from kindling_bundle.records import DENORMALIZED_SCOPE_KEYS, Capsule, Observation, Pin, Summary
+from kindling_bundle.records import (
+    DENORMALIZED_SCOPE_KEYS,
+    Capsule,
+    Observation,
+    Pin,
+    Record,
+    Summary,
+)
 from kindling_bundle.store.connection import describe_error
 from kindling_bundle.store.rows import (
     CAPSULE_SELECT,
@@ -191,6 +198,15 @@ def export_pins(conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL) -> I
         f"WHERE {query.pin_selected()} ORDER BY p.created_at, p.id"
     )
     return _stream(conn, "pins", sql, query.params, pin_from_row)
+
+
+ENTITY_EXPORTS: dict[str, Callable[[sqlite3.Connection, ExportStreamOptions], Iterator[Record]]] = {
+    "observations": export_observations,
+    "capsules": export_capsules,
+    "summaries": export_summaries,
+    "pins": export_pins,
+}
+"""The export stream of each entity, in foreign-key order (the order of records.ENTITY_TYPES)."""
 
 
 class _Query:

@@ -64,14 +64,7 @@ from kindling_bundle.bundle import (
 from kindling_bundle.bundle.reader import BundleSource
 from kindling_bundle.bundle.writer import BundleDestination, resolve_created_at
 from kindling_bundle.errors import BundleError, RecordError
-from kindling_bundle.export import (
-    ExportStreamOptions,
-    export_capsules,
-    export_observations,
-    export_pins,
-    export_summaries,
-    snapshot,
-)
+from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.importer import ConflictStrategy
 from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary
 from kindling_bundle.rules import RecordRules
@@ -838,12 +831,7 @@ def export_kindling_json(
         opts = dataclasses.replace(opts, include_references=True)
     exported_at = resolve_created_at(exported_at)
     with snapshot(conn):
-        streams = {
-            "observations": export_observations(conn, opts),
-            "capsules": export_capsules(conn, opts),
-            "summaries": export_summaries(conn, opts),
-            "pins": export_pins(conn, opts),
-        }
+        streams = {entity: export(conn, opts) for entity, export in ENTITY_EXPORTS.items()}
         try:
             return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
         finally:  # finalize unfinished streams while the connection is open, not at GC

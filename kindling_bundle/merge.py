@@ -54,14 +54,7 @@ import msgspec
 from kindling_bundle.bundle import BundleOptions, Manifest, open_bundle, write_bundle_from_records
 from kindling_bundle.bundle.writer import BundleDestination
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
-from kindling_bundle.export import (
-    ExportStreamOptions,
-    export_capsules,
-    export_observations,
-    export_pins,
-    export_summaries,
-    snapshot,
-)
+from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.importer import CONFLICT_STRATEGIES, ConflictStrategy
 from kindling_bundle.kindling_json import (
     DanglingReport,
@@ -160,7 +153,7 @@ def open_dataset(src: DatasetSource, *, spool_dir: str | None = None) -> Iterato
 
 def _database_records(conn: sqlite3.Connection) -> Iterator[Record]:
     opts = ExportStreamOptions()
-    for export in (export_observations, export_capsules, export_summaries, export_pins):
+    for export in ENTITY_EXPORTS.values():
         yield from export(conn, opts)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tracemalloc
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -23,11 +22,10 @@ from kindling_bundle import (
     Summary,
     export_capsules,
     export_observations,
-    export_pins,
-    export_summaries,
     open_store,
     snapshot,
 )
+from kindling_bundle.export import ENTITY_EXPORTS
 from kindling_bundle.store import write_transaction
 from kindling_bundle.store.schema import TRIGGERS
 from kindling_bundle.store.writes import (
@@ -44,13 +42,6 @@ from kindling_bundle.store.writes import (
     insert_summary,
     redact_observation,
 )
-
-STREAMS: dict[str, Callable[..., Iterator]] = {
-    "observations": export_observations,
-    "capsules": export_capsules,
-    "summaries": export_summaries,
-    "pins": export_pins,
-}
 
 T = 1_700_000_000_000
 SCOPE_A = {"sessionId": "s1", "repoId": "r1", "agentId": "a1", "userId": "u1", "taskId": "t1"}
@@ -149,7 +140,7 @@ def export_all(conn: sqlite3.Connection, opts: ExportStreamOptions | None = None
     """All four streams, read inside one snapshot."""
     opts = opts or ExportStreamOptions()
     with snapshot(conn):
-        return {name: list(stream(conn, opts)) for name, stream in STREAMS.items()}
+        return {name: list(stream(conn, opts)) for name, stream in ENTITY_EXPORTS.items()}
 
 
 def ids(exported: dict) -> dict[str, list[str]]:
@@ -271,7 +262,7 @@ ALL_IDS = {
     "summaries": ["m1", "m2", "m3"],
     "pins": ["p4", "p1", "p2", "p3"],
 }
-NOTHING: dict[str, list[str]] = {name: [] for name in STREAMS}
+NOTHING: dict[str, list[str]] = {name: [] for name in ENTITY_EXPORTS}
 
 
 def expect(obs: str, caps: str, sums: str, pins: str) -> dict[str, list[str]]:
@@ -370,7 +361,7 @@ def test_closure_on_the_sample_database(sample_db: Path) -> None:
         plain = export_all(conn, ExportStreamOptions(**kwargs))
         closed = export_all(conn, ExportStreamOptions(**kwargs, include_references=True))
         assert_closed(closed, existing)
-        for name in STREAMS:
+        for name in ENTITY_EXPORTS:
             assert set(ids(plain)[name]) <= set(ids(closed)[name])
         for name, keys in order_keys(closed).items():
             assert keys == sorted(keys), name
@@ -434,7 +425,7 @@ def test_snapshot_is_not_changed_by_a_writer_committing_meanwhile(sample_copy: P
             )
 
     with snapshot(reader):
-        streams = {name: stream(reader) for name, stream in STREAMS.items()}
+        streams = {name: stream(reader) for name, stream in ENTITY_EXPORTS.items()}
         started = {name: [next(records)] for name, records in streams.items()}
         write_meanwhile()
         during = {name: started[name] + list(records) for name, records in streams.items()}
@@ -601,12 +592,12 @@ def fill_bulk(path: Path, n: int) -> None:
 def peak_while_streaming(path: Path, opts: ExportStreamOptions) -> tuple[dict[str, int], int]:
     """Records streamed per entity and the Python heap's peak growth while streaming them."""
     conn = open_store(path, readonly=True)
-    counts = dict.fromkeys(STREAMS, 0)
+    counts = dict.fromkeys(ENTITY_EXPORTS, 0)
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
         with snapshot(conn):
-            for name, stream in STREAMS.items():
+            for name, stream in ENTITY_EXPORTS.items():
                 for _ in stream(conn, opts):
                     counts[name] += 1
         peak = tracemalloc.get_traced_memory()[1] - baseline

@@ -47,14 +47,7 @@ from kindling_bundle.bundle.frames import FrameEncoder
 from kindling_bundle.bundle.tarstream import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.bundle.zstdio import MAX_LEVEL, MIN_LEVEL, compressor
 from kindling_bundle.errors import BundleError, KindlingBundleError
-from kindling_bundle.export import (
-    ExportStreamOptions,
-    export_capsules,
-    export_observations,
-    export_pins,
-    export_summaries,
-    snapshot,
-)
+from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.records import Record
 from kindling_bundle.storage import atomic_file, check_local_destination
 from kindling_bundle.store.connection import KindlingConnection
@@ -64,13 +57,6 @@ BundleDestination = str | os.PathLike[str] | BinaryIO
 TOOL_NAME = "kindling-bundle"
 MAX_CREATED_AT = MAX_MTIME * 1000 + 999
 _COPY_BYTES = 1 << 20
-
-_EXPORTS = {
-    "observations": export_observations,
-    "capsules": export_capsules,
-    "summaries": export_summaries,
-    "pins": export_pins,
-}
 
 
 @dataclass(frozen=True)
@@ -144,7 +130,7 @@ def write_bundle(
     label = _label(dest)
     with _spool(dest, label) as spool:
         with snapshot(conn):
-            streams = {entity: export(conn, selection) for entity, export in _EXPORTS.items()}
+            streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
             try:
                 entries = _encode_entities(spool, streams, label, progress)
             finally:  # finalize unfinished streams while the connection is open, not at GC
