@@ -51,6 +51,7 @@ import msgspec
 from kindling_bundle.errors import RecordError
 from kindling_bundle.records import (
     DENORMALIZED_SCOPE_KEYS,
+    SINGULAR,
     Capsule,
     Observation,
     Pin,
@@ -137,16 +138,11 @@ _UPDATE_SUMMARY = _update_sql("summaries", SUMMARY_COLUMNS, set_id=True)
 _UPDATE_PIN = _update_sql("pins", PIN_COLUMNS)
 
 _PIN_TARGET_TABLES = {"observation": "observations", "summary": "summaries"}
-_SINGULAR = {
-    "observations": "observation",
-    "capsules": "capsule",
-    "summaries": "summary",
-    "pins": "pin",
-}
 _MISSING_LISTED = 5
 
 
-def _check_strategy(conflict: str) -> None:
+def check_strategy(conflict: str) -> None:
+    """Refuse a conflict strategy that is not one of CONFLICT_STRATEGIES (ValueError)."""
     if conflict not in CONFLICT_STRATEGIES:
         raise ValueError(
             f"unknown conflict strategy {conflict!r} (expected one of: "
@@ -164,14 +160,14 @@ def _differing(fields: Sequence[str], stored: Sequence[Any], incoming: Sequence[
 
 def _conflict(entity: str, record_id: str, fields: Sequence[str]) -> ImportEntityResult:
     message = (
-        f"{_SINGULAR[entity]} {record_id}: conflicts with the stored row "
+        f"{SINGULAR[entity]} {record_id}: conflicts with the stored row "
         f"(fields: {', '.join(fields)})"
     )
     return ImportEntityResult(entity, record_id, None, message)
 
 
 def _failed(entity: str, record_id: str, reason: str) -> ImportEntityResult:
-    return ImportEntityResult(entity, record_id, None, f"{_SINGULAR[entity]} {record_id}: {reason}")
+    return ImportEntityResult(entity, record_id, None, f"{SINGULAR[entity]} {record_id}: {reason}")
 
 
 @contextmanager
@@ -182,7 +178,7 @@ def _atomic(conn: sqlite3.Connection, entity: str, record_id: str) -> Iterator[N
             yield
     except sqlite3.IntegrityError as exc:
         raise RecordError(
-            f"{_SINGULAR[entity]} {record_id}: rejected by the database ({exc})",
+            f"{SINGULAR[entity]} {record_id}: rejected by the database ({exc})",
             entity=entity,
             record_id=record_id,
         ) from None
@@ -228,7 +224,7 @@ def import_observation(
     conn: sqlite3.Connection, obs: Observation, conflict: ConflictStrategy = "skip"
 ) -> ImportEntityResult:
     """Import one observation; overwrite updates it in place, keeping its links and pins."""
-    _check_strategy(conflict)
+    check_strategy(conflict)
     values = observation_values(obs)
     stored = conn.execute(
         f"SELECT rowid, {OBSERVATION_COLUMNS} FROM observations WHERE id = ?", (obs.id,)
@@ -279,7 +275,7 @@ def import_capsule(
 
     Overwrite updates the capsule in place (keeping its summary) and sets its links to exactly
     the incoming observation ids, seq 0..n-1 in that order."""
-    _check_strategy(conflict)
+    check_strategy(conflict)
     values = capsule_values(capsule)
     problem = _link_problem(conn, capsule)
     if problem is not None:
@@ -319,7 +315,7 @@ def import_summary(
 ) -> ImportEntityResult:
     """Import the summary of a capsule (see the module docstring for a capsule that already
     has a different summary)."""
-    _check_strategy(conflict)
+    check_strategy(conflict)
     values = summary_values(summary)
     sid, cid = summary.id, summary.capsule_id
     if conn.execute("SELECT 1 FROM capsules WHERE id = ?", (cid,)).fetchone() is None:
@@ -375,7 +371,7 @@ def import_pin(
     conn: sqlite3.Connection, pin: Pin, conflict: ConflictStrategy = "skip"
 ) -> ImportEntityResult:
     """Import one pin; its target must exist (pins have no foreign key to enforce it)."""
-    _check_strategy(conflict)
+    check_strategy(conflict)
     values = pin_values(pin)
     table = _target_table(pin)
     if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (pin.target_id,)).fetchone() is None:
@@ -584,7 +580,7 @@ def import_batch(
     `insert_first` (from `bulk_load`) names record types whose runs skip the lookups and are
     inserted straight away: the database's own constraints refuse a run that is not all new,
     and the run is then redone one record at a time, with the same results."""
-    _check_strategy(conflict)
+    check_strategy(conflict)
     results: list[ImportEntityResult] = []
     start = 0
     while start < len(records):

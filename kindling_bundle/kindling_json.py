@@ -63,6 +63,7 @@ from kindling_bundle.bundle import (
 )
 from kindling_bundle.bundle.reader import BundleSource
 from kindling_bundle.bundle.writer import BundleDestination, resolve_created_at
+from kindling_bundle.bundle.zstdio import ZSTD_MAGIC
 from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.importer import ConflictStrategy
@@ -74,7 +75,6 @@ from kindling_bundle.store.connection import KindlingConnection
 KINDLING_JSON_VERSION = "1.0"
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BOM = b"\xef\xbb\xbf"
 
 InputFormat = Literal["bundle", "kindling-json"]

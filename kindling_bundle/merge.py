@@ -55,7 +55,7 @@ from kindling_bundle.bundle import BundleOptions, Manifest, open_bundle, write_b
 from kindling_bundle.bundle.writer import BundleDestination
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.importer import CONFLICT_STRATEGIES, ConflictStrategy
+from kindling_bundle.importer import ConflictStrategy, check_strategy
 from kindling_bundle.kindling_json import (
     DanglingReport,
     ReferenceGuard,
@@ -63,20 +63,14 @@ from kindling_bundle.kindling_json import (
     entity_streams,
     open_kindling_json,
 )
-from kindling_bundle.records import ENTITY_TYPES, Pin, Record, Summary, entity_of
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
 from kindling_bundle.store import open_store
+from kindling_bundle.store.connection import SQLITE_MAGIC
 
 DatasetSource = str | os.PathLike[str]
 DatasetFormat = Literal["bundle", "kindling-json", "database"]
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _LISTED_IDS = 5
-SINGULAR = {
-    "observations": "observation",
-    "capsules": "capsule",
-    "summaries": "summary",
-    "pins": "pin",
-}
 
 # Kindling's export order per entity; the id makes it total.
 _ORDER: dict[str, Callable[[Any], tuple]] = {
@@ -119,7 +113,7 @@ def source_format(src: DatasetSource) -> DatasetFormat:
             head = handle.read(65536)
     except OSError as exc:
         raise BundleError(f"{name}: cannot open: {exc.strerror}") from None
-    if head.startswith(_SQLITE_MAGIC):
+    if head.startswith(SQLITE_MAGIC):
         return "database"
     kind = detect_format(head)
     if kind is None:
@@ -483,11 +477,7 @@ def merge_datasets(
     ImportConflictError under `error`, RecordError for a dangling reference without
     `drop_dangling`; then nothing is left at a path destination.
     """
-    if conflict not in CONFLICT_STRATEGIES:
-        raise ValueError(
-            f"unknown conflict strategy {conflict!r} (expected one of: "
-            f"{', '.join(CONFLICT_STRATEGIES)})"
-        )
+    check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
     merger = _Merger(sources, conflict, drop_dangling, spool_dir)

@@ -29,15 +29,7 @@ from kindling_bundle.bundle.format import (
     describe_validation,
 )
 from kindling_bundle.errors import BundleError, RecordError
-from kindling_bundle.records import ENTITY_TYPES, Observation, Record
-
-SINGULAR = {
-    "observations": "observation",
-    "capsules": "capsule",
-    "summaries": "summary",
-    "pins": "pin",
-}
-
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Observation, Record
 
 # What follows a MessagePack type byte 0xc0-0xdf: (bytes to skip, size of a big-endian length
 # field, values per unit of length: 1 for arrays, 2 for maps, 0 for data of that many bytes).

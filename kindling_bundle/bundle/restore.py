@@ -26,18 +26,17 @@ from typing import Any
 import msgspec
 
 from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.bundle.frames import SINGULAR
 from kindling_bundle.bundle.reader import BundleReader, BundleSource
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
 from kindling_bundle.importer import (
-    CONFLICT_STRATEGIES,
     ConflictStrategy,
     ImportEntityResult,
     bulk_load,
+    check_strategy,
     import_batch,
 )
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
-from kindling_bundle.records import ENTITY_TYPES, Pin
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
 from kindling_bundle.store.connection import (
     KindlingConnection,
     TransactionLost,
@@ -115,11 +114,7 @@ def import_bundle(
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
     bundle `name` when given (the file a temporary bundle was converted from).
     """
-    if conflict not in CONFLICT_STRATEGIES:
-        raise ValueError(
-            f"unknown conflict strategy {conflict!r} (expected one of: "
-            f"{', '.join(CONFLICT_STRATEGIES)})"
-        )
+    check_strategy(conflict)
     with BundleReader(src, name=name) as reader:
         label = reader.label
         manifest = reader.read_manifest()

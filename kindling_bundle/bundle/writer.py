@@ -44,6 +44,7 @@ from kindling_bundle.bundle.format import (
     encode_manifest,
 )
 from kindling_bundle.bundle.frames import FrameEncoder
+from kindling_bundle.bundle.reader import source_label
 from kindling_bundle.bundle.tarstream import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.bundle.zstdio import MAX_LEVEL, MIN_LEVEL, compressor
 from kindling_bundle.errors import BundleError, KindlingBundleError
@@ -127,7 +128,7 @@ def write_bundle(
     selection = opts.filter
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
-    label = _label(dest)
+    label = source_label(dest)
     with _spool(dest, label) as spool:
         with snapshot(conn):
             streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
@@ -162,19 +163,12 @@ def write_bundle_from_records(
         raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
-    label = _label(dest)
+    label = source_label(dest)
     with _spool(dest, label) as spool:
         entries = _encode_entities(spool, streams, label, progress)
         manifest = _manifest(created_at, source_generation, opts.filter, entries)
         _write_archive(dest, label, spool, manifest, opts.level)
     return manifest
-
-
-def _label(dest: BundleDestination) -> str:
-    if isinstance(dest, str | os.PathLike):
-        return os.fspath(dest)
-    name = getattr(dest, "name", None)
-    return name if isinstance(name, str) else "<stream>"
 
 
 def _manifest(

@@ -14,7 +14,7 @@ from kindling_bundle.store.schema import create_schema, detect_generation
 BUSY_TIMEOUT_MS = 5000
 BUSY_TIMEOUT_ENV = "KINDLING_BUSY_TIMEOUT_MS"
 """Overrides BUSY_TIMEOUT_MS (whole milliseconds): how long to wait for another process's lock."""
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _WRITING: set[int] = set()
 """id() of each connection inside a write_transaction (sqlite3 connections take no weakrefs)."""
@@ -51,7 +51,7 @@ def open_store(
         raise StoreError(f"{label}: is a directory, not a database")
     if exists and path.stat().st_size:
         with path.open("rb") as handle:
-            if handle.read(16) != _SQLITE_MAGIC:
+            if handle.read(16) != SQLITE_MAGIC:
                 raise StoreError(f"{label}: not a SQLite database")
     if readonly and not exists:
         raise StoreError(f"{label}: no such database")
