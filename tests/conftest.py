@@ -83,6 +83,16 @@ def cli_executable() -> str:
     return found
 
 
+def one_error_line(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The single line a failed command prints on stderr: exit `code`, no traceback, prefixed
+    `kindling-bundle: error: ` (returned whole)."""
+    stderr = proc.stderr.decode()
+    lines = stderr.splitlines()
+    assert proc.returncode == code and len(lines) == 1, stderr
+    assert lines[0].startswith("kindling-bundle: error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess]:
     """Run the installed CLI as a subprocess and return the completed process."""

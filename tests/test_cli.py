@@ -9,22 +9,12 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from conftest import cli_executable, dump_tables
+from conftest import cli_executable, dump_tables, one_error_line
 
 
 def _json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
-
-
-def _one_clean_error_line(proc: subprocess.CompletedProcess, code: int = 1) -> str:
-    stderr = proc.stderr.decode()
-    assert proc.returncode == code, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("kindling-bundle: error: ")
-    return lines[0]
 
 
 def test_full_journey_with_json_at_every_step(run_cli, tmp_path: Path) -> None:
@@ -172,7 +162,7 @@ def test_db_defaults_to_kindling_db_environment_variable(run_cli, sample_db: Pat
     home = tmp_path / "home"
     (home / ".kindling").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "KINDLING_DB"} | {"HOME": str(home)}
-    line = _one_clean_error_line(run_cli("check", env=env))
+    line = one_error_line(run_cli("check", env=env))
     assert f"{home / '.kindling' / 'kindling.db'}: no such database" in line
 
 
@@ -196,9 +186,7 @@ def test_conflict_error_exits_1_and_leaves_the_database_unchanged(
     conn.commit()
     conn.close()
     before = dump_tables(sample_copy)
-    line = _one_clean_error_line(
-        run_cli("import", "--db", sample_copy, "--conflict", "error", bundle)
-    )
+    line = one_error_line(run_cli("import", "--db", sample_copy, "--conflict", "error", bundle))
     assert oid in line
     assert dump_tables(sample_copy) == before
     overwritten = _json(
@@ -209,7 +197,7 @@ def test_conflict_error_exits_1_and_leaves_the_database_unchanged(
 
 def test_missing_file_gives_one_line_and_creates_no_database(run_cli, tmp_path: Path) -> None:
     for command in (("verify",), ("inspect",), ("import", "--db", tmp_path / "x.db")):
-        line = _one_clean_error_line(run_cli(*command, tmp_path / "nope.kbundle"))
+        line = one_error_line(run_cli(*command, tmp_path / "nope.kbundle"))
         assert "nope.kbundle" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -217,7 +205,7 @@ def test_missing_file_gives_one_line_and_creates_no_database(run_cli, tmp_path: 
 def test_failed_import_into_a_new_database_leaves_none(run_cli, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.kbundle"
     damaged.write_bytes(bytes.fromhex("28b52ffd") + b"\x00" * 64)
-    _one_clean_error_line(run_cli("import", "--db", tmp_path / "new.db", damaged))
+    one_error_line(run_cli("import", "--db", tmp_path / "new.db", damaged))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.kbundle"]
 
 
@@ -225,7 +213,7 @@ def test_non_bundle_file_gives_one_line(run_cli, sample_db: Path, tmp_path: Path
     text = tmp_path / "notes.kbundle"
     text.write_text("just some notes\n")
     for command in (("verify",), ("inspect",), ("import", "--db", tmp_path / "x.db")):
-        line = _one_clean_error_line(run_cli(*command, text))
+        line = one_error_line(run_cli(*command, text))
         assert "notes.kbundle" in line and "not" in line
 
 
@@ -239,18 +227,18 @@ def test_bad_option_is_a_usage_error_with_one_line(run_cli, tmp_path: Path) -> N
         ("export", "--created-at", "-5", "x"),
         ("export", "--since", "2026-02-01", "--until", "2026-01-01", "x"),
     ):
-        _one_clean_error_line(run_cli(*args), code=2)
+        one_error_line(run_cli(*args), code=2)
 
 
 def test_refused_database_gives_one_line(run_cli, sample_db: Path, tmp_path: Path) -> None:
     not_db = tmp_path / "plain.db"
     not_db.write_text("hello")
     for args in (("export", "--db", not_db, tmp_path / "o.kbundle"), ("check", "--db", not_db)):
-        line = _one_clean_error_line(run_cli(*args))
+        line = one_error_line(run_cli(*args))
         assert "plain.db" in line and "not a SQLite database" in line
     assert not (tmp_path / "o.kbundle").exists()
     assert not list(tmp_path.glob(".o.kbundle*"))
-    _one_clean_error_line(run_cli("export", "--db", tmp_path / "absent.db", tmp_path / "o.kbundle"))
+    one_error_line(run_cli("export", "--db", tmp_path / "absent.db", tmp_path / "o.kbundle"))
 
 
 def test_check_finds_a_problem_and_exits_1(run_cli, sample_copy: Path) -> None:
@@ -261,7 +249,7 @@ def test_check_finds_a_problem_and_exits_1(run_cli, sample_copy: Path) -> None:
     )
     conn.commit()
     conn.close()
-    line = _one_clean_error_line(run_cli("check", "--db", sample_copy))
+    line = one_error_line(run_cli("check", "--db", sample_copy))
     assert "dangling-pin" in line
 
 
@@ -306,6 +294,6 @@ def test_corrupt_database_gives_one_line_for_check_and_export(
         data[offset : offset + 600] = bytes(range(256)) * 2 + bytes(88)
     sample_copy.write_bytes(bytes(data))
     for args in (("check", "--db", sample_copy), ("export", "--db", sample_copy, tmp_path / "o")):
-        line = _one_clean_error_line(run_cli(*args))
+        line = one_error_line(run_cli(*args))
         assert "copy.db" in line and "internal error" not in line
     assert not (tmp_path / "o").exists()

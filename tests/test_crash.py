@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_executable, dump_tables
+from conftest import cli_executable, dump_tables, one_error_line
 from kindling_bundle import generate_sample, import_bundle, open_store, verify_bundle, write_bundle
 from kindling_bundle.errors import StoreError
 
@@ -37,14 +37,6 @@ Dumps = dict[str, list[tuple]]
 
 def _cli(*args: str | Path) -> list[str]:
     return [cli_executable(), *map(str, args)]
-
-
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    stderr = proc.stderr.decode()
-    lines = stderr.splitlines()
-    assert proc.returncode == 1 and len(lines) == 1, stderr
-    assert lines[0].startswith("kindling-bundle: error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def _check_passes(db: Path) -> None:
@@ -214,7 +206,7 @@ def test_a_full_disk_during_export_fails_cleanly(tmp_path: Path, source: Path) -
         timeout=120,
         preexec_fn=_file_size_limit(256 << 10),
     )
-    line = _one_error_line(proc)
+    line = one_error_line(proc)
     assert "memory.kbundle: cannot write" in line and "File too large" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -229,7 +221,7 @@ def test_json_export_destinations_that_cannot_be_written_are_one_line(
         timeout=120,
         preexec_fn=_file_size_limit(256 << 10),
     )
-    assert _one_error_line(proc).endswith(f"cannot write {dest}: File too large")
+    assert one_error_line(proc).endswith(f"cannot write {dest}: File too large")
     assert list(tmp_path.iterdir()) == []
     for target, reason in [
         (tmp_path / "nodir" / "o.json", f"folder {tmp_path / 'nodir'} does not exist"),
@@ -240,7 +232,7 @@ def test_json_export_destinations_that_cannot_be_written_are_one_line(
             capture_output=True,
             timeout=120,
         )
-        assert _one_error_line(proc).endswith(f"cannot write {target}: {reason}")
+        assert one_error_line(proc).endswith(f"cannot write {target}: {reason}")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -256,7 +248,7 @@ def test_a_full_disk_during_import_fails_cleanly(
         timeout=120,
         preexec_fn=_file_size_limit(2 << 20),  # the write-ahead log outgrows it mid-import
     )
-    line = _one_error_line(proc)
+    line = one_error_line(proc)
     assert "t.db: import failed, nothing written" in line
     assert dump_tables(target) == before
     _check_passes(target)

@@ -37,7 +37,7 @@ from hostile_tar import (
     with_window,
 )
 
-from conftest import cli_executable, dump_tables
+from conftest import cli_executable, dump_tables, one_error_line
 from kindling_bundle import (
     KindlingBundleError,
     generate_sample,
@@ -754,15 +754,6 @@ def _run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.Completed
     )
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single line a failure prints on stderr (exit code 1, no traceback)."""
-    stderr = proc.stderr.decode()
-    lines = stderr.splitlines()
-    assert proc.returncode == 1 and len(lines) == 1, stderr
-    assert lines[0].startswith("kindling-bundle: error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
 # One case for each kind of damage the issue lists, and every bomb and limit.
 SUBPROCESS_CASES = {
     "name-dotdot",
@@ -818,7 +809,7 @@ def test_hostile_bundles_through_the_installed_cli(tmp_path: Path, target_templa
         ):
             proc = _run_cli(*args, cwd=folder)
             try:
-                line = _one_error_line(proc)
+                line = one_error_line(proc)
                 assert expected in line, line
             except AssertionError as exc:
                 failures.append(f"{name}: {args[0]}: {exc}")
@@ -857,8 +848,8 @@ def test_nothing_is_ever_written_outside_the_database(tmp_path: Path) -> None:
     for name, build in hostile.items():
         (tmp_path / f"{name}.kbundle").write_bytes(build())
     for name in hostile:
-        _one_error_line(_run_cli("verify", tmp_path / f"{name}.kbundle", cwd=work))
-        _one_error_line(_run_cli("import", "--db", "t.db", tmp_path / f"{name}.kbundle", cwd=work))
+        one_error_line(_run_cli("verify", tmp_path / f"{name}.kbundle", cwd=work))
+        one_error_line(_run_cli("import", "--db", "t.db", tmp_path / f"{name}.kbundle", cwd=work))
     assert not escape.exists()
     assert "t.db" in {p.name for p in work.iterdir()} <= {"t.db", "t.db-shm", "t.db-wal"}
 
@@ -972,8 +963,8 @@ def test_sweep_cases_from_the_cli_are_one_line(tmp_path: Path, target_template: 
     for name, mutated in picks:
         bundle = tmp_path / "mutated.kbundle"
         bundle.write_bytes(mutated)
-        assert "not a valid bundle" in _one_error_line(_run_cli("verify", bundle)), name
-        _one_error_line(_run_cli("import", "--db", target, bundle))
+        assert "not a valid bundle" in one_error_line(_run_cli("verify", bundle)), name
+        one_error_line(_run_cli("import", "--db", target, bundle))
     assert dump_tables(target) == before
 
 
@@ -990,7 +981,7 @@ def good_bundle(tmp_path: Path) -> Path:
 def test_a_target_that_is_not_sqlite(tmp_path: Path, good_bundle: Path) -> None:
     target = tmp_path / "notes.db"
     target.write_bytes(b"my notes, not a database\n" * 100)
-    line = _one_error_line(_run_cli("import", "--db", target, good_bundle))
+    line = one_error_line(_run_cli("import", "--db", target, good_bundle))
     assert "notes.db: not a SQLite database" in line
     assert target.read_bytes() == b"my notes, not a database\n" * 100
 
@@ -1003,7 +994,7 @@ def test_an_already_corrupt_target(tmp_path: Path, target_template: Path, good_b
     middle = len(data) // 2 // 4096 * 4096
     data[middle : middle + 8192] = b"\xff" * 8192
     target.write_bytes(bytes(data))
-    line = _one_error_line(_run_cli("import", "--db", target, good_bundle))
+    line = one_error_line(_run_cli("import", "--db", target, good_bundle))
     assert "t.db" in line and "corrupt" in line
     assert target.read_bytes() == bytes(data)
 
@@ -1013,7 +1004,7 @@ def test_a_target_with_a_newer_schema(tmp_path: Path, target_template: Path, goo
     with sqlite3.connect(target) as conn:
         conn.execute("PRAGMA user_version = 6")
     before = dump_tables(target)
-    line = _one_error_line(_run_cli("import", "--db", target, good_bundle))
+    line = one_error_line(_run_cli("import", "--db", target, good_bundle))
     assert "schema version 6 is newer than this tool understands" in line
     assert dump_tables(target) == before
 
@@ -1045,7 +1036,7 @@ def test_another_writer_holding_the_lock_past_the_busy_timeout(
     monkeypatch.setenv("KINDLING_BUSY_TIMEOUT_MS", "200")
     holder = _hold_write_lock(target, 30)
     try:
-        line = _one_error_line(_run_cli("import", "--db", target, good_bundle))
+        line = one_error_line(_run_cli("import", "--db", target, good_bundle))
     finally:
         holder.kill()
         holder.wait()
@@ -1071,7 +1062,7 @@ def test_a_bad_busy_timeout_setting_is_one_line(
     tmp_path: Path, good_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KINDLING_BUSY_TIMEOUT_MS", "soon")
-    line = _one_error_line(_run_cli("import", "--db", tmp_path / "t.db", good_bundle))
+    line = one_error_line(_run_cli("import", "--db", tmp_path / "t.db", good_bundle))
     assert "KINDLING_BUSY_TIMEOUT_MS='soon' is not a whole number of milliseconds" in line
     assert not (tmp_path / "t.db").exists()
 
