@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import tarfile
@@ -268,17 +269,27 @@ def test_bad_source_date_epoch_is_refused(sample_conn, tmp_path: Path, monkeypat
 
 
 def test_output_is_the_same_for_any_number_of_compression_threads(
-    sample_conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # zstd splits its input into jobs of 4 windows (8 MiB at level 3) and gives each job to a
+    # worker: below a few jobs, thread counts cannot make a difference. So: 24 MiB and more.
+    rng = random.Random(3)
+    observations = [
+        Observation(id=f"o{n:05}", kind="message", content=rng.randbytes(2048).hex(), ts=n)
+        for n in range(6200)
+    ]
     outputs = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(zstdio, "COMPRESSION_THREADS", threads)
         stream = OneWayStream()
-        write_bundle(sample_conn, stream, BundleOptions(created_at=CREATED_AT))
+        write_bundle_from_records(
+            stream, {"observations": observations}, BundleOptions(created_at=CREATED_AT)
+        )
         outputs.append(stream.written.getvalue())
     assert outputs[0] == outputs[1] == outputs[2]
     # Why the mode is fixed: single-threaded zstd gives other bytes for the same data.
     tar_bytes = zstandard.ZstdDecompressor().decompressobj().decompress(outputs[0])
+    assert len(tar_bytes) >= 24 << 20
     single = zstandard.ZstdCompressor(level=3, threads=0, write_checksum=True)
     assert single.compress(tar_bytes) != outputs[0]
 
