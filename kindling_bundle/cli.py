@@ -7,7 +7,6 @@ database); 2 usage error. Every failure is one line on standard error, never a t
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -303,9 +302,8 @@ def export(
 
     def write(dest: Path | BinaryIO) -> dict[str, int]:
         nonlocal manifest
-        if out_format == "kindling-json":  # closed like a bundle, so that it imports cleanly
-            closed = dataclasses.replace(selection, include_references=True)
-            return export_kindling_json(conn, dest, closed, exported_at=created_at)
+        if out_format == "kindling-json":
+            return export_kindling_json(conn, dest, selection, exported_at=created_at)
         manifest = write_bundle(conn, dest, opts, progress=progress)
         return {entry.entity: entry.records for entry in manifest.entities}
 
