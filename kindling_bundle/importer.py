@@ -166,6 +166,20 @@ def _conflict(entity: str, record_id: str, fields: Sequence[str]) -> ImportEntit
     return ImportEntityResult(entity, record_id, None, message)
 
 
+def _settled(
+    entity: str, record_id: str, fields: Sequence[str], conflict: ConflictStrategy
+) -> ImportEntityResult | None:
+    """The outcome for a stored row differing from the record in `fields` (none: identical),
+    or None when the record is to overwrite it."""
+    if not fields:
+        return ImportEntityResult(entity, record_id, "unchanged")
+    if conflict == "skip":
+        return ImportEntityResult(entity, record_id, "skipped")
+    if conflict == "error":
+        return _conflict(entity, record_id, fields)
+    return None
+
+
 def _failed(entity: str, record_id: str, reason: str) -> ImportEntityResult:
     return ImportEntityResult(entity, record_id, None, f"{SINGULAR[entity]} {record_id}: {reason}")
 
@@ -234,12 +248,9 @@ def import_observation(
             conn.execute(INSERT_OBSERVATION, values)
         return ImportEntityResult("observations", obs.id, "inserted")
     fields = _differing(_OBSERVATION_FIELDS, stored[1:], values)
-    if not fields:
-        return ImportEntityResult("observations", obs.id, "unchanged")
-    if conflict == "skip":
-        return ImportEntityResult("observations", obs.id, "skipped")
-    if conflict == "error":
-        return _conflict("observations", obs.id, fields)
+    settled = _settled("observations", obs.id, fields, conflict)
+    if settled is not None:
+        return settled
     with _atomic(conn, "observations", obs.id):
         _ensure_fts_entry(conn, "observations_fts", stored[0], stored[3])
         conn.execute(_UPDATE_OBSERVATION, (*values[1:], obs.id))
@@ -296,12 +307,9 @@ def import_capsule(
     same_links = links == [(oid, seq) for seq, oid in enumerate(capsule.observation_ids)]
     if not same_links:
         fields.append(_LINKS_FIELD)
-    if not fields:
-        return ImportEntityResult("capsules", capsule.id, "unchanged")
-    if conflict == "skip":
-        return ImportEntityResult("capsules", capsule.id, "skipped")
-    if conflict == "error":
-        return _conflict("capsules", capsule.id, fields)
+    settled = _settled("capsules", capsule.id, fields, conflict)
+    if settled is not None:
+        return settled
     with _atomic(conn, "capsules", capsule.id):
         conn.execute(_UPDATE_CAPSULE, (*values[1:], capsule.id))
         if not same_links:  # link rows carry nothing but the order: rewriting them loses nothing
@@ -382,12 +390,9 @@ def import_pin(
             conn.execute(INSERT_PIN, values)
         return ImportEntityResult("pins", pin.id, "inserted")
     fields = _differing(_PIN_FIELDS, stored, values)
-    if not fields:
-        return ImportEntityResult("pins", pin.id, "unchanged")
-    if conflict == "skip":
-        return ImportEntityResult("pins", pin.id, "skipped")
-    if conflict == "error":
-        return _conflict("pins", pin.id, fields)
+    settled = _settled("pins", pin.id, fields, conflict)
+    if settled is not None:
+        return settled
     with _atomic(conn, "pins", pin.id):
         conn.execute(_UPDATE_PIN, (*values[1:], pin.id))
     return ImportEntityResult("pins", pin.id, "overwritten")
