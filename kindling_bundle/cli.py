@@ -45,6 +45,7 @@ from kindling_bundle.kindling_json import (
 )
 from kindling_bundle.merge import diff_datasets, merge_datasets
 from kindling_bundle.progress import Progress
+from kindling_bundle.records import ENTITY_TYPES
 from kindling_bundle.sample import generate_sample
 from kindling_bundle.storage import (
     HEAD_BLOCK_SIZE,
@@ -298,6 +299,10 @@ def export(
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     progress = _progress("export", out)
+    if progress.enabled and not selection.filtered:  # a whole export: the total is known
+        progress.total_records = sum(
+            conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
+        )
     manifest: Manifest | None = None
 
     def write(dest: Path | BinaryIO) -> dict[str, int]:

@@ -280,7 +280,7 @@ def test_progress_is_drawn_on_a_terminal(sample_db: Path, tmp_path: Path) -> Non
         pass
     os.close(controller)
     assert proc.returncode == 0
-    assert b"export:" in drawn and b"records" in drawn
+    assert b"export:" in drawn and b"records" in drawn and b"left" in drawn
 
 
 def test_corrupt_database_gives_one_line_for_check_and_export(
