@@ -75,6 +75,23 @@ def repack(members: list[tuple[str, bytes]]) -> bytes:
     return zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue())
 
 
+def with_observations(bundle: Path, data: bytes, *, records: int) -> bytes:
+    """The bundle with its observations member replaced by `data`, and a manifest that agrees
+    (count, size and hash), so that only the data itself can be at fault."""
+    members = members_of(bundle.read_bytes())
+    manifest = json.loads(members[0][1])
+    manifest["entities"][0].update(
+        records=records, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+    return repack(
+        [
+            ("manifest.json", json.dumps(manifest).encode()),
+            ("observations.msgpack", data),
+            *members[2:],
+        ]
+    )
+
+
 def edit_manifest(bundle: bytes, edit: Callable[[dict], None]) -> bytes:
     """The same bundle with its manifest JSON changed by `edit`."""
     members = members_of(bundle)
@@ -591,19 +608,7 @@ def test_verify_names_each_invalid_record_and_field(sample_bundle: Path) -> None
         {**good, "id": "o3", "ts": "yesterday"},
         {"kind": "message"},
     ]
-    members = members_of(sample_bundle.read_bytes())
-    data = frame(records)
-    manifest = json.loads(members[0][1])
-    manifest["entities"][0].update(
-        records=4, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
-    )
-    bundle = repack(
-        [
-            ("manifest.json", json.dumps(manifest).encode()),
-            ("observations.msgpack", data),
-            *members[2:],
-        ]
-    )
+    bundle = with_observations(sample_bundle, frame(records), records=4)
     problems = problems_of(bundle)
     where = "<stream>: observations.msgpack: "
     assert problems[:3] == [
@@ -620,19 +625,8 @@ def test_verify_names_each_invalid_record_and_field(sample_bundle: Path) -> None
 
 
 def test_verify_catches_bad_framing(sample_bundle: Path) -> None:
-    members = members_of(sample_bundle.read_bytes())
     data = frame([]) + (10**9).to_bytes(4, "big") + b"xx"
-    manifest = json.loads(members[0][1])
-    manifest["entities"][0].update(
-        records=0, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
-    )
-    bundle = repack(
-        [
-            ("manifest.json", json.dumps(manifest).encode()),
-            ("observations.msgpack", data),
-            *members[2:],
-        ]
-    )
+    bundle = with_observations(sample_bundle, data, records=0)
     problems = problems_of(bundle)
     assert problems[0] == (
         "<stream>: observations.msgpack: frame at byte 5 declares 1000000000 bytes "
