@@ -267,6 +267,11 @@ class EntityMerge:
     conflict_ids: list[str] = field(default_factory=list)
     """A few of the conflicting ids, for people."""
 
+    def count_conflict(self, record_id: str) -> None:
+        self.conflicts += 1
+        if len(self.conflict_ids) < _LISTED_IDS:
+            self.conflict_ids.append(record_id)
+
 
 @dataclass
 class MergeReport:
@@ -357,9 +362,7 @@ class _Merger:
         if kept[:16] == incoming[:16]:
             stats.duplicates += 1
             return False
-        stats.conflicts += 1
-        if len(stats.conflict_ids) < _LISTED_IDS:
-            stats.conflict_ids.append(record_id)
+        stats.count_conflict(record_id)
         if self.conflict == "error":
             raise ImportConflictError(
                 f"{SINGULAR[entity]} {record_id} differs between "
@@ -384,9 +387,7 @@ class _Merger:
                 continue
             other = summaries[other_id]
             stats = self.report.entities["summaries"]
-            stats.conflicts += 1
-            if len(stats.conflict_ids) < _LISTED_IDS:
-                stats.conflict_ids.append(summary_id)
+            stats.count_conflict(summary_id)
             if self.conflict == "error":
                 raise ImportConflictError(
                     f"capsule {capsule_id} has two summaries: {other_id} "
