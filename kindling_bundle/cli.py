@@ -55,7 +55,7 @@ from kindling_bundle.storage import (
     open_source,
     parse_storage_options,
 )
-from kindling_bundle.store import KindlingConnection, open_store
+from kindling_bundle.store import KindlingConnection, create_store, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -434,27 +434,24 @@ def import_(
 
 @contextmanager
 def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
-    """The database to import into; a dry run against a database that does not exist yet uses a
-    throwaway one, and a failed import removes a database it created, so neither leaves one."""
-    if dry_run and not db_path.exists():
+    """The database to import into. One that does not exist yet is built privately and appears
+    only when the import succeeded (`create_store`); a dry run against it uses a throwaway one."""
+    if db_path.exists():
+        conn = open_store(db_path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    elif dry_run:
         with tempfile.TemporaryDirectory(prefix="kindling-dry-run-") as folder:
             conn = open_store(Path(folder) / "dry-run.db")
             try:
                 yield conn
             finally:
                 conn.close()
-        return
-    created = not db_path.exists()
-    conn = open_store(db_path)
-    try:
-        yield conn
-    except BaseException:
-        conn.close()
-        if created:  # a failed import into a new database leaves no database behind
-            for leftover in (db_path, *(Path(f"{db_path}{end}") for end in ("-wal", "-shm"))):
-                leftover.unlink(missing_ok=True)
-        raise
-    conn.close()
+    else:
+        with create_store(db_path) as conn:
+            yield conn
 
 
 @cli.command()

@@ -151,7 +151,7 @@ def open_destination(
             yield stream
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (the folder entry), where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -219,7 +219,7 @@ def atomic_file(path: str | os.PathLike[str], *, label: str | None = None) -> It
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def _unnamed_file(folder: Path) -> int | None:

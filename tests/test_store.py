@@ -13,7 +13,7 @@ import pytest
 from conftest import make_v4_database
 from kindling_bundle import Capsule, Observation, Pin, StoreError, Summary
 from kindling_bundle.integrity import verify_import_integrity
-from kindling_bundle.store import open_store
+from kindling_bundle.store import create_store, open_store
 from kindling_bundle.store.writes import (
     attach_observation,
     close_capsule,
@@ -450,3 +450,46 @@ def test_redacting_twice_is_harmless_to_the_index(new_store) -> None:
         ).fetchone()[0]
         == 1
     )
+
+
+def _file_header_and_mode(path: Path) -> tuple[bytes, int]:
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    return header[18:20], path.stat().st_mode & 0o777  # write/read version: 2 means WAL
+
+
+def test_create_store_publishes_a_database_like_open_store_makes(tmp_path: Path) -> None:
+    made, reference = tmp_path / "made.db", tmp_path / "reference.db"
+    with create_store(made) as conn:
+        assert not made.exists()  # nothing at the path until the block is done
+        insert_observation(conn, _obs("o1"))
+        assert conn.path == str(made)
+    open_store(reference).close()
+    assert _file_header_and_mode(made) == _file_header_and_mode(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made.db", "reference.db"]
+    conn = open_store(made)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT id FROM observations").fetchall() == [("o1",)]
+    assert verify_import_integrity(conn).ok
+    conn.close()
+
+
+def test_create_store_leaves_nothing_when_the_block_fails(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with pytest.raises(RuntimeError, match="boom"), create_store(path) as conn:
+        insert_observation(conn, _obs("o1"))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_store_never_replaces_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    path.write_bytes(b"precious")
+    with pytest.raises(StoreError, match="already exists"), create_store(path):
+        pass
+    late = tmp_path / "late.db"
+    with pytest.raises(StoreError, match="another program created this file"), create_store(late):
+        late.write_bytes(b"theirs")
+    assert late.read_bytes() == b"theirs"
+    assert path.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.db", "new.db"]

@@ -2,6 +2,7 @@
 
 from kindling_bundle.store.connection import (
     KindlingConnection,
+    create_store,
     open_store,
     savepoint,
     write_transaction,
@@ -12,6 +13,7 @@ __all__ = [
     "CURRENT_GENERATION",
     "KindlingConnection",
     "create_schema",
+    "create_store",
     "open_store",
     "savepoint",
     "write_transaction",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from kindling_bundle.errors import StoreError
+from kindling_bundle.storage import fsync_folder
 from kindling_bundle.store.schema import create_schema, detect_generation
 
 BUSY_TIMEOUT_MS = 5000
@@ -84,6 +88,80 @@ def open_store(
         conn.close()
         raise
     return conn
+
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+
+@contextmanager
+def create_store(path: str | Path) -> Iterator[KindlingConnection]:
+    """A new Kindling database that appears at `path` only once the block exits cleanly.
+
+    For filling a database that does not exist yet (a restore onto a new machine): nothing can
+    be reading it, so the database is built as a private file beside `path` without the
+    write-ahead log (its rollback journal is kept in memory, and is nearly empty for a new
+    file) and without syncing each commit: every page is written once instead of twice. When
+    the block ends, the file is put back in WAL mode (as Kindling keeps its databases), fsynced,
+    and linked at `path`, which must still not exist. On any failure, or if the process dies,
+    `path` never appears; a killed process leaves the private file `.NAME.XXXXXXXX.tmp`, named
+    so, for the user to delete. Messages name `path`.
+    """
+    path = Path(path)
+    label = str(path)
+    if path.exists() or path.is_symlink():
+        raise StoreError(f"{label}: already exists (create_store makes new databases only)")
+    if not path.parent.is_dir():
+        raise StoreError(f"{label}: directory {path.parent} does not exist")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"{label}: cannot create a file beside it: {exc.strerror}") from None
+    os.close(fd)
+    conn: KindlingConnection | None = None
+    try:
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as SQLite creates files (mkstemp's are private)
+        conn = open_store(temporary)
+        conn.path = label
+        conn.execute("PRAGMA journal_mode = MEMORY")
+        conn.execute("PRAGMA synchronous = OFF")
+        yield conn
+        if conn.in_transaction:
+            raise StoreError(f"{label}: a transaction is still open; nothing was created")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.close()
+        conn = None
+        _publish_database(temporary, path, label)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{label}: {describe_error(exc)}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+        for leftover in (temporary, *(temporary + end for end in _SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def _publish_database(temporary: str, path: Path, label: str) -> None:
+    """fsync the finished file and give it its name, unless something else took the name."""
+    try:
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # unlike a rename, never replaces a file made meanwhile
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS or path.exists():
+                raise
+            os.rename(temporary, path)  # a file system without hard links (FAT, some shares)
+    except FileExistsError:
+        raise StoreError(
+            f"{label}: another program created this file during the import; left it as it is"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"{label}: cannot create it: {exc.strerror or exc}") from None
+    fsync_folder(path.parent)
 
 
 def _busy_timeout_from_environment() -> int:
