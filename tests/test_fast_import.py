@@ -27,10 +27,11 @@ from kindling_bundle import (
     open_bundle,
     verify_import_integrity,
     write_bundle,
+    write_bundle_from_records,
 )
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, ImportConflictError
 from kindling_bundle.importer import bulk_load
-from kindling_bundle.records import Record
+from kindling_bundle.records import Record, entity_of
 from kindling_bundle.store import open_store, write_transaction
 
 CREATED_AT = 1767225600000
@@ -276,3 +277,51 @@ def test_a_dangling_foreign_key_outside_kindling_tables_is_still_reported(
     assert [(p.kind, p.entity, p.id, p.detail) for p in report.problems] == [
         ("foreign_key", "notes", "7", "references a missing row of observations")
     ]
+
+
+def _capsule(cid: str, *linked: str) -> Capsule:
+    return Capsule(id=cid, type="session", intent="i", opened_at=1, observation_ids=list(linked))
+
+
+DANGLING = [
+    (
+        [_capsule("c-b", "o1", "g1"), _capsule("c-a", "g2", "g3")],
+        "capsules",
+        "c-b",
+        "capsules.msgpack: capsule c-b: links to observation g1, which does not exist",
+    ),
+    (
+        [Summary(id="s9", capsule_id="nope", content="x", confidence=0.5, created_at=1)],
+        "summaries",
+        "s9",
+        "summaries.msgpack: summary s9: capsule nope does not exist",
+    ),
+]
+
+
+@pytest.mark.parametrize(("records", "entity", "record_id", "message"), DANGLING)
+def test_a_missing_reference_fails_a_restore_into_an_empty_database_as_into_any_other(
+    tmp_path: Path, records: list[Record], entity: str, record_id: str, message: str
+) -> None:
+    """Into an empty database foreign keys are checked once after the load, not row by row;
+    the import must still fail on the same record with the same words, and change nothing."""
+    observation = Observation(id="o1", kind="message", content="alpha", ts=1)
+    bundle = tmp_path / "dangling.kbundle"
+    streams: dict[str, list] = {"observations": [observation]}
+    for record in records:
+        streams.setdefault(entity_of(record), []).append(record)
+    write_bundle_from_records(bundle, streams, BundleOptions(created_at=CREATED_AT))
+    errors = []
+    for name, seed in (("empty.db", []), ("holding.db", [observation])):
+        db = tmp_path / name
+        conn = open_store(db)
+        with write_transaction(conn):
+            import_batch(conn, seed)
+        before = dump_tables(db)
+        with pytest.raises(ImportConflictError) as caught:
+            import_bundle(conn, bundle, conflict="skip")
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # enforced again
+        conn.close()
+        assert dump_tables(db) == before
+        errors.append((str(caught.value), caught.value.entity, caught.value.record_id))
+    assert errors[0] == errors[1] == (f"{bundle}: {message}", entity, record_id)

@@ -33,6 +33,8 @@ from kindling_bundle.importer import (
     ImportEntityResult,
     bulk_load,
     check_strategy,
+    first_dangling_reference,
+    foreign_keys_checked_after,
     import_batch,
 )
 from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
@@ -123,9 +125,9 @@ def import_bundle(
         counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
         redirects: dict[str, str] = {}
         try:
-            with write_transaction(conn):
+            with foreign_keys_checked_after(conn) as deferred, write_transaction(conn):
                 repeated = _RepeatedIds(conn)
-                with bulk_load(conn) as insert_first:
+                with bulk_load(conn, references_checked_after=deferred) as insert_first:
                     for entity, records in reader.batches(progress):
                         where = f"{label}: {ENTITY_MEMBERS[entity]}"
                         results = _import_frame(
@@ -133,6 +135,8 @@ def import_bundle(
                         )
                         repeated.check(entity, results, where)
                 integrity = verify_import_integrity(conn)
+                if deferred and not integrity.ok:
+                    _refuse_dangling(conn, label)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
                     raise IntegrityError(_integrity_message(label, integrity))
@@ -186,6 +190,18 @@ def _import_frame(
         entity_counts = counts[result.entity]
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
     return results
+
+
+def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
+    """Fail as the record-by-record path would have, had a reference checked after the load
+    been missing."""
+    failure = first_dangling_reference(conn)
+    if failure is not None:
+        raise ImportConflictError(
+            f"{label}: {ENTITY_MEMBERS[failure.entity]}: {failure.error}",
+            entity=failure.entity,
+            record_id=failure.id,
+        )
 
 
 def _transaction_alive(conn: KindlingConnection) -> None:
