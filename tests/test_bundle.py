@@ -12,6 +12,7 @@ import random
 import sqlite3
 import subprocess
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -379,6 +380,25 @@ def test_open_bundle_streams_every_record_in_order(sample_bundle: Path, sample_d
     assert [kind for kind, _ in entities][len(expected) :] == sorted(
         [kind for kind, _ in entities][len(expected) :], key=["Capsule", "Summary", "Pin"].index
     )
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "kbundle-zstd"]
+
+
+def test_a_reader_left_half_way_stops_reading_ahead(tmp_path: Path) -> None:
+    """Records are decompressed ahead in a thread, a few MiB at most; leaving the reader early
+    (an error in the caller, a consumer that has seen enough) stops it."""
+    bundle = tmp_path / "big.kbundle"
+    observations = (
+        Observation(id=f"o{i}", kind="message", content=f"{i} " * 20_000, ts=i) for i in range(1000)
+    )  # 120 MB of records, far more than the thread may hold ahead
+    write_bundle_from_records(bundle, {"observations": observations}, BundleOptions(created_at=1))
+    with open_bundle(bundle) as reader:
+        entity, records = next(reader.batches())
+        assert (entity, records[0].id) == ("observations", "o0")
+        assert len(_read_ahead_threads()) == 1
+    assert _read_ahead_threads() == []
 
 
 # --- atomic writes ------------------------------------------------------------------------------

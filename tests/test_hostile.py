@@ -16,6 +16,7 @@ import resource
 import shutil
 import sqlite3
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ import msgspec
 import pytest
 import zstandard
 from hostile_tar import (
+    RLE_BLOCK_MAX,
     VECTORS,
     Parts,
     archive,
@@ -32,9 +34,12 @@ from hostile_tar import (
     compress,
     frame,
     member,
+    raw_block,
     tar_header,
     with_content_size,
     with_window,
+    zero_blocks,
+    zstd_frame,
 )
 
 from conftest import cli_executable, dump_tables, one_error_line
@@ -48,8 +53,9 @@ from kindling_bundle import (
     write_bundle_from_records,
 )
 from kindling_bundle.bundle.format import MAX_FRAME_BYTES, MAX_FRAME_VALUES, MAX_NESTING_DEPTH
+from kindling_bundle.bundle.zstdio import AHEAD_FEED_BLOCKS, FEED_BLOCKS, READ_AHEAD, FrameReader
 from kindling_bundle.cli import main as cli_main
-from kindling_bundle.errors import RecordError
+from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.records import Observation
 
 MEMORY_LIMIT = 1 << 30
@@ -1090,3 +1096,74 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     }.items():
         assert f"{value:,}" in rows[constant], (constant, value)
     assert "8 GiB - 1" in rows["MAX_MEMBER_BYTES"] and MAX_MEMBER_BYTES == 8 * 2**30 - 1
+    feeding = rows["FEED_BLOCKS"]
+    assert f"{FEED_BLOCKS} (" in feeding and f"{AHEAD_FEED_BLOCKS} (" in feeding
+    assert f"at most {READ_AHEAD} steps ahead" in feeding
+
+
+class _Trickle(io.RawIOBase):
+    """A source that returns at most a few bytes per read, so that every zstd block header
+    is, somewhere, cut by the end of what has been read so far."""
+
+    def __init__(self, data: bytes, sizes: tuple[int, ...] = (1, 2, 3, 5, 7)):
+        self._data, self._pos, self._sizes, self._reads = data, 0, sizes, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        size = min(n, self._sizes[self._reads % len(self._sizes)])
+        self._reads += 1
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+
+def _decompressed(source: io.RawIOBase | io.BytesIO) -> bytes:
+    reader = FrameReader(source, "vector")  # type: ignore[arg-type]
+    parts = []
+    while chunk := reader.read(4096):
+        parts.append(chunk)
+    reader.finish()
+    return b"".join(parts)
+
+
+def test_block_headers_cut_anywhere_by_a_slow_source_read_the_same() -> None:
+    bundle = (Path(__file__).parent.parent / "spec" / "vectors" / "full.kbundle").read_bytes()
+    expected = zstandard.ZstdDecompressor().decompressobj().decompress(bundle)
+    assert _decompressed(_Trickle(bundle)) == expected
+    assert _decompressed(io.BytesIO(bundle)) == expected
+
+
+def test_reading_a_bomb_holds_about_one_megabyte_at_a_time() -> None:
+    """Each call decompresses whole blocks, at most FEED_BLOCKS of them (128 KiB out each), so
+    64 MiB of zeros from 2 KiB of RLE blocks never sits in memory at once."""
+    frame = zstd_frame(zero_blocks(64 << 20))
+    reader = FrameReader(io.BytesIO(frame), "bomb")  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        total = 0
+        while chunk := reader.read(1024):
+            total += len(chunk)
+            if total >= 64 << 20:
+                break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 64 << 20
+    # one call's output, and the buffer it joins (compacted past 1 MiB); 1 KiB slices of this
+    # frame would expand to 32 MiB per call
+    assert peak < 4 * FEED_BLOCKS * RLE_BLOCK_MAX
+
+
+@pytest.mark.parametrize(
+    ("block", "what"),
+    [
+        ((3 << 1 | 100 << 3).to_bytes(3, "little") + b"x" * 100, "reserved block type"),
+        ((1 << 1 | (RLE_BLOCK_MAX + 1) << 3).to_bytes(3, "little") + b"x", "RLE over 128 KiB"),
+    ],
+)
+def test_a_damaged_block_header_is_damaged_zstd_data(block: bytes, what: str) -> None:
+    frame = zstd_frame([raw_block(b"tar bytes"), block])
+    with pytest.raises(BundleError, match="damaged zstd data"):
+        _decompressed(io.BytesIO(frame))

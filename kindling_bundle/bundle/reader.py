@@ -151,6 +151,7 @@ class BundleReader:
         self.close()
 
     def close(self) -> None:
+        self.zstd.close()
         if self._owned:
             self._file.close()
 
@@ -203,6 +204,7 @@ class BundleReader:
         next member starts; the end of the archive and of the stream after the last one. Reads
         the manifest first if that was not done yet."""
         manifest = self.manifest or self.read_manifest()
+        self.zstd.start_read_ahead()
         records_done = bytes_done = 0
         for entry in manifest.entities:
             header = self.next_member()

@@ -122,6 +122,7 @@ class _Verifier:
 
     def run(self, on_manifest: Callable[[Manifest], None] | None) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
+        self.reader.zstd.start_read_ahead()
         if on_manifest is not None:
             on_manifest(manifest)
         entries = {entry.member: entry for entry in manifest.entities}
