@@ -45,15 +45,17 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import msgspec
 
 from kindling_bundle.errors import RecordError
 from kindling_bundle.records import (
+    CONFLICT_STRATEGIES,
     DENORMALIZED_SCOPE_KEYS,
     SINGULAR,
     Capsule,
+    ConflictStrategy,
     Observation,
     Pin,
     Record,
@@ -81,9 +83,7 @@ from kindling_bundle.store.writes import (
     INSERT_SUMMARY,
 )
 
-ConflictStrategy = Literal["skip", "overwrite", "error"]
 Outcome = Literal["inserted", "overwritten", "skipped", "unchanged"]
-CONFLICT_STRATEGIES: tuple[str, ...] = get_args(ConflictStrategy)
 
 
 @dataclass(frozen=True)

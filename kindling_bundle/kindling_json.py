@@ -46,31 +46,25 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 
 import msgspec
 
 from kindling_bundle import jsjson
-from kindling_bundle.bundle import (
-    BundleOptions,
-    ImportReport,
-    Manifest,
-    ProgressCallback,
-    VerifyReport,
-    import_bundle,
-    open_bundle,
-    write_bundle_from_records,
-)
-from kindling_bundle.bundle.reader import BundleSource
-from kindling_bundle.bundle.writer import BundleDestination, resolve_created_at
+from kindling_bundle.bundle.format import Manifest, ProgressCallback
+from kindling_bundle.bundle.reader import BundleSource, open_bundle
+from kindling_bundle.bundle.verify import VerifyReport
 from kindling_bundle.bundle.zstdio import ZSTD_MAGIC
 from kindling_bundle.errors import BundleError, RecordError
-from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.importer import ConflictStrategy
-from kindling_bundle.records import ENTITY_TYPES, Capsule, Pin, Record, Summary
+from kindling_bundle.records import ENTITY_TYPES, Capsule, ConflictStrategy, Pin, Record, Summary
 from kindling_bundle.rules import RecordRules
 from kindling_bundle.storage import atomic_file
-from kindling_bundle.store.connection import KindlingConnection
+
+if TYPE_CHECKING:  # the writing and importing modules load SQLite: imported where used
+    from kindling_bundle.bundle.restore import ImportReport
+    from kindling_bundle.bundle.writer import BundleDestination
+    from kindling_bundle.export import ExportStreamOptions
+    from kindling_bundle.store.connection import KindlingConnection
 
 KINDLING_JSON_VERSION = "1.0"
 MAX_VALUE_BYTES = 64 * 1024 * 1024
@@ -826,6 +820,9 @@ def export_kindling_json(
     marked. A filtered export brings the records its selection references (as a bundle export
     does), so the file is referentially closed and imports. `exported_at` defaults as a bundle's
     creation time does ($SOURCE_DATE_EPOCH, else now). Returns the count per entity."""
+    from kindling_bundle.bundle.writer import resolve_created_at
+    from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+
     opts = opts or ExportStreamOptions()
     if opts.filtered and not opts.include_references:
         opts = dataclasses.replace(opts, include_references=True)
@@ -858,6 +855,13 @@ def kindling_json_to_bundle(
     file twice gives the same bundle), else as for any bundle. The export's scope is recorded
     as the bundle's filter when it uses the four scope keys a filter can name.
     """
+    from kindling_bundle.bundle.writer import (
+        BundleOptions,
+        resolve_created_at,
+        write_bundle_from_records,
+    )
+    from kindling_bundle.export import ExportStreamOptions
+
     with open_kindling_json(src, name=name) as reader:
         records = iter(reader.records())
         first = next(records, None)  # parses the header fields that precede the lists
@@ -915,6 +919,8 @@ def import_kindling_json(
     to a bundle in a temporary file (in `spool_dir`, else TMPDIR) and importing that: one
     transaction, the same conflict strategies, the integrity check, all or nothing. The JSON is
     fully read and checked before the database is touched."""
+    from kindling_bundle.bundle.restore import import_bundle
+
     dangling = DanglingReport()
     with tempfile.TemporaryDirectory(prefix="kindling-json-", dir=spool_dir) as folder:
         bundle = Path(folder) / "converted.kbundle"

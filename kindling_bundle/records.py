@@ -7,7 +7,7 @@ Decoding validates enums, ranges and types; the error message names the field at
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -25,6 +25,9 @@ ObservationKind = Literal[
 CapsuleType = Literal["session", "pocketflow_node"]
 CapsuleStatus = Literal["open", "closed"]
 PinTargetType = Literal["observation", "summary"]
+ConflictStrategy = Literal["skip", "overwrite", "error"]
+"""What an import does with a record whose id is stored with other content (importer.py)."""
+CONFLICT_STRATEGIES: tuple[str, ...] = get_args(ConflictStrategy)
 
 # SQLite INTEGER is a signed 64-bit value: anything wider could not be stored back.
 EpochMs = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]

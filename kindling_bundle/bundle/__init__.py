@@ -3,22 +3,51 @@
 A bundle is a POSIX ustar archive in one zstd frame: `manifest.json` first, then one member of
 length-prefixed MessagePack frames per entity in foreign-key order. Every entry point streams in
 one forward pass, so sources and destinations may be paths or non-seekable binary streams.
+
+Names are imported on first use (kindling_bundle.lazy).
 """
 
-from kindling_bundle.bundle.format import (
-    BUNDLE_EXTENSION,
-    FORMAT_VERSION,
-    EntityEntry,
-    FilterInfo,
-    Manifest,
-    ProgressCallback,
-    SourceInfo,
-    ToolInfo,
-)
-from kindling_bundle.bundle.reader import BundleReader, open_bundle, read_manifest
-from kindling_bundle.bundle.restore import EntityCounts, ImportReport, import_bundle
-from kindling_bundle.bundle.verify import VerifyReport, verify_bundle
-from kindling_bundle.bundle.writer import BundleOptions, write_bundle, write_bundle_from_records
+from __future__ import annotations
+
+from kindling_bundle.lazy import lazy_names
+
+_MODULES: dict[str, tuple[str, ...]] = {
+    "kindling_bundle.bundle.format": (
+        "BUNDLE_EXTENSION",
+        "FORMAT_VERSION",
+        "EntityEntry",
+        "FilterInfo",
+        "Manifest",
+        "ProgressCallback",
+        "SourceInfo",
+        "ToolInfo",
+    ),
+    "kindling_bundle.bundle.reader": (
+        "BundleReader",
+        "open_bundle",
+        "read_manifest",
+    ),
+    "kindling_bundle.bundle.restore": (
+        "EntityCounts",
+        "ImportReport",
+        "import_bundle",
+    ),
+    "kindling_bundle.bundle.verify": (
+        "VerifyReport",
+        "verify_bundle",
+    ),
+    "kindling_bundle.bundle.writer": (
+        "BundleOptions",
+        "write_bundle",
+        "write_bundle_from_records",
+    ),
+}
+__getattr__ = lazy_names(globals(), _MODULES)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BUNDLE_EXTENSION",
