@@ -141,13 +141,28 @@ def export_observations(
     conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
 ) -> Iterator[Observation]:
     """Observations in (ts, id) order, redacted ones included and marked."""
+    sql, params = _observations_query(opts)
+    return _stream(conn, "observations", sql, params, observation_from_row)
+
+
+def export_observation_rows(
+    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
+) -> Iterator[tuple]:
+    """The rows behind `export_observations`, not yet records (`rows.observation_from_row`
+    makes each one a record), for an encoder in another process. A row that is not a valid
+    record is an error only when converted: name it with `label_error`, as the records
+    stream does."""
+    sql, params = _observations_query(opts)
+    return _records(conn, "observations", params, lambda execute: execute(sql))
+
+
+def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:
     query = _Query(opts)
-    where = query.observation_where()
     sql = (
         f"{query.with_clause()}SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
-        f"WHERE {where} ORDER BY o.ts, o.id"
+        f"WHERE {query.observation_where()} ORDER BY o.ts, o.id"
     )
-    return _stream(conn, "observations", sql, query.params, observation_from_row)
+    return sql, query.params
 
 
 def export_capsules(
@@ -378,12 +393,17 @@ def _records(
             for cursor in cursors:
                 cursor.close()
     except RecordError as exc:
-        raise RecordError(f"{label}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
+        raise label_error(conn, exc) from None
     except sqlite3.Error as exc:
         reason = describe_error(exc)
         if len(reason) > 200:  # SQLite may quote a whole damaged column value
             reason = reason[:200] + "..."
         raise StoreError(f"{label}: cannot export {entity}: {reason}") from None
+
+
+def label_error(conn: sqlite3.Connection, exc: RecordError) -> RecordError:
+    """A record the database holds that cannot be exported, named with the database."""
+    return RecordError(f"{_label(conn)}: {exc}", entity=exc.entity, record_id=exc.record_id)
 
 
 def _label(conn: sqlite3.Connection) -> str:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from kindling_bundle.bundle.encoder_process import (
+    PARALLEL_MIN_ROWS,
+    encode_rows,
+    parallel_available,
+)
 from kindling_bundle.bundle.format import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
@@ -48,7 +55,13 @@ from kindling_bundle.bundle.reader import source_label
 from kindling_bundle.bundle.tarstream import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.bundle.zstdio import MAX_LEVEL, MIN_LEVEL, compressor
 from kindling_bundle.errors import BundleError, KindlingBundleError
-from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+from kindling_bundle.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    export_observation_rows,
+    label_error,
+    snapshot,
+)
 from kindling_bundle.records import Record
 from kindling_bundle.storage import atomic_file, check_local_destination
 from kindling_bundle.store.connection import KindlingConnection
@@ -69,11 +82,14 @@ class BundleOptions:
     implied). `created_at`: epoch ms stored in the
     manifest and as every member's mtime; None means $SOURCE_DATE_EPOCH (seconds) if set, else
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
+    `parallel`: encode a large export's observations in a second process where the platform
+    allows (kindling_bundle.bundle.encoder_process); the bundle is the same either way.
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
     created_at: int | None = None
     level: int = 3
+    parallel: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.filter, ExportStreamOptions):
@@ -132,8 +148,11 @@ def write_bundle(
     with _spool(dest, label) as spool:
         with snapshot(conn):
             streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
+            if opts.parallel and _worth_a_process(conn):
+                streams["observations"].close()  # type: ignore[attr-defined]
+                streams["observations"] = _RowsInChild(export_observation_rows(conn, selection))
             try:
-                entries = _encode_entities(spool, streams, label, progress)
+                entries = _encode_entities(spool, streams, label, progress, conn)
             finally:  # finalize unfinished streams while the connection is open, not at GC
                 for stream in streams.values():
                     stream.close()  # type: ignore[attr-defined]
@@ -212,19 +231,67 @@ def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
         yield spool  # type: ignore[misc]
 
 
+class _RowsInChild:
+    """Observation rows to be encoded by a child process (encoder_process)."""
+
+    def __init__(self, rows: Iterator[tuple]):
+        self.rows = rows
+
+    def close(self) -> None:
+        self.rows.close()  # type: ignore[attr-defined]
+
+
+def _worth_a_process(conn: KindlingConnection) -> bool:
+    if not parallel_available():
+        return False
+    try:  # an upper bound of the count, read from the end of the table's b-tree
+        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
+    except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
+        return False
+    return last >= PARALLEL_MIN_ROWS
+
+
+def _offset_progress(
+    progress: ProgressCallback | None,
+    records_before: int,
+    bytes_before: int,
+    records: int,
+    size: int,
+) -> None:
+    if progress is not None:
+        progress(records_before + records, bytes_before + size)
+
+
 def _encode_entities(
     spool: BinaryIO,
-    streams: Mapping[str, Iterable[Record]],
+    streams: Mapping[str, Iterable[Record] | _RowsInChild],
     label: str,
     progress: ProgressCallback | None,
+    conn: KindlingConnection | None = None,
 ) -> list[EntityEntry]:
     """Encode each entity's frames into the spool, in FK order; their manifest entries."""
     entries = []
     records_done = bytes_done = 0
     for entity, member in ENTITY_MEMBERS.items():
+        stream = streams.get(entity, ())
+        if isinstance(stream, _RowsInChild):
+            assert conn is not None
+            reported = functools.partial(_offset_progress, progress, records_done, bytes_done)
+            try:
+                count, size, digest = encode_rows(
+                    spool, stream.rows, functools.partial(label_error, conn), reported
+                )
+            except OSError as exc:
+                raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+            records_done += count
+            bytes_done += size
+            entries.append(
+                EntityEntry(entity=entity, member=member, records=count, bytes=size, sha256=digest)
+            )
+            continue
         sha256 = hashlib.sha256()
         count = size = 0
-        for records, frame in FrameEncoder(entity).frames(streams.get(entity, ())):
+        for records, frame in FrameEncoder(entity).frames(stream):
             sha256.update(frame)
             try:
                 spool.write(frame)
