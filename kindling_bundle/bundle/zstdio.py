@@ -105,8 +105,9 @@ class FrameReader:
         self._ahead: queue.Queue[bytes | Exception | None] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._ended: bytes | Exception | None = b""
-        """What the read-ahead thread delivered last, once that was the end (None) or an error."""
+        self._ahead_done = False
+        """The read-ahead thread has delivered its last piece: the end, or `_ahead_error`."""
+        self._ahead_error: Exception | None = None
 
     def start_read_ahead(self) -> None:
         """From now on, decompress in a thread, up to READ_AHEAD pieces ahead (see above)."""
@@ -146,17 +147,17 @@ class FrameReader:
         """The next piece of output, from the read-ahead thread if it runs; None at the end."""
         if self._ahead is None:
             return self._decompress_piece()
-        if self._ended != b"":
-            piece = self._ended
-        else:
+        if not self._ahead_done:
             piece = self._ahead.get()
-            if not isinstance(piece, bytes):
-                self._ended = piece
-                assert self._thread is not None
-                self._thread.join()  # it has stopped: the input is the consumer's again
-        if isinstance(piece, Exception):
-            raise piece
-        return piece
+            if isinstance(piece, bytes):
+                return piece
+            self._ahead_done = True
+            self._ahead_error = piece
+            assert self._thread is not None
+            self._thread.join()  # it has stopped: the input is the consumer's again
+        if self._ahead_error is not None:
+            raise self._ahead_error
+        return None
 
     def read(self, n: int) -> bytes:
         """Up to `n` bytes; fewer only at the end of the frame. A BundleError if the frame holds
