@@ -12,22 +12,23 @@ merges and bundle-to-JSON refuse it (or, for dangling references, drop them on r
 `kindling_json.ReferenceGuard`. So whatever one of them writes, the others accept, and import
 (which enforces the same rules against the database) takes it.
 
-Memory: the 64-bit hash of every id seen (a Python int in a set, about 60-80 bytes per record).
+Memory: the 64-bit hash of every id seen, about 8 bytes a record once there are many
+(kindling_bundle.hashset).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from typing import Literal
 
+from kindling_bundle.hashset import HashSet
 from kindling_bundle.records import (
     ENTITY_TYPES,
     SINGULAR,
     Capsule,
-    Observation,
     Pin,
     Record,
     Summary,
@@ -39,6 +40,8 @@ Rule = Literal["repeated-id", "repeated-link", "dangling", "second-summary", "ev
 _LISTED_IDS = 5
 _ID = attrgetter("id")
 _LINKS = attrgetter("observation_ids")
+_CAPSULE = attrgetter("capsule_id")
+_EVIDENCE = attrgetter("evidence_refs")
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,8 @@ class RecordRules:
     def __init__(self, place: str, *, trusted: Callable[[str], bool] | None = None):
         self.place = place
         self._trusted = trusted
-        self._ids: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
-        self._summarised: set[int] = set()
+        self._ids = {entity: HashSet() for entity in ENTITY_TYPES}
+        self._summarised = HashSet()
 
     def check(self, record: Record) -> list[Breach]:
         """Every rule the record breaks; it is not counted as present until `add`."""
@@ -131,35 +134,47 @@ class RecordRules:
         return breaches
 
     def clear_run(self, records: Sequence[Record]) -> bool:
-        """True if checking and adding these records one by one, in order, would find nothing:
-        then `add_run` adds them all. Set operations in C over the whole run decide the usual
-        case (new observations; new capsules whose links are all present and distinct), a tenth
-        of the cost of `check` and `add` per record. False means "maybe": check them one by
-        one, which says exactly what is wrong."""
+        """True if checking and adding these records one by one, in order, would find nothing
+        (not even a warning): then `add_run` adds them all. Set operations over the whole run
+        decide the usual case (new ids; references all present, distinct where they must be),
+        a tenth of the cost of `check` and `add` per record. False means "maybe": check them
+        one by one, which says exactly what is wrong."""
         kinds = set(map(type, records))
         if len(kinds) != 1:
             return not records
         kind = kinds.pop()
-        if kind is not Observation and kind is not Capsule:
-            return False
         hashes = list(map(hash, map(_ID, records)))
-        ids = self._ids[entity_of(records[0])]
-        if len(set(hashes)) != len(hashes) or not ids.isdisjoint(hashes):
+        if len(set(hashes)) != len(hashes) or not self._ids[entity_of(records[0])].isdisjoint(
+            hashes
+        ):
             return False
         if kind is Capsule:
             links = list(map(_LINKS, records))
             if any(len(set(linked)) != len(linked) for linked in links):
                 return False
-            if self._trusted is None or self._trusted("observations"):
-                present = self._ids["observations"]
-                if not present.issuperset(map(hash, chain.from_iterable(links))):
-                    return False
+            return self._present("observations", chain.from_iterable(links))
+        if kind is Summary:
+            capsules = list(map(hash, map(_CAPSULE, records)))
+            return (
+                len(set(capsules)) == len(capsules)
+                and self._summarised.isdisjoint(capsules)
+                and self._present("capsules", map(_CAPSULE, records))
+                and self._present("observations", chain.from_iterable(map(_EVIDENCE, records)))
+            )
+        if kind is Pin:
+            on_observations = [p.target_id for p in records if p.target_type == "observation"]
+            on_summaries = [p.target_id for p in records if p.target_type != "observation"]
+            return self._present("observations", on_observations) and self._present(
+                "summaries", on_summaries
+            )
         return True
 
     def add_run(self, records: Sequence[Record]) -> None:
         """`add` each of a run that `clear_run` passed."""
         if records:
             self._ids[entity_of(records[0])].update(map(hash, map(_ID, records)))
+            if type(records[0]) is Summary:
+                self._summarised.update(map(hash, map(_CAPSULE, records)))
 
     def add(self, record: Record) -> None:
         """Count the record as present: later references to it resolve, its id is taken."""
@@ -167,6 +182,12 @@ class RecordRules:
         self._ids[entity_of(record)].add(hash(record.id))
         if kind is Summary:
             self._summarised.add(hash(record.capsule_id))
+
+    def _present(self, entity: str, wanted: Iterable[str]) -> bool:
+        """Every one of `wanted` is in the entity, or the entity is not trusted."""
+        if self._trusted is not None and not self._trusted(entity):
+            return True
+        return self._ids[entity].issuperset(list(map(hash, wanted)))
 
     def _missing(self, entity: str, wanted: Sequence[str]) -> list[str]:
         if not wanted or (self._trusted is not None and not self._trusted(entity)):
