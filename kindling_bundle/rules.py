@@ -18,13 +18,13 @@ Memory: the 64-bit hash of every id seen, about 8 bytes a record once there are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from typing import Literal
 
-from kindling_bundle.hashset import HashSet
+from kindling_bundle.hashset import SET_ONLY_MAX, HashSet
 from kindling_bundle.records import (
     ENTITY_TYPES,
     SINGULAR,
@@ -77,13 +77,24 @@ class RecordRules:
     `place` names the dataset in messages ("the bundle", "the file", ...). References into an
     entity for which `trusted(entity)` is false are not checked (verify uses this for an entity
     with damaged records, so one damaged member does not drown the report in echoes).
+    `expected`: records each entity should hold, where known (hashset.HashSet says why).
     """
 
-    def __init__(self, place: str, *, trusted: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        place: str,
+        *,
+        trusted: Callable[[str], bool] | None = None,
+        expected: Mapping[str, int] | None = None,
+    ):
         self.place = place
         self._trusted = trusted
-        self._ids = {entity: HashSet() for entity in ENTITY_TYPES}
-        self._summarised = HashSet()
+        # All in Python sets, or none: a few large sets beside NumPy would cost more than either.
+        sizes = dict(expected or {})
+        if sum(sizes.values()) + sizes.get("summaries", 0) > SET_ONLY_MAX:
+            sizes = {}
+        self._ids = {entity: HashSet(sizes.get(entity)) for entity in ENTITY_TYPES}
+        self._summarised = HashSet(sizes.get("summaries"))
 
     def check(self, record: Record) -> list[Breach]:
         """Every rule the record breaks; it is not counted as present until `add`."""
@@ -143,10 +154,7 @@ class RecordRules:
         if len(kinds) != 1:
             return not records
         kind = kinds.pop()
-        hashes = list(map(hash, map(_ID, records)))
-        if len(set(hashes)) != len(hashes) or not self._ids[entity_of(records[0])].isdisjoint(
-            hashes
-        ):
+        if not self.clear_new_ids(entity_of(records[0]), list(map(hash, map(_ID, records)))):
             return False
         if kind is Capsule:
             links = list(map(_LINKS, records))
@@ -168,6 +176,16 @@ class RecordRules:
                 "summaries", on_summaries
             )
         return True
+
+    def clear_new_ids(self, entity: str, hashes: list[int]) -> bool:
+        """True if these id hashes (of a run of the entity's records) are distinct and new. For
+        observations, which reference nothing, that is all `clear_run` asks, so a process that
+        decoded them elsewhere need only send their hashes (bundle.decoder_process); then
+        `add_ids` adds them."""
+        return len(set(hashes)) == len(hashes) and self._ids[entity].isdisjoint(hashes)
+
+    def add_ids(self, entity: str, hashes: list[int]) -> None:
+        self._ids[entity].update(hashes)
 
     def add_run(self, records: Sequence[Record]) -> None:
         """`add` each of a run that `clear_run` passed."""

@@ -53,3 +53,16 @@ def test_a_repeated_id_is_found_among_members_long_since_merged() -> None:
     again = Observation(id="o3", kind="message", content="again", ts=2)
     assert not rules.clear_run([again])
     assert [b.text for b in rules.check(again)] == ["observation o3 appears more than once"]
+
+
+def test_a_set_expected_to_stay_small_stays_a_python_set_until_it_outgrows_the_estimate() -> None:
+    hashes = [hash(f"id-{n}") for n in range(70_000)]
+    expected = HashSet(expected=60_000)
+    expected.update(hashes[:60_000])
+    assert expected._count == 0  # all in the Python set: no NumPy needed
+    expected.update(hashes[60_000:])
+    assert expected._count == 70_000  # more than the manifest said: merged as usual
+    assert all(value in expected for value in hashes[::97])
+    unknown = HashSet()
+    unknown.update(hashes[:60_000])
+    assert unknown._count >= 32_768

@@ -19,7 +19,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from kindling_bundle.bundle.format import (
     ENTITY_MEMBERS,
@@ -59,6 +59,12 @@ def declared_archive_bytes(manifest: Manifest) -> int:
     header, data and padding, the end-of-archive marker, and at most one tar record of padding."""
     members = sum(BLOCK + entry.bytes + (-entry.bytes % BLOCK) for entry in manifest.entities)
     return members + 2 * BLOCK + RECORD
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class Sha256Thread:
@@ -104,7 +110,7 @@ _DIGEST = b"digest"
 class MemberData:
     """The data of one member: bounded reads that are hashed as they go (in `sha256`'s thread)."""
 
-    def __init__(self, zstd: FrameReader, header: MemberHeader, where: str, sha256: Sha256Thread):
+    def __init__(self, zstd: FrameReader, header: MemberHeader, where: str, sha256: Hasher):
         self._zstd = zstd
         self.header = header
         self.where = where
@@ -216,7 +222,8 @@ class BundleReader:
                 f"{self.label}: {MANIFEST_MEMBER} is {header.size} bytes, more than a manifest "
                 f"may be ({MAX_MANIFEST_BYTES})"
             )
-        member = self.member(header)
+        # Hashed here, not in Sha256Thread: no thread may run yet when verify forks its helper.
+        member = MemberData(self.zstd, header, f"{self.label}: {MANIFEST_MEMBER}", hashlib.sha256())
         data = member.read(header.size, "manifest")
         member.close()
         self.manifest = decode_manifest(data, self.label)

@@ -20,10 +20,17 @@ many (kindling_bundle.hashset); this is what resolving references in a single pa
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kindling_bundle.bundle.decoder_process import (
+    IN_FLIGHT,
+    PARALLEL_MIN_ROWS,
+    FrameHelper,
+    parallel_available,
+)
 from kindling_bundle.bundle.format import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
@@ -39,7 +46,7 @@ from kindling_bundle.bundle.reader import (
     MemberData,
     source_label,
 )
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.records import ENTITY_TYPES, Record
 from kindling_bundle.rules import RecordRules
 
@@ -93,18 +100,38 @@ def verify_bundle(
     *,
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
+    parallel: bool = True,
 ) -> VerifyReport:
     """Check a bundle completely (see the module docstring); never raises for a bad bundle.
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
-    (e.g. to size a progress bar from `manifest.total_records`)."""
+    (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
+    large bundle's observation frames in a second process where the platform allows
+    (kindling_bundle.bundle.decoder_process); the report is the same either way."""
     report = VerifyReport(source=source_label(src))
     try:
         with BundleReader(src) as reader:
-            _Verifier(reader, report, progress).run(on_manifest)
+            _Verifier(reader, report, progress).run(on_manifest, parallel)
     except BundleError as exc:
         report.problem(str(exc))
     return report
+
+
+Decoded = tuple[list[Record], list[RecordError | BundleError]]
+
+MAX_PENDING = IN_FLIGHT + 2
+"""Frames read ahead of the oldest frame still at the helper, at most (their records in memory)."""
+
+
+@dataclass
+class _Tally:
+    """One member's running counts while its frames are applied in order."""
+
+    decoder: RecordDecoder
+    where: str
+    count: int = 0
+    valid: int = 0
+    clean: bool = True
 
 
 class _Verifier:
@@ -116,12 +143,24 @@ class _Verifier:
         self.report = report
         self.progress = progress
         self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
-        self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__)
         self.records_done = 0
         self.bytes_done = 0
+        self.helper: FrameHelper | None = None
 
-    def run(self, on_manifest: Callable[[Manifest], None] | None) -> None:
+    def run(self, on_manifest: Callable[[Manifest], None] | None, parallel: bool) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
+        expected = {entry.entity: entry.records for entry in manifest.entities}
+        self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__, expected=expected)
+        observations = expected.get("observations", 0)
+        if parallel and observations >= PARALLEL_MIN_ROWS and parallel_available():
+            self.helper = FrameHelper()  # forked before any thread of ours starts
+        try:
+            self._members(manifest, on_manifest)
+        finally:
+            if self.helper is not None:
+                self.helper.close()
+
+    def _members(self, manifest: Manifest, on_manifest: Callable[[Manifest], None] | None) -> None:
         self.reader.zstd.start_read_ahead()
         if on_manifest is not None:
             on_manifest(manifest)
@@ -158,26 +197,29 @@ class _Verifier:
             self.report.problem(
                 f"{where}: holds {member.header.size} bytes, the manifest says {entry.bytes}"
             )
-        decoder = RecordDecoder(entity)
-        count = valid = 0
-        clean = True
+        tally = _Tally(RecordDecoder(entity), where)
+        helper = self.helper if entity == "observations" else None
+        pending: deque[tuple[bytes, Decoded | None]] = deque()  # None: at the helper
         try:
             for payload in member.frames():
-                records, problems = decoder.decode_all(payload, count)
-                for problem in problems:
-                    self.report.problem(f"{where}: {problem}")
-                    clean = False
-                count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
-                valid += len(records)
-                self._check(records, where)
-                self.records_done += len(records)
-                self.bytes_done += FRAME_HEADER_BYTES + len(payload)
-                if self.progress is not None:
-                    self.progress(self.records_done, self.bytes_done)
+                if helper is not None and helper.in_flight < IN_FLIGHT and helper.submit(payload):
+                    pending.append((payload, None))
+                else:
+                    pending.append((payload, tally.decoder.decode_all(payload)))
+                while pending and (
+                    len(pending) > MAX_PENDING
+                    or pending[0][1] is not None
+                    or (helper is not None and helper.answered())
+                ):
+                    self._apply(*pending.popleft(), tally)
         except FramingError as exc:  # the rest of this member cannot be split into frames
+            self._apply_all(pending, tally)
             self.report.problem(str(exc))
             member.skip_rest()
-            clean = False
+            tally.clean = False
+        finally:  # the frames before whatever ended the member are reported first
+            self._apply_all(pending, tally)
+        count, valid, clean = tally.count, tally.valid, tally.clean
         digest = member.close()  # None after a framing error: the rest was skipped unhashed
         if digest is not None and digest != entry.sha256:
             self.report.problem(
@@ -189,6 +231,41 @@ class _Verifier:
             )
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
+
+    def _apply_all(self, pending: deque[tuple[bytes, Decoded | None]], tally: _Tally) -> None:
+        while pending:
+            self._apply(*pending.popleft(), tally)
+
+    def _apply(self, payload: bytes, decoded: Decoded | None, tally: _Tally) -> None:
+        """Report one frame's problems and check its records, in member order."""
+        if decoded is None:  # at the helper: the id hashes of a clean frame, or None
+            assert self.helper is not None
+            hashes = self.helper.answer()
+            if hashes is not None:
+                tally.count += len(hashes)
+                tally.valid += len(hashes)
+                if self.rules.clear_new_ids(tally.decoder.entity, hashes):
+                    self.rules.add_ids(tally.decoder.entity, hashes)
+                else:
+                    self._check(tally.decoder.decode(payload), tally.where)
+                self._progress(len(hashes), payload)
+                return
+        if decoded is None or decoded[1]:  # (again) here, numbering records from the right index
+            decoded = tally.decoder.decode_all(payload, tally.count)
+        records, problems = decoded
+        for problem in problems:
+            self.report.problem(f"{tally.where}: {problem}")
+            tally.clean = False
+        tally.count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
+        tally.valid += len(records)
+        self._check(records, tally.where)
+        self._progress(len(records), payload)
+
+    def _progress(self, records: int, payload: bytes) -> None:
+        self.records_done += records
+        self.bytes_done += FRAME_HEADER_BYTES + len(payload)
+        if self.progress is not None:
+            self.progress(self.records_done, self.bytes_done)
 
     def _check(self, records: list[Record], where: str) -> None:
         rules = self.rules

@@ -1,0 +1,144 @@
+"""Verify decodes some observation frames in a second process; the report must not change.
+
+kindling_bundle.bundle.decoder_process forks a child that decodes and checks the frames it is
+handed, answering with id hashes (or "not clean"). Here the size threshold is lowered so small
+bundles take that path: every problem, in the same words and order, whichever process met it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hostile_tar import Parts, frame, records_frame
+
+from kindling_bundle.bundle import decoder_process, verify
+from kindling_bundle.bundle.verify import verify_bundle
+
+pytestmark = pytest.mark.skipif(
+    not decoder_process.parallel_available(), reason="the decoder process needs fork (Linux)"
+)
+
+
+@pytest.fixture
+def handed_over(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every verify takes the helper path; the list counts the frames handed to the child."""
+    submitted: list[int] = []
+    submit = decoder_process.FrameHelper.submit
+
+    def counted(self: decoder_process.FrameHelper, payload: bytes) -> bool:
+        handed = submit(self, payload)
+        submitted.append(int(handed))
+        return handed
+
+    monkeypatch.setattr(verify, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(decoder_process.FrameHelper, "submit", counted)
+    return submitted
+
+
+def _observation(n: int, **fields: Any) -> dict[str, Any]:
+    record = {
+        "id": f"obs-{n:05d}",
+        "kind": "message",
+        "content": f"observation {n}",
+        "provenance": {"source": "tests", "n": n, "score": n / 7},
+        "ts": 1_700_000_000_000 + n,
+        "scopeIds": {"sessionId": "s1"},
+        "redacted": False,
+    }
+    record.update(fields)
+    return record
+
+
+def _bundle(tmp_path: Path, frames: list[bytes], count: int) -> Path:
+    """The `full` vector with its observations followed by these frames of more."""
+    parts = Parts()
+    own = records_frame(parts.records["observations"])
+    parts.set_data(
+        "observations", own + b"".join(frames), len(parts.records["observations"]) + count
+    )
+    path = tmp_path / "bundle.kbundle"
+    path.write_bytes(parts.bundle())
+    return path
+
+
+def _frames(damage: dict[int, Any]) -> tuple[list[bytes], int]:
+    """40 frames of 50 observations; `damage[i]` replaces frame i's bytes, or edits its records
+    when callable."""
+    frames, count = [], 0
+    for i in range(40):
+        records = [_observation(i * 50 + j) for j in range(50)]
+        change = damage.get(i)
+        if callable(change):
+            change(records)
+        frames.append(change if isinstance(change, bytes) else records_frame(records))
+        count += len(records)
+    return frames, count
+
+
+def _reports(path: Path) -> tuple[dict, dict]:
+    return (
+        verify_bundle(path, parallel=True).to_dict(),
+        verify_bundle(path, parallel=False).to_dict(),
+    )
+
+
+def test_a_clean_bundle_is_clean_both_ways(tmp_path: Path, handed_over: list[int]) -> None:
+    path = _bundle(tmp_path, *_frames({}))
+    parallel, alone = _reports(path)
+    assert parallel == alone
+    assert parallel["ok"] and parallel["records"]["observations"] > 2000
+    assert sum(handed_over) >= 10  # the child really took a share of the frames
+
+
+def test_every_problem_is_reported_in_the_same_words_and_order(
+    tmp_path: Path, handed_over: list[int]
+) -> None:
+    def repeat_an_earlier_id(records: list[dict]) -> None:
+        records[10]["id"] = "obs-00100"
+
+    def bad_kind(records: list[dict]) -> None:
+        records[3]["kind"] = "telepathy"
+        del records[4]["id"]
+        records[4]["ts"] = "yesterday"
+
+    def nan_provenance(records: list[dict]) -> None:
+        records[7]["provenance"] = {"score": float("nan")}
+
+    damage: dict[int, Any] = {
+        3: repeat_an_earlier_id,
+        5: bad_kind,
+        6: repeat_an_earlier_id,
+        9: nan_provenance,
+        11: frame(msgspec.msgpack.encode({"not": "an array"})),
+        12: bad_kind,
+    }
+    frames, count = _frames(damage)
+    frames.append(b"\x00\x00")  # a truncated frame header ends the member
+    path = _bundle(tmp_path, frames, count)
+    parallel, alone = _reports(path)
+    assert parallel == alone
+    problems = "\n".join(parallel["problems"])
+    for expected in (
+        "observation obs-00100 appears more than once",
+        "telepathy",
+        "record #",
+        "field provenance.score is nan",
+        "frame is not a MessagePack array of records",
+        "truncated frame header",
+    ):
+        assert expected in problems
+    assert sum(handed_over) >= 5
+
+
+def test_a_child_that_dies_costs_only_speed(
+    tmp_path: Path, handed_over: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _bundle(tmp_path, *_frames({4: lambda records: records[0].update(kind="bogus")}))
+    monkeypatch.setattr(decoder_process, "_child", lambda *_: os._exit(3))
+    parallel, alone = _reports(path)
+    assert parallel == alone
+    assert "bogus" in "\n".join(parallel["problems"])
