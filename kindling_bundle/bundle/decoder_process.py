@@ -15,7 +15,6 @@ costs only speed: its frames are decoded here.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import multiprocessing
 import queue
@@ -60,6 +59,8 @@ class FrameHelper:
         self._child.start()
         child_frames.close()
         child_answers.close()
+        import fcntl  # Linux only, as this class
+
         with contextlib.suppress(OSError):  # room for frames, so that sending one rarely waits
             fcntl.fcntl(self._frames.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self.in_flight = 0

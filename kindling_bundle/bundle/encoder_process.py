@@ -2,29 +2,38 @@
 
 An export is bound by Python work per record, on one core: at 200,000 observations, reading the
 rows (SQLite and row tuples) took ~0.5 s and turning them into records, checking and encoding
-them ~1.5 s more. Here this process only reads rows and hands them over, FRAME_RECORDS rows per
+them ~1.1 s more. Here this process reads rows and hands them over, FRAME_RECORDS rows per
 message, to a forked child, which makes the records, checks and encodes them exactly as
 `FrameEncoder` does in-process (the same frames: batches have the same boundaries), writes the
 frames into the spool and hashes them. On two cores both halves run at once.
+
+The child has more to do per row than this process, so whenever it has no room for the next
+batch this process does something useful instead of waiting: a step of the `spare` work it was
+given (the writer encodes the other members, one frame a step), or, with none left, that batch
+itself, handing over the finished frames, which the child only hashes and writes in their place.
 
 The child is forked, so it shares the spool's file descriptor and needs no imports; it never
 touches the SQLite connection (forked SQLite handles must not be used) and leaves through
 `os._exit` (multiprocessing's fork start), so nothing of this process is finalized twice. It is
 used on Linux only (fork elsewhere is unsafe or missing), for exports of at least
 PARALLEL_MIN_ROWS observations; otherwise, and whenever `parallel` is off, encoding stays here.
-A child that fails reports the error it met, raised here as it would have been in-process; a
-child that dies is a BundleError; this process dying closes the pipe and the child exits.
+A child that fails reports the error it met, raised here as it would have been in-process (and
+before an error of a later row met here); a child that dies is a BundleError; this process dying
+closes the pipe and the child exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import multiprocessing
 import os
-import pickle
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
+
+import msgspec
 
 from kindling_bundle.bundle.format import FRAME_RECORDS
 from kindling_bundle.bundle.frames import FrameEncoder
@@ -34,6 +43,12 @@ from kindling_bundle.store.rows import observation_from_row
 PARALLEL_MIN_ROWS = 16 * FRAME_RECORDS
 """Below this many observations, starting a process costs more than it saves."""
 
+PIPE_BYTES = 1 << 20
+"""The rows pipe's buffer (Linux's default limit for unprivileged processes): room for a batch or
+two of rows while the child is busy."""
+
+_ROWS = b"R"  # then a MessagePack array of rows
+_FRAMES = b"F"  # then a 4-byte record count and the frames, encoded here
 _END = b""
 
 
@@ -41,88 +56,151 @@ def parallel_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-def encode_rows(
-    spool: BinaryIO,
-    rows: Iterable[tuple],
-    on_error: Callable[[RecordError], RecordError],
-    progress: Callable[[int, int], None],
-) -> tuple[int, int, str]:
-    """Encode observation rows in a child process into `spool`: (records, bytes, SHA-256).
+class ChildEncoder:
+    """Observation rows in, the observations member out: encoded by a forked child into the
+    spool (at the shared file offset, so nothing else may write to it until `finish`).
 
-    `on_error` names a row that is not a valid record (as the export stream would);
-    `progress(records, bytes)` is called as the child reports frames written."""
-    spool.flush()  # the child appends at the shared file offset
-    context = multiprocessing.get_context("fork")
-    child_rows, rows_in = context.Pipe(duplex=False)  # (receiving end, sending end)
-    reports_in, child_reports = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_child, args=(child_rows, child_reports, spool), name="kbundle-encoder", daemon=True
-    )
-    child.start()
-    child_rows.close()
-    child_reports.close()
-    result: tuple[Any, ...] | None = None
-    try:
+    `send` hands the rows over (see the module docstring for `spare`); `pump` passes on the
+    child's progress without waiting; `finish` waits for the child's last word: (records, bytes,
+    SHA-256), or the error it met. `on_error` names a row that is not a valid record (as the
+    export stream would); `progress(records, bytes)` is called with the member's running totals.
+    """
+
+    def __init__(
+        self,
+        spool: BinaryIO,
+        on_error: Callable[[RecordError], RecordError],
+        progress: Callable[[int, int], None],
+    ):
+        import fcntl  # Linux only, as this class
+
+        spool.flush()  # the child appends at the shared file offset
+        self._spool = spool
+        self._on_error = on_error
+        self._progress = progress
+        context = multiprocessing.get_context("fork")
+        child_rows, self._rows_in = context.Pipe(duplex=False)  # (receiving end, sending end)
+        self._reports_in, child_reports = context.Pipe(duplex=False)
+        self._child = context.Process(
+            target=_child,
+            args=(child_rows, child_reports, spool),
+            name="kbundle-encoder",
+            daemon=True,
+        )
+        self._child.start()
+        child_rows.close()
+        child_reports.close()
+        self._pipe_bytes = 0  # unknown: never assume room
+        with contextlib.suppress(OSError):
+            self._pipe_bytes = fcntl.fcntl(self._rows_in.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._result: tuple[Any, ...] | None = None
+        self._rows = msgspec.msgpack.Encoder()
+        self._frames = FrameEncoder("observations")
+
+    def send(self, rows: Iterable[tuple], spare: Iterator[object]) -> None:
+        """Hand every row over, FRAME_RECORDS at a time, then the end marker; stops early if
+        the child has stopped. While the child has no room for a batch, take a step of `spare`,
+        or with none left encode the batch here. A bad row met here raises its error once the
+        child has had its say about the rows before it."""
         batch: list[tuple] = []
         for row in rows:
             batch.append(row)
             if len(batch) == FRAME_RECORDS:
-                result = _send(rows_in, batch, reports_in, progress)
-                if result is not None:
-                    break
+                if not self._hand_over(batch, spare):
+                    return
                 batch = []
-        if result is None:
-            if batch:
-                result = _send(rows_in, batch, reports_in, progress)
-            if result is None:
-                _send_bytes(rows_in, _END)
-                result = _wait(reports_in, progress)
-    finally:
-        rows_in.close()
-        if result is None or result[0] != "done":
-            child.terminate()
-        child.join()
-        reports_in.close()
-    spool.seek(0, os.SEEK_END)
-    return _outcome(result, on_error)
+        if batch and not self._hand_over(batch, spare):
+            return
+        self._send(_END)
 
+    def pump(self) -> None:
+        """Pass on the progress reported so far, without waiting."""
+        while self._result is None and self._reports_in.poll():
+            self._take(self._receive())
 
-def _send(
-    rows_in: Any, batch: list[tuple], reports_in: Any, progress: Callable[[int, int], None]
-) -> tuple[Any, ...] | None:
-    """Hand one batch over; the child's final report if it has already stopped."""
-    while reports_in.poll():  # drained before every send, so the child never blocks on reports
-        report = _receive(reports_in)
-        if report[0] != "progress":
-            return report
-        progress(report[1], report[2])
-    if not _send_bytes(rows_in, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)):
-        return _wait(reports_in, progress)
-    return None
+    def raise_if_stopped(self) -> None:
+        """Raise the error the child stopped with, if it has stopped already."""
+        self.pump()
+        if self._result is not None:
+            _outcome(self._result, self._on_error)
 
+    def finish(self) -> tuple[int, int, str]:
+        """Wait for the child's last word: (records, bytes, SHA-256) of the member written."""
+        while self._result is None:
+            self._take(self._receive())
+        self._child.join()
+        self._spool.seek(0, os.SEEK_END)
+        return _outcome(self._result, self._on_error)
 
-def _receive(reports_in: Any) -> tuple[Any, ...]:
-    try:
-        return reports_in.recv()
-    except EOFError:  # the child is gone without a last report
-        return ("died",)
+    def close(self) -> None:
+        """Stop the child if it is still at work (after an error here)."""
+        self._rows_in.close()
+        if self._result is None or self._result[0] != "done":
+            self._child.terminate()
+        self._child.join()
+        self._reports_in.close()
 
+    def _hand_over(self, batch: list[tuple], spare: Iterator[object]) -> bool:
+        data = _ROWS + self._rows.encode(batch)
+        while not self._has_room(len(data)):
+            if next(spare, _END) is _END:
+                data = self._encoded_here(batch)
+                break
+        return self._send(data)
 
-def _send_bytes(rows_in: Any, data: bytes) -> bool:
-    try:
-        rows_in.send_bytes(data)
-    except (BrokenPipeError, ConnectionResetError):  # the child stopped: its report says why
-        return False
-    return True
+    def _encoded_here(self, batch: list[tuple]) -> bytes:
+        try:
+            records = list(map(observation_from_row, batch))
+        except RecordError as exc:
+            raise self._after_the_child(self._on_error(exc)) from None
+        try:
+            frames = list(self._frames.frames(records))
+        except RecordError as exc:
+            raise self._after_the_child(exc) from None
+        count = sum(records_in_frame for records_in_frame, _ in frames)
+        return b"".join([_FRAMES, count.to_bytes(4, "big"), *(frame for _, frame in frames)])
 
+    def _after_the_child(self, error: RecordError) -> RecordError:
+        """`error`, met here, once the child has written the rows before it: its own error, if it
+        met one, is raised instead (it comes first in the member)."""
+        self._send(_END)
+        self.finish()
+        return error
 
-def _wait(reports_in: Any, progress: Callable[[int, int], None]) -> tuple[Any, ...]:
-    """The child's final report, passing on its progress."""
-    while True:
-        report = _receive(reports_in)
-        if report[0] != "progress":
-            return report
-        progress(report[1], report[2])
+    def _has_room(self, size: int) -> bool:
+        """True if `size` bytes can be sent now without waiting for the child to read."""
+        import fcntl
+        import termios
+
+        try:
+            waiting = int.from_bytes(
+                fcntl.ioctl(self._rows_in.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
+            )
+        except OSError:
+            return True  # cannot tell: send, and wait if need be
+        return waiting + size + 4 <= self._pipe_bytes  # 4: the pipe's message length header
+
+    def _send(self, data: bytes) -> bool:
+        self.pump()  # drained before every send, so the child never blocks on reports
+        if self._result is not None:
+            return False
+        try:
+            self._rows_in.send_bytes(data)
+        except (BrokenPipeError, ConnectionResetError):  # the child stopped: its report says why
+            return False
+        return True
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._reports_in.recv()
+        except EOFError:  # the child is gone without a last report
+            return ("died",)
+
+    def _take(self, report: tuple[Any, ...]) -> None:
+        if report[0] == "progress":
+            self._progress(report[1], report[2])
+        else:
+            self._result = report
 
 
 def _outcome(
@@ -143,15 +221,26 @@ def _outcome(
 
 
 def _child(rows_out: Any, reports_out: Any, spool: BinaryIO) -> None:
-    """Make, check, encode and write records from the rows received, until the end marker
-    (or until the parent is gone: then there is no one to report to)."""
+    """Make, check, encode and write records from the rows received (or write the frames
+    received), until the end marker (or until the parent is gone: then there is no one to
+    report to)."""
     try:
         encoder = FrameEncoder("observations")
         sha256 = hashlib.sha256()
         count = size = 0
+        gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
+        rows = msgspec.msgpack.Decoder()
         while data := rows_out.recv_bytes():
+            if data[:1] == _FRAMES:
+                frames = memoryview(data)[5:]
+                sha256.update(frames)
+                spool.write(frames)
+                count += int.from_bytes(data[1:5], "big")
+                size += len(frames)
+                reports_out.send(("progress", count, size))
+                continue
             try:
-                records = list(map(observation_from_row, pickle.loads(data)))
+                records = list(map(observation_from_row, rows.decode(memoryview(data)[1:])))
             except RecordError as exc:
                 reports_out.send(("row", str(exc), exc.entity, exc.record_id))
                 return

@@ -2,9 +2,11 @@
 
 A tar header states its member's size before the data, and the manifest (first member) states
 every member's size, count and SHA-256, so nothing can be written before all records have been
-encoded. Each entity is therefore encoded once, in export order, into one anonymous temporary
+encoded. Each entity is therefore encoded once, in export order, into an anonymous temporary
 file (the spool: beside the destination file, or in TMPDIR for a stream destination) while it is
 hashed and counted; then the archive is written from the spool. Memory holds one frame at a time.
+When a child process encodes the observations (encoder_process), the other members go to a
+second spool meanwhile, and the archive takes each member from where it was written.
 For a database export the read snapshot covers the spooling only, not the slower compression.
 
 A path destination is written through `storage.atomic_file`: a temporary file in the same
@@ -27,14 +29,14 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from kindling_bundle.bundle.encoder_process import (
     PARALLEL_MIN_ROWS,
-    encode_rows,
+    ChildEncoder,
     parallel_available,
 )
 from kindling_bundle.bundle.format import (
@@ -145,19 +147,27 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
-    with _spool(dest, label) as spool:
+    with contextlib.ExitStack() as stack:
+        spool = stack.enter_context(_spool(dest, label))
         with snapshot(conn):
             streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
-            if opts.parallel and _worth_a_process(conn):
-                streams["observations"].close()  # type: ignore[attr-defined]
-                streams["observations"] = _RowsInChild(export_observation_rows(conn, selection))
             try:
-                entries = _encode_entities(spool, streams, label, progress, conn)
+                if opts.parallel and _worth_a_process(conn):
+                    streams["observations"].close()  # type: ignore[attr-defined]
+                    rows = export_observation_rows(conn, selection)
+                    streams["observations"] = rows  # closed below with the others
+                    side = stack.enter_context(_spool(dest, label))
+                    members = _encode_beside_child(
+                        spool, side, rows, streams, label, progress, conn
+                    )
+                else:
+                    members = _encode_entities(spool, streams, label, _Progress(progress))
             finally:  # finalize unfinished streams while the connection is open, not at GC
                 for stream in streams.values():
                     stream.close()  # type: ignore[attr-defined]
+        entries = [member.entry for member in members]
         manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
-        _write_archive(dest, label, spool, manifest, opts.level)
+        _write_archive(dest, label, members, manifest, opts.level)
     return manifest
 
 
@@ -184,9 +194,10 @@ def write_bundle_from_records(
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
     with _spool(dest, label) as spool:
-        entries = _encode_entities(spool, streams, label, progress)
+        members = _encode_entities(spool, streams, label, _Progress(progress))
+        entries = [member.entry for member in members]
         manifest = _manifest(created_at, source_generation, opts.filter, entries)
-        _write_archive(dest, label, spool, manifest, opts.level)
+        _write_archive(dest, label, members, manifest, opts.level)
     return manifest
 
 
@@ -231,16 +242,6 @@ def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
         yield spool  # type: ignore[misc]
 
 
-class _RowsInChild:
-    """Observation rows to be encoded by a child process (encoder_process)."""
-
-    def __init__(self, rows: Iterator[tuple]):
-        self.rows = rows
-
-    def close(self) -> None:
-        self.rows.close()  # type: ignore[attr-defined]
-
-
 def _worth_a_process(conn: KindlingConnection) -> bool:
     if not parallel_available():
         return False
@@ -251,72 +252,178 @@ def _worth_a_process(conn: KindlingConnection) -> bool:
     return last >= PARALLEL_MIN_ROWS
 
 
-def _offset_progress(
-    progress: ProgressCallback | None,
-    records_before: int,
-    bytes_before: int,
-    records: int,
-    size: int,
-) -> None:
-    if progress is not None:
-        progress(records_before + records, bytes_before + size)
+class _Progress:
+    """Records and bytes encoded so far, over every member (the child's too), for `progress`."""
+
+    def __init__(self, callback: ProgressCallback | None):
+        self._callback = callback
+        self._records = self._bytes = 0
+        self._child_records = self._child_bytes = 0
+
+    def add(self, records: int, size: int) -> None:
+        self._records += records
+        self._bytes += size
+        self._report()
+
+    def child(self, records: int, size: int) -> None:
+        """The child's running totals (encoder_process reports them so)."""
+        self._child_records, self._child_bytes = records, size
+        self._report()
+
+    def _report(self) -> None:
+        if self._callback is not None:
+            self._callback(self._records + self._child_records, self._bytes + self._child_bytes)
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    """A member encoded into a spool: its manifest entry, and where its bytes start."""
+
+    entry: EntityEntry
+    spool: BinaryIO
+    offset: int
 
 
 def _encode_entities(
     spool: BinaryIO,
-    streams: Mapping[str, Iterable[Record] | _RowsInChild],
+    streams: Mapping[str, Iterable[Record]],
     label: str,
-    progress: ProgressCallback | None,
-    conn: KindlingConnection | None = None,
-) -> list[EntityEntry]:
-    """Encode each entity's frames into the spool, in FK order; their manifest entries."""
-    entries = []
-    records_done = bytes_done = 0
-    for entity, member in ENTITY_MEMBERS.items():
-        stream = streams.get(entity, ())
-        if isinstance(stream, _RowsInChild):
-            assert conn is not None
-            reported = functools.partial(_offset_progress, progress, records_done, bytes_done)
+    progress: _Progress,
+) -> list[_Spooled]:
+    """Encode each entity's frames into the spool, in FK order."""
+    return [
+        _finished(_entity_steps(spool, entity, streams.get(entity, ()), label, progress))
+        for entity in ENTITY_MEMBERS
+    ]
+
+
+def _entity_steps(
+    spool: BinaryIO,
+    entity: str,
+    stream: Iterable[Record],
+    label: str,
+    progress: _Progress,
+) -> Generator[None, None, _Spooled]:
+    """One member's frames into the spool, hashed and counted, pausing after each frame (so
+    that encoder_process can take it a step at a time); returns where the member is."""
+    offset = spool.tell()
+    sha256 = hashlib.sha256()
+    count = size = 0
+    for records, frame in FrameEncoder(entity).frames(stream):
+        sha256.update(frame)
+        try:
+            spool.write(frame)
+        except OSError as exc:
+            raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+        count += records
+        size += len(frame)
+        progress.add(records, len(frame))
+        yield
+    member = ENTITY_MEMBERS[entity]
+    entry = EntityEntry(
+        entity=entity, member=member, records=count, bytes=size, sha256=sha256.hexdigest()
+    )
+    return _Spooled(entry, spool, offset)
+
+
+def _finished(steps: Generator[None, None, _Spooled]) -> _Spooled:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+class _Others:
+    """The members after observations, encoded into the side spool a frame per step while the
+    observations' child is busy (ChildEncoder.send's `spare` work), then to the end. An error
+    is kept until the observations are done: one of theirs comes first, in foreign-key order."""
+
+    def __init__(
+        self,
+        side: BinaryIO,
+        streams: Mapping[str, Iterable[Record]],
+        label: str,
+        progress: _Progress,
+    ):
+        self.members: list[_Spooled] = []
+        self.error: KindlingBundleError | None = None
+        self._steps = self._all(side, streams, label, progress)
+
+    def step(self) -> Iterator[None]:
+        """A step at a time, until all are written or one failed."""
+        while self.error is None:
             try:
-                count, size, digest = encode_rows(
-                    spool, stream.rows, functools.partial(label_error, conn), reported
-                )
-            except OSError as exc:
-                raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
-            records_done += count
-            bytes_done += size
-            entries.append(
-                EntityEntry(entity=entity, member=member, records=count, bytes=size, sha256=digest)
-            )
-            continue
-        sha256 = hashlib.sha256()
-        count = size = 0
-        for records, frame in FrameEncoder(entity).frames(stream):
-            sha256.update(frame)
-            try:
-                spool.write(frame)
-            except OSError as exc:
-                raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
-            count += records
-            size += len(frame)
-            records_done += records
-            bytes_done += len(frame)
-            if progress is not None:
-                progress(records_done, bytes_done)
-        entries.append(
-            EntityEntry(
-                entity=entity, member=member, records=count, bytes=size, sha256=sha256.hexdigest()
-            )
-        )
-    return entries
+                next(self._steps)
+            except StopIteration:
+                return
+            except KindlingBundleError as exc:
+                self.error = exc
+                return
+            yield
+
+    def _all(
+        self,
+        side: BinaryIO,
+        streams: Mapping[str, Iterable[Record]],
+        label: str,
+        progress: _Progress,
+    ) -> Iterator[None]:
+        for entity in ENTITY_MEMBERS:
+            if entity != "observations":
+                steps = _entity_steps(side, entity, streams.get(entity, ()), label, progress)
+                self.members.append((yield from steps))
+
+
+def _encode_beside_child(
+    spool: BinaryIO,
+    side: BinaryIO,
+    rows: Iterable[tuple],
+    streams: Mapping[str, Iterable[Record]],
+    label: str,
+    callback: ProgressCallback | None,
+    conn: KindlingConnection,
+) -> list[_Spooled]:
+    """The observations encoded by a child into `spool` (encoder_process) from the rows this
+    process reads, while this process encodes the other entities into `side` whenever the child
+    is busy: on two cores the two halves overlap. Errors come in foreign-key order, as they
+    would in one process."""
+    progress = _Progress(callback)
+    others = _Others(side, streams, label, progress)
+    child = ChildEncoder(spool, functools.partial(label_error, conn), progress.child)
+    try:
+        steps = others.step()
+        child.send(rows, steps)
+        child.raise_if_stopped()
+        for _ in steps:  # what the child left undone, while it finishes
+            child.pump()
+        count, size, digest = child.finish()
+    except OSError as exc:  # the child's, reported through its pipe
+        raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+    finally:
+        child.close()
+    if others.error is not None:
+        raise others.error
+    entry = EntityEntry(
+        entity="observations",
+        member=ENTITY_MEMBERS["observations"],
+        records=count,
+        bytes=size,
+        sha256=digest,
+    )
+    return [_Spooled(entry, spool, 0), *others.members]
 
 
 def _write_archive(
-    dest: BundleDestination, label: str, spool: BinaryIO, manifest: Manifest, level: int
+    dest: BundleDestination,
+    label: str,
+    members: list[_Spooled],
+    manifest: Manifest,
+    level: int,
 ) -> None:
     try:
         with _destination(dest) as out:
-            _emit(out, spool, manifest, level)
+            _emit(out, members, manifest, level)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -334,8 +441,8 @@ def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
     dest.flush()
 
 
-def _emit(out: BinaryIO, spool: BinaryIO, manifest: Manifest, level: int) -> None:
-    """The archive: manifest member, then each entity member copied from the spool, then the
+def _emit(out: BinaryIO, members: list[_Spooled], manifest: Manifest, level: int) -> None:
+    """The archive: manifest member, then each entity member copied from its spool, then the
     end-of-archive marker, all in one zstd frame."""
     mtime = manifest.created_at // 1000
     written = 0
@@ -350,8 +457,9 @@ def _emit(out: BinaryIO, spool: BinaryIO, manifest: Manifest, level: int) -> Non
         put(member_header(MANIFEST_MEMBER, len(manifest_bytes), mtime))
         put(manifest_bytes)
         put(padding(len(manifest_bytes)))
-        spool.seek(0)
-        for entry in manifest.entities:
+        for member in members:
+            entry, spool = member.entry, member.spool
+            spool.seek(member.offset)
             put(member_header(entry.member, entry.bytes, mtime))
             remaining = entry.bytes
             while remaining:
