@@ -44,6 +44,7 @@ from kindling_bundle import (
     write_bundle_from_records,
 )
 from kindling_bundle.bundle import zstdio
+from kindling_bundle.bundle.frames import FrameEncoder
 
 CREATED_AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MEMBERS = [
@@ -762,3 +763,22 @@ def test_filtered_bundles_are_always_referentially_closed(sample_conn, tmp_path:
     write_bundle_from_records(tmp_path / "bare.kbundle", streams)
     problems = verify_bundle(tmp_path / "bare.kbundle").problems
     assert any("not in the bundle" in p for p in problems)
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 1023, 1024, 1025, 2048, 2111])
+def test_members_are_framed_in_batches_of_frame_records_whatever_the_count(
+    count: int, tmp_path: Path
+) -> None:
+    """The writer reads a member a few records at a time (so it can pause for the export's
+    encoding process), yet frames it as one FrameEncoder pass over the whole stream would."""
+    summaries = [
+        Summary(id=f"s{n}", capsule_id=f"c{n}", content="x", confidence=0.5, created_at=n)
+        for n in range(count)
+    ]
+    dest = tmp_path / "out.kbundle"
+    write_bundle_from_records(dest, {"summaries": summaries}, BundleOptions(created_at=1))
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(dest.read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        member = archive.extractfile("summaries.msgpack").read()  # type: ignore[union-attr]
+    expected = b"".join(frame for _, frame in FrameEncoder("summaries").frames(summaries))
+    assert member == expected

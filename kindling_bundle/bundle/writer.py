@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +44,7 @@ from kindling_bundle.bundle.format import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    FRAME_RECORDS,
     MANIFEST_MEMBER,
     EntityEntry,
     FilterInfo,
@@ -73,6 +75,8 @@ BundleDestination = str | os.PathLike[str] | BinaryIO
 TOOL_NAME = "kindling-bundle"
 MAX_CREATED_AT = MAX_MTIME * 1000 + 999
 _COPY_BYTES = 1 << 20
+STEP_RECORDS = 64
+"""Records read between pauses of a member encoded beside the observations' child."""
 
 
 @dataclass(frozen=True)
@@ -304,20 +308,35 @@ def _entity_steps(
     label: str,
     progress: _Progress,
 ) -> Generator[None, None, _Spooled]:
-    """One member's frames into the spool, hashed and counted, pausing after each frame (so
-    that encoder_process can take it a step at a time); returns where the member is."""
+    """One member's frames into the spool, hashed and counted, pausing every STEP_RECORDS
+    records (so that encoder_process can take it a step of a millisecond or two at a time, and
+    its child never waits long for rows); returns where the member is. The frames are those of
+    `FrameEncoder.frames` over the whole stream: batches of FRAME_RECORDS, then the rest."""
     offset = spool.tell()
     sha256 = hashlib.sha256()
     count = size = 0
-    for records, frame in FrameEncoder(entity).frames(stream):
-        sha256.update(frame)
-        try:
-            spool.write(frame)
-        except OSError as exc:
-            raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
-        count += records
-        size += len(frame)
-        progress.add(records, len(frame))
+    encoder = FrameEncoder(entity)
+    batch: list[Record] = []
+    records = iter(stream)
+    while True:
+        before = len(batch)
+        batch.extend(islice(records, STEP_RECORDS))
+        ended = len(batch) - before < STEP_RECORDS
+        if not ended and len(batch) < FRAME_RECORDS:  # FRAME_RECORDS is a multiple of steps
+            yield
+            continue
+        for records_in_frame, frame in encoder.frames(batch):
+            sha256.update(frame)
+            try:
+                spool.write(frame)
+            except OSError as exc:
+                raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+            count += records_in_frame
+            size += len(frame)
+            progress.add(records_in_frame, len(frame))
+        if ended:
+            break
+        batch = []
         yield
     member = ENTITY_MEMBERS[entity]
     entry = EntityEntry(
