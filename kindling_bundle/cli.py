@@ -196,15 +196,19 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
 class _Hashing:
     """A write-only stream that hashes and counts what passes through it to `target`."""
 
-    def __init__(self, target: BinaryIO):
+    def __init__(self, target: BinaryIO | None = None):
         self.target = target
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.name = getattr(target, "name", "<stream>")
 
-    def write(self, data: bytes) -> int:
+    def update(self, data: bytes) -> None:
         self.sha256.update(data)
         self.size += len(data)
+
+    def write(self, data: bytes) -> int:
+        self.update(data)
+        assert self.target is not None
         return self.target.write(data)
 
     def flush(self) -> None:
@@ -304,11 +308,12 @@ def export(
         )
     manifest: Manifest | None = None
 
-    def write(dest: Path | BinaryIO) -> dict[str, int]:
+    def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
             return export_kindling_json(conn, dest, selection, exported_at=created_at)
-        manifest = write_bundle(conn, dest, opts, progress=progress)
+        on_output = hashing.update if hashing is not None else None
+        manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
         return {entry.entity: entry.records for entry in manifest.entities}
 
     try:
@@ -317,9 +322,13 @@ def export(
                 hashing = _Hashing(stream)
                 counts = write(hashing)  # type: ignore[arg-type]
             size, digest = hashing.size, hashing.sha256.hexdigest()
-        else:
+        elif out_format == "kindling-json":
             counts = write(Path(out_target))
             size, digest = _file_digest(Path(out_target))
+        else:  # hashed as it is written, not read back
+            hashing = _Hashing()
+            counts = write(Path(out_target), hashing)
+            size, digest = hashing.size, hashing.sha256.hexdigest()
     finally:
         progress.close()
         conn.close()

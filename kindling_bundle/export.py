@@ -145,15 +145,20 @@ def export_observations(
     return _stream(conn, "observations", sql, params, observation_from_row)
 
 
-def export_observation_rows(
-    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
-) -> Iterator[tuple]:
-    """The rows behind `export_observations`, not yet records (`rows.observation_from_row`
-    makes each one a record), for an encoder in another process. A row that is not a valid
-    record is an error only when converted: name it with `label_error`, as the records
-    stream does."""
+def export_observation_row_batches(
+    conn: sqlite3.Connection, opts: ExportStreamOptions, size: int
+) -> Iterator[list[tuple]]:
+    """The rows behind `export_observations`, `size` at a time (fetched in one call each), not
+    yet records (`rows.observation_from_row` makes each one a record), for an encoder in another
+    process. A row that is not a valid record is an error only when converted: name it with
+    `label_error`, as the records stream does."""
     sql, params = _observations_query(opts)
-    return _records(conn, "observations", params, lambda execute: execute(sql))
+    return _records(conn, "observations", params, lambda execute: _batches(execute(sql), size))
+
+
+def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
+    while batch := cursor.fetchmany(size):
+        yield batch
 
 
 def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:

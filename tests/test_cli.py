@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -27,7 +28,7 @@ def test_full_journey_with_json_at_every_step(run_cli, tmp_path: Path) -> None:
     assert exported["counts"]["observations"] == 800
     assert exported["counts"]["capsules"] == made["capsules"]
     assert exported["bytes"] == bundle.stat().st_size
-    assert len(exported["sha256"]) == 64
+    assert exported["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
 
     verified = _json(run_cli("verify", bundle, "--json"))
     assert verified["ok"] is True

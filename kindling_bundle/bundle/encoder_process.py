@@ -97,20 +97,15 @@ class ChildEncoder:
         self._rows = msgspec.msgpack.Encoder()
         self._frames = FrameEncoder("observations")
 
-    def send(self, rows: Iterable[tuple], spare: Iterator[object]) -> None:
-        """Hand every row over, FRAME_RECORDS at a time, then the end marker; stops early if
-        the child has stopped. While the child has no room for a batch, take a step of `spare`,
-        or with none left encode the batch here. A bad row met here raises its error once the
-        child has had its say about the rows before it."""
-        batch: list[tuple] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == FRAME_RECORDS:
-                if not self._hand_over(batch, spare):
-                    return
-                batch = []
-        if batch and not self._hand_over(batch, spare):
-            return
+    def send(self, batches: Iterable[list[tuple]], spare: Iterator[object]) -> None:
+        """Hand every batch of rows over (FRAME_RECORDS rows each, the last maybe fewer: the
+        child frames each batch alone, so the frames are those of one FrameEncoder pass), then
+        the end marker; stops early if the child has stopped. While the child has no room for a
+        batch, take a step of `spare`, or with none left encode the batch here. A bad row met
+        here raises its error once the child has had its say about the rows before it."""
+        for batch in batches:
+            if not self._hand_over(batch, spare):
+                return
         self._send(_END)
 
     def pump(self) -> None:

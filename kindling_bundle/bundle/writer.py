@@ -29,7 +29,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -62,7 +62,7 @@ from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.export import (
     ENTITY_EXPORTS,
     ExportStreamOptions,
-    export_observation_rows,
+    export_observation_row_batches,
     label_error,
     snapshot,
 )
@@ -137,13 +137,16 @@ def write_bundle(
     opts: BundleOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> Manifest:
     """Export a Kindling database to a bundle at `dest` (a path or a writable binary stream).
 
     All four entities come from one read snapshot, so they agree with each other. A filtered
     export brings the records its selection references (kindling_bundle.export's closure), so
     every bundle is referentially closed.
-    `progress(records_done, bytes_done)` is called as records are encoded. Returns the manifest.
+    `progress(records_done, bytes_done)` is called as records are encoded; `on_output(data)`
+    with each piece of the bundle as it is written (to hash it without reading it back).
+    Returns the manifest.
     """
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
@@ -158,7 +161,7 @@ def write_bundle(
             try:
                 if opts.parallel and _worth_a_process(conn):
                     streams["observations"].close()  # type: ignore[attr-defined]
-                    rows = export_observation_rows(conn, selection)
+                    rows = export_observation_row_batches(conn, selection, FRAME_RECORDS)
                     streams["observations"] = rows  # closed below with the others
                     side = stack.enter_context(_spool(dest, label))
                     members = _encode_beside_child(
@@ -171,7 +174,7 @@ def write_bundle(
                     stream.close()  # type: ignore[attr-defined]
         entries = [member.entry for member in members]
         manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
-        _write_archive(dest, label, members, manifest, opts.level)
+        _write_archive(dest, label, members, manifest, opts.level, on_output)
     return manifest
 
 
@@ -397,7 +400,7 @@ class _Others:
 def _encode_beside_child(
     spool: BinaryIO,
     side: BinaryIO,
-    rows: Iterable[tuple],
+    rows: Iterable[list[tuple]],
     streams: Mapping[str, Iterable[Record]],
     label: str,
     callback: ProgressCallback | None,
@@ -439,14 +442,30 @@ def _write_archive(
     members: list[_Spooled],
     manifest: Manifest,
     level: int,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> None:
     try:
         with _destination(dest) as out:
-            _emit(out, members, manifest, level)
+            _emit(_Tee(out, on_output) if on_output else out, members, manifest, level)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
         raise BundleError(f"{label}: cannot write: {exc.strerror or exc}") from None
+
+
+class _Tee:
+    """Writes to `out`, showing each piece to `see` first."""
+
+    def __init__(self, out: BinaryIO, see: Callable[[bytes], None]):
+        self._out = out
+        self._see = see
+
+    def write(self, data: bytes) -> int:
+        self._see(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 @contextlib.contextmanager
