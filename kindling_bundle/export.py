@@ -156,6 +156,48 @@ def export_observation_row_batches(
     return _records(conn, "observations", params, lambda execute: _batches(execute(sql), size))
 
 
+SplitKey = tuple[int, str]
+"""(ts, id) of an observation: where a whole export's observations are split in two."""
+
+
+def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
+    """The key of the observation at `index` in export order ((ts, id)) of a whole export, or
+    None past the end. Found with the ts index alone (no row is read) but for the ids of the
+    observations that share its ts."""
+    found = conn.execute(
+        "SELECT ts FROM observations ORDER BY ts LIMIT 1 OFFSET ?", (index,)
+    ).fetchone()
+    if found is None:
+        return None
+    (ts,) = found
+    (before,) = conn.execute("SELECT count(*) FROM observations WHERE ts < ?", (ts,)).fetchone()
+    (oid,) = conn.execute(
+        "SELECT id FROM observations WHERE ts = ? ORDER BY id LIMIT 1 OFFSET ?",
+        (ts, index - before),
+    ).fetchone()
+    return ts, oid
+
+
+def observations_before_sql(key: SplitKey) -> tuple[str, dict[str, Any]]:
+    """The statement for a whole export's observations before `key` (export order)."""
+    return (
+        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        "WHERE o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id) ORDER BY o.ts, o.id",
+        {"split_ts": key[0], "split_id": key[1]},
+    )
+
+
+def export_observations_from(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
+    """A whole export's observations from `key` on (export order)."""
+    sql = (
+        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        "WHERE o.ts >= :split_ts AND (o.ts > :split_ts OR o.id >= :split_id) "
+        "ORDER BY o.ts, o.id"
+    )
+    params = {"split_ts": key[0], "split_id": key[1]}
+    return _stream(conn, "observations", sql, params, observation_from_row)
+
+
 def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
     while batch := cursor.fetchmany(size):
         yield batch

@@ -14,22 +14,37 @@ from pathlib import Path
 
 import pytest
 
-from kindling_bundle import BundleOptions, RecordError, open_store, write_bundle
-from kindling_bundle.bundle import encoder_process
+from kindling_bundle import (
+    BundleOptions,
+    Observation,
+    RecordError,
+    export_observations,
+    open_bundle,
+    open_store,
+    write_bundle,
+)
+from kindling_bundle.bundle import encoder_process, writer
+from kindling_bundle.bundle.encoder_process import ChildEncoder
 from kindling_bundle.errors import BundleError
+from kindling_bundle.export import snapshot
 
 pytestmark = pytest.mark.skipif(
     not encoder_process.parallel_available(), reason="the encoder process needs fork (Linux)"
 )
 
 
-@pytest.fixture(params=["roomy pipe", "full pipe"])
+@pytest.fixture(params=["split", "roomy pipe", "full pipe"])
 def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every export takes the child path; the list counts the children started. With a full
-    pipe (one page) the child never has room for a batch of rows: this process encodes the
-    other members, then the observations too, handing over finished frames."""
+    """Every export takes a child path; the list counts the children started (1) and the
+    batches of rows this process encoded itself (0).
+
+    "split": a child reads and encodes the first part of the observations itself (a whole
+    export). The others are what happens when it cannot share the snapshot (or the export is
+    filtered): rows are sent to the child. With a full pipe (one page) that child never has room
+    for a batch: this process encodes the other members, then observations too."""
     started: list[int] = []
-    start = encoder_process.ChildEncoder.__init__
+    child = encoder_process.ReadingChild if request.param == "split" else ChildEncoder
+    start = child.__init__
 
     def counted(self, *args, **kwargs):
         started.append(1)
@@ -37,16 +52,18 @@ def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(encoder_process, "PARALLEL_MIN_ROWS", 0)
     monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(encoder_process.ChildEncoder, "__init__", counted)
+    monkeypatch.setattr(child, "__init__", counted)
+    if request.param != "split":
+        monkeypatch.setattr(writer._Witness, "unchanged", lambda self: False)
     if request.param == "full pipe":
         monkeypatch.setattr(encoder_process, "PIPE_BYTES", 1)
-        here = encoder_process.ChildEncoder._encoded_here
+        here = ChildEncoder._encoded_here
 
         def counted_here(self, batch):
             started.append(0)  # a batch encoded here, not by the child
             return here(self, batch)
 
-        monkeypatch.setattr(encoder_process.ChildEncoder, "_encoded_here", counted_here)
+        monkeypatch.setattr(ChildEncoder, "_encoded_here", counted_here)
     return started
 
 
@@ -95,11 +112,74 @@ def test_a_bad_row_is_named_as_in_process(sample_copy: Path, tmp_path: Path, chi
 def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
     sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    reading_child = encoder_process._reading_child
+
+    def dies_once_started(*args):  # in the child: it has its snapshot, then dies
+        *first, commands, reports = args
+
+        class Commands:
+            def recv(self):
+                if (command := commands.recv()) == "start":
+                    os._exit(9)
+                return command
+
+        reading_child(*first, Commands(), reports)
+
+    monkeypatch.setattr(encoder_process, "_reading_child", dies_once_started)
     monkeypatch.setattr(encoder_process, "_child", lambda *args: os._exit(9))
     dest = tmp_path / "out.kbundle"
     with pytest.raises(BundleError, match="encoding process ended without a word"):
         _export(sample_db, dest, parallel=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reading_child_that_cannot_start_leaves_the_work_to_the_other_way(
+    sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encoder_process, "_reading_child", lambda *args: os._exit(9))
+    _, parallel = _export(sample_db, tmp_path / "parallel.kbundle", parallel=True)
+    _, reference = _export(sample_db, tmp_path / "inline.kbundle", parallel=False)
+    assert parallel == reference
+
+
+def test_a_commit_during_the_start_sends_rows_instead(
+    sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between the export's snapshot and the reading child's: the child would see
+    another state, so it is stopped and this process reads every row (the snapshot's)."""
+    monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
+    sent_rows: list[int] = []
+    start = ChildEncoder.__init__
+
+    def counted(self, *args, **kwargs):
+        sent_rows.append(1)
+        start(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChildEncoder, "__init__", counted)
+    ready = encoder_process.ReadingChild.ready
+
+    def commit_meanwhile(self) -> bool:
+        db = sqlite3.connect(sample_copy)
+        db.execute("UPDATE observations SET content = 'changed' WHERE rowid = 1")
+        db.commit()
+        db.close()
+        return ready(self)
+
+    conn = open_store(sample_copy, readonly=True)
+    try:
+        with snapshot(conn):  # the state before the commit
+            before = [o.content for o in export_observations(conn)]
+            monkeypatch.setattr(encoder_process.ReadingChild, "ready", commit_meanwhile)
+            write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1))
+    finally:
+        conn.close()
+    assert sent_rows == [1]
+    exported = [
+        o.content
+        for o in open_bundle(tmp_path / "out.kbundle").records()
+        if isinstance(o, Observation)
+    ]
+    assert exported == before and "changed" not in exported
 
 
 def _break(db_path: Path, sql: str, select: str) -> str:

@@ -1,4 +1,10 @@
-"""Encoding the observations member in a second process, while this one reads SQLite.
+"""Encoding the observations member in a second process, while this one does the rest.
+
+A whole export (no filter) splits the observations (ReadingChild, at the end of this module): a
+child with its own connection, on the same snapshot, reads and encodes the first part while this
+process encodes the rest and the other members; reading rows is no longer this process's alone.
+Otherwise (a filtered export, or when something was committed as the child started, so it
+could not share the snapshot) ChildEncoder is used, as described next.
 
 An export is bound by Python work per record, on one core: at 200,000 observations, reading the
 rows (SQLite and row tuples) took ~0.5 s and turning them into records, checking and encoding
@@ -29,6 +35,7 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -37,7 +44,7 @@ import msgspec
 
 from kindling_bundle.bundle.format import FRAME_RECORDS
 from kindling_bundle.bundle.frames import FrameEncoder
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import BundleError, RecordError, StoreError
 from kindling_bundle.store.rows import observation_from_row
 
 PARALLEL_MIN_ROWS = 16 * FRAME_RECORDS
@@ -212,6 +219,8 @@ def _outcome(
         raise on_error(error) if kind == "row" else error
     if kind == "os":
         raise OSError(*detail)
+    if kind == "store":
+        raise StoreError(detail[0])
     raise BundleError(f"the encoding process failed: {detail[0]}")
 
 
@@ -253,5 +262,153 @@ def _child(rows_out: Any, reports_out: Any, spool: BinaryIO) -> None:
         reports_out.send(("record", str(exc), exc.entity, exc.record_id))
     except OSError as exc:
         reports_out.send(("os", exc.errno, exc.strerror))
+    except BaseException as exc:
+        reports_out.send(("failed", f"{type(exc).__name__}: {exc}"))
+
+
+class ReadingChild:
+    """The first part of a whole export's observations, read and encoded by a forked child with
+    a connection of its own, while this process encodes the rest and the other members.
+
+    Reading SQLite rows was half of this process's work, so the child reads its part itself:
+    `sql` and `params` select it (export.observations_before_sql). Its connection must see the
+    same snapshot as this process's: the child opens its statement and reports `ready`; the
+    caller then checks that nothing was committed meanwhile and says `start` (or `stop`). Frames
+    go into `spool` as ChildEncoder's do; `finish(side_bytes)` has the child hash the rest of the
+    member too (the first `side_bytes` of `side`, written here), for the member's SHA-256."""
+
+    def __init__(
+        self,
+        path: str,
+        sql: str,
+        params: dict[str, Any],
+        spool: BinaryIO,
+        side: BinaryIO,
+        on_error: Callable[[RecordError], RecordError],
+        progress: Callable[[int, int], None],
+    ):
+        spool.flush()
+        self._spool = spool
+        self._on_error = on_error
+        self._progress = progress
+        context = multiprocessing.get_context("fork")
+        child_commands, self._commands = context.Pipe(duplex=False)
+        self._reports_in, child_reports = context.Pipe(duplex=False)
+        self._child = context.Process(
+            target=_reading_child,
+            args=(path, sql, params, spool, side.fileno(), child_commands, child_reports),
+            name="kbundle-reader",
+            daemon=True,
+        )
+        self._child.start()
+        child_commands.close()
+        child_reports.close()
+        self._result: tuple[Any, ...] | None = None
+
+    def ready(self) -> bool:
+        """Wait until the child's statement has its snapshot: True; False if it stopped."""
+        report = self._receive()
+        if report[0] == "ready":
+            return True
+        self._result = report
+        return False
+
+    def start(self) -> None:
+        self._commands.send("start")
+
+    def pump(self) -> None:
+        """Pass on the progress reported so far, without waiting."""
+        while self._result is None and self._reports_in.poll():
+            self._take(self._receive())
+
+    def finish(self, side_bytes: int) -> tuple[int, int, str]:
+        """(records, bytes of its part, SHA-256 of the whole member), or the error it met."""
+        with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
+            self._commands.send(side_bytes)
+        while self._result is None:
+            self._take(self._receive())
+        self._child.join()
+        self._spool.seek(0, os.SEEK_END)
+        return _outcome(self._result, self._on_error)
+
+    def close(self) -> None:
+        """Stop the child if it is still at work (after an error here, or when not started)."""
+        self._commands.close()
+        if self._result is None or self._result[0] != "done":
+            self._child.terminate()
+        self._child.join()
+        self._reports_in.close()
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._reports_in.recv()
+        except EOFError:
+            return ("died",)
+
+    def _take(self, report: tuple[Any, ...]) -> None:
+        if report[0] == "progress":
+            self._progress(report[1], report[2])
+        else:
+            self._result = report
+
+
+def _reading_child(
+    path: str,
+    sql: str,
+    params: dict[str, Any],
+    spool: BinaryIO,
+    side: int,
+    commands: Any,
+    reports_out: Any,
+) -> None:
+    """Open a connection, read and encode the rows `sql` selects, then hash the rest of the
+    member from `side` when told how long it is."""
+    from kindling_bundle.store.connection import describe_error, open_store
+
+    try:
+        gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
+        conn = open_store(path, readonly=True)
+        conn.execute("BEGIN")
+        cursor = conn.execute(sql, params)
+        batch = cursor.fetchmany(FRAME_RECORDS)  # the snapshot is fixed by the first read
+        reports_out.send(("ready",))
+        if commands.recv() != "start":
+            return
+        encoder = FrameEncoder("observations")
+        sha256 = hashlib.sha256()
+        count = size = 0
+        while batch:
+            try:
+                records = list(map(observation_from_row, batch))
+            except RecordError as exc:
+                reports_out.send(("row", str(exc), exc.entity, exc.record_id))
+                return
+            for records_in_frame, frame in encoder.frames(records):
+                sha256.update(frame)
+                spool.write(frame)
+                count += records_in_frame
+                size += len(frame)
+            reports_out.send(("progress", count, size))
+            batch = cursor.fetchmany(FRAME_RECORDS)
+        spool.flush()
+        remaining = commands.recv()
+        offset = 0
+        while offset < remaining:
+            chunk = os.pread(side, min(remaining - offset, 1 << 20), offset)
+            if not chunk:
+                raise OSError(5, "the second spool file ended early")
+            sha256.update(chunk)
+            offset += len(chunk)
+        reports_out.send(("done", count, size, sha256.hexdigest()))
+    except EOFError:
+        return
+    except RecordError as exc:
+        reports_out.send(("record", str(exc), exc.entity, exc.record_id))
+    except OSError as exc:
+        reports_out.send(("os", exc.errno, exc.strerror))
+    except sqlite3.Error as exc:  # in the words of export._records
+        reason = describe_error(exc)
+        reason = reason[:200] + "..." if len(reason) > 200 else reason
+        reports_out.send(("store", f"{path}: cannot export observations: {reason}"))
     except BaseException as exc:
         reports_out.send(("failed", f"{type(exc).__name__}: {exc}"))

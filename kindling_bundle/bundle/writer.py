@@ -38,6 +38,7 @@ from typing import BinaryIO
 from kindling_bundle.bundle.encoder_process import (
     PARALLEL_MIN_ROWS,
     ChildEncoder,
+    ReadingChild,
     parallel_available,
 )
 from kindling_bundle.bundle.format import (
@@ -63,12 +64,15 @@ from kindling_bundle.export import (
     ENTITY_EXPORTS,
     ExportStreamOptions,
     export_observation_row_batches,
+    export_observations_from,
     label_error,
+    observation_split,
+    observations_before_sql,
     snapshot,
 )
 from kindling_bundle.records import Record
 from kindling_bundle.storage import atomic_file, check_local_destination
-from kindling_bundle.store.connection import KindlingConnection
+from kindling_bundle.store.connection import KindlingConnection, open_store
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -156,17 +160,28 @@ def write_bundle(
     label = source_label(dest)
     with contextlib.ExitStack() as stack:
         spool = stack.enter_context(_spool(dest, label))
+        parallel = opts.parallel and _worth_a_process(conn)
+        # Opened before the snapshot: it tells whether anything is committed after it starts.
+        witness = _Witness.open(conn) if parallel and not selection.filtered else None
+        if witness is not None:
+            stack.callback(witness.close)
         with snapshot(conn):
             streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
             try:
-                if opts.parallel and _worth_a_process(conn):
-                    streams["observations"].close()  # type: ignore[attr-defined]
-                    rows = export_observation_row_batches(conn, selection, FRAME_RECORDS)
-                    streams["observations"] = rows  # closed below with the others
+                members = None
+                if parallel:
                     side = stack.enter_context(_spool(dest, label))
-                    members = _encode_beside_child(
-                        spool, side, rows, streams, label, progress, conn
-                    )
+                    if witness is not None:
+                        members = _encode_split(
+                            spool, side, conn, witness, streams, label, progress
+                        )
+                    if members is None:
+                        streams["observations"].close()  # type: ignore[attr-defined]
+                        rows = export_observation_row_batches(conn, selection, FRAME_RECORDS)
+                        streams["observations"] = rows  # closed below with the others
+                        members = _encode_beside_child(
+                            spool, side, rows, streams, label, progress, conn
+                        )
                 else:
                     members = _encode_entities(spool, streams, label, _Progress(progress))
             finally:  # finalize unfinished streams while the connection is open, not at GC
@@ -284,11 +299,11 @@ class _Progress:
 
 @dataclass(frozen=True)
 class _Spooled:
-    """A member encoded into a spool: its manifest entry, and where its bytes start."""
+    """A member encoded into spools: its manifest entry, and where its bytes are, in order
+    ((spool, offset, size) pieces)."""
 
     entry: EntityEntry
-    spool: BinaryIO
-    offset: int
+    pieces: tuple[tuple[BinaryIO, int, int], ...]
 
 
 def _encode_entities(
@@ -345,15 +360,20 @@ def _entity_steps(
     entry = EntityEntry(
         entity=entity, member=member, records=count, bytes=size, sha256=sha256.hexdigest()
     )
-    return _Spooled(entry, spool, offset)
+    return _Spooled(entry, ((spool, offset, size),))
 
 
-def _finished(steps: Generator[None, None, _Spooled]) -> _Spooled:
+def _finished(
+    steps: Generator[None, None, _Spooled], between: Callable[[], None] | None = None
+) -> _Spooled:
+    """Run the steps to the end (calling `between()` after each); what they return."""
     while True:
         try:
             next(steps)
         except StopIteration as end:
             return end.value
+        if between is not None:
+            between()
 
 
 class _Others:
@@ -433,7 +453,99 @@ def _encode_beside_child(
         bytes=size,
         sha256=digest,
     )
-    return [_Spooled(entry, spool, 0), *others.members]
+    return [_Spooled(entry, ((spool, 0, size),)), *others.members]
+
+
+CHILD_SHARE = 0.53
+"""Of a whole export's observations, the part a ReadingChild reads and encodes: about what
+balances the work, since this process also encodes capsules, summaries and pins."""
+
+
+class _Witness:
+    """A second connection that tells whether anything was committed since it was opened (a
+    connection's `PRAGMA data_version` does not move inside a read transaction, so the export's
+    own connection cannot tell)."""
+
+    def __init__(self, conn: KindlingConnection):
+        self._conn = conn
+        self._first = self._version()
+
+    @classmethod
+    def open(cls, conn: KindlingConnection) -> _Witness | None:
+        """A witness for `conn`'s database file, or None (no file, or it cannot be opened)."""
+        path = getattr(conn, "path", "")
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        try:
+            return cls(open_store(path, readonly=True))
+        except (KindlingBundleError, sqlite3.Error):
+            return None
+
+    def unchanged(self) -> bool:
+        return self._version() == self._first
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _version(self) -> int:
+        self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a fresh look
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+
+def _encode_split(
+    spool: BinaryIO,
+    side: BinaryIO,
+    conn: KindlingConnection,
+    witness: _Witness,
+    streams: Mapping[str, Iterable[Record]],
+    label: str,
+    callback: ProgressCallback | None,
+) -> list[_Spooled] | None:
+    """A whole export's observations in two parts: the first CHILD_SHARE read and encoded by a
+    child into `spool` (encoder_process.ReadingChild), the rest here into `side`, then the other
+    entities here into `side`. The split falls on a multiple of FRAME_RECORDS, so the frames are
+    those of one pass. None if the child cannot share this snapshot (something was committed
+    since it began): then nothing was written, and the caller encodes another way."""
+    (total,) = conn.execute("SELECT count(*) FROM observations").fetchone()
+    index = round(total * CHILD_SHARE / FRAME_RECORDS) * FRAME_RECORDS
+    key = observation_split(conn, index) if 0 < index < total else None
+    if key is None:
+        return None
+    progress = _Progress(callback)
+    sql, params = observations_before_sql(key)
+    on_error = functools.partial(label_error, conn)
+    child = ReadingChild(conn.path, sql, params, spool, side, on_error, progress.child)
+    rest = export_observations_from(conn, key)
+    try:
+        if not child.ready() or not witness.unchanged():
+            return None  # the child has written nothing; close() stops it
+        child.start()
+        try:
+            steps = _entity_steps(side, "observations", rest, label, progress)
+            part = _finished(steps, child.pump)
+            others = [
+                _finished(_entity_steps(side, e, streams[e], label, progress), child.pump)
+                for e in ENTITY_MEMBERS
+                if e != "observations"
+            ]
+        except KindlingBundleError:
+            child.finish(0)  # raises the child's error, if it met one: it comes first
+            raise
+        side.flush()
+        count, size, digest = child.finish(part.entry.bytes)
+    except OSError as exc:  # the child's, reported through its pipe
+        raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+    finally:
+        rest.close()  # type: ignore[attr-defined]
+        child.close()
+    entry = EntityEntry(
+        entity="observations",
+        member=ENTITY_MEMBERS["observations"],
+        records=count + part.entry.records,
+        bytes=size + part.entry.bytes,
+        sha256=digest,
+    )
+    return [_Spooled(entry, ((spool, 0, size), *part.pieces)), *others]
 
 
 def _write_archive(
@@ -496,15 +608,16 @@ def _emit(out: BinaryIO, members: list[_Spooled], manifest: Manifest, level: int
         put(manifest_bytes)
         put(padding(len(manifest_bytes)))
         for member in members:
-            entry, spool = member.entry, member.spool
-            spool.seek(member.offset)
+            entry = member.entry
             put(member_header(entry.member, entry.bytes, mtime))
-            remaining = entry.bytes
-            while remaining:
-                chunk = spool.read(min(remaining, _COPY_BYTES))
-                if not chunk:
-                    raise BundleError(f"{entry.member}: the spool file ended early")
-                put(chunk)
-                remaining -= len(chunk)
+            for spool, offset, size in member.pieces:
+                spool.seek(offset)
+                remaining = size
+                while remaining:
+                    chunk = spool.read(min(remaining, _COPY_BYTES))
+                    if not chunk:
+                        raise BundleError(f"{entry.member}: the spool file ended early")
+                    put(chunk)
+                    remaining -= len(chunk)
             put(padding(entry.bytes))
         put(end_of_archive(written))
