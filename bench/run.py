@@ -260,7 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument(
-        "--runs", type=int, help="runs per size [default: 3 up to 200,000 observations, else 2]"
+        "--runs", type=int, help="runs per size [default: 5 up to 200,000 observations, else 3]"
     )
     parser.add_argument("--cache", type=Path, default=BENCH / "cache")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"), help="or - for stdout")
@@ -274,7 +274,7 @@ def main() -> None:
     work = args.cache / "work"
     work.mkdir(exist_ok=True)
     started = time.perf_counter()
-    runs = {n: args.runs or (3 if n <= 200_000 else 2) for n in sorted(args.sizes)}
+    runs = {n: args.runs or (5 if n <= 200_000 else 3) for n in sorted(args.sizes)}
     results = [bench_size(n, r, args.cache, work) for n, r in runs.items()]
     write_report(report(results, runs, time.perf_counter() - started), args.output)
 
