@@ -92,21 +92,15 @@ def test_the_child_writes_the_same_bundle(sample_db: Path, tmp_path: Path, child
 
 
 def test_a_bad_row_is_named_as_in_process(sample_copy: Path, tmp_path: Path, children) -> None:
-    db = sqlite3.connect(sample_copy)
-    db.execute("UPDATE observations SET provenance = '{oops' WHERE rowid = 777")
-    (bad,) = db.execute("SELECT id FROM observations WHERE rowid = 777").fetchone()
-    db.commit()
-    db.close()
-    messages = []
-    for parallel in (True, False):
-        dest = tmp_path / f"{parallel}.kbundle"
-        with pytest.raises(RecordError) as caught:
-            _export(sample_copy, dest, parallel)
-        assert not dest.exists()
-        messages.append((str(caught.value), caught.value.entity, caught.value.record_id))
-    assert messages[0] == messages[1]
-    assert messages[0][0].startswith(f"{sample_copy}: observation {bad}: column provenance")
-    assert messages[0][2] == bad
+    bad = _break(
+        sample_copy,
+        "UPDATE observations SET provenance = '{oops' WHERE rowid = 777",
+        "SELECT id FROM observations WHERE rowid = 777",
+    )
+    parallel, alone = _errors(sample_copy, tmp_path)
+    assert parallel == alone
+    assert parallel[0].startswith(f"{sample_copy}: observation {bad}: column provenance")
+    assert parallel[2] == bad
 
 
 def test_a_child_that_dies_fails_the_export_and_leaves_nothing(

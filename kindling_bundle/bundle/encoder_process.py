@@ -63,7 +63,61 @@ def parallel_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-class ChildEncoder:
+class _Child:
+    """What both children share: the forked process, its reports (progress, then one last word)
+    and what that last word means. Subclasses start `_child` with a pipe `_commands` to it."""
+
+    _child: Any
+    _commands: Any
+    _reports_in: Any
+
+    def __init__(
+        self,
+        spool: BinaryIO,
+        on_error: Callable[[RecordError], RecordError],
+        progress: Callable[[int, int], None],
+    ):
+        spool.flush()  # the child appends at the shared file offset
+        self._spool = spool
+        self._on_error = on_error
+        self._progress = progress
+        self._result: tuple[Any, ...] | None = None
+
+    def pump(self) -> None:
+        """Pass on the progress reported so far, without waiting."""
+        while self._result is None and self._reports_in.poll():
+            self._take(self._receive())
+
+    def close(self) -> None:
+        """Stop the child if it is still at work (after an error here, or if not started)."""
+        self._commands.close()
+        if self._result is None or self._result[0] != "done":
+            self._child.terminate()
+        self._child.join()
+        self._reports_in.close()
+
+    def _last_word(self) -> tuple[int, int, str]:
+        """Wait for the child's last report: (records, bytes, SHA-256), or the error it met."""
+        while self._result is None:
+            self._take(self._receive())
+        self._child.join()
+        self._spool.seek(0, os.SEEK_END)
+        return _outcome(self._result, self._on_error)
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._reports_in.recv()
+        except EOFError:  # the child is gone without a last report
+            return ("died",)
+
+    def _take(self, report: tuple[Any, ...]) -> None:
+        if report[0] == "progress":
+            self._progress(report[1], report[2])
+        else:
+            self._result = report
+
+
+class ChildEncoder(_Child):
     """Observation rows in, the observations member out: encoded by a forked child into the
     spool (at the shared file offset, so nothing else may write to it until `finish`).
 
@@ -81,12 +135,9 @@ class ChildEncoder:
     ):
         import fcntl  # Linux only, as this class
 
-        spool.flush()  # the child appends at the shared file offset
-        self._spool = spool
-        self._on_error = on_error
-        self._progress = progress
+        super().__init__(spool, on_error, progress)
         context = multiprocessing.get_context("fork")
-        child_rows, self._rows_in = context.Pipe(duplex=False)  # (receiving end, sending end)
+        child_rows, self._commands = context.Pipe(duplex=False)  # (receiving end, sending end)
         self._reports_in, child_reports = context.Pipe(duplex=False)
         self._child = context.Process(
             target=_child,
@@ -99,8 +150,7 @@ class ChildEncoder:
         child_reports.close()
         self._pipe_bytes = 0  # unknown: never assume room
         with contextlib.suppress(OSError):
-            self._pipe_bytes = fcntl.fcntl(self._rows_in.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self._result: tuple[Any, ...] | None = None
+            self._pipe_bytes = fcntl.fcntl(self._commands.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._rows = msgspec.msgpack.Encoder()
         self._frames = FrameEncoder("observations")
 
@@ -115,11 +165,6 @@ class ChildEncoder:
                 return
         self._send(_END)
 
-    def pump(self) -> None:
-        """Pass on the progress reported so far, without waiting."""
-        while self._result is None and self._reports_in.poll():
-            self._take(self._receive())
-
     def raise_if_stopped(self) -> None:
         """Raise the error the child stopped with, if it has stopped already."""
         self.pump()
@@ -128,19 +173,7 @@ class ChildEncoder:
 
     def finish(self) -> tuple[int, int, str]:
         """Wait for the child's last word: (records, bytes, SHA-256) of the member written."""
-        while self._result is None:
-            self._take(self._receive())
-        self._child.join()
-        self._spool.seek(0, os.SEEK_END)
-        return _outcome(self._result, self._on_error)
-
-    def close(self) -> None:
-        """Stop the child if it is still at work (after an error here)."""
-        self._rows_in.close()
-        if self._result is None or self._result[0] != "done":
-            self._child.terminate()
-        self._child.join()
-        self._reports_in.close()
+        return self._last_word()
 
     def _hand_over(self, batch: list[tuple], spare: Iterator[object]) -> bool:
         data = _ROWS + self._rows.encode(batch)
@@ -176,7 +209,7 @@ class ChildEncoder:
 
         try:
             waiting = int.from_bytes(
-                fcntl.ioctl(self._rows_in.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
+                fcntl.ioctl(self._commands.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
             )
         except OSError:
             return True  # cannot tell: send, and wait if need be
@@ -187,22 +220,10 @@ class ChildEncoder:
         if self._result is not None:
             return False
         try:
-            self._rows_in.send_bytes(data)
+            self._commands.send_bytes(data)
         except (BrokenPipeError, ConnectionResetError):  # the child stopped: its report says why
             return False
         return True
-
-    def _receive(self) -> tuple[Any, ...]:
-        try:
-            return self._reports_in.recv()
-        except EOFError:  # the child is gone without a last report
-            return ("died",)
-
-    def _take(self, report: tuple[Any, ...]) -> None:
-        if report[0] == "progress":
-            self._progress(report[1], report[2])
-        else:
-            self._result = report
 
 
 def _outcome(
@@ -224,49 +245,79 @@ def _outcome(
     raise BundleError(f"the encoding process failed: {detail[0]}")
 
 
+class _Written:
+    """The member as a child writes it: frames into the spool, hashed and counted, each batch
+    reported to the parent."""
+
+    def __init__(self, spool: BinaryIO, reports_out: Any):
+        self._spool = spool
+        self._reports_out = reports_out
+        self._encoder = FrameEncoder("observations")
+        self.sha256 = hashlib.sha256()
+        self.count = self.size = 0
+
+    def rows(self, rows: list[Any]) -> bool:
+        """Make, check, encode and write the records of these rows; False if a row is not a
+        valid record (reported: the child stops there, as the export stream would)."""
+        try:
+            records = list(map(observation_from_row, rows))
+        except RecordError as exc:
+            self._reports_out.send(("row", str(exc), exc.entity, exc.record_id))
+            return False
+        for records_in_frame, frame in self._encoder.frames(records):
+            self.frames(frame, records_in_frame, report=False)
+        self._reports_out.send(("progress", self.count, self.size))
+        return True
+
+    def frames(self, frames: bytes | memoryview, records: int, *, report: bool = True) -> None:
+        self.sha256.update(frames)
+        self._spool.write(frames)
+        self.count += records
+        self.size += len(frames)
+        if report:
+            self._reports_out.send(("progress", self.count, self.size))
+
+    def done(self) -> None:
+        self._spool.flush()
+        self._reports_out.send(("done", self.count, self.size, self.sha256.hexdigest()))
+
+
+def _failure(exc: BaseException, path: str = "") -> tuple[Any, ...]:
+    """A child's last report for an error that stopped it (see `_outcome`)."""
+    if isinstance(exc, RecordError):
+        return ("record", str(exc), exc.entity, exc.record_id)
+    if isinstance(exc, OSError):
+        return ("os", exc.errno, exc.strerror)
+    if isinstance(exc, sqlite3.Error):  # in the words of export._records
+        from kindling_bundle.store.connection import describe_error
+
+        reason = describe_error(exc)
+        reason = reason[:200] + "..." if len(reason) > 200 else reason
+        return ("store", f"{path}: cannot export observations: {reason}")
+    return ("failed", f"{type(exc).__name__}: {exc}")
+
+
 def _child(rows_out: Any, reports_out: Any, spool: BinaryIO) -> None:
     """Make, check, encode and write records from the rows received (or write the frames
     received), until the end marker (or until the parent is gone: then there is no one to
     report to)."""
     try:
-        encoder = FrameEncoder("observations")
-        sha256 = hashlib.sha256()
-        count = size = 0
         gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
+        written = _Written(spool, reports_out)
         rows = msgspec.msgpack.Decoder()
         while data := rows_out.recv_bytes():
             if data[:1] == _FRAMES:
-                frames = memoryview(data)[5:]
-                sha256.update(frames)
-                spool.write(frames)
-                count += int.from_bytes(data[1:5], "big")
-                size += len(frames)
-                reports_out.send(("progress", count, size))
-                continue
-            try:
-                records = list(map(observation_from_row, rows.decode(memoryview(data)[1:])))
-            except RecordError as exc:
-                reports_out.send(("row", str(exc), exc.entity, exc.record_id))
+                written.frames(memoryview(data)[5:], int.from_bytes(data[1:5], "big"))
+            elif not written.rows(rows.decode(memoryview(data)[1:])):
                 return
-            for records_in_frame, frame in encoder.frames(records):
-                sha256.update(frame)
-                spool.write(frame)
-                count += records_in_frame
-                size += len(frame)
-            reports_out.send(("progress", count, size))
-        spool.flush()
-        reports_out.send(("done", count, size, sha256.hexdigest()))
+        written.done()
     except EOFError:
         return
-    except RecordError as exc:
-        reports_out.send(("record", str(exc), exc.entity, exc.record_id))
-    except OSError as exc:
-        reports_out.send(("os", exc.errno, exc.strerror))
     except BaseException as exc:
-        reports_out.send(("failed", f"{type(exc).__name__}: {exc}"))
+        reports_out.send(_failure(exc))
 
 
-class ReadingChild:
+class ReadingChild(_Child):
     """The first part of a whole export's observations, read and encoded by a forked child with
     a connection of its own, while this process encodes the rest and the other members.
 
@@ -287,10 +338,7 @@ class ReadingChild:
         on_error: Callable[[RecordError], RecordError],
         progress: Callable[[int, int], None],
     ):
-        spool.flush()
-        self._spool = spool
-        self._on_error = on_error
-        self._progress = progress
+        super().__init__(spool, on_error, progress)
         context = multiprocessing.get_context("fork")
         child_commands, self._commands = context.Pipe(duplex=False)
         self._reports_in, child_reports = context.Pipe(duplex=False)
@@ -303,7 +351,6 @@ class ReadingChild:
         self._child.start()
         child_commands.close()
         child_reports.close()
-        self._result: tuple[Any, ...] | None = None
 
     def ready(self) -> bool:
         """Wait until the child's statement has its snapshot: True; False if it stopped."""
@@ -316,40 +363,11 @@ class ReadingChild:
     def start(self) -> None:
         self._commands.send("start")
 
-    def pump(self) -> None:
-        """Pass on the progress reported so far, without waiting."""
-        while self._result is None and self._reports_in.poll():
-            self._take(self._receive())
-
     def finish(self, side_bytes: int) -> tuple[int, int, str]:
         """(records, bytes of its part, SHA-256 of the whole member), or the error it met."""
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
             self._commands.send(side_bytes)
-        while self._result is None:
-            self._take(self._receive())
-        self._child.join()
-        self._spool.seek(0, os.SEEK_END)
-        return _outcome(self._result, self._on_error)
-
-    def close(self) -> None:
-        """Stop the child if it is still at work (after an error here, or when not started)."""
-        self._commands.close()
-        if self._result is None or self._result[0] != "done":
-            self._child.terminate()
-        self._child.join()
-        self._reports_in.close()
-
-    def _receive(self) -> tuple[Any, ...]:
-        try:
-            return self._reports_in.recv()
-        except EOFError:
-            return ("died",)
-
-    def _take(self, report: tuple[Any, ...]) -> None:
-        if report[0] == "progress":
-            self._progress(report[1], report[2])
-        else:
-            self._result = report
+        return self._last_word()
 
 
 def _reading_child(
@@ -363,7 +381,7 @@ def _reading_child(
 ) -> None:
     """Open a connection, read and encode the rows `sql` selects, then hash the rest of the
     member from `side` when told how long it is."""
-    from kindling_bundle.store.connection import describe_error, open_store
+    from kindling_bundle.store.connection import open_store
 
     try:
         gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
@@ -374,21 +392,10 @@ def _reading_child(
         reports_out.send(("ready",))
         if commands.recv() != "start":
             return
-        encoder = FrameEncoder("observations")
-        sha256 = hashlib.sha256()
-        count = size = 0
+        written = _Written(spool, reports_out)
         while batch:
-            try:
-                records = list(map(observation_from_row, batch))
-            except RecordError as exc:
-                reports_out.send(("row", str(exc), exc.entity, exc.record_id))
+            if not written.rows(batch):
                 return
-            for records_in_frame, frame in encoder.frames(records):
-                sha256.update(frame)
-                spool.write(frame)
-                count += records_in_frame
-                size += len(frame)
-            reports_out.send(("progress", count, size))
             batch = cursor.fetchmany(FRAME_RECORDS)
         spool.flush()
         remaining = commands.recv()
@@ -397,18 +404,10 @@ def _reading_child(
             chunk = os.pread(side, min(remaining - offset, 1 << 20), offset)
             if not chunk:
                 raise OSError(5, "the second spool file ended early")
-            sha256.update(chunk)
+            written.sha256.update(chunk)
             offset += len(chunk)
-        reports_out.send(("done", count, size, sha256.hexdigest()))
+        written.done()
     except EOFError:
         return
-    except RecordError as exc:
-        reports_out.send(("record", str(exc), exc.entity, exc.record_id))
-    except OSError as exc:
-        reports_out.send(("os", exc.errno, exc.strerror))
-    except sqlite3.Error as exc:  # in the words of export._records
-        reason = describe_error(exc)
-        reason = reason[:200] + "..." if len(reason) > 200 else reason
-        reports_out.send(("store", f"{path}: cannot export observations: {reason}"))
     except BaseException as exc:
-        reports_out.send(("failed", f"{type(exc).__name__}: {exc}"))
+        reports_out.send(_failure(exc, path))
