@@ -136,6 +136,27 @@ def test_a_reading_child_that_cannot_start_leaves_the_work_to_the_other_way(
     assert parallel == reference
 
 
+def test_an_export_inside_the_callers_transaction_reads_every_row_in_it(
+    sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's transaction may have begun before commits that a child's new connection would
+    see: then the rows come from the caller's snapshot, through the pipe."""
+    monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
+    conn = open_store(sample_copy, readonly=True)
+    try:
+        with snapshot(conn):
+            before = [o.content for o in export_observations(conn)]
+            db = sqlite3.connect(sample_copy)
+            db.execute("UPDATE observations SET content = 'changed'")
+            db.commit()
+            db.close()
+            write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1))
+    finally:
+        conn.close()
+    records = open_bundle(tmp_path / "out.kbundle").records()
+    assert [o.content for o in records if isinstance(o, Observation)] == before
+
+
 def test_a_commit_during_the_start_sends_rows_instead(
     sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -162,7 +162,9 @@ def write_bundle(
         spool = stack.enter_context(_spool(dest, label))
         parallel = opts.parallel and _worth_a_process(conn)
         # Opened before the snapshot: it tells whether anything is committed after it starts.
-        witness = _Witness.open(conn) if parallel and not selection.filtered else None
+        # (A caller's transaction may have begun before commits the witness would not see.)
+        split = parallel and not selection.filtered and not conn.in_transaction
+        witness = _Witness.open(conn) if split else None
         if witness is not None:
             stack.callback(witness.close)
         with snapshot(conn):
