@@ -1,4 +1,4 @@
-"""A set of 64-bit id hashes that costs 8 bytes a member once it is large.
+"""A set of 64-bit id hashes that costs about 10 bytes a member once it is large.
 
 Checking a stream's record rules in one pass needs every id seen so far (rules.RecordRules). In a
 Python set each member costs 60-80 bytes (an int object and its share of the table), so verifying
@@ -26,8 +26,6 @@ YOUNG_MAX = 1 << 15
 SET_ONLY_MAX = 1 << 16
 """A set expected to hold at most this many members stays a Python set (see `HashSet`)."""
 
-RESERVE_MAX = 1 << 24
-"""Members room is made for up front, at most (128 MiB of address space, not of memory)."""
 
 BITMAP_BITS = 16
 """At least this many bitmap bits a member of `old` (2-4 bytes): 3-6% of new ids are marked."""
@@ -38,17 +36,13 @@ class HashSet:
 
     `expected`: how many members it will hold, if known (a bundle's manifest says). Up to
     SET_ONLY_MAX, the members stay in the Python set, which is faster and then costs no more
-    memory than importing NumPy (~15 MB). Beyond, the array and bitmap are sized for them once
-    (up to RESERVE_MAX; untouched pages cost nothing), instead of growing step by step: each
-    step left the last one's block behind as a hole in the heap (~7 bytes a member at 1,000,000).
-    More members than expected are taken all the same."""
+    memory than importing NumPy (~15 MB); more members than expected are merged as usual."""
 
-    __slots__ = ("_bits", "_count", "_old", "_reserve", "_young", "_young_max")
+    __slots__ = ("_bits", "_count", "_old", "_young", "_young_max")
 
     def __init__(self, expected: int | None = None) -> None:
         small = expected is not None and expected <= SET_ONLY_MAX
         self._young_max = max(expected + 1, YOUNG_MAX) if small else YOUNG_MAX
-        self._reserve = min(expected or 0, RESERVE_MAX)
         self._young: set[int] = set()
         self._old: Any = None  # a NumPy int64 buffer; its first _count members sorted
         self._count = 0
@@ -129,7 +123,7 @@ class HashSet:
         young.sort()
         count = self._count + len(young)
         if self._old is None:
-            self._old = numpy.empty(max(count, YOUNG_MAX, self._reserve), numpy.int64)
+            self._old = numpy.empty(max(count, YOUNG_MAX), numpy.int64)
         elif count > len(self._old):
             # Exactly: NumPy zero-fills what it adds, so room to spare would cost memory now.
             # Growing a large block is cheap: realloc moves its pages (mremap), not its bytes.
@@ -139,7 +133,7 @@ class HashSet:
         self._count = count
         self._young = set()
         if self._bits is None or len(self._bits) * 8 < BITMAP_BITS * count:
-            bits = BITMAP_BITS * max(count, self._reserve)
+            bits = BITMAP_BITS * count
             self._bits = numpy.zeros(1 << ((bits - 1).bit_length() - 3), numpy.uint8)
             self._mark(self._old[:count])
         else:
