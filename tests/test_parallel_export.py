@@ -23,13 +23,13 @@ from kindling_bundle import (
     open_store,
     write_bundle,
 )
-from kindling_bundle.bundle import encoder_process, writer
+from kindling_bundle.bundle import encoder_process, forking, writer
 from kindling_bundle.bundle.encoder_process import ChildEncoder
 from kindling_bundle.errors import BundleError
 from kindling_bundle.export import snapshot
 
 pytestmark = pytest.mark.skipif(
-    not encoder_process.parallel_available(), reason="the encoder process needs fork (Linux)"
+    not forking.parallel_available(), reason="the encoder process needs fork (Linux)"
 )
 
 
@@ -50,7 +50,6 @@ def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         started.append(1)
         start(self, *args, **kwargs)
 
-    monkeypatch.setattr(encoder_process, "PARALLEL_MIN_ROWS", 0)
     monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
     monkeypatch.setattr(child, "__init__", counted)
     if request.param != "split":

@@ -15,11 +15,11 @@ import msgspec
 import pytest
 from hostile_tar import Parts, frame, records_frame
 
-from kindling_bundle.bundle import decoder_process, verify
+from kindling_bundle.bundle import decoder_process, forking, verify
 from kindling_bundle.bundle.verify import verify_bundle
 
 pytestmark = pytest.mark.skipif(
-    not decoder_process.parallel_available(), reason="the decoder process needs fork (Linux)"
+    not forking.parallel_available(), reason="the decoder process needs fork (Linux)"
 )
 
 

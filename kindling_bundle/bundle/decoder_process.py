@@ -8,8 +8,8 @@ clean run of observations (`RecordRules.clear_new_ids`). A frame with any proble
 "not clean", and this process decodes it itself, so every message is the one it would have
 written alone. The child is forked before any thread starts (verify forks it right after the
 manifest), shares nothing but two pipes, and leaves through `os._exit` (multiprocessing's fork
-start). It is used on Linux only, for at least PARALLEL_MIN_ROWS observations; a child that dies
-costs only speed: its frames are decoded here.
+start). It is used on Linux only, for at least forking.PARALLEL_MIN_ROWS observations; a child
+that dies costs only speed: its frames are decoded here.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from array import array
 from operator import attrgetter
 from typing import Any
 
-from kindling_bundle.bundle.encoder_process import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.bundle.frames import RecordDecoder
-
-__all__ = ["PARALLEL_MIN_ROWS", "FrameHelper", "parallel_available"]
 
 IN_FLIGHT = 4
 """Frames handed to the child and not yet answered, at most: the child finds the next frame

@@ -22,7 +22,8 @@ The child is forked, so it shares the spool's file descriptor and needs no impor
 touches the SQLite connection (forked SQLite handles must not be used) and leaves through
 `os._exit` (multiprocessing's fork start), so nothing of this process is finalized twice. It is
 used on Linux only (fork elsewhere is unsafe or missing), for exports of at least
-PARALLEL_MIN_ROWS observations; otherwise, and whenever `parallel` is off, encoding stays here.
+forking.PARALLEL_MIN_ROWS observations; otherwise, and whenever `parallel` is off, encoding stays
+here.
 A child that fails reports the error it met, raised here as it would have been in-process (and
 before an error of a later row met here); a child that dies is a BundleError; this process dying
 closes the pipe and the child exits.
@@ -47,9 +48,6 @@ from kindling_bundle.bundle.frames import FrameEncoder
 from kindling_bundle.errors import BundleError, RecordError, StoreError
 from kindling_bundle.store.rows import observation_from_row
 
-PARALLEL_MIN_ROWS = 16 * FRAME_RECORDS
-"""Below this many observations, starting a process costs more than it saves."""
-
 PIPE_BYTES = 1 << 20
 """The rows pipe's buffer (Linux's default limit for unprivileged processes): room for a batch or
 two of rows while the child is busy."""
@@ -57,10 +55,6 @@ two of rows while the child is busy."""
 _ROWS = b"R"  # then a MessagePack array of rows
 _FRAMES = b"F"  # then a 4-byte record count and the frames, encoded here
 _END = b""
-
-
-def parallel_available() -> bool:
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
 class _Child:

@@ -25,12 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kindling_bundle.bundle.decoder_process import (
-    IN_FLIGHT,
-    PARALLEL_MIN_ROWS,
-    FrameHelper,
-    parallel_available,
-)
+from kindling_bundle.bundle.decoder_process import IN_FLIGHT, FrameHelper
+from kindling_bundle.bundle.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.bundle.format import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,

@@ -35,12 +35,8 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from kindling_bundle.bundle.encoder_process import (
-    PARALLEL_MIN_ROWS,
-    ChildEncoder,
-    ReadingChild,
-    parallel_available,
-)
+from kindling_bundle.bundle.encoder_process import ChildEncoder, ReadingChild
+from kindling_bundle.bundle.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.bundle.format import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
