@@ -180,22 +180,22 @@ def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
 
 def observations_before_sql(key: SplitKey) -> tuple[str, dict[str, Any]]:
     """The statement for a whole export's observations before `key` (export order)."""
-    return (
-        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
-        "WHERE o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id) ORDER BY o.ts, o.id",
-        {"split_ts": key[0], "split_id": key[1]},
-    )
+    return _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
 
 
 def export_observations_from(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
     """A whole export's observations from `key` on (export order)."""
+    sql, params = _split_sql(key, "o.ts >= :split_ts AND (o.ts > :split_ts OR o.id >= :split_id)")
+    return _stream(conn, "observations", sql, params, observation_from_row)
+
+
+def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
+    """Observations on one side of `key`, in export order (a range of the ts index)."""
     sql = (
         f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
-        "WHERE o.ts >= :split_ts AND (o.ts > :split_ts OR o.id >= :split_id) "
-        "ORDER BY o.ts, o.id"
+        f"WHERE {where} ORDER BY o.ts, o.id"
     )
-    params = {"split_ts": key[0], "split_id": key[1]}
-    return _stream(conn, "observations", sql, params, observation_from_row)
+    return sql, {"split_ts": key[0], "split_id": key[1]}
 
 
 def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:

@@ -375,9 +375,10 @@ def _finished(
 
 
 class _Others:
-    """The members after observations, encoded into the side spool a frame per step while the
-    observations' child is busy (ChildEncoder.send's `spare` work), then to the end. An error
-    is kept until the observations are done: one of theirs comes first, in foreign-key order."""
+    """The members after observations, encoded into the side spool a step at a time while an
+    observations' child works (ChildEncoder.send's `spare` work, or between its progress
+    reports). An error is kept until the observations are done: one of theirs comes first, in
+    foreign-key order."""
 
     def __init__(
         self,
@@ -442,16 +443,24 @@ def _encode_beside_child(
         raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
     finally:
         child.close()
+    return _with_observations(others, count, digest, ((spool, 0, size),))
+
+
+def _with_observations(
+    others: _Others, records: int, digest: str, pieces: tuple[tuple[BinaryIO, int, int], ...]
+) -> list[_Spooled]:
+    """Every member, observations (in `pieces`) first; an error the other members kept is
+    raised now, after any of the observations' own."""
     if others.error is not None:
         raise others.error
     entry = EntityEntry(
         entity="observations",
         member=ENTITY_MEMBERS["observations"],
-        records=count,
-        bytes=size,
+        records=records,
+        bytes=sum(size for _, _, size in pieces),
         sha256=digest,
     )
-    return [_Spooled(entry, ((spool, 0, size),)), *others.members]
+    return [_Spooled(entry, pieces), *others.members]
 
 
 CHILD_SHARE = 0.53
@@ -521,14 +530,12 @@ def _encode_split(
         try:
             steps = _entity_steps(side, "observations", rest, label, progress)
             part = _finished(steps, child.pump)
-            others = [
-                _finished(_entity_steps(side, e, streams[e], label, progress), child.pump)
-                for e in ENTITY_MEMBERS
-                if e != "observations"
-            ]
         except KindlingBundleError:
             child.finish(0)  # raises the child's error, if it met one: it comes first
             raise
+        others = _Others(side, streams, label, progress)
+        for _ in others.step():
+            child.pump()
         side.flush()
         count, size, digest = child.finish(part.entry.bytes)
     except OSError as exc:  # the child's, reported through its pipe
@@ -536,14 +543,8 @@ def _encode_split(
     finally:
         rest.close()  # type: ignore[attr-defined]
         child.close()
-    entry = EntityEntry(
-        entity="observations",
-        member=ENTITY_MEMBERS["observations"],
-        records=count + part.entry.records,
-        bytes=size + part.entry.bytes,
-        sha256=digest,
-    )
-    return [_Spooled(entry, ((spool, 0, size), *part.pieces)), *others]
+    pieces = ((spool, 0, size), *part.pieces)
+    return _with_observations(others, count + part.entry.records, digest, pieces)
 
 
 def _write_archive(
