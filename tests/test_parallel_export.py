@@ -55,7 +55,7 @@ def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     if request.param != "split":
         monkeypatch.setattr(writer._Witness, "unchanged", lambda self: False)
     if request.param == "full pipe":
-        monkeypatch.setattr(encoder_process, "PIPE_BYTES", 1)
+        monkeypatch.setattr(forking, "PIPE_BYTES", 1)
         here = ChildEncoder._encoded_here
 
         def counted_here(self, batch):

@@ -8,6 +8,7 @@ bundles take that path: every problem, in the same words and order, whichever pr
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,41 @@ def test_a_child_that_dies_costs_only_speed(
     parallel, alone = _reports(path)
     assert parallel == alone
     assert "bogus" in "\n".join(parallel["problems"])
+
+
+def test_frames_of_every_size_share_a_small_ring_without_overwriting(
+    tmp_path: Path, handed_over: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames go through a ring of shared memory that wraps around; one that finds no room is
+    decoded here. A frame overwritten while still at the child would come back "not clean" (and
+    be decoded again here) or with the wrong ids (and the report would name duplicates)."""
+    frames, count = [], 0
+    for i in range(60):
+        size = 1 + (i * 7) % 23  # 1 to 23 records, some of them long
+        records = [_observation(count + j, content="x" * (40 * ((i + j) % 9))) for j in range(size)]
+        frames.append(records_frame(records))
+        count += size
+    ring = 3 * sum(map(len, frames)) // len(frames)
+    monkeypatch.setattr(decoder_process, "RING_BYTES", ring)
+
+    class Slow(decoder_process.RecordDecoder):  # frames wait at the child, as on a busy machine
+        def decode_all(self, payload: Any, first_index: int = 0) -> Any:
+            time.sleep(0.002)
+            return super().decode_all(payload, first_index)
+
+    monkeypatch.setattr(decoder_process, "RecordDecoder", Slow)
+    answers: list[list[int] | None] = []
+    answer = decoder_process.FrameHelper.answer
+
+    def recorded(self: decoder_process.FrameHelper) -> list[int] | None:
+        answers.append(answer(self))
+        return answers[-1]
+
+    monkeypatch.setattr(decoder_process.FrameHelper, "answer", recorded)
+    path = _bundle(tmp_path, frames, count)
+    parallel, alone = _reports(path)
+    assert parallel == alone
+    assert parallel["ok"], parallel["problems"]
+    assert 10 <= sum(handed_over) < len(handed_over)  # handed over, and some found no room
+    assert max(map(len, frames)) > ring // 2
+    assert len(answers) == sum(handed_over) and None not in answers  # every frame arrived whole

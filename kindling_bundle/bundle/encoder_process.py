@@ -37,20 +37,16 @@ import hashlib
 import multiprocessing
 import os
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import msgspec
 
+from kindling_bundle.bundle.forking import pipe_has_room, widen_pipe
 from kindling_bundle.bundle.format import FRAME_RECORDS
 from kindling_bundle.bundle.frames import FrameEncoder
 from kindling_bundle.errors import BundleError, RecordError, StoreError
 from kindling_bundle.store.rows import observation_from_row
-
-PIPE_BYTES = 1 << 20
-"""The rows pipe's buffer (Linux's default limit for unprivileged processes): room for a batch or
-two of rows while the child is busy."""
 
 _ROWS = b"R"  # then a MessagePack array of rows
 _FRAMES = b"F"  # then a 4-byte record count and the frames, encoded here
@@ -127,8 +123,6 @@ class ChildEncoder(_Child):
         on_error: Callable[[RecordError], RecordError],
         progress: Callable[[int, int], None],
     ):
-        import fcntl  # Linux only, as this class
-
         super().__init__(spool, on_error, progress)
         context = multiprocessing.get_context("fork")
         child_rows, self._commands = context.Pipe(duplex=False)  # (receiving end, sending end)
@@ -142,9 +136,7 @@ class ChildEncoder(_Child):
         self._child.start()
         child_rows.close()
         child_reports.close()
-        self._pipe_bytes = 0  # unknown: never assume room
-        with contextlib.suppress(OSError):
-            self._pipe_bytes = fcntl.fcntl(self._commands.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._pipe_bytes = widen_pipe(self._commands.fileno())  # room for a batch of rows or two
         self._rows = msgspec.msgpack.Encoder()
         self._frames = FrameEncoder("observations")
 
@@ -171,7 +163,7 @@ class ChildEncoder(_Child):
 
     def _hand_over(self, batch: list[tuple], spare: Iterator[object]) -> bool:
         data = _ROWS + self._rows.encode(batch)
-        while not self._has_room(len(data)):
+        while not pipe_has_room(self._commands.fileno(), self._pipe_bytes, len(data)):
             if next(spare, _END) is _END:
                 data = self._encoded_here(batch)
                 break
@@ -195,19 +187,6 @@ class ChildEncoder(_Child):
         self._send(_END)
         self.finish()
         return error
-
-    def _has_room(self, size: int) -> bool:
-        """True if `size` bytes can be sent now without waiting for the child to read."""
-        import fcntl
-        import termios
-
-        try:
-            waiting = int.from_bytes(
-                fcntl.ioctl(self._commands.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
-            )
-        except OSError:
-            return True  # cannot tell: send, and wait if need be
-        return waiting + size + 4 <= self._pipe_bytes  # 4: the pipe's message length header
 
     def _send(self, data: bytes) -> bool:
         self.pump()  # drained before every send, so the child never blocks on reports
