@@ -44,6 +44,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+
 from kindling_bundle.errors import RecordError, StoreError
 from kindling_bundle.records import (
     DENORMALIZED_SCOPE_KEYS,
@@ -217,27 +219,38 @@ def export_capsules(
 ) -> Iterator[Capsule]:
     """Capsules in (opened_at, id) order, each with all its observation ids in `seq` order.
 
-    Two statements walk in the same order, capsules and their links (an index seek per capsule
-    inside SQLite), and are merged: no per-capsule query, and no capsule column repeated per link.
+    One statement: each capsule's links come back as one JSON array that SQLite builds from an
+    index seek (an aggregate over a subquery with ORDER BY, which SQLite never flattens, so the
+    order holds). At 268,555 links that took 0.12 s against 0.22 s for a Python row per link.
     """
     query = _Query(opts)
-    where = query.capsule_where()
-    capsules_sql = (
-        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)} FROM capsules c "
-        f"WHERE {where} ORDER BY c.opened_at, c.id"
+    sql = (
+        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c "
+        f"WHERE {query.capsule_where()} ORDER BY c.opened_at, c.id"
     )
-    # CROSS JOIN keeps capsules as the outer loop, so links come out in order without a sort.
-    links_sql = (
-        f"{query.with_clause()}SELECT c.id, co.observation_id "
-        "FROM capsules c CROSS JOIN capsule_observations co ON co.capsule_id = c.id "
-        f"WHERE {where} ORDER BY c.opened_at, c.id, co.seq"
-    )
-    return _records(
-        conn,
-        "capsules",
-        query.params,
-        lambda execute: _merge_links(conn, execute(capsules_sql), execute(links_sql)),
-    )
+    return _stream(conn, "capsules", sql, query.params, _capsule_from_row)
+
+
+# A link whose id is not text (only a BLOB can be, in a TEXT column) becomes null: refused below.
+_LINKS = (
+    "(SELECT json_group_array(CASE WHEN typeof(observation_id) = 'text' THEN observation_id END) "
+    "FROM (SELECT observation_id FROM capsule_observations WHERE capsule_id = c.id ORDER BY seq))"
+)
+_LINK_IDS = msgspec.json.Decoder(list[str])
+
+
+def _capsule_from_row(row: tuple) -> Capsule:
+    """A row of `SELECT {CAPSULE_SELECT}, {_LINKS}` as a record."""
+    try:
+        observation_ids = _LINK_IDS.decode(row[-1])
+    except msgspec.ValidationError:
+        raise RecordError(
+            f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
+            "not text",
+            entity="capsule",
+            record_id=row[0],
+        ) from None
+    return capsule_from_row(row, observation_ids)
 
 
 def export_summaries(
@@ -364,42 +377,6 @@ def _all_of(parts: list[str]) -> str:
 
 def _prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-def _merge_links(
-    conn: sqlite3.Connection,
-    capsules: sqlite3.Cursor,
-    links: sqlite3.Cursor,
-) -> Iterator[Capsule]:
-    """Give each capsule row the ids of its links, both cursors in (opened_at, id) order.
-
-    The links statement must be opened while the capsules statement is pending. In autocommit mode
-    SQLite keeps one implicit read transaction while any statement is pending, so both read the
-    same state even outside `snapshot()`. Only if there are no capsules at all (the statement is
-    already done) can links committed since appear; they are then ignored.
-    """
-    row: tuple | None = None
-    ids: list[str] = []
-    for capsule_id, observation_id in links:
-        if row is None or capsule_id != row[0]:
-            if row is not None:
-                yield capsule_from_row(row, ids)
-            for row in capsules:  # stops at this link's capsule, yielding those without links
-                if row[0] == capsule_id:
-                    break
-                yield capsule_from_row(row, [])
-            else:
-                if row is None:
-                    return
-                raise StoreError(
-                    f"{_label(conn)}: capsule links out of step with capsules at {capsule_id}"
-                )
-            ids = []
-        ids.append(observation_id)
-    if row is not None:
-        yield capsule_from_row(row, ids)
-    for row in capsules:
-        yield capsule_from_row(row, [])
 
 
 T = TypeVar("T")

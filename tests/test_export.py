@@ -443,8 +443,8 @@ def test_snapshot_is_not_changed_by_a_writer_committing_meanwhile(sample_copy: P
 
 
 def test_capsule_stream_alone_is_consistent_outside_a_snapshot(sample_copy: Path) -> None:
-    """Capsules and their links come from two statements; a commit between reading the first
-    capsule and the last link must still not show up in the stream."""
+    """A commit between reading the first capsule and the last one's links must not show up in
+    the capsule stream, even outside a snapshot."""
     reader = open_store(sample_copy, readonly=True)
     writer = open_store(sample_copy)
     before = list(export_capsules(reader))
@@ -535,6 +535,23 @@ def test_a_bad_row_is_reported_with_file_entity_and_record(world: Path) -> None:
     assert (e.value.entity, e.value.record_id) == ("observation", "o6")
     with pytest.raises(RecordError, match=r"kindling\.db: capsule c3: column scope_ids"):
         list(export_capsules(conn))
+    conn.close()
+
+
+def test_a_link_that_is_not_text_is_reported_with_its_capsule(world: Path) -> None:
+    raw = sqlite3.connect(world)
+    (capsule_id,) = raw.execute("SELECT capsule_id FROM capsule_observations LIMIT 1").fetchone()
+    raw.execute(
+        "UPDATE capsule_observations SET observation_id = x'00ff' WHERE rowid = "
+        "(SELECT min(rowid) FROM capsule_observations WHERE capsule_id = ?)",
+        (capsule_id,),
+    )
+    raw.commit()
+    raw.close()
+    conn = open_store(world, readonly=True)
+    with pytest.raises(RecordError, match=rf"kindling\.db: capsule {capsule_id}: a link") as e:
+        list(export_capsules(conn))
+    assert (e.value.entity, e.value.record_id) == ("capsule", capsule_id)
     conn.close()
 
 
