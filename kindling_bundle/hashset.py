@@ -23,8 +23,11 @@ from typing import Any
 YOUNG_MAX = 1 << 15
 """Members kept in the Python set before they are merged into the sorted array (~2 MB)."""
 
-SET_ONLY_MAX = 1 << 16
-"""A set expected to hold at most this many members stays a Python set (see `HashSet`)."""
+SET_ONLY_MAX = 1 << 18
+"""A set expected to hold at most this many members stays a Python set (see `HashSet`): about
+where its memory (a 2^19-slot table, 8 MB, and an int object a member, 8 MB) reaches that of
+importing NumPy (~15 MB) and the array. Verifying 200,000 observations (221,722 ids) peaked at
+72 MB either way, and took 0.08 s less in sets (no import, no merges)."""
 
 
 BITMAP_BITS = 16
@@ -36,7 +39,7 @@ class HashSet:
 
     `expected`: how many members it will hold, if known (a bundle's manifest says). Up to
     SET_ONLY_MAX, the members stay in the Python set, which is faster and then costs no more
-    memory than importing NumPy (~15 MB); more members than expected are merged as usual."""
+    memory than importing NumPy; more members than expected are merged as usual."""
 
     __slots__ = ("_bits", "_count", "_old", "_young", "_young_max")
 
