@@ -1151,7 +1151,7 @@ def test_reading_a_bomb_holds_about_one_megabyte_at_a_time() -> None:
     finally:
         tracemalloc.stop()
     assert total == 64 << 20
-    # one call's output, and the buffer it joins (compacted past 1 MiB); 1 KiB slices of this
+    # one call's output, held until it is read through; 1 KiB slices of this
     # frame would expand to 32 MiB per call
     assert peak < 4 * FEED_BLOCKS * RLE_BLOCK_MAX
 

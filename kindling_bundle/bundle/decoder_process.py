@@ -69,7 +69,7 @@ class FrameHelper:
     def in_flight(self) -> int:
         return len(self._spans)
 
-    def submit(self, payload: bytes) -> bool:
+    def submit(self, payload: bytes | memoryview) -> bool:
         """Hand a frame's payload over; False if there is no room for it in the ring now, or if
         the child is gone (decode it here)."""
         start = self._room(len(payload))

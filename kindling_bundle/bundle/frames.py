@@ -222,7 +222,7 @@ class RecordDecoder:
         self._raw = msgspec.msgpack.Decoder()
         self._encoder = msgspec.msgpack.Encoder()
 
-    def decode(self, payload: bytes, first_index: int = 0) -> list[Record]:
+    def decode(self, payload: bytes | memoryview, first_index: int = 0) -> list[Record]:
         """The frame's records; otherwise the error of the first bad record (a RecordError
         naming it, or a BundleError for a frame that is not an array of records)."""
         records, problems = self.decode_all(payload, first_index)
@@ -231,7 +231,7 @@ class RecordDecoder:
         return records
 
     def decode_all(
-        self, payload: bytes, first_index: int = 0
+        self, payload: bytes | memoryview, first_index: int = 0
     ) -> tuple[list[Record], list[RecordError | BundleError]]:
         """The frame's valid records, and one error per bad record (or a single BundleError
         when the frame is not a MessagePack array at all). `first_index` is the member-wide

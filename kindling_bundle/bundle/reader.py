@@ -118,9 +118,10 @@ class MemberData:
         self._sha256 = sha256
         self._skipped = False
 
-    def read(self, n: int, what: str) -> bytes:
-        """Exactly `n` bytes of this member (the caller checked `remaining`)."""
-        data = self._zstd.read_exact(n, f"{self.where} ({what})")
+    def read(self, n: int, what: str) -> bytes | memoryview:
+        """Exactly `n` bytes of this member (the caller checked `remaining`), without a copy
+        where possible (FrameReader.read_view)."""
+        data = self._zstd.read_exact_view(n, f"{self.where} ({what})")
         self._sha256.update(data)
         self.remaining -= n
         return data
@@ -144,7 +145,7 @@ class MemberData:
             raise BundleError(f"{self.where}: damaged tar padding after the member data")
         return None if self._skipped else digest
 
-    def frames(self) -> Iterator[bytes]:
+    def frames(self) -> Iterator[bytes | memoryview]:
         """Each frame's payload; a FramingError (naming the member and offset) on bad framing."""
         while self.remaining:
             offset = self.header.size - self.remaining
@@ -224,7 +225,7 @@ class BundleReader:
             )
         # Hashed here, not in Sha256Thread: no thread may run yet when verify forks its helper.
         member = MemberData(self.zstd, header, f"{self.label}: {MANIFEST_MEMBER}", hashlib.sha256())
-        data = member.read(header.size, "manifest")
+        data = bytes(member.read(header.size, "manifest"))
         member.close()
         self.manifest = decode_manifest(data, self.label)
         self.zstd.limit = self.zstd.decompressed_bytes + declared_archive_bytes(self.manifest)

@@ -114,6 +114,8 @@ def verify_bundle(
 
 
 Decoded = tuple[list[Record], list[RecordError | BundleError]]
+_Pending = tuple[bytes | memoryview, Decoded | None]
+"""A frame's payload, and its records and problems if decoded here (None: at the helper)."""
 
 MAX_PENDING = IN_FLIGHT + 2
 """Frames read ahead of the oldest frame still at the helper, at most (their records in memory)."""
@@ -195,7 +197,7 @@ class _Verifier:
             )
         tally = _Tally(RecordDecoder(entity), where)
         helper = self.helper if entity == "observations" else None
-        pending: deque[tuple[bytes, Decoded | None]] = deque()  # None: at the helper
+        pending: deque[_Pending] = deque()  # None: at the helper
         try:
             for payload in member.frames():
                 if helper is not None and helper.in_flight < IN_FLIGHT and helper.submit(payload):
@@ -228,11 +230,11 @@ class _Verifier:
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
 
-    def _apply_all(self, pending: deque[tuple[bytes, Decoded | None]], tally: _Tally) -> None:
+    def _apply_all(self, pending: deque[_Pending], tally: _Tally) -> None:
         while pending:
             self._apply(*pending.popleft(), tally)
 
-    def _apply(self, payload: bytes, decoded: Decoded | None, tally: _Tally) -> None:
+    def _apply(self, payload: bytes | memoryview, decoded: Decoded | None, tally: _Tally) -> None:
         """Report one frame's problems and check its records, in member order."""
         if decoded is None:  # at the helper: the id hashes of a clean frame, or None
             assert self.helper is not None
@@ -257,7 +259,7 @@ class _Verifier:
         self._check(records, tally.where)
         self._progress(len(records), payload)
 
-    def _progress(self, records: int, payload: bytes) -> None:
+    def _progress(self, records: int, payload: bytes | memoryview) -> None:
         self.records_done += records
         self.bytes_done += FRAME_HEADER_BYTES + len(payload)
         if self.progress is not None:
