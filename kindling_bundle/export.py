@@ -1,9 +1,9 @@
 """Streaming export primitives: the ordered record streams a bundle (or any tool) is built from.
 
-Each stream is a lazy generator over SQL cursors (one statement; two read together for capsules
-and their links), so memory does not grow with the database, nothing runs until the first record
-is asked for, and a stream is consistent with itself. Order is Kindling's own export order, with
-the id as the tie break so it is total and deterministic:
+Each stream is a lazy generator over one SQL statement (capsules bring their links along as a
+JSON array per capsule), so memory does not grow with the database, nothing runs until the first
+record is asked for, and a stream is consistent with itself. Order is Kindling's own export
+order, with the id as the tie break so it is total and deterministic:
 
 - observations by (ts, id); capsules by (opened_at, id), each carrying all its observation ids in
   `seq` order; summaries and pins by (created_at, id).
@@ -155,7 +155,7 @@ def export_observation_row_batches(
     process. A row that is not a valid record is an error only when converted: name it with
     `label_error`, as the records stream does."""
     sql, params = _observations_query(opts)
-    return _records(conn, "observations", params, lambda execute: _batches(execute(sql), size))
+    return _records(conn, "observations", sql, params, lambda cursor: _batches(cursor, size))
 
 
 SplitKey = tuple[int, str]
@@ -389,33 +389,27 @@ def _stream(
     params: dict[str, Any],
     from_row: Callable[[tuple], T],
 ) -> Iterator[T]:
-    return _records(conn, entity, params, lambda execute: map(from_row, execute(sql)))
+    return _records(conn, entity, sql, params, lambda cursor: map(from_row, cursor))
 
 
 def _records(
     conn: sqlite3.Connection,
     entity: str,
+    sql: str,
     params: dict[str, Any],
-    produce: Callable[[Callable[[str], sqlite3.Cursor]], Iterator[T]],
+    produce: Callable[[sqlite3.Cursor], Iterator[T]],
 ) -> Iterator[T]:
-    """Run a stream lazily, finalize its statements when it ends or is abandoned (a pending
-    statement would pin its read snapshot), and turn database and row errors into one-line
-    errors that name the file. `produce` opens its statements through the `execute` it is given.
+    """Run a statement lazily (once the first item is asked for), finalize it when the stream
+    ends or is abandoned (a pending statement would pin its read snapshot), and turn database and
+    row errors into one-line errors that name the file. `produce` reads the statement's cursor.
     """
     label = _label(conn)
-    cursors: list[sqlite3.Cursor] = []
-
-    def execute(sql: str) -> sqlite3.Cursor:
-        cursor = conn.execute(sql, params)
-        cursors.append(cursor)
-        return cursor
-
     try:
+        cursor = conn.execute(sql, params)
         try:
-            yield from produce(execute)
+            yield from produce(cursor)
         finally:
-            for cursor in cursors:
-                cursor.close()
+            cursor.close()
     except RecordError as exc:
         raise label_error(conn, exc) from None
     except sqlite3.Error as exc:

@@ -72,8 +72,8 @@ class FrameHelper:
     def submit(self, payload: bytes | memoryview) -> bool:
         """Hand a frame's payload over; False if there is no room for it in the ring now, or if
         the child is gone (decode it here)."""
-        start = self._room(len(payload))
-        if not self.alive or start is None:
+        start = self._room(len(payload)) if self.alive else None
+        if start is None:
             return False
         end = start + len(payload)
         self._ring[start:end] = payload

@@ -164,8 +164,7 @@ class FrameReader:
     def read(self, n: int) -> bytes:
         """Up to `n` bytes; fewer only at the end of the frame. A BundleError if the frame holds
         more than `limit` bytes and this read would go past it."""
-        chunk = self.read_view(n)
-        return chunk if isinstance(chunk, bytes) else bytes(chunk)
+        return bytes(self.read_view(n))  # no copy of what is bytes already
 
     def read_view(self, n: int) -> bytes | memoryview:
         """As `read`, but without a copy where the bytes lie in one piece of output: a read-only
