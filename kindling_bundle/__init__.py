@@ -1,98 +1,69 @@
 """kindling-bundle: move Kindling memory between machines as portable, verifiable bundles.
 
-Names are imported on first use (kindling_bundle.lazy).
+The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
+(Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
+composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress)
+and `cli`.
 """
 
-from __future__ import annotations
-
-from kindling_bundle.lazy import lazy_names
+from kindling_bundle.db.connection import open_store
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    export_capsules,
+    export_observations,
+    export_pins,
+    export_summaries,
+    snapshot,
+)
+from kindling_bundle.db.importer import (
+    ImportEntityResult,
+    Outcome,
+    import_batch,
+    import_capsule,
+    import_observation,
+    import_pin,
+    import_record,
+    import_summary,
+)
+from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
+from kindling_bundle.db.sample import generate_sample
+from kindling_bundle.errors import (
+    BundleError,
+    ImportConflictError,
+    IntegrityError,
+    KindlingBundleError,
+    RecordError,
+    StorageError,
+    StoreError,
+)
+from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.kindling_json.reader import (
+    DanglingReport,
+    KindlingJsonInfo,
+    KindlingJsonReader,
+    bundle_to_kindling_json,
+    export_kindling_json,
+    import_kindling_json,
+    kindling_json_to_bundle,
+    open_kindling_json,
+    verify_kindling_json,
+    write_kindling_json,
+)
+from kindling_bundle.ops.merge import (
+    DiffReport,
+    MergeReport,
+    diff_datasets,
+    merge_datasets,
+    open_dataset,
+)
+from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
+from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
+from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
 
 __version__ = "0.1.0"
-
-_MODULES: dict[str, tuple[str, ...]] = {
-    "kindling_bundle.bundle": (
-        "BundleOptions",
-        "BundleReader",
-        "EntityCounts",
-        "ImportReport",
-        "Manifest",
-        "ProgressCallback",
-        "VerifyReport",
-        "import_bundle",
-        "open_bundle",
-        "read_manifest",
-        "verify_bundle",
-        "write_bundle",
-        "write_bundle_from_records",
-    ),
-    "kindling_bundle.errors": (
-        "BundleError",
-        "ImportConflictError",
-        "IntegrityError",
-        "KindlingBundleError",
-        "RecordError",
-        "StorageError",
-        "StoreError",
-    ),
-    "kindling_bundle.export": (
-        "ENTITY_EXPORTS",
-        "ExportStreamOptions",
-        "export_capsules",
-        "export_observations",
-        "export_pins",
-        "export_summaries",
-        "snapshot",
-    ),
-    "kindling_bundle.importer": (
-        "ImportEntityResult",
-        "Outcome",
-        "import_batch",
-        "import_capsule",
-        "import_observation",
-        "import_pin",
-        "import_record",
-        "import_summary",
-    ),
-    "kindling_bundle.integrity": (
-        "IntegrityProblem",
-        "IntegrityReport",
-        "verify_import_integrity",
-    ),
-    "kindling_bundle.kindling_json": (
-        "DanglingReport",
-        "KindlingJsonInfo",
-        "KindlingJsonReader",
-        "bundle_to_kindling_json",
-        "export_kindling_json",
-        "import_kindling_json",
-        "kindling_json_to_bundle",
-        "open_kindling_json",
-        "verify_kindling_json",
-        "write_kindling_json",
-    ),
-    "kindling_bundle.merge": (
-        "DiffReport",
-        "MergeReport",
-        "diff_datasets",
-        "merge_datasets",
-        "open_dataset",
-    ),
-    "kindling_bundle.records": (
-        "ConflictStrategy",
-        "Capsule",
-        "Observation",
-        "Pin",
-        "Summary",
-    ),
-    "kindling_bundle.sample": ("generate_sample",),
-    "kindling_bundle.store": ("open_store",),
-}
-__getattr__ = lazy_names(globals(), _MODULES)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
 
 __all__ = [
     "ENTITY_EXPORTS",

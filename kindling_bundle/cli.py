@@ -22,11 +22,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from kindling_bundle import __version__
-from kindling_bundle.bundle.format import Manifest
-from kindling_bundle.bundle.reader import read_manifest
-from kindling_bundle.bundle.verify import verify_bundle
 from kindling_bundle.errors import BundleError, KindlingBundleError
-from kindling_bundle.kindling_json import (
+from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.reader import read_manifest
+from kindling_bundle.io.progress import Progress
+from kindling_bundle.io.storage import (
+    HEAD_BLOCK_SIZE,
+    STDIO,
+    is_url,
+    open_destination,
+    open_source,
+    parse_storage_options,
+)
+from kindling_bundle.kindling_json.reader import (
     DanglingReport,
     bundle_to_kindling_json,
     export_kindling_json,
@@ -35,20 +43,12 @@ from kindling_bundle.kindling_json import (
     peek_format,
     verify_kindling_json,
 )
-from kindling_bundle.progress import Progress
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
-from kindling_bundle.storage import (
-    HEAD_BLOCK_SIZE,
-    STDIO,
-    is_url,
-    open_destination,
-    open_source,
-    parse_storage_options,
-)
 
 if TYPE_CHECKING:  # SQLite and the modules that write: imported by the commands that use them
-    from kindling_bundle.integrity import IntegrityReport
-    from kindling_bundle.store import KindlingConnection
+    from kindling_bundle.db.connection import KindlingConnection
+    from kindling_bundle.db.integrity import IntegrityReport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -167,7 +167,7 @@ def cli() -> None:
 @common_options
 def sample(path: Path, observations: int, seed: int, out: Output) -> None:
     """Write a realistic sample memory database to PATH (a new file)."""
-    from kindling_bundle.sample import generate_sample
+    from kindling_bundle.db.sample import generate_sample
 
     stats = generate_sample(path, observations=observations, seed=seed)
     counts = {
@@ -280,9 +280,9 @@ def export(
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
     """
-    from kindling_bundle.bundle.writer import BundleOptions, write_bundle
-    from kindling_bundle.export import ExportStreamOptions
-    from kindling_bundle.store import open_store
+    from kindling_bundle.db.connection import open_store
+    from kindling_bundle.db.export import ExportStreamOptions
+    from kindling_bundle.ops.write import BundleOptions, write_bundle
 
     scope = {
         key: value
@@ -390,7 +390,7 @@ def import_(
     The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
     error, integrity problem) the database is left exactly as it was.
     """
-    from kindling_bundle.bundle.restore import import_bundle
+    from kindling_bundle.ops.restore import import_bundle
 
     db_path = db or default_db()
     progress = _progress("import", out)
@@ -446,7 +446,7 @@ def import_(
 def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
     """The database to import into. One that does not exist yet is built privately and appears
     only when the import succeeded (`create_store`); a dry run against it uses a throwaway one."""
-    from kindling_bundle.store import create_store, open_store
+    from kindling_bundle.db.connection import create_store, open_store
 
     if db_path.exists():
         conn = open_store(db_path)
@@ -560,8 +560,8 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
 def check(db: Path | None, sample_size: int, out: Output) -> None:
     """Run the integrity report on a database (read-only): foreign keys, pin targets, capsule
     order, and full-text indexes in sync. Exits 1 if it finds a problem."""
-    from kindling_bundle.integrity import verify_import_integrity
-    from kindling_bundle.store import open_store
+    from kindling_bundle.db.connection import open_store
+    from kindling_bundle.db.integrity import verify_import_integrity
 
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
@@ -662,7 +662,7 @@ def diff(a: str, b: str, out: Output) -> None:
 
     A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only).
     """
-    from kindling_bundle.merge import diff_datasets
+    from kindling_bundle.ops.merge import diff_datasets
 
     report = diff_datasets(a, b)
     out.line(f"{'entity':<14}{'added':>8}{'removed':>9}{'changed':>9}{'same':>9}")
@@ -700,7 +700,7 @@ def merge(
     OUT holds the union; it verifies and imports (every reference resolves). OUT is never
     replaced unless --force is given, so a forgotten OUT cannot overwrite an input.
     """
-    from kindling_bundle.merge import merge_datasets
+    from kindling_bundle.ops.merge import merge_datasets
 
     if len(paths) < 3:
         raise click.UsageError("merge needs at least two inputs and OUT")

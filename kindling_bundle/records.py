@@ -26,7 +26,7 @@ CapsuleType = Literal["session", "pocketflow_node"]
 CapsuleStatus = Literal["open", "closed"]
 PinTargetType = Literal["observation", "summary"]
 ConflictStrategy = Literal["skip", "overwrite", "error"]
-"""What an import does with a record whose id is stored with other content (importer.py)."""
+"""What an import does with a record whose id is stored with other content (db/importer.py)."""
 CONFLICT_STRATEGIES: tuple[str, ...] = get_args(ConflictStrategy)
 
 # SQLite INTEGER is a signed 64-bit value: anything wider could not be stored back.

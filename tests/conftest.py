@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kindling_bundle import generate_sample
-from kindling_bundle.store import open_store, write_transaction
-from kindling_bundle.store.schema import create_schema
+from kindling_bundle.db.connection import open_store, write_transaction
+from kindling_bundle.db.schema import create_schema
 
 
 def make_v4_database(path: Path) -> None:

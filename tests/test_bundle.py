@@ -43,8 +43,8 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.bundle import zstdio
-from kindling_bundle.bundle.frames import FrameEncoder
+from kindling_bundle.format import zstd_frames
+from kindling_bundle.format.record_frames import FrameEncoder
 
 CREATED_AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MEMBERS = [
@@ -299,7 +299,7 @@ def test_output_is_the_same_for_any_number_of_compression_threads(
     ]
     outputs = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(zstdio, "COMPRESSION_THREADS", threads)
+        monkeypatch.setattr(zstd_frames, "COMPRESSION_THREADS", threads)
         stream = OneWayStream()
         write_bundle_from_records(
             stream, {"observations": observations}, BundleOptions(created_at=CREATED_AT)

@@ -23,16 +23,17 @@ import pytest
 import s3fs
 
 from conftest import dump_tables
-from kindling_bundle.bundle import (
+from kindling_bundle import (
     BundleOptions,
     import_bundle,
     read_manifest,
     verify_bundle,
     write_bundle,
 )
+from kindling_bundle.db.connection import open_store
+from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import BundleError, StorageError
-from kindling_bundle.sample import generate_sample
-from kindling_bundle.storage import (
+from kindling_bundle.io.storage import (
     HEAD_BLOCK_SIZE,
     UPLOAD_PART_SIZE,
     is_url,
@@ -40,7 +41,6 @@ from kindling_bundle.storage import (
     open_source,
     parse_storage_options,
 )
-from kindling_bundle.store import open_store
 
 MOTO_SERVER = Path(__file__).with_name("moto_server.py")
 MiB = 2**20
@@ -229,7 +229,7 @@ def test_killed_upload_leaves_no_object(s3_server: S3Server, bucket: str):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from kindling_bundle.storage import open_destination
+        from kindling_bundle.io.storage import open_destination
         with open_destination({url!r}, storage_options={s3_server.options!r}) as stream:
             for _ in range(12):
                 stream.write(os.urandom(2**20))
@@ -549,7 +549,7 @@ def test_missing_s3_packages_name_the_extra(tmp_path: Path):
         import sys
         sys.modules["fsspec"] = None  # as if `pip install kindling-bundle` without [s3]
         from kindling_bundle.errors import StorageError
-        from kindling_bundle.storage import open_destination, open_source
+        from kindling_bundle.io.storage import open_destination, open_source
         for opener in (open_source, open_destination):
             try:
                 with opener("s3://bucket/kindling.kbundle"):

@@ -258,8 +258,8 @@ _WRITER = """
 import sys, pathlib
 from kindling_bundle import open_store
 from kindling_bundle.records import Capsule, Observation, Pin, Summary
-from kindling_bundle.store import write_transaction
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.connection import write_transaction
+from kindling_bundle.db.writes import (
     create_capsule, insert_observations, insert_pin, insert_summary,
 )
 conn = open_store(sys.argv[1])
@@ -350,7 +350,7 @@ def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
     importer that steps past the error then sees the bundle's later records miss what they
     reference (so it seemed on a full tmpfs). Simulated here after the second frame: the import
     must report the lost transaction, not a missing capsule, and leave the database as it was."""
-    from kindling_bundle.bundle import restore
+    from kindling_bundle.ops import restore
 
     real_import_batch = restore.import_batch
     frames = 0

@@ -25,10 +25,10 @@ from kindling_bundle import (
     open_store,
     snapshot,
 )
-from kindling_bundle.export import ENTITY_EXPORTS
-from kindling_bundle.store import write_transaction
-from kindling_bundle.store.schema import TRIGGERS
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.connection import write_transaction
+from kindling_bundle.db.export import ENTITY_EXPORTS
+from kindling_bundle.db.schema import TRIGGERS
+from kindling_bundle.db.writes import (
     INSERT_CAPSULE,
     INSERT_LINK,
     INSERT_OBSERVATION,

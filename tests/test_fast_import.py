@@ -1,6 +1,6 @@
 """Restoring into an empty database takes a faster path; its result must be the trigger path's.
 
-The fast path (kindling_bundle.importer.bulk_load) indexes the full-text tables once at the
+The fast path (kindling_bundle.db.importer.bulk_load) indexes the full-text tables once at the
 end instead of through Kindling's per-row insert triggers. What the index holds (every token of
 every indexed row at every position, and the per-row statistics) must be exactly what the
 triggers give, the triggers must be back afterwards, and a failed import must leave the database
@@ -29,10 +29,10 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
+from kindling_bundle.db.connection import open_store, write_transaction
+from kindling_bundle.db.importer import bulk_load
 from kindling_bundle.errors import BundleError, ImportConflictError
-from kindling_bundle.importer import bulk_load
 from kindling_bundle.records import Record, entity_of
-from kindling_bundle.store import open_store, write_transaction
 
 CREATED_AT = 1767225600000
 FTS_TABLES = ("observations_fts", "summaries_fts")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from kindling_bundle import Capsule, Observation, Pin, Summary
+from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.records import Record
-from kindling_bundle.rules import RecordRules
 
 
 def _pick(rng: random.Random, known: list[str], fallback: str) -> str:

@@ -16,8 +16,7 @@ import msgspec
 import pytest
 import zstandard
 
-from kindling_bundle import import_bundle, open_store, verify_bundle, write_bundle
-from kindling_bundle.bundle import BundleOptions
+from kindling_bundle import BundleOptions, import_bundle, open_store, verify_bundle, write_bundle
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 

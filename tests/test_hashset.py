@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from kindling_bundle import Observation, hashset
-from kindling_bundle.hashset import HashSet
-from kindling_bundle.rules import RecordRules
+from kindling_bundle import Observation
+from kindling_bundle.format import hashset
+from kindling_bundle.format.hashset import HashSet
+from kindling_bundle.format.stream_rules import RecordRules
 
 
 @pytest.fixture

@@ -52,10 +52,15 @@ from kindling_bundle import (
     verify_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.bundle.format import MAX_FRAME_BYTES, MAX_FRAME_VALUES, MAX_NESTING_DEPTH
-from kindling_bundle.bundle.zstdio import AHEAD_FEED_BLOCKS, FEED_BLOCKS, READ_AHEAD, FrameReader
 from kindling_bundle.cli import main as cli_main
 from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.manifest import MAX_FRAME_BYTES, MAX_FRAME_VALUES, MAX_NESTING_DEPTH
+from kindling_bundle.format.zstd_frames import (
+    AHEAD_FEED_BLOCKS,
+    FEED_BLOCKS,
+    READ_AHEAD,
+    FrameReader,
+)
 from kindling_bundle.records import Observation
 
 MEMORY_LIMIT = 1 << 30
@@ -1076,9 +1081,9 @@ def test_a_bad_busy_timeout_setting_is_one_line(
 
 def test_the_spec_states_the_limits_the_code_enforces() -> None:
     """spec/bundle-format.md section 13.1 names each limit's constant; the numbers must agree."""
-    from kindling_bundle.bundle.format import MAX_MANIFEST_BYTES
-    from kindling_bundle.bundle.tarstream import MAX_MEMBER_BYTES, RECORD
-    from kindling_bundle.bundle.zstdio import MAX_WINDOW_BYTES
+    from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
+    from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
+    from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES
 
     spec = (VECTORS.parent / "bundle-format.md").read_text()
     rows = {

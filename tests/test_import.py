@@ -27,9 +27,8 @@ from kindling_bundle import (
     import_summary,
     verify_import_integrity,
 )
-from kindling_bundle.records import Record
-from kindling_bundle.store import open_store, write_transaction
-from kindling_bundle.store.rows import (
+from kindling_bundle.db.connection import open_store, write_transaction
+from kindling_bundle.db.rows import (
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
     PIN_SELECT,
@@ -39,6 +38,7 @@ from kindling_bundle.store.rows import (
     pin_from_row,
     summary_from_row,
 )
+from kindling_bundle.records import Record
 
 STRATEGIES = ["skip", "overwrite", "error"]
 

@@ -18,9 +18,9 @@ from kindling_bundle import (
     import_observation,
     verify_import_integrity,
 )
-from kindling_bundle import integrity as integrity_module
-from kindling_bundle.integrity import fts_query
-from kindling_bundle.store import open_store
+from kindling_bundle.db import integrity as integrity_module
+from kindling_bundle.db.connection import open_store
+from kindling_bundle.db.integrity import fts_query
 
 
 def kinds(report: IntegrityReport) -> set[tuple[str, str, str]]:

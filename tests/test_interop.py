@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 
 from conftest import dump_tables
-from kindling_bundle.bundle import (
+from kindling_bundle import (
     import_bundle,
     read_manifest,
     verify_bundle,
     write_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.bundle.writer import BundleOptions
+from kindling_bundle.db.connection import open_store
+from kindling_bundle.db.export import ExportStreamOptions
+from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
-from kindling_bundle.export import ExportStreamOptions
-from kindling_bundle.integrity import verify_import_integrity
-from kindling_bundle.kindling_json import (
+from kindling_bundle.kindling_json.reader import (
     DanglingReport,
     KindlingJsonReader,
     bundle_to_kindling_json,
@@ -41,9 +41,9 @@ from kindling_bundle.kindling_json import (
     verify_kindling_json,
     write_kindling_json,
 )
-from kindling_bundle.merge import diff_datasets, merge_datasets
+from kindling_bundle.ops.merge import diff_datasets, merge_datasets
+from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Summary
-from kindling_bundle.store import open_store
 
 DATA = Path(__file__).parent / "data"
 FULL = DATA / "kindling-full.json"
@@ -881,9 +881,9 @@ def test_cli_names_the_position_of_invalid_json(run_cli, tmp_path: Path):
 def test_merge_notices_a_database_written_to_between_its_passes(
     tmp_path: Path, monkeypatch, change
 ):
-    from kindling_bundle import merge as merge_module
-    from kindling_bundle.store import write_transaction
-    from kindling_bundle.store.writes import insert_observation, redact_observation
+    from kindling_bundle.db.connection import write_transaction
+    from kindling_bundle.db.writes import insert_observation, redact_observation
+    from kindling_bundle.ops import merge as merge_module
 
     db = tmp_path / "live.db"
     conn = open_store(db)

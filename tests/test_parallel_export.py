@@ -1,6 +1,6 @@
 """A large export encodes its observations in a second process; the bundle must not change.
 
-kindling_bundle.bundle.encoder_process forks a child that turns rows into records, checks and
+kindling_bundle.parallel.encoder forks a child that turns rows into records, checks and
 encodes them while this process reads SQLite. Here the size threshold is lowered so the small
 sample takes that path: the bytes, the errors and the clean-up must be those of in-process
 encoding.
@@ -23,10 +23,11 @@ from kindling_bundle import (
     open_store,
     write_bundle,
 )
-from kindling_bundle.bundle import encoder_process, forking, writer
-from kindling_bundle.bundle.encoder_process import ChildEncoder
+from kindling_bundle.db.export import snapshot
 from kindling_bundle.errors import BundleError
-from kindling_bundle.export import snapshot
+from kindling_bundle.ops import write
+from kindling_bundle.parallel import encoder, forking
+from kindling_bundle.parallel.encoder import ChildEncoder
 
 pytestmark = pytest.mark.skipif(
     not forking.parallel_available(), reason="the encoder process needs fork (Linux)"
@@ -43,17 +44,17 @@ def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     filtered): rows are sent to the child. With a full pipe (one page) that child never has room
     for a batch: this process encodes the other members, then observations too."""
     started: list[int] = []
-    child = encoder_process.ReadingChild if request.param == "split" else ChildEncoder
+    child = encoder.ReadingChild if request.param == "split" else ChildEncoder
     start = child.__init__
 
     def counted(self, *args, **kwargs):
         started.append(1)
         start(self, *args, **kwargs)
 
-    monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
     monkeypatch.setattr(child, "__init__", counted)
     if request.param != "split":
-        monkeypatch.setattr(writer._Witness, "unchanged", lambda self: False)
+        monkeypatch.setattr(write._Witness, "unchanged", lambda self: False)
     if request.param == "full pipe":
         monkeypatch.setattr(forking, "PIPE_BYTES", 1)
         here = ChildEncoder._encoded_here
@@ -105,7 +106,7 @@ def test_a_bad_row_is_named_as_in_process(sample_copy: Path, tmp_path: Path, chi
 def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
     sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reading_child = encoder_process._reading_child
+    reading_child = encoder._reading_child
 
     def dies_once_started(*args):  # in the child: it has its snapshot, then dies
         *first, commands, reports = args
@@ -118,8 +119,8 @@ def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
 
         reading_child(*first, Commands(), reports)
 
-    monkeypatch.setattr(encoder_process, "_reading_child", dies_once_started)
-    monkeypatch.setattr(encoder_process, "_child", lambda *args: os._exit(9))
+    monkeypatch.setattr(encoder, "_reading_child", dies_once_started)
+    monkeypatch.setattr(encoder, "_child", lambda *args: os._exit(9))
     dest = tmp_path / "out.kbundle"
     with pytest.raises(BundleError, match="encoding process ended without a word"):
         _export(sample_db, dest, parallel=True)
@@ -129,7 +130,7 @@ def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
 def test_a_reading_child_that_cannot_start_leaves_the_work_to_the_other_way(
     sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(encoder_process, "_reading_child", lambda *args: os._exit(9))
+    monkeypatch.setattr(encoder, "_reading_child", lambda *args: os._exit(9))
     _, parallel = _export(sample_db, tmp_path / "parallel.kbundle", parallel=True)
     _, reference = _export(sample_db, tmp_path / "inline.kbundle", parallel=False)
     assert parallel == reference
@@ -140,7 +141,7 @@ def test_an_export_inside_the_callers_transaction_reads_every_row_in_it(
 ) -> None:
     """A caller's transaction may have begun before commits that a child's new connection would
     see: then the rows come from the caller's snapshot, through the pipe."""
-    monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
     conn = open_store(sample_copy, readonly=True)
     try:
         with snapshot(conn):
@@ -161,7 +162,7 @@ def test_a_commit_during_the_start_sends_rows_instead(
 ) -> None:
     """A commit between the export's snapshot and the reading child's: the child would see
     another state, so it is stopped and this process reads every row (the snapshot's)."""
-    monkeypatch.setattr("kindling_bundle.bundle.writer.PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
     sent_rows: list[int] = []
     start = ChildEncoder.__init__
 
@@ -170,7 +171,7 @@ def test_a_commit_during_the_start_sends_rows_instead(
         start(self, *args, **kwargs)
 
     monkeypatch.setattr(ChildEncoder, "__init__", counted)
-    ready = encoder_process.ReadingChild.ready
+    ready = encoder.ReadingChild.ready
 
     def commit_meanwhile(self) -> bool:
         db = sqlite3.connect(sample_copy)
@@ -183,7 +184,7 @@ def test_a_commit_during_the_start_sends_rows_instead(
     try:
         with snapshot(conn):  # the state before the commit
             before = [o.content for o in export_observations(conn)]
-            monkeypatch.setattr(encoder_process.ReadingChild, "ready", commit_meanwhile)
+            monkeypatch.setattr(encoder.ReadingChild, "ready", commit_meanwhile)
             write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1))
     finally:
         conn.close()

@@ -1,6 +1,6 @@
 """Verify decodes some observation frames in a second process; the report must not change.
 
-kindling_bundle.bundle.decoder_process forks a child that decodes and checks the frames it is
+kindling_bundle.parallel.decoder forks a child that decodes and checks the frames it is
 handed, answering with id hashes (or "not clean"). Here the size threshold is lowered so small
 bundles take that path: every problem, in the same words and order, whichever process met it.
 """
@@ -16,8 +16,9 @@ import msgspec
 import pytest
 from hostile_tar import Parts, frame, records_frame
 
-from kindling_bundle.bundle import decoder_process, forking, verify
-from kindling_bundle.bundle.verify import verify_bundle
+from kindling_bundle.ops import verify
+from kindling_bundle.ops.verify import verify_bundle
+from kindling_bundle.parallel import decoder, forking
 
 pytestmark = pytest.mark.skipif(
     not forking.parallel_available(), reason="the decoder process needs fork (Linux)"
@@ -28,15 +29,15 @@ pytestmark = pytest.mark.skipif(
 def handed_over(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every verify takes the helper path; the list counts the frames handed to the child."""
     submitted: list[int] = []
-    submit = decoder_process.FrameHelper.submit
+    submit = decoder.FrameHelper.submit
 
-    def counted(self: decoder_process.FrameHelper, payload: bytes) -> bool:
+    def counted(self: decoder.FrameHelper, payload: bytes) -> bool:
         handed = submit(self, payload)
         submitted.append(int(handed))
         return handed
 
     monkeypatch.setattr(verify, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(decoder_process.FrameHelper, "submit", counted)
+    monkeypatch.setattr(decoder.FrameHelper, "submit", counted)
     return submitted
 
 
@@ -139,7 +140,7 @@ def test_a_child_that_dies_costs_only_speed(
     tmp_path: Path, handed_over: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _bundle(tmp_path, *_frames({4: lambda records: records[0].update(kind="bogus")}))
-    monkeypatch.setattr(decoder_process, "_child", lambda *_: os._exit(3))
+    monkeypatch.setattr(decoder, "_child", lambda *_: os._exit(3))
     parallel, alone = _reports(path)
     assert parallel == alone
     assert "bogus" in "\n".join(parallel["problems"])
@@ -158,22 +159,22 @@ def test_frames_of_every_size_share_a_small_ring_without_overwriting(
         frames.append(records_frame(records))
         count += size
     ring = 3 * sum(map(len, frames)) // len(frames)
-    monkeypatch.setattr(decoder_process, "RING_BYTES", ring)
+    monkeypatch.setattr(decoder, "RING_BYTES", ring)
 
-    class Slow(decoder_process.RecordDecoder):  # frames wait at the child, as on a busy machine
+    class Slow(decoder.RecordDecoder):  # frames wait at the child, as on a busy machine
         def decode_all(self, payload: Any, first_index: int = 0) -> Any:
             time.sleep(0.002)
             return super().decode_all(payload, first_index)
 
-    monkeypatch.setattr(decoder_process, "RecordDecoder", Slow)
+    monkeypatch.setattr(decoder, "RecordDecoder", Slow)
     answers: list[list[int] | None] = []
-    answer = decoder_process.FrameHelper.answer
+    answer = decoder.FrameHelper.answer
 
-    def recorded(self: decoder_process.FrameHelper) -> list[int] | None:
+    def recorded(self: decoder.FrameHelper) -> list[int] | None:
         answers.append(answer(self))
         return answers[-1]
 
-    monkeypatch.setattr(decoder_process.FrameHelper, "answer", recorded)
+    monkeypatch.setattr(decoder.FrameHelper, "answer", recorded)
     path = _bundle(tmp_path, frames, count)
     parallel, alone = _reports(path)
     assert parallel == alone

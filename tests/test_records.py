@@ -10,8 +10,7 @@ import msgspec
 import pytest
 
 from kindling_bundle import Capsule, Observation, Pin, Summary
-from kindling_bundle.jsjson import dumps, js_number, loads
-from kindling_bundle.store.rows import (
+from kindling_bundle.db.rows import (
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
     PIN_SELECT,
@@ -25,7 +24,7 @@ from kindling_bundle.store.rows import (
     summary_from_row,
     summary_values,
 )
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.writes import (
     INSERT_CAPSULE,
     INSERT_OBSERVATION,
     INSERT_PIN,
@@ -35,6 +34,7 @@ from kindling_bundle.store.writes import (
     insert_pin,
     insert_summary,
 )
+from kindling_bundle.kindling_json.jsjson import dumps, js_number, loads
 
 # Provenance texts exactly as Node's JSON.stringify wrote them (node -e 'JSON.stringify(v)').
 JS_WRITTEN_PROVENANCE = [

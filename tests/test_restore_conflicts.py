@@ -14,9 +14,9 @@ from kindling_bundle import (
     Summary,
     import_bundle,
     open_store,
+    write_bundle_from_records,
 )
-from kindling_bundle.bundle import write_bundle_from_records
-from kindling_bundle.store.writes import create_capsule, insert_observation, insert_summary
+from kindling_bundle.db.writes import create_capsule, insert_observation, insert_summary
 
 OBS = Observation(id="o1", kind="message", content="first words", ts=1)
 CAPSULE = Capsule(

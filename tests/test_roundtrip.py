@@ -27,8 +27,8 @@ from kindling_bundle import (
     verify_bundle,
     write_bundle,
 )
-from kindling_bundle.store import write_transaction
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.connection import write_transaction
+from kindling_bundle.db.writes import (
     create_capsule,
     insert_observation,
     insert_pin,

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import dump_tables
 from kindling_bundle import StoreError, generate_sample
-from kindling_bundle.store import open_store
+from kindling_bundle.db.connection import open_store
 
 
 def test_same_seed_same_content_other_seed_other_content(tmp_path: Path) -> None:

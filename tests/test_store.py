@@ -12,9 +12,9 @@ import pytest
 
 from conftest import make_v4_database
 from kindling_bundle import Capsule, Observation, Pin, StoreError, Summary
-from kindling_bundle.integrity import verify_import_integrity
-from kindling_bundle.store import create_store, open_store
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.connection import create_store, open_store
+from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.db.writes import (
     attach_observation,
     close_capsule,
     create_capsule,

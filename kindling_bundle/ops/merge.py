@@ -31,7 +31,7 @@ union are a conflict on that capsule, settled by the same strategy; pins on the 
 are moved to the one kept (as an overwriting import does), so no pin is lost or left dangling.
 
 Record rules: the winners are checked as they are written, by the checker verify uses
-(`kindling_bundle.rules`, through kindling_json.ReferenceGuard), so references are closed over
+(`format.stream_rules`, through kindling_json.ReferenceGuard), so references are closed over
 the union, not each input: an input that is not closed (a Kindling JSON export without its
 redacted observations) is fine when another input holds what it names. A reference that no input
 can satisfy is an error, or with `drop_dangling` is left out and counted; a capsule that lists an
@@ -51,21 +51,21 @@ from typing import Any, Literal
 
 import msgspec
 
-from kindling_bundle.bundle import BundleOptions, Manifest, open_bundle, write_bundle_from_records
-from kindling_bundle.bundle.writer import BundleDestination
+from kindling_bundle.db.connection import SQLITE_MAGIC, open_store
+from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+from kindling_bundle.db.importer import ConflictStrategy, check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
-from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.importer import ConflictStrategy, check_strategy
-from kindling_bundle.kindling_json import (
+from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.reader import open_bundle
+from kindling_bundle.kindling_json.reader import (
     DanglingReport,
     ReferenceGuard,
     detect_format,
     entity_streams,
     open_kindling_json,
 )
+from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
-from kindling_bundle.store import open_store
-from kindling_bundle.store.connection import SQLITE_MAGIC
 
 DatasetSource = str | os.PathLike[str]
 DatasetFormat = Literal["bundle", "kindling-json", "database"]

@@ -5,11 +5,11 @@ every member's size, count and SHA-256, so nothing can be written before all rec
 encoded. Each entity is therefore encoded once, in export order, into an anonymous temporary
 file (the spool: beside the destination file, or in TMPDIR for a stream destination) while it is
 hashed and counted; then the archive is written from the spool. Memory holds one frame at a time.
-When a child process encodes the observations (encoder_process), the other members go to a
+When a child process encodes the observations (parallel.encoder), the other members go to a
 second spool meanwhile, and the archive takes each member from where it was written.
 For a database export the read snapshot covers the spooling only, not the slower compression.
 
-A path destination is written through `storage.atomic_file`: a temporary file in the same
+A path destination is written through `io.storage.atomic_file`: a temporary file in the same
 directory, fsynced, and renamed into place only when complete, so on any failure there is no file
 at the destination (an existing file there is replaced only by a complete bundle). On Linux the
 temporary file has no name until it is complete (O_TMPFILE), so a process killed mid-export
@@ -35,9 +35,19 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from kindling_bundle.bundle.encoder_process import ChildEncoder, ReadingChild
-from kindling_bundle.bundle.forking import PARALLEL_MIN_ROWS, parallel_available
-from kindling_bundle.bundle.format import (
+from kindling_bundle.db.connection import KindlingConnection, open_store
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    export_observation_row_batches,
+    export_observations_from,
+    label_error,
+    observation_split,
+    observations_before_sql,
+    snapshot,
+)
+from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -51,24 +61,14 @@ from kindling_bundle.bundle.format import (
     ToolInfo,
     encode_manifest,
 )
-from kindling_bundle.bundle.frames import FrameEncoder
-from kindling_bundle.bundle.reader import source_label
-from kindling_bundle.bundle.tarstream import MAX_MTIME, end_of_archive, member_header, padding
-from kindling_bundle.bundle.zstdio import MAX_LEVEL, MIN_LEVEL, compressor
-from kindling_bundle.errors import BundleError, KindlingBundleError
-from kindling_bundle.export import (
-    ENTITY_EXPORTS,
-    ExportStreamOptions,
-    export_observation_row_batches,
-    export_observations_from,
-    label_error,
-    observation_split,
-    observations_before_sql,
-    snapshot,
-)
+from kindling_bundle.format.reader import source_label
+from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
+from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
+from kindling_bundle.io.storage import atomic_file, check_local_destination
+from kindling_bundle.parallel.encoder import ChildEncoder, ReadingChild
+from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import Record
-from kindling_bundle.storage import atomic_file, check_local_destination
-from kindling_bundle.store.connection import KindlingConnection, open_store
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -89,7 +89,7 @@ class BundleOptions:
     manifest and as every member's mtime; None means $SOURCE_DATE_EPOCH (seconds) if set, else
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
     `parallel`: encode a large export's observations in a second process where the platform
-    allows (kindling_bundle.bundle.encoder_process); the bundle is the same either way.
+    allows (kindling_bundle.parallel.encoder); the bundle is the same either way.
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
@@ -142,7 +142,7 @@ def write_bundle(
     """Export a Kindling database to a bundle at `dest` (a path or a writable binary stream).
 
     All four entities come from one read snapshot, so they agree with each other. A filtered
-    export brings the records its selection references (kindling_bundle.export's closure), so
+    export brings the records its selection references (kindling_bundle.db.export's closure), so
     every bundle is referentially closed.
     `progress(records_done, bytes_done)` is called as records are encoded; `on_output(data)`
     with each piece of the bundle as it is written (to hash it without reading it back).
@@ -286,7 +286,7 @@ class _Progress:
         self._report()
 
     def child(self, records: int, size: int) -> None:
-        """The child's running totals (encoder_process reports them so)."""
+        """The child's running totals (parallel.encoder reports them so)."""
         self._child_records, self._child_bytes = records, size
         self._report()
 
@@ -325,7 +325,7 @@ def _entity_steps(
     progress: _Progress,
 ) -> Generator[None, None, _Spooled]:
     """One member's frames into the spool, hashed and counted, pausing every STEP_RECORDS
-    records (so that encoder_process can take it a step of a millisecond or two at a time, and
+    records (so that parallel.encoder can take it a step of a millisecond or two at a time, and
     its child never waits long for rows); returns where the member is. The frames are those of
     `FrameEncoder.frames` over the whole stream: batches of FRAME_RECORDS, then the rest."""
     offset = spool.tell()
@@ -425,7 +425,7 @@ def _encode_beside_child(
     callback: ProgressCallback | None,
     conn: KindlingConnection,
 ) -> list[_Spooled]:
-    """The observations encoded by a child into `spool` (encoder_process) from the rows this
+    """The observations encoded by a child into `spool` (parallel.encoder) from the rows this
     process reads, while this process encodes the other entities into `side` whenever the child
     is busy: on two cores the two halves overlap. Errors come in foreign-key order, as they
     would in one process."""
@@ -511,7 +511,7 @@ def _encode_split(
     callback: ProgressCallback | None,
 ) -> list[_Spooled] | None:
     """A whole export's observations in two parts: the first CHILD_SHARE read and encoded by a
-    child into `spool` (encoder_process.ReadingChild), the rest here into `side`, then the other
+    child into `spool` (parallel.encoder.ReadingChild), the rest here into `side`, then the other
     entities here into `side`. The split falls on a multiple of FRAME_RECORDS, so the frames are
     those of one pass. None if the child cannot share this snapshot (something was committed
     since it began): then nothing was written, and the caller encodes another way."""

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kindling_bundle.errors import StoreError
-from kindling_bundle.records import Capsule, Observation, Pin, Summary
-from kindling_bundle.store.connection import KindlingConnection, open_store, write_transaction
-from kindling_bundle.store.writes import (
+from kindling_bundle.db.connection import KindlingConnection, open_store, write_transaction
+from kindling_bundle.db.writes import (
     create_capsule,
     insert_observations,
     insert_pin,
     insert_summary,
     redact_observation,
 )
+from kindling_bundle.errors import StoreError
+from kindling_bundle.records import Capsule, Observation, Pin, Summary
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
 

@@ -49,7 +49,27 @@ from typing import Any, Literal
 
 import msgspec
 
+from kindling_bundle.db.connection import savepoint
+from kindling_bundle.db.rows import (
+    CAPSULE_COLUMNS,
+    OBSERVATION_COLUMNS,
+    PIN_COLUMNS,
+    SUMMARY_COLUMNS,
+    capsule_values,
+    observation_values,
+    pin_values,
+    summary_values,
+)
+from kindling_bundle.db.schema import INDEXES, TRIGGERS
+from kindling_bundle.db.writes import (
+    INSERT_CAPSULE,
+    INSERT_LINK,
+    INSERT_OBSERVATION,
+    INSERT_PIN,
+    INSERT_SUMMARY,
+)
 from kindling_bundle.errors import RecordError
+from kindling_bundle.format.stream_rules import first_repeated
 from kindling_bundle.records import (
     CONFLICT_STRATEGIES,
     DENORMALIZED_SCOPE_KEYS,
@@ -61,26 +81,6 @@ from kindling_bundle.records import (
     Record,
     Summary,
     entity_of,
-)
-from kindling_bundle.rules import first_repeated
-from kindling_bundle.store.connection import savepoint
-from kindling_bundle.store.rows import (
-    CAPSULE_COLUMNS,
-    OBSERVATION_COLUMNS,
-    PIN_COLUMNS,
-    SUMMARY_COLUMNS,
-    capsule_values,
-    observation_values,
-    pin_values,
-    summary_values,
-)
-from kindling_bundle.store.schema import INDEXES, TRIGGERS
-from kindling_bundle.store.writes import (
-    INSERT_CAPSULE,
-    INSERT_LINK,
-    INSERT_OBSERVATION,
-    INSERT_PIN,
-    INSERT_SUMMARY,
 )
 
 Outcome = Literal["inserted", "overwritten", "skipped", "unchanged"]

@@ -20,7 +20,8 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.bundle.format import (
+from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     FRAME_RECORDS,
     MAX_FRAME_BYTES,
@@ -28,7 +29,6 @@ from kindling_bundle.bundle.format import (
     MAX_NESTING_DEPTH,
     describe_validation,
 )
-from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Observation, Record
 
 # What follows a MessagePack type byte 0xc0-0xdf: (bytes to skip, size of a big-endian length

@@ -6,10 +6,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from kindling_bundle.errors import StoreError
-from kindling_bundle.records import REDACTED_CONTENT, Capsule, Observation, Pin, Summary
-from kindling_bundle.store.connection import savepoint
-from kindling_bundle.store.rows import (
+from kindling_bundle.db.connection import savepoint
+from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
@@ -19,6 +17,8 @@ from kindling_bundle.store.rows import (
     pin_values,
     summary_values,
 )
+from kindling_bundle.errors import StoreError
+from kindling_bundle.records import REDACTED_CONTENT, Capsule, Observation, Pin, Summary
 
 INSERT_OBSERVATION = (
     f"INSERT INTO observations ({OBSERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kindling_bundle import jsjson
 from kindling_bundle.errors import RecordError
+from kindling_bundle.kindling_json import jsjson
 from kindling_bundle.records import (
     DENORMALIZED_SCOPE_KEYS,
     Capsule,

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kindling_bundle.db.schema import create_schema, detect_generation
 from kindling_bundle.errors import StoreError
-from kindling_bundle.storage import fsync_folder
-from kindling_bundle.store.schema import create_schema, detect_generation
+from kindling_bundle.io.storage import fsync_folder
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_TIMEOUT_ENV = "KINDLING_BUSY_TIMEOUT_MS"

@@ -3,7 +3,7 @@
 Checked, in one forward pass: the zstd frame (checksum, complete, nothing after it), the tar
 structure, the manifest (present, first, valid), every listed member present exactly once, in
 order, and no other; each member's size, SHA-256 and record count against the manifest; the
-framing; every record decoded and validated; and the record rules (`kindling_bundle.rules`, the
+framing; every record decoded and validated; and the record rules (`format.stream_rules`, the
 same checker conversions and merges use): no id twice within an entity, no observation twice in
 a capsule, every reference resolved inside the bundle (capsule observations, summary capsules, one
 summary per capsule, pin targets). Summary evidence refs that do not resolve are warnings, as in
@@ -15,7 +15,7 @@ References to an entity are checked only if that entity's member was read, in or
 framing or decoding problems, so one damaged member does not drown the report in echoes.
 
 Memory: one frame, plus the 64-bit hash of every id seen, about 10 bytes a record once there are
-many (kindling_bundle.hashset); this is what resolving references in a single pass costs.
+many (kindling_bundle.format.hashset); this is what resolving references in a single pass costs.
 """
 
 from __future__ import annotations
@@ -25,26 +25,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kindling_bundle.bundle.decoder_process import IN_FLIGHT, FrameHelper
-from kindling_bundle.bundle.forking import PARALLEL_MIN_ROWS, parallel_available
-from kindling_bundle.bundle.format import (
+from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
     EntityEntry,
     Manifest,
     ProgressCallback,
 )
-from kindling_bundle.bundle.frames import RecordDecoder
-from kindling_bundle.bundle.reader import (
+from kindling_bundle.format.reader import (
     BundleReader,
     BundleSource,
     FramingError,
     MemberData,
     source_label,
 )
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.record_frames import RecordDecoder
+from kindling_bundle.format.stream_rules import RecordRules
+from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
+from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import ENTITY_TYPES, Record
-from kindling_bundle.rules import RecordRules
 
 MAX_LISTED = 200
 """Problems (and warnings) listed in a report; the counts include those left out."""
@@ -103,7 +103,7 @@ def verify_bundle(
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
     (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
     large bundle's observation frames in a second process where the platform allows
-    (kindling_bundle.bundle.decoder_process); the report is the same either way."""
+    (kindling_bundle.parallel.decoder); the report is the same either way."""
     report = VerifyReport(source=source_label(src))
     try:
         with BundleReader(src) as reader:

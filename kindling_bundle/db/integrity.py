@@ -24,8 +24,8 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from kindling_bundle.db.connection import describe_error
 from kindling_bundle.errors import StoreError
-from kindling_bundle.store.connection import describe_error
 
 Severity = Literal["error", "warning"]
 

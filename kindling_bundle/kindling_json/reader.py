@@ -50,21 +50,21 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 
 import msgspec
 
-from kindling_bundle import jsjson
-from kindling_bundle.bundle.format import Manifest, ProgressCallback
-from kindling_bundle.bundle.reader import BundleSource, open_bundle
-from kindling_bundle.bundle.verify import VerifyReport
-from kindling_bundle.bundle.zstdio import ZSTD_MAGIC
 from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleSource, open_bundle
+from kindling_bundle.format.stream_rules import RecordRules
+from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
+from kindling_bundle.io.storage import atomic_file
+from kindling_bundle.kindling_json import jsjson
+from kindling_bundle.ops.verify import VerifyReport
 from kindling_bundle.records import ENTITY_TYPES, Capsule, ConflictStrategy, Pin, Record, Summary
-from kindling_bundle.rules import RecordRules
-from kindling_bundle.storage import atomic_file
 
 if TYPE_CHECKING:  # the writing and importing modules load SQLite: imported where used
-    from kindling_bundle.bundle.restore import ImportReport
-    from kindling_bundle.bundle.writer import BundleDestination
-    from kindling_bundle.export import ExportStreamOptions
-    from kindling_bundle.store.connection import KindlingConnection
+    from kindling_bundle.db.connection import KindlingConnection
+    from kindling_bundle.db.export import ExportStreamOptions
+    from kindling_bundle.ops.restore import ImportReport
+    from kindling_bundle.ops.write import BundleDestination
 
 KINDLING_JSON_VERSION = "1.0"
 MAX_VALUE_BYTES = 64 * 1024 * 1024
@@ -608,7 +608,7 @@ def write_kindling_json(
 
     The streams are consumed in foreign-key order, one at a time, so they may be lazy streams
     of one snapshot or one bundle pass. A path destination appears only when complete
-    (`storage.atomic_file`); failing to write it is a one-line StorageError naming it.
+    (`io.storage.atomic_file`); failing to write it is a one-line StorageError naming it.
     """
     unknown = set(streams) - set(ENTITY_TYPES)
     if unknown:
@@ -691,7 +691,7 @@ class DanglingReport:
 
 
 class ReferenceGuard:
-    """Passes a foreign-key-ordered stream through the record rules (`kindling_bundle.rules`),
+    """Passes a foreign-key-ordered stream through the record rules (`format.stream_rules`),
     so what is written verifies and imports.
 
     A breach raises a RecordError naming `name` and the record. With `drop`, a dangling reference
@@ -756,7 +756,7 @@ def close_references(
     dangling reference raises RecordError.
 
     Memory: the 64-bit hash of every id, about 10 bytes a record once there are many
-    (kindling_bundle.hashset)."""
+    (kindling_bundle.format.hashset)."""
     guard = ReferenceGuard(
         drop=drop, name=name, report=report if report is not None else DanglingReport()
     )
@@ -773,7 +773,7 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
     """Check a Kindling JSON export completely, never raising for a bad file.
 
     Every record is validated (all bad records are reported, not just the first), then checked
-    against the record rules (`kindling_bundle.rules`, as bundle verify and conversions do):
+    against the record rules (`format.stream_rules`, as bundle verify and conversions do):
     breaches are problems, since an import would refuse them; evidence refs that are not in the
     file are warnings. Invalid JSON ends the check with its position.
     """
@@ -821,8 +821,8 @@ def export_kindling_json(
     marked. A filtered export brings the records its selection references (as a bundle export
     does), so the file is referentially closed and imports. `exported_at` defaults as a bundle's
     creation time does ($SOURCE_DATE_EPOCH, else now). Returns the count per entity."""
-    from kindling_bundle.bundle.writer import resolve_created_at
-    from kindling_bundle.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+    from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+    from kindling_bundle.ops.write import resolve_created_at
 
     opts = opts or ExportStreamOptions()
     if opts.filtered and not opts.include_references:
@@ -856,12 +856,12 @@ def kindling_json_to_bundle(
     file twice gives the same bundle), else as for any bundle. The export's scope is recorded
     as the bundle's filter when it uses the four scope keys a filter can name.
     """
-    from kindling_bundle.bundle.writer import (
+    from kindling_bundle.db.export import ExportStreamOptions
+    from kindling_bundle.ops.write import (
         BundleOptions,
         resolve_created_at,
         write_bundle_from_records,
     )
-    from kindling_bundle.export import ExportStreamOptions
 
     with open_kindling_json(src, name=name) as reader:
         records = iter(reader.records())
@@ -920,7 +920,7 @@ def import_kindling_json(
     to a bundle in a temporary file (in `spool_dir`, else TMPDIR) and importing that: one
     transaction, the same conflict strategies, the integrity check, all or nothing. The JSON is
     fully read and checked before the database is touched."""
-    from kindling_bundle.bundle.restore import import_bundle
+    from kindling_bundle.ops.restore import import_bundle
 
     dangling = DanglingReport()
     with tempfile.TemporaryDirectory(prefix="kindling-json-", dir=spool_dir) as folder:

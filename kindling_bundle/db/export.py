@@ -46,17 +46,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from kindling_bundle.errors import RecordError, StoreError
-from kindling_bundle.records import (
-    DENORMALIZED_SCOPE_KEYS,
-    Capsule,
-    Observation,
-    Pin,
-    Record,
-    Summary,
-)
-from kindling_bundle.store.connection import describe_error
-from kindling_bundle.store.rows import (
+from kindling_bundle.db.connection import describe_error
+from kindling_bundle.db.rows import (
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
     PIN_SELECT,
@@ -65,6 +56,15 @@ from kindling_bundle.store.rows import (
     observation_from_row,
     pin_from_row,
     summary_from_row,
+)
+from kindling_bundle.errors import RecordError, StoreError
+from kindling_bundle.records import (
+    DENORMALIZED_SCOPE_KEYS,
+    Capsule,
+    Observation,
+    Pin,
+    Record,
+    Summary,
 )
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

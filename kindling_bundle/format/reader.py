@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from kindling_bundle.bundle.format import (
+from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
@@ -33,10 +34,9 @@ from kindling_bundle.bundle.format import (
     ProgressCallback,
     decode_manifest,
 )
-from kindling_bundle.bundle.frames import RecordDecoder, count_values
-from kindling_bundle.bundle.tarstream import BLOCK, RECORD, MemberHeader, parse_header
-from kindling_bundle.bundle.zstdio import FrameReader
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.record_frames import RecordDecoder, count_values
+from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
+from kindling_bundle.format.zstd_frames import FrameReader
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO

@@ -42,11 +42,11 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from kindling_bundle.bundle.forking import pipe_has_room, widen_pipe
-from kindling_bundle.bundle.format import FRAME_RECORDS
-from kindling_bundle.bundle.frames import FrameEncoder
+from kindling_bundle.db.rows import observation_from_row
 from kindling_bundle.errors import BundleError, RecordError, StoreError
-from kindling_bundle.store.rows import observation_from_row
+from kindling_bundle.format.manifest import FRAME_RECORDS
+from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.parallel.forking import pipe_has_room, widen_pipe
 
 _ROWS = b"R"  # then a MessagePack array of rows
 _FRAMES = b"F"  # then a 4-byte record count and the frames, encoded here
@@ -262,7 +262,7 @@ def _failure(exc: BaseException, path: str = "") -> tuple[Any, ...]:
     if isinstance(exc, OSError):
         return ("os", exc.errno, exc.strerror)
     if isinstance(exc, sqlite3.Error):  # in the words of export._records
-        from kindling_bundle.store.connection import describe_error
+        from kindling_bundle.db.connection import describe_error
 
         reason = describe_error(exc)
         reason = reason[:200] + "..." if len(reason) > 200 else reason
@@ -354,7 +354,7 @@ def _reading_child(
 ) -> None:
     """Open a connection, read and encode the rows `sql` selects, then hash the rest of the
     member from `side` when told how long it is."""
-    from kindling_bundle.store.connection import open_store
+    from kindling_bundle.db.connection import open_store
 
     try:
         gc.disable()  # rows and records hold no cycles, and each batch is dropped after use

@@ -2,7 +2,7 @@
 
 The manifest is read and validated before the database is touched. Then one write transaction
 (BEGIN IMMEDIATE) replays the members in foreign-key order through the import primitives
-(`kindling_bundle.importer.import_batch`, one frame at a time), while the reader checks each
+(`kindling_bundle.db.importer.import_batch`, one frame at a time), while the reader checks each
 member's count and SHA-256 as it streams and, after the last one, that the archive and the zstd
 stream end cleanly. `verify_import_integrity` then checks the database as it would be committed.
 Any failure (damage found late, a conflict under `error`, a missing reference, a record the
@@ -25,10 +25,13 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.bundle.format import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.bundle.reader import BundleReader, BundleSource
-from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
-from kindling_bundle.importer import (
+from kindling_bundle.db.connection import (
+    KindlingConnection,
+    TransactionLost,
+    describe_error,
+    write_transaction,
+)
+from kindling_bundle.db.importer import (
     ConflictStrategy,
     ImportEntityResult,
     bulk_load,
@@ -37,14 +40,11 @@ from kindling_bundle.importer import (
     foreign_keys_checked_after,
     import_batch,
 )
-from kindling_bundle.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
+from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleReader, BundleSource
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
-from kindling_bundle.store.connection import (
-    KindlingConnection,
-    TransactionLost,
-    describe_error,
-    write_transaction,
-)
 
 _LISTED_PROBLEMS = 3
 

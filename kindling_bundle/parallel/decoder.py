@@ -29,7 +29,7 @@ from collections import deque
 from operator import attrgetter
 from typing import Any
 
-from kindling_bundle.bundle.frames import RecordDecoder
+from kindling_bundle.format.record_frames import RecordDecoder
 
 IN_FLIGHT = 4
 """Frames handed to the child and not yet answered, at most: the child finds the next frame

@@ -13,7 +13,7 @@ merges and bundle-to-JSON refuse it (or, for dangling references, drop them on r
 (which enforces the same rules against the database) takes it.
 
 Memory: the 64-bit hash of every id seen, about 10 bytes a record once there are many
-(kindling_bundle.hashset).
+(kindling_bundle.format.hashset).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Literal
 
-from kindling_bundle.hashset import SET_ONLY_MAX, HashSet
+from kindling_bundle.format.hashset import SET_ONLY_MAX, HashSet
 from kindling_bundle.records import (
     ENTITY_TYPES,
     SINGULAR,
@@ -180,7 +180,7 @@ class RecordRules:
     def clear_new_ids(self, entity: str, hashes: list[int]) -> bool:
         """True if these id hashes (of a run of the entity's records) are distinct and new. For
         observations, which reference nothing, that is all `clear_run` asks, so a process that
-        decoded them elsewhere need only send their hashes (bundle.decoder_process); then
+        decoded them elsewhere need only send their hashes (parallel.decoder); then
         `add_ids` adds them."""
         return len(set(hashes)) == len(hashes) and self._ids[entity].isdisjoint(hashes)
 

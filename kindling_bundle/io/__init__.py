@@ -1,0 +1,1 @@
+"""The edges: local paths, stdio and URLs, atomic files, and progress reporting."""

@@ -1,0 +1,1 @@
+"""Kindling's own JSON export format: reading, verifying and writing it."""

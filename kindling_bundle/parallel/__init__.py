@@ -1,0 +1,2 @@
+"""The optional worker processes that encode (export) and decode (verify) record frames
+beside the main process."""
