@@ -40,24 +40,21 @@ from kindling_bundle.errors import (
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
 from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
     KindlingJsonInfo,
     KindlingJsonReader,
+    open_kindling_json,
+    verify_kindling_json,
+)
+from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
     export_kindling_json,
     import_kindling_json,
     kindling_json_to_bundle,
-    open_kindling_json,
-    verify_kindling_json,
-    write_kindling_json,
 )
-from kindling_bundle.ops.merge import (
-    DiffReport,
-    MergeReport,
-    diff_datasets,
-    merge_datasets,
-    open_dataset,
-)
+from kindling_bundle.ops.datasets import open_dataset
+from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
+from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.verify import VerifyReport, verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records

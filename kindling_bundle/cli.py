@@ -26,6 +26,7 @@ from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import read_manifest
 from kindling_bundle.io.progress import Progress
+from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import (
     HEAD_BLOCK_SIZE,
     STDIO,
@@ -34,15 +35,14 @@ from kindling_bundle.io.storage import (
     open_source,
     parse_storage_options,
 )
-from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
+from kindling_bundle.kindling_json.reader import verify_kindling_json
+from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
     export_kindling_json,
     import_kindling_json,
     kindling_json_to_bundle,
-    peek_format,
-    verify_kindling_json,
 )
+from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 
@@ -612,7 +612,7 @@ def convert(
     """
     with open_source(source, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
-        if kind is None:
+        if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
             if kind == "kindling-json":

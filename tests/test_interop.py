@@ -28,20 +28,22 @@ from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
+from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
     KindlingJsonReader,
+    open_kindling_json,
+    verify_kindling_json,
+)
+from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
-    entity_streams,
     export_kindling_json,
     import_kindling_json,
     kindling_json_to_bundle,
-    open_kindling_json,
-    peek_format,
-    verify_kindling_json,
-    write_kindling_json,
 )
+from kindling_bundle.ops.datasets import entity_streams
 from kindling_bundle.ops.merge import diff_datasets, merge_datasets
+from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Summary
 
@@ -180,7 +182,8 @@ def test_reads_from_a_pipe_after_detecting_the_format():
         (b"\x28\xb5\x2f\xfd\x00", "bundle"),
         (b'\n  {"bundleVersion"', "kindling-json"),
         (b'\xef\xbb\xbf{"a"', "kindling-json"),
-        (b"SQLite format 3\x00", None),
+        (b"SQLite format 3\x00", "database"),
+        (b"SQLite format", None),
         (b"", None),
     ],
 )

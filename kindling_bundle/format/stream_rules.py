@@ -9,7 +9,7 @@ report lists them as warnings too.
 
 `RecordRules` is the one checker: bundle verify and JSON verify report what it finds; conversions,
 merges and bundle-to-JSON refuse it (or, for dangling references, drop them on request), through
-`kindling_json.ReferenceGuard`. So whatever one of them writes, the others accept, and import
+`ops.references.ReferenceGuard`. So whatever one of them writes, the others accept, and import
 (which enforces the same rules against the database) takes it.
 
 Memory: the 64-bit hash of every id seen, about 10 bytes a record once there are many

@@ -1,8 +1,7 @@
 """Compare and merge datasets: any mix of bundles, Kindling JSON exports and Kindling databases.
 
-A dataset source is a path; what it holds is told by its first bytes (zstd magic: a bundle;
-`{`: a Kindling JSON export; the SQLite header: a Kindling database, read from one snapshot
-and never changed). Every source is read as one foreign-key-ordered record stream.
+A dataset source is a path to any of them (`ops.datasets`), read as one foreign-key-ordered
+record stream.
 
 Content identity: two records with the same id are the same when their canonical MessagePack
 encodings (the bundle's own encoding of the record Struct: field order fixed, JSON values in
@@ -31,8 +30,8 @@ union are a conflict on that capsule, settled by the same strategy; pins on the 
 are moved to the one kept (as an overwriting import does), so no pin is lost or left dangling.
 
 Record rules: the winners are checked as they are written, by the checker verify uses
-(`format.stream_rules`, through kindling_json.ReferenceGuard), so references are closed over
-the union, not each input: an input that is not closed (a Kindling JSON export without its
+(`format.stream_rules`, through `ops.references.ReferenceGuard`), so references are closed
+over the union, not each input: an input that is not closed (a Kindling JSON export without its
 redacted observations) is fine when another input holds what it names. A reference that no input
 can satisfy is an error, or with `drop_dangling` is left out and counted; a capsule that lists an
 observation twice is an error. The result always verifies and imports.
@@ -43,32 +42,20 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.connection import SQLITE_MAGIC, open_store
-from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.db.importer import ConflictStrategy, check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import open_bundle
-from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
-    ReferenceGuard,
-    detect_format,
-    entity_streams,
-    open_kindling_json,
-)
+from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
+from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
-
-DatasetSource = str | os.PathLike[str]
-DatasetFormat = Literal["bundle", "kindling-json", "database"]
 
 _LISTED_IDS = 5
 
@@ -91,64 +78,6 @@ class _Digester:
     def __call__(self, record: Record) -> bytes:
         self._encoder.encode_into(record, self._buffer)
         return hashlib.blake2b(self._buffer, digest_size=16).digest()
-
-
-# -- sources ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    """An open dataset source: what it is, and its records (single use, foreign-key order)."""
-
-    name: str
-    format: DatasetFormat
-    records: Iterator[Record]
-
-
-def source_format(src: DatasetSource) -> DatasetFormat:
-    """What a path holds, told by its first bytes; BundleError when it is none of them."""
-    name = os.fspath(src)
-    try:
-        with open(src, "rb") as handle:
-            head = handle.read(65536)
-    except OSError as exc:
-        raise BundleError(f"{name}: cannot open: {exc.strerror}") from None
-    if head.startswith(SQLITE_MAGIC):
-        return "database"
-    kind = detect_format(head)
-    if kind is None:
-        raise BundleError(
-            f"{name}: not a bundle, a Kindling JSON export or a Kindling database "
-            "(by its first bytes)"
-        )
-    return kind
-
-
-@contextmanager
-def open_dataset(src: DatasetSource, *, spool_dir: str | None = None) -> Iterator[Dataset]:
-    """Open a bundle, Kindling JSON export or Kindling database (read-only) as records.
-
-    On exit the record stream is closed before its source, even when it was left half read."""
-    name = os.fspath(src)
-    kind = source_format(src)
-    with ExitStack() as stack:
-        if kind == "bundle":
-            records = stack.enter_context(open_bundle(src)).records()
-        elif kind == "kindling-json":
-            records = stack.enter_context(open_kindling_json(src, spool_dir=spool_dir)).records()
-        else:
-            conn = open_store(src, readonly=True)
-            stack.callback(conn.close)
-            stack.enter_context(snapshot(conn))
-            records = _database_records(conn)
-        stack.callback(records.close)
-        yield Dataset(name, kind, records)
-
-
-def _database_records(conn: sqlite3.Connection) -> Iterator[Record]:
-    opts = ExportStreamOptions()
-    for export in ENTITY_EXPORTS.values():
-        yield from export(conn, opts)
 
 
 # -- diff ------------------------------------------------------------------------------------
