@@ -1,0 +1,296 @@
+"""export and import: between a Kindling database and a bundle (or a Kindling JSON export)."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from kindling_bundle.cli.options import (
+    EpochMs,
+    common_options,
+    db_option,
+    default_db,
+    progress_for,
+    source_name,
+    storage_options,
+)
+from kindling_bundle.cli.output import Output, print_integrity
+from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
+from kindling_bundle.db.export import ExportStreamOptions
+from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
+from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
+from kindling_bundle.ops.restore import import_bundle
+from kindling_bundle.ops.write import BundleOptions, write_bundle
+from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
+
+
+class _Hashing:
+    """A write-only stream that hashes and counts what passes through it to `target`."""
+
+    def __init__(self, target: BinaryIO | None = None):
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.name = getattr(target, "name", "<stream>")
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def write(self, data: bytes) -> int:
+        self.update(data)
+        assert self.target is not None
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+    return path.stat().st_size, digest.hexdigest()
+
+
+@click.command()
+@db_option
+@click.option("--session", help="Only this session id.")
+@click.option("--repo", help="Only this repo id.")
+@click.option("--agent", help="Only this agent id.")
+@click.option("--user", help="Only this user id.")
+@click.option("--since", type=EpochMs(), help="From this time (inclusive): epoch ms or ISO-8601.")
+@click.option("--until", type=EpochMs(), help="Up to this time (inclusive): epoch ms or ISO-8601.")
+@click.option(
+    "--level",
+    type=click.IntRange(1, 19),
+    default=3,
+    show_default=True,
+    help="zstd compression level.",
+)
+@click.option(
+    "--created-at",
+    type=EpochMs(),
+    help="Fixed creation time, for byte-identical bundles [default: $SOURCE_DATE_EPOCH, else now].",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["bundle", "kindling-json"]),
+    default="bundle",
+    show_default=True,
+    help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
+)
+@click.argument("out_target", metavar="OUT")
+@storage_options
+@common_options
+def export(
+    db: Path | None,
+    session: str | None,
+    repo: str | None,
+    agent: str | None,
+    user: str | None,
+    since: int | None,
+    until: int | None,
+    level: int,
+    created_at: int | None,
+    out_format: str,
+    out_target: str,
+    out: Output,
+    storage_options: dict[str, Any],
+) -> None:
+    """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
+    s3://bucket/key, uploaded as it is written and there only once complete).
+
+    With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
+    marked), for a Kindling installation that only reads JSON.
+
+    A filtered export also carries what its selection references (the observations of its
+    capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+    """
+
+    scope = {
+        key: value
+        for key, value in (
+            ("sessionId", session),
+            ("repoId", repo),
+            ("agentId", agent),
+            ("userId", user),
+        )
+        if value is not None
+    }
+    try:
+        selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
+        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    db_path = db or default_db()
+    conn = open_store(db_path, readonly=True)
+    progress = progress_for("export", out)
+    if progress.enabled and not selection.filtered:  # a whole export: the total is known
+        progress.total_records = sum(
+            conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
+        )
+    manifest: Manifest | None = None
+
+    def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
+        nonlocal manifest
+        if out_format == "kindling-json":
+            return export_kindling_json(conn, dest, selection, exported_at=created_at)
+        on_output = hashing.update if hashing is not None else None
+        manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
+        return {entry.entity: entry.records for entry in manifest.entities}
+
+    try:
+        if out_target == STDIO or is_url(out_target):
+            with open_destination(out_target, storage_options=storage_options) as stream:
+                hashing = _Hashing(stream)
+                counts = write(hashing)  # type: ignore[arg-type]
+            size, digest = hashing.size, hashing.sha256.hexdigest()
+        elif out_format == "kindling-json":
+            counts = write(Path(out_target))
+            size, digest = _file_digest(Path(out_target))
+        else:  # hashed as it is written, not read back
+            hashing = _Hashing()
+            counts = write(Path(out_target), hashing)
+            size, digest = hashing.size, hashing.sha256.hexdigest()
+    finally:
+        progress.close()
+        conn.close()
+    # With the bundle on standard output, the summary goes to standard error.
+    to_stderr = out_target == STDIO
+    out.line(
+        f"exported {db_path} to {out_target}: "
+        + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
+        err=to_stderr,
+    )
+    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    out.result(
+        {
+            "database": str(db_path),
+            "bundle": out_target,
+            "bytes": size,
+            "sha256": digest,
+            "format": out_format,
+            "counts": counts,
+            "manifest": manifest.to_dict() if manifest is not None else None,
+        },
+        err=to_stderr,
+    )
+
+
+@click.command("import")
+@db_option
+@click.option(
+    "--conflict",
+    type=click.Choice(CONFLICT_STRATEGIES),
+    default="skip",
+    show_default=True,
+    help="When a stored record has the same id and other content: keep it (skip), replace it "
+    "(overwrite), or fail the whole import (error).",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.option(
+    "--drop-dangling",
+    is_flag=True,
+    help="Kindling JSON input: leave out capsule links, summaries and pins that name records "
+    "the file does not hold (Kindling's default export leaves redacted observations out).",
+)
+@click.argument("in_target", metavar="IN")
+@storage_options
+@common_options
+def import_(
+    db: Path | None,
+    conflict: str,
+    dry_run: bool,
+    drop_dangling: bool,
+    in_target: str,
+    out: Output,
+    storage_options: dict[str, Any],
+) -> None:
+    """Import the bundle IN (a path, - for standard input, or a URL) into the database.
+
+    IN may also be a Kindling JSON export (told by its content), imported the same way.
+
+    The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
+    error, integrity problem) the database is left exactly as it was.
+    """
+
+    db_path = db or default_db()
+    progress = progress_for("import", out)
+
+    def on_manifest(manifest: Manifest) -> None:
+        progress.total_records = manifest.total_records
+
+    dangling = None
+    with open_source(in_target, storage_options=storage_options) as stream:
+        kind, stream = peek_format(stream)
+        with _target_database(db_path, dry_run) as conn:
+            try:
+                if kind == "kindling-json":
+                    report, dangling = import_kindling_json(
+                        conn,
+                        stream,
+                        conflict=conflict,  # type: ignore[arg-type]
+                        dry_run=dry_run,
+                        drop_dangling=drop_dangling,
+                        name=source_name(in_target),
+                        progress=progress,
+                    )
+                else:
+                    report = import_bundle(
+                        conn,
+                        stream,
+                        conflict=conflict,  # type: ignore[arg-type]
+                        dry_run=dry_run,
+                        progress=progress,
+                        on_manifest=on_manifest,
+                    )
+            finally:
+                progress.close()
+    verb = "would import" if dry_run else "imported"
+    out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
+    out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
+    for entity, counts in report.counts.items():
+        out.line(
+            f"  {entity:<14}{counts.inserted:>10,}{counts.overwritten:>13,}"
+            f"{counts.skipped:>9,}{counts.unchanged:>11,}"
+        )
+    if dangling is not None and dangling.total:
+        out.line(
+            f"  left out {dangling.links} capsule links, {dangling.summaries} summaries and "
+            f"{dangling.pins} pins naming records not in {in_target}"
+        )
+    print_integrity(out, report.integrity)
+    extra = {"dangling": dangling.to_dict()} if dangling is not None else {}
+    out.result({"database": str(db_path), **report.to_dict(), **extra})
+
+
+@contextmanager
+def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
+    """The database to import into. One that does not exist yet is built privately and appears
+    only when the import succeeded (`create_store`); a dry run against it uses a throwaway one."""
+
+    if db_path.exists():
+        conn = open_store(db_path)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    elif dry_run:
+        with tempfile.TemporaryDirectory(prefix="kindling-dry-run-") as folder:
+            conn = open_store(Path(folder) / "dry-run.db")
+            try:
+                yield conn
+            finally:
+                conn.close()
+    else:
+        with create_store(db_path) as conn:
+            yield conn
