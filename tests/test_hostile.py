@@ -1080,7 +1080,8 @@ def test_a_bad_busy_timeout_setting_is_one_line(
 
 
 def test_the_spec_states_the_limits_the_code_enforces() -> None:
-    """spec/bundle-format.md section 13.1 names each limit's constant; the numbers must agree."""
+    """spec/bundle-format.md sections 13.1 and 13.2 name each limit's constant; the numbers must
+    agree."""
     from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
     from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
     from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES

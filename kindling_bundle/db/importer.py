@@ -613,8 +613,8 @@ _FTS_INDEXED = {
 
 _BULK_CACHE_KIB = 32 << 10
 """SQLite page cache while loading (the default is 2 MiB), so that the primary key indexes,
-written in random order (UUID ids), are not re-read from the file for every insert. At a
-million observations 64 MiB was no faster, 16 MiB slower; peak memory grows with it."""
+written in random order (UUID ids), are not re-read from the file for every insert. Larger was
+no faster, smaller slower (bench/RESULTS.md); peak memory grows with it."""
 _SORT_CACHE_KIB = 4 << 10
 """The page cache while the indexes are re-created: SQLite's sorter may buffer as much as the
 page cache holds before it spills to a temporary file, so the two would otherwise add up."""
@@ -622,8 +622,8 @@ page cache holds before it spills to a temporary file, so the two would otherwis
 
 _FTS_HASH_BYTES = 16 << 20
 """FTS5's pending index while indexing a load (default 1 MiB; at every fill it is written out as
-a segment, and segments are merged again and again): at a million observations 8.6 s -> 7.0 s
-for 6 MB more memory; 64 MiB saved 0.6 s more but cost 60 MB."""
+a segment, and segments are merged again and again); larger saved a little more time for much
+more memory (bench/RESULTS.md)."""
 _SORT_THREADS = max(1, min(4, os.cpu_count() or 1))
 """Threads SQLite's sorter may use to re-create the indexes (PRAGMA threads; default none)."""
 
@@ -654,9 +654,9 @@ def foreign_keys_checked_after(conn: sqlite3.Connection) -> Iterator[bool]:
     enforces them, with every data table empty), and turns it back on at the end. Then pass
     `references_checked_after=True` to `bulk_load`, and before committing call
     `first_dangling_reference` whenever the integrity report is not clean: a missing reference
-    fails the import with the message importing record by record would have given. At a
-    million observations, the 1.3 million link rows' two lookups each cost 5 s of 43 s; the
-    integrity check proves the same keys with ordered index scans in well under one.
+    fails the import with the message importing record by record would have given. The link
+    rows' two lookups each were a large part of a big import (3013920 in bench/RESULTS.md); the
+    integrity check proves the same keys with ordered index scans in a fraction of that.
     """
     if (
         conn.in_transaction
@@ -717,7 +717,7 @@ def bulk_load(
     by sorting once beats keeping it ordered through a million random inserts, and Kindling's
     FTS insert triggers index one row per statement while FTS5 writes its pending index out at
     every statement's savepoint: a large load became many tiny segments merged again and again
-    (at 200,000 observations, 13 s of a 27 s import). Instead every row the triggers would have
+    (d9a0714 in bench/RESULTS.md). Instead every row the triggers would have
     indexed (redacted observations left out) is indexed by one INSERT ... SELECT in rowid order,
     so the index holds the same entries as the trigger path (same rows, tokens, positions and
     statistics; segments may be laid out differently). Anything that reached an index during

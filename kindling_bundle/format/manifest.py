@@ -38,7 +38,7 @@ FRAME_RECORDS = 1024
 
 MAX_FRAME_VALUES = 1 << 21
 """The most MessagePack values (containers, keys and elements all count) a frame may hold.
-Decoding makes a Python object of each, up to ~70 times the bytes it took (an empty map is one
+Decoding makes a Python object of each, many times the bytes it took (an empty map is one
 byte), so this bounds a frame's decoded size where MAX_FRAME_BYTES alone would allow gigabytes.
 Only frames longer than this many bytes can exceed it, so only those are counted."""
 

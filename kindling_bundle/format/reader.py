@@ -70,12 +70,12 @@ class Hasher(Protocol):
 class Sha256Thread:
     """SHA-256 of each member's data, computed in a thread of its own.
 
-    Hashing is a tenth of the work of checking a bundle's records (0.4 s of 4.7 s at 1,000,000
-    observations) and hashlib releases the GIL for large updates, so on a second core it costs
-    the reading thread only a hand-over per read. The hand-over queue is bounded: if hashing ever
-    fell behind, reading waits rather than holding more than a few frames. Small updates (a
-    frame's 4-byte length) wait for the next large one: each hand-over costs a turn of the GIL
-    for both threads."""
+    Hashing is a small but real part of the work of checking a bundle's records
+    (bench/RESULTS.md), and hashlib releases the GIL for large updates, so on a second core it
+    costs the reading thread only a hand-over per read. The hand-over queue is bounded: if
+    hashing ever fell behind, reading waits rather than holding more than a few frames. Small
+    updates (a frame's 4-byte length) wait for the next large one: each hand-over costs a turn
+    of the GIL for both threads."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=4)

@@ -12,8 +12,7 @@ merges and bundle-to-JSON refuse it (or, for dangling references, drop them on r
 `ops.references.ReferenceGuard`. So whatever one of them writes, the others accept, and import
 (which enforces the same rules against the database) takes it.
 
-Memory: the 64-bit hash of every id seen, about 10 bytes a record once there are many
-(kindling_bundle.format.hashset).
+Memory: the 64-bit hash of every id seen (`format.hashset`).
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ their stored key order) have the same BLAKE2b-128 digest. So "same" means what a
 store byte for byte, whatever file the record came from.
 
 diff: one pass over each side. Memory: one entry per record of A and per record added in B
-(an id string, a 16-byte digest and a dict slot): measured at about 220 bytes per record with
-36-character ids, some 220 MB for a million records.
+(an id string, a 16-byte digest and a dict slot; measured in bench/RESULTS.md).
 
 merge: two passes over every input. The first indexes every record (id -> digest, and where
 its winning occurrence is) and applies the `conflict` strategy to records with the same id
@@ -22,8 +21,7 @@ entity by entity, merging the inputs by Kindling's export order ((ts, id) for ob
 export order when the inputs are. An input that reads differently the second time (a database
 written to in between) is detected (record counts and the digests of kept records) and the
 merge fails, naming it. Memory: one packed 24-byte entry, its id and a dict slot per
-distinct record, measured at about 330 bytes per record with 36-character ids (330 MB for a
-million records).
+distinct record (measured in bench/RESULTS.md).
 
 A capsule has at most one summary: two summaries (different ids) of the same capsule in the
 union are a conflict on that capsule, settled by the same strategy; pins on the summary left out

@@ -111,8 +111,7 @@ def close_references(
     repeated id, a repeated capsule link, a second summary of a capsule or (without `drop`) a
     dangling reference raises RecordError.
 
-    Memory: the 64-bit hash of every id, about 10 bytes a record once there are many
-    (kindling_bundle.format.hashset)."""
+    Memory: the 64-bit hash of every id (`format.hashset`)."""
     guard = ReferenceGuard(
         drop=drop, name=name, report=report if report is not None else DanglingReport()
     )

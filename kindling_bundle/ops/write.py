@@ -465,9 +465,8 @@ def _with_observations(
 
 CHILD_SHARE = 0.62
 """Of a whole export's observations, the part a ReadingChild reads and encodes: about what
-balances the work, since this process also encodes capsules, summaries and pins. Measured on the
-200,000-observation sample (5 runs each, in one process): the encoding phase took 1.04 s at
-0.53 (the child idle for 0.3 s of it), 0.82-0.86 s at 0.60-0.66, 0.87 s at 0.72."""
+balances the work, since this process also encodes capsules, summaries and pins (the shares
+tried are in bench/RESULTS.md)."""
 
 
 class _Witness:

@@ -1,7 +1,7 @@
 """Decoding observation frames in a second process while this one decodes others (verify).
 
-Verify is bound by Python work per record on one core: at 1,000,000 observations decoding and
-checking the records took ~2.7 s of ~4.7 s. Here a forked child takes some of the observation
+Verify is bound by Python work per record on one core: decoding and checking the records is
+most of its time (bench/RESULTS.md). Here a forked child takes some of the observation
 frames: it decodes and checks them exactly as `RecordDecoder.decode_all` does in this process,
 and answers each with the hashes of its records' ids, which is all the record rules need of a
 clean run of observations (`RecordRules.clear_new_ids`). A frame with any problem is answered
@@ -14,7 +14,7 @@ decoded here.
 
 Frames travel through the ring, not a pipe: a frame is copied once into shared memory and the
 pipe carries only where it is. Through a pipe, each frame was copied twice and the sender waited
-while the child's receiving thread waited for the GIL: 0.13 s of 0.7 s at 200,000 observations.
+while the child's receiving thread waited for the GIL (1acd6bd in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ IN_FLIGHT = 4
 waiting when it finishes one."""
 
 RING_BYTES = 4 << 20
-"""Shared memory for frames in flight: four of the usual 1024-record frames (~0.6 MiB). A frame
+"""Shared memory for frames in flight: room for IN_FLIGHT of the usual 1024-record frames. A frame
 that finds no room (one bigger than the ring, or while bigger ones are in flight) is decoded
 here. Only the pages used become resident."""
 

@@ -6,9 +6,9 @@ process encodes the rest and the other members; reading rows is no longer this p
 Otherwise (a filtered export, or when something was committed as the child started, so it
 could not share the snapshot) ChildEncoder is used, as described next.
 
-An export is bound by Python work per record, on one core: at 200,000 observations, reading the
-rows (SQLite and row tuples) took ~0.5 s and turning them into records, checking and encoding
-them ~1.1 s more. Here this process reads rows and hands them over, FRAME_RECORDS rows per
+An export is bound by Python work per record, on one core: reading the rows (SQLite and row
+tuples), then, for about twice as long, turning them into records, checking and encoding them
+(bench/RESULTS.md). Here this process reads rows and hands them over, FRAME_RECORDS rows per
 message, to a forked child, which makes the records, checks and encodes them exactly as
 `FrameEncoder` does in-process (the same frames: batches have the same boundaries), writes the
 frames into the spool and hashes them. On two cores both halves run at once.
