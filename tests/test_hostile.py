@@ -59,7 +59,7 @@ from kindling_bundle.format.zstd_frames import (
     AHEAD_FEED_BLOCKS,
     FEED_BLOCKS,
     READ_AHEAD,
-    FrameReader,
+    ZstdFrameReader,
 )
 from kindling_bundle.records import Observation
 
@@ -1126,7 +1126,7 @@ class _Trickle(io.RawIOBase):
 
 
 def _decompressed(source: io.RawIOBase | io.BytesIO) -> bytes:
-    reader = FrameReader(source, "vector")  # type: ignore[arg-type]
+    reader = ZstdFrameReader(source, "vector")  # type: ignore[arg-type]
     parts = []
     while chunk := reader.read(4096):
         parts.append(chunk)
@@ -1145,7 +1145,7 @@ def test_reading_a_bomb_holds_about_one_megabyte_at_a_time() -> None:
     """Each call decompresses whole blocks, at most FEED_BLOCKS of them (128 KiB out each), so
     64 MiB of zeros from 2 KiB of RLE blocks never sits in memory at once."""
     frame = zstd_frame(zero_blocks(64 << 20))
-    reader = FrameReader(io.BytesIO(frame), "bomb")  # type: ignore[arg-type]
+    reader = ZstdFrameReader(io.BytesIO(frame), "bomb")  # type: ignore[arg-type]
     tracemalloc.start()
     try:
         total = 0

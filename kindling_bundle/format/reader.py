@@ -36,7 +36,7 @@ from kindling_bundle.format.manifest import (
 )
 from kindling_bundle.format.record_frames import RecordDecoder, count_values
 from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
-from kindling_bundle.format.zstd_frames import FrameReader
+from kindling_bundle.format.zstd_frames import ZstdFrameReader
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO
@@ -123,7 +123,7 @@ _HAND_OVER_BYTES = 4096
 class MemberData:
     """The data of one member: bounded reads that are hashed as they go (in `sha256`'s thread)."""
 
-    def __init__(self, zstd: FrameReader, header: MemberHeader, where: str, sha256: Hasher):
+    def __init__(self, zstd: ZstdFrameReader, header: MemberHeader, where: str, sha256: Hasher):
         self._zstd = zstd
         self.header = header
         self.where = where
@@ -133,7 +133,7 @@ class MemberData:
 
     def read(self, n: int, what: str) -> bytes | memoryview:
         """Exactly `n` bytes of this member (the caller checked `remaining`), without a copy
-        where possible (FrameReader.read_view)."""
+        where possible (ZstdFrameReader.read_view)."""
         data = self._zstd.read_exact_view(n, f"{self.where} ({what})")
         self._sha256.update(data)
         self.remaining -= n
@@ -204,7 +204,7 @@ class BundleReader:
             self._owned = True
         else:
             self._file, self._owned = src, False
-        self.zstd = FrameReader(self._file, self.label)
+        self.zstd = ZstdFrameReader(self._file, self.label)
         self.manifest: Manifest | None = None
         self._sha256: Sha256Thread | None = None
 
