@@ -161,7 +161,12 @@ def merge(
             raise click.UsageError(f"input {source!r} is not a file")
     if Path(dest).exists() and not force:
         raise click.UsageError(f"{dest} exists: choose another OUT, or give --force to replace it")
-    report = merge_datasets(sources, dest, conflict=conflict, drop_dangling=drop_dangling)
+    report = merge_datasets(
+        sources,
+        dest,
+        conflict=conflict,  # type: ignore[arg-type]
+        drop_dangling=drop_dangling,
+    )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
     conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}
     if conflicts:

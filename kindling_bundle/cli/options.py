@@ -62,7 +62,7 @@ def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class EpochMs(click.ParamType):
+class EpochMs(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """Epoch milliseconds, or an ISO-8601 date/time (UTC unless it names an offset)."""
 
     name = "TIME"

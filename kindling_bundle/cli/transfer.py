@@ -51,7 +51,8 @@ class _Hashing:
         return self.target.write(data)
 
     def flush(self) -> None:
-        self.target.flush()
+        if self.target is not None:
+            self.target.flush()
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

@@ -85,7 +85,7 @@ class _Spool:
     def __init__(self, entity: str, directory: str | None):
         self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by replay
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])
+        self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])  # type: ignore[valid-type]
         self._batch: list[Record] = []
 
     def add(self, record: Record) -> None:
@@ -293,7 +293,7 @@ class KindlingJsonReader:
                 )
 
     def _version(self, what: str) -> str:
-        version = self._typed_value(str, what)
+        version: str = self._typed_value(str, what)
         if version.split(".")[0] != KINDLING_JSON_VERSION.split(".")[0]:
             raise BundleError(
                 f"{self.name}: {what} {version!r} is not supported "
@@ -354,7 +354,7 @@ class KindlingJsonReader:
         closers = bytearray()
         i = self._pos
         while True:
-            i = _CONTAINER_RUN.match(self._buf, i).end()
+            i = _CONTAINER_RUN.match(self._buf, i).end()  # type: ignore[union-attr]
             if i >= len(self._buf) or self._buf[i] == 0x22:  # more bytes needed, or a '"'
                 i -= self._more(what, i)
                 continue
@@ -376,7 +376,7 @@ class KindlingJsonReader:
 
     def _scalar_end(self, what: str) -> int:
         while True:
-            end = _SCALAR.match(self._buf, self._pos).end()
+            end = _SCALAR.match(self._buf, self._pos).end()  # type: ignore[union-attr]
             if end < len(self._buf) or self._eof:
                 if end == self._pos:
                     self._fail(self._abs(), f"expected {what}")
@@ -413,7 +413,7 @@ class KindlingJsonReader:
 
     def _skip_ws(self) -> None:
         while True:
-            self._pos = _WS.match(self._buf, self._pos).end()
+            self._pos = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
             if self._pos < len(self._buf) or self._eof:
                 return
             self._compact()

@@ -104,6 +104,7 @@ def bundle_to_kindling_json(src: BundleSource, dest: str | Path | BinaryIO) -> d
     destination is left untouched."""
     with open_bundle(src) as reader:
         manifest = reader.manifest
+        assert manifest is not None  # open_bundle has read it
         records = close_references(reader.records(), drop=False, name=reader.label)
         return write_kindling_json(
             dest,

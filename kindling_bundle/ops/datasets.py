@@ -43,13 +43,13 @@ def open_dataset(src: DatasetSource, *, spool_dir: str | None = None) -> Iterato
         if kind == "bundle":
             records = stack.enter_context(open_bundle(src)).records()
         elif kind == "kindling-json":
-            records = stack.enter_context(open_kindling_json(src, spool_dir=spool_dir)).records()
+            records = stack.enter_context(open_kindling_json(name, spool_dir=spool_dir)).records()
         else:
-            conn = open_store(src, readonly=True)
+            conn = open_store(name, readonly=True)
             stack.callback(conn.close)
             stack.enter_context(snapshot(conn))
             records = _database_records(conn)
-        stack.callback(records.close)
+        stack.callback(records.close)  # type: ignore[attr-defined]  # each is a generator
         yield Dataset(name, kind, records)
 
 
