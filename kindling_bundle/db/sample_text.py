@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from xml.etree import ElementTree
 
+from kindling_bundle.errors import KindlingBundleError
+
 _T = TypeVar("_T")
 
 MAX_CONTENT = 50_000
@@ -58,6 +60,7 @@ MAX_CONTENT = 50_000
 MAX_TOOL_RESULT = 10_000
 """... and this many of a tool's result or a user's prompt."""
 MAX_SUBAGENT_OUTPUT = 5_000
+"""... and this many of a subagent's output."""
 NODE_BOUND = 500
 """PocketFlow's adapter bounds a node's input and output to this many characters."""
 
@@ -257,14 +260,15 @@ class Corpus:
         self.paths: list[str] = []
         self.sizes: list[int] = []
         for folder, dirs, names in os.walk(root):
+            # "config-3.11-x86_64-linux-gnu" and the like describe one build, not the library
             dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and "-" not in d)
             for name in sorted(names):
                 if name.endswith(".py") and not name.startswith(_SKIPPED_FILES):
                     full = Path(folder, name)
                     self.paths.append(full.relative_to(root).as_posix())
                     self.sizes.append(full.stat().st_size)
-        if not self.paths:
-            raise FileNotFoundError(f"{root}: no Python sources to make sample text from")
+        if not self.paths:  # a Python that ships its library as bytecode only
+            raise KindlingBundleError(f"{root}: no Python sources to make sample text from")
         self._files: dict[int, SourceFile] = {}
         self.repos = _repos(self.paths)
         with_prose = [i for i, p in enumerate(self.paths) if not p.startswith("encodings/")]
@@ -399,6 +403,7 @@ class _Session:
     adapter: str  # "claude-code" or "opencode"
     working: list[int]  # the files this session keeps coming back to
     in_repo: frozenset[int]
+    head: int  # the repository's newest commit when the session began
 
 
 @dataclass
@@ -422,6 +427,7 @@ class RealisticText:
         self.agents = list(_AGENTS)
         self.users = list(_USERS)
         self._by_root = {repo.root: repo for repo in self.corpus.repos}
+        self._heads = {repo.name: 30 for repo in self.corpus.repos}
         self._kinds = list(KIND_WEIGHTS)
         self._kind_weights = list(KIND_WEIGHTS.values())
         self._session = self._new_session({})
@@ -485,7 +491,8 @@ class RealisticText:
         else:
             adapter = _pick(rng, ("claude-code", "opencode"))
         working = rng.sample(repo.files, min(len(repo.files), rng.randint(2, 9)))
-        return _Session(repo, adapter, working, frozenset(repo.files))
+        self._heads[repo.name] += rng.randint(0, 3)  # its history grows as sessions pass
+        return _Session(repo, adapter, working, frozenset(repo.files), self._heads[repo.name])
 
     def _length(self, kind: str) -> int:
         median, sigma = _LENGTHS[kind]
@@ -700,8 +707,8 @@ class RealisticText:
         return [f"{indent}# {line}" for line in comment] + old
 
     def _enclosing(self, source: SourceFile, line: int) -> str:
-        """The def or class line git shows after a hunk's header."""
-        at = bisect.bisect_right(source.def_lines, line) - 1
+        """The def or class line git shows after a hunk's header: the last one above the hunk."""
+        at = bisect.bisect_left(source.def_lines, line) - 1
         return source.lines[source.defs[at][0]].strip()[:80] if at >= 0 else ""
 
     def _traceback(self, length: int) -> tuple[str, str, str]:
@@ -711,7 +718,7 @@ class RealisticText:
         frames: list[str] = []
         total = len(real)
         attempts = 0
-        while total < length and len(frames) < 40 and attempts < 200:
+        while (total < length or not frames) and len(frames) < 40 and attempts < 200:
             attempts += 1
             index = self._pick_file()
             source = self.corpus.file(index)
@@ -1043,7 +1050,7 @@ def _cmd_git_log(t: RealisticText, length: int) -> _CommandResult:
     repo = t._session.repo
     lines = []
     total = 0
-    commit = t.rng.randint(40, 2000)
+    commit = t._session.head - _pick(t.rng, (0, 0, 0, 1, 2, 5, 20))
     while total < length and commit > 0:
         line = f"{_hash(repo.name, commit)} {t._commit_subject(repo, commit)}"
         lines.append(line)
