@@ -4,9 +4,10 @@ Word salad flatters every tool that compresses or indexes text: a couple of thou
 terms compress and index far better than an agent's real memory, which is source code, diffs,
 tracebacks, command output and prose. Everything here is cut from files that ship with every
 Python (the standard library's sources, its docstrings and pydoc's topics), so the sample needs
-no download, and a seed gives the same text on the same Python build. Content and provenance
-are shaped as Kindling's Claude Code, OpenCode and PocketFlow adapters write them, and content
-is truncated where Kindling's Claude Code adapter truncates it.
+no download, and a seed gives the same text on the same Python build. Provenance is shaped as
+Kindling's Claude Code, OpenCode and PocketFlow adapters write it, content opens as they format
+it (then carries the tool's result, which the Claude Code adapter keeps only for commands), and
+content is truncated where the Claude Code adapter truncates it.
 
 Pure: no SQLite here. `RealisticText` answers the sample generator's questions (which kind,
 what content and provenance, which intent, which summary) one record at a time.
