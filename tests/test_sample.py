@@ -31,7 +31,7 @@ def test_sample_has_the_realistic_mix(sample_db: Path) -> None:
     assert one("SELECT count(*) FROM capsules WHERE status = 'open'") > 0
     assert one("SELECT count(DISTINCT type) FROM capsules") == 2
     assert one("SELECT count(*) FROM summaries") > 0
-    assert one("SELECT count(*) FROM pins") > 0  # both target types: test_sample_text.py
+    assert one("SELECT count(DISTINCT target_type) FROM pins") == 2
     assert one("SELECT count(*) FROM pins WHERE expires_at IS NOT NULL") > 0
     assert one("SELECT count(DISTINCT session_id) FROM observations") > 3
     assert one("SELECT count(*) FROM observations WHERE scope_ids LIKE '%taskId%'") > 0
