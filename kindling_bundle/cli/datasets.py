@@ -27,11 +27,20 @@ from kindling_bundle.records import CONFLICT_STRATEGIES
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--observations", "-n", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same content.")
+@click.option(
+    "--text",
+    type=click.Choice(["realistic", "small-vocabulary"]),
+    default="realistic",
+    show_default=True,
+    help="realistic: source, diffs, tracebacks, command output and prose from Python's standard "
+    "library (same seed, same content on the same Python); small-vocabulary: word salad of "
+    "~2,400 distinct terms.",
+)
 @common_options
-def sample(path: Path, observations: int, seed: int, out: Output) -> None:
+def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> None:
     """Write a realistic sample memory database to PATH (a new file)."""
 
-    stats = generate_sample(path, observations=observations, seed=seed)
+    stats = generate_sample(path, observations=observations, seed=seed, text=text)
     counts = {
         "observations": stats.observations,
         "capsules": stats.capsules,
@@ -41,7 +50,7 @@ def sample(path: Path, observations: int, seed: int, out: Output) -> None:
         "sessions": len(stats.sessions),
     }
     out.line(f"wrote {path}: " + ", ".join(f"{value} {name}" for name, value in counts.items()))
-    out.result({"path": str(path), "seed": seed, **counts})
+    out.result({"path": str(path), "seed": seed, "text": text, **counts})
 
 
 @click.command()

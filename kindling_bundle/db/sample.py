@@ -4,7 +4,9 @@ The mix follows what a coding agent records: many short messages and tool calls,
 with output, multi-kilobyte diffs, stack traces, unicode text; sessions as capsules (some still
 open) with workflow-node capsules inside them; summaries for most closed capsules; pins on
 observations and summaries, some expiring; about 1% of observations redacted. The same seed
-always gives the same database content.
+always gives the same database content (on the same Python: the realistic text comes from its
+standard library, see db/sample_text.py). The `small-vocabulary` text is the word salad of the
+first version, kept because a small vocabulary is the hard case for the benchmark's baseline.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from kindling_bundle.db.connection import KindlingConnection, open_store, write_transaction
+from kindling_bundle.db.connection import KindlingConnection, create_store, write_transaction
+from kindling_bundle.db.importer import bulk_load
+from kindling_bundle.db.sample_text import RealisticText
 from kindling_bundle.db.writes import (
     create_capsule,
     insert_observations,
@@ -154,12 +159,50 @@ class SampleStats:
     sessions: list[str] = field(default_factory=list)
 
 
+TEXT_PROFILES = ("realistic", "small-vocabulary")
+
+
+class _SampleText(Protocol):
+    """What the generator asks of a text profile."""
+
+    repos: list[str]
+    agents: list[str]
+    users: list[str]
+
+    def kind(self) -> str: ...
+    def begin_session(self, scope: dict[str, str]) -> None: ...
+    def observation(self, kind: str) -> tuple[str, dict[str, Any]]: ...
+    def intent(self, capsule_type: str) -> str: ...
+    def summary(self, capsule_type: str, intent: str) -> str: ...
+
+
 class _Text:
-    """Builds plausible content quickly from a seeded pool of sentences."""
+    """The small-vocabulary profile: plausible content, quickly, from a pool of word salad."""
 
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.sentences = [self._sentence() for _ in range(512)]
+        self.repos = [f"repo-{n}" for n in ("kindling", "webapp", "infra", "ml-pipeline", "docs")]
+        self.agents = ["claude-code", "codex", "aider"]
+        self.users = ["alice", "bob"]
+        self._kinds = list(_KIND_WEIGHTS)
+        self._weights = list(_KIND_WEIGHTS.values())
+
+    def kind(self) -> str:
+        return self.rng.choices(self._kinds, self._weights)[0]
+
+    def begin_session(self, scope: dict[str, str]) -> None:
+        """Sessions of word salad are alike."""
+
+    def observation(self, kind: str) -> tuple[str, dict[str, Any]]:
+        content = self.content(kind)
+        return content, _provenance(self.rng, kind)
+
+    def intent(self, capsule_type: str) -> str:
+        return self.prose(1)
+
+    def summary(self, capsule_type: str, intent: str) -> str:
+        return self.prose(self.rng.randint(2, 6))
 
     def _sentence(self) -> str:
         rng = self.rng
@@ -207,17 +250,25 @@ class _Text:
         return f"{kind.replace('_', ' ')}: {rng.choice(_WORDS)}-{rng.randint(1, 99)}"
 
 
-def generate_sample(path: str | Path, *, observations: int = 2000, seed: int = 0) -> SampleStats:
-    """Write a new sample database at `path` (which must not exist yet)."""
+def generate_sample(
+    path: str | Path, *, observations: int = 2000, seed: int = 0, text: str = "realistic"
+) -> SampleStats:
+    """Write a new sample database at `path` (which must not exist yet).
+
+    `text` is one of TEXT_PROFILES. The rows go in as an import into a new database does
+    (`bulk_load`: full-text index built once, indexes after), which a million rows of real
+    text need to be written in minutes."""
     path = Path(path)
     if path.exists():
         raise StoreError(f"{path}: already exists; the sample generator only writes new files")
-    conn = open_store(path)
-    try:
-        with write_transaction(conn):
-            stats = _fill(conn, random.Random(seed), observations)
-    finally:
-        conn.close()
+    if text not in TEXT_PROFILES:
+        raise StoreError(f"unknown sample text {text!r}: choose one of {', '.join(TEXT_PROFILES)}")
+    rng = random.Random(seed)
+    profile: _SampleText = RealisticText(rng) if text == "realistic" else _Text(rng)
+    with create_store(path) as conn, write_transaction(conn):
+        with bulk_load(conn):
+            stats = _fill(conn, rng, profile, observations)
+        _redact_some(conn, rng, stats)
     return stats
 
 
@@ -225,14 +276,10 @@ def _uid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleStats:
-    text = _Text(rng)
+def _fill(
+    conn: KindlingConnection, rng: random.Random, text: _SampleText, total: int
+) -> SampleStats:
     stats = SampleStats()
-    repos = [f"repo-{name}" for name in ("kindling", "webapp", "infra", "ml-pipeline", "docs")]
-    agents = ["claude-code", "codex", "aider"]
-    users = ["alice", "bob"]
-    kinds = list(_KIND_WEIGHTS)
-    weights = list(_KIND_WEIGHTS.values())
     ts = START_MS
     pinnable_obs: list[str] = []
     batch: list[Observation] = []
@@ -244,28 +291,35 @@ def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleSta
     while stats.observations < total:
         session_id = _uid(rng)
         stats.sessions.append(session_id)
-        scope = {"sessionId": session_id, "repoId": rng.choice(repos)}
+        scope = {"sessionId": session_id, "repoId": rng.choice(text.repos)}
         if rng.random() < 0.9:
-            scope["agentId"] = rng.choice(agents)
+            scope["agentId"] = rng.choice(text.agents)
         if rng.random() < 0.7:
-            scope["userId"] = rng.choice(users)
+            scope["userId"] = rng.choice(text.users)
         if rng.random() < 0.3:
             scope["taskId"] = f"task-{rng.randint(1, 500)}"
         capsules: list[Capsule] = []
         length = min(total - stats.observations, max(1, int(rng.expovariate(1 / 120))))
+        text.begin_session(scope)
         session = Capsule(
-            id=_uid(rng), type="session", intent=text.prose(1), opened_at=ts, scope_ids=scope
+            id=_uid(rng),
+            type="session",
+            intent=text.intent("session"),
+            opened_at=ts,
+            scope_ids=scope,
         )
         capsules.append(session)
         node: Capsule | None = None
         for _ in range(length):
             ts += rng.choice([0, 0, 1, 7, 150, 900, 4000, 30_000])  # equal timestamps happen
-            kind = rng.choices(kinds, weights)[0]
+            kind = text.kind()
+            obs_id = _uid(rng)
+            content, provenance = text.observation(kind)
             obs = Observation(
-                id=_uid(rng),
-                kind=kind,
-                content=text.content(kind),
-                provenance=_provenance(rng, kind),
+                id=obs_id,
+                kind=kind,  # type: ignore[arg-type]
+                content=content,
+                provenance=provenance,
                 ts=ts,
                 scope_ids=scope,
             )
@@ -277,7 +331,7 @@ def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleSta
                 node = Capsule(
                     id=_uid(rng),
                     type="pocketflow_node",
-                    intent=text.prose(1),
+                    intent=text.intent("pocketflow_node"),
                     opened_at=ts,
                     scope_ids=scope,
                 )
@@ -300,7 +354,7 @@ def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleSta
                 summary = Summary(
                     id=_uid(rng),
                     capsule_id=capsule.id,
-                    content=text.prose(rng.randint(2, 6)),
+                    content=text.summary(capsule.type, capsule.intent),
                     confidence=round(rng.uniform(0.35, 0.99), 3),
                     created_at=(capsule.closed_at or ts) + rng.randint(1, 5000),
                     evidence_refs=rng.sample(
@@ -315,12 +369,11 @@ def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleSta
             _pin(conn, rng, "observation", oid, ts, scope, stats)
         pinnable_obs.clear()
         ts += rng.randint(60_000, 3_600_000)
-    _redact_some(conn, rng, stats)
     return stats
 
 
-def _provenance(rng: random.Random, kind: str) -> dict:
-    prov: dict = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
+def _provenance(rng: random.Random, kind: str) -> dict[str, Any]:
+    prov: dict[str, Any] = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
     if kind in ("tool_call", "command"):
         prov["tool"] = rng.choice(_TOOLS)
         prov["durationMs"] = rng.randint(1, 20_000)
