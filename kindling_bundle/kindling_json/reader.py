@@ -26,7 +26,7 @@ entity, its index in the list, its id when it has one, and the field.
 
 Unknown keys at the top level (`metadata`, ...) and in `dataset` are ignored; unknown fields inside
 records are ignored (as bundle readers do); a `bundleVersion` or dataset `version` whose major
-number is not 1 is refused.
+number is not 1 is refused (`UnsupportedVersionError`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from typing import Any, BinaryIO, NoReturn
 
 import msgspec
 
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import BundleError, RecordError, UnsupportedVersionError
 from kindling_bundle.format.stream_rules import RecordRules
-from kindling_bundle.ops.verify import VerifyReport
+from kindling_bundle.format.verify_report import VerifyReport
 from kindling_bundle.records import ENTITY_TYPES, Record
 
 KINDLING_JSON_VERSION = "1.0"
@@ -295,7 +295,7 @@ class KindlingJsonReader:
     def _version(self, what: str) -> str:
         version: str = self._typed_value(str, what)
         if version.split(".")[0] != KINDLING_JSON_VERSION.split(".")[0]:
-            raise BundleError(
+            raise UnsupportedVersionError(
                 f"{self.name}: {what} {version!r} is not supported "
                 f"(this tool reads Kindling JSON exports version {KINDLING_JSON_VERSION})"
             )
@@ -321,11 +321,15 @@ class KindlingJsonReader:
         record_id = record_id if isinstance(record_id, str) else None
         message = str(exc)
         match = _MSGSPEC_PATH.match(message)
+        field = None
         if match:
             path = match.group(2).lstrip(".").replace("[...]", "")
             message = f"field {path}: {match.group(1)}"
+            field = re.split(r"[.\[]", path)[0] or None
         label = f"{entity}[{index}]" + (f" (id {record_id})" if record_id is not None else "")
-        return RecordError(f"{self.name}: {label}: {message}", entity=entity, record_id=record_id)
+        return RecordError(
+            f"{self.name}: {label}: {message}", entity=entity, record_id=record_id, field=field
+        )
 
     # -- the scanner -----------------------------------------------------------------------
 
@@ -492,7 +496,7 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
     breaches are problems, since an import would refuse them; evidence refs that are not in the
     file are warnings. Invalid JSON ends the check with its position.
     """
-    report = VerifyReport(source=source_name(src, name))
+    report = VerifyReport(source=source_name(src, name), dataset="Kindling JSON export")
     # References into an entity with invalid records are not checked: they would only echo.
     damaged: set[str] = set()
     rules = RecordRules("the file", trusted=lambda entity: entity not in damaged)
@@ -502,22 +506,19 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
             report.source = reader.name
 
             def invalid(error: RecordError) -> None:
-                report.problem(str(error))
+                report.invalid(error)
                 damaged.add(error.entity or "")
 
             for record in reader.records(on_error=invalid):
                 for breach in rules.check(record):
-                    if breach.warning:
-                        report.warning(f"{reader.name}: {breach.text}")
-                    else:
-                        report.problem(f"{reader.name}: {breach.text}")
-                        dangling = dangling or breach.rule == "dangling"
+                    report.breach(breach)
+                    dangling = dangling or breach.rule == "dangling"
                 rules.add(record)
             report.records = dict(reader.info.counts)
-    except (BundleError, RecordError) as exc:
-        report.problem(str(exc))
+    except BundleError as exc:
+        report.failed(exc)
     if dangling:
-        report.warning(f"{report.source}: {DANGLING_HINT}")
+        report.problem("dangling-hint", DANGLING_HINT, severity="warning")
     return report
 
 

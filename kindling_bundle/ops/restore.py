@@ -41,7 +41,13 @@ from kindling_bundle.db.importer import (
     import_batch,
 )
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
-from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
+from kindling_bundle.errors import (
+    ImportConflictError,
+    IntegrityError,
+    MissingReferenceError,
+    RecordError,
+    StoreError,
+)
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
@@ -110,7 +116,8 @@ def import_bundle(
     `conflict` decides what happens to a record whose id is stored with other content: "skip"
     keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
     BundleError (damaged or not a bundle), RecordError (an invalid record),
-    ImportConflictError (a conflict under "error", or a missing reference), IntegrityError or
+    ImportConflictError (a conflict under "error"; MissingReferenceError, a subclass, for a
+    record referencing one that is neither in the bundle nor in the database), IntegrityError or
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
@@ -139,7 +146,8 @@ def import_bundle(
                     _refuse_dangling(conn, label)
                 report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
                 if not integrity.ok:
-                    raise IntegrityError(_integrity_message(label, integrity))
+                    message = _integrity_message(label, integrity)
+                    raise IntegrityError(message, problems=integrity.problems)
                 if dry_run:
                     raise _RollBack(report)
         except _RollBack as rollback:
@@ -181,6 +189,13 @@ def _import_frame(
     # everything: the records that follow would then seem to miss what they reference.
     _transaction_alive(conn)
     for result in results:
+        if result.missing:
+            raise MissingReferenceError(
+                f"{where}: {result.error}",
+                entity=result.entity,
+                record_id=result.id,
+                missing=result.missing,
+            )
         if result.error is not None:
             raise ImportConflictError(
                 f"{where}: {result.error}", entity=result.entity, record_id=result.id
@@ -197,10 +212,11 @@ def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
     been missing."""
     failure = first_dangling_reference(conn)
     if failure is not None:
-        raise ImportConflictError(
+        raise MissingReferenceError(
             f"{label}: {ENTITY_MEMBERS[failure.entity]}: {failure.error}",
             entity=failure.entity,
             record_id=failure.id,
+            missing=failure.missing,
         )
 
 
