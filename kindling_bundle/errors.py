@@ -55,6 +55,9 @@ class MissingReferenceError(ImportConflictError, RecordError):
     (`drop_dangling`, where offered). An ImportConflictError (what an import raised for it
     before) and a RecordError (what conversions and merges raised)."""
 
+    entity: str
+    record_id: str
+
     def __init__(self, message: str, *, entity: str, record_id: str, missing: tuple[str, ...]):
         KindlingBundleError.__init__(self, message)
         self.entity = entity

@@ -73,8 +73,9 @@ class VerifyProblem:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        inside = self.member is not None and self.kind not in _ABOUT_A_MEMBER
-        return ": ".join([self.source, *([self.member] if inside else []), self.detail])
+        if self.member is None or self.kind in _ABOUT_A_MEMBER:
+            return f"{self.source}: {self.detail}"
+        return f"{self.source}: {self.member}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (the fields, and `message`, the text), for the CLI's --json."""

@@ -41,7 +41,7 @@ from kindling_bundle.format.reader import (
 )
 from kindling_bundle.format.record_frames import RecordDecoder
 from kindling_bundle.format.stream_rules import RecordRules
-from kindling_bundle.format.verify_report import VerifyReport
+from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
 from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import ENTITY_TYPES, Record
@@ -125,9 +125,9 @@ class _Verifier:
             entry = entries.get(header.name)
             if entry is None or header.name in seen:
                 repeated = header.name in seen or header.name == MANIFEST_MEMBER
-                kind = "repeated" if repeated else "unknown"
-                detail = f"{kind} member {header.name!r}"
-                self.report.problem(f"{kind}-member", detail, member=header.name)
+                kind: ProblemKind = "repeated-member" if repeated else "unknown-member"
+                detail = f"{'repeated' if repeated else 'unknown'} member {header.name!r}"
+                self.report.problem(kind, detail, member=header.name)
                 member.close()
                 continue
             # In order: after every member seen so far that precedes it in the manifest (a
