@@ -52,6 +52,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_SELECT,
     PIN_SELECT,
     SUMMARY_SELECT,
+    Row,
     capsule_from_row,
     observation_from_row,
     pin_from_row,
@@ -149,7 +150,7 @@ def export_observations(
 
 def export_observation_row_batches(
     conn: sqlite3.Connection, opts: ExportStreamOptions, size: int
-) -> Iterator[list[tuple]]:
+) -> Iterator[list[Row]]:
     """The rows behind `export_observations`, `size` at a time (fetched in one call each), not
     yet records (`rows.observation_from_row` makes each one a record), for an encoder in another
     process. A row that is not a valid record is an error only when converted: name it with
@@ -200,7 +201,7 @@ def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
     return sql, {"split_ts": key[0], "split_id": key[1]}
 
 
-def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
+def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[Row]]:
     while batch := cursor.fetchmany(size):
         yield batch
 
@@ -239,7 +240,7 @@ _LINKS = (
 _LINK_IDS = msgspec.json.Decoder(list[str])
 
 
-def _capsule_from_row(row: tuple) -> Capsule:
+def _capsule_from_row(row: Row) -> Capsule:
     """A row of `SELECT {CAPSULE_SELECT}, {_LINKS}` as a record."""
     try:
         observation_ids = _LINK_IDS.decode(row[-1])
@@ -387,7 +388,7 @@ def _stream(
     entity: str,
     sql: str,
     params: dict[str, Any],
-    from_row: Callable[[tuple], T],
+    from_row: Callable[[Row], T],
 ) -> Iterator[T]:
     return _records(conn, entity, sql, params, lambda cursor: map(from_row, cursor))
 

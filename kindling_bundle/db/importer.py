@@ -525,7 +525,8 @@ def _insert_unguarded(
         insert(conn, pending)
     except (sqlite3.IntegrityError, RecordError):
         stored = conn.execute(f"SELECT count(*) FROM {table} WHERE rowid > ?", (before,))
-        return stored.fetchone()[0]
+        count: int = stored.fetchone()[0]
+        return count
     return len(pending)
 
 
