@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kindling_bundle.db.connection import KindlingConnection, open_store, write_transaction
 from kindling_bundle.db.writes import (
@@ -24,7 +25,7 @@ from kindling_bundle.db.writes import (
     redact_observation,
 )
 from kindling_bundle.errors import StoreError
-from kindling_bundle.records import Capsule, Observation, Pin, Summary
+from kindling_bundle.records import Capsule, Observation, ObservationKind, Pin, Summary
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
 
@@ -129,7 +130,7 @@ _COMMANDS = [
 ]
 _TOOLS = ["Read", "Edit", "Bash", "Grep", "Glob", "Write", "WebFetch", "TodoWrite"]
 _ERRORS = ["TypeError", "KeyError", "AssertionError", "ECONNREFUSED", "SQLITE_BUSY", "panic"]
-_KIND_WEIGHTS = {
+_KIND_WEIGHTS: dict[ObservationKind, int] = {
     "message": 30,
     "tool_call": 28,
     "command": 14,
@@ -319,8 +320,8 @@ def _fill(conn: KindlingConnection, rng: random.Random, total: int) -> SampleSta
     return stats
 
 
-def _provenance(rng: random.Random, kind: str) -> dict:
-    prov: dict = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
+def _provenance(rng: random.Random, kind: str) -> dict[str, Any]:
+    prov: dict[str, Any] = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
     if kind in ("tool_call", "command"):
         prov["tool"] = rng.choice(_TOOLS)
         prov["durationMs"] = rng.randint(1, 20_000)
