@@ -120,7 +120,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready builtins, with its wire (camelCase) names."""
-        return msgspec.to_builtins(self)
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -218,6 +218,7 @@ class RecordDecoder:
     def __init__(self, entity: str):
         self.entity = entity
         record_type = ENTITY_TYPES[entity]
+        self._batch: msgspec.msgpack.Decoder[list[Record]]
         self._batch = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
         self._one = msgspec.msgpack.Decoder(record_type)
         self._raw = msgspec.msgpack.Decoder()
@@ -244,7 +245,7 @@ class RecordDecoder:
         else:
             if self.entity != "observations":
                 return records, []
-            bad = provenance_problems(records)
+            bad = provenance_problems(cast("list[Observation]", records))  # as the entity says
             if not bad:
                 return records, []
             refused = {index for index, _ in bad}
@@ -271,7 +272,7 @@ class RecordDecoder:
                 problems.append(self._record_error(index, record_id, self._describe(exc), field))
                 continue
             problem = (
-                provenance_problem(record.provenance) if self.entity == "observations" else None
+                provenance_problem(record.provenance) if isinstance(record, Observation) else None
             )
             if problem is None:
                 records.append(record)
