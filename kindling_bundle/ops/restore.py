@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -32,7 +32,6 @@ from kindling_bundle.db.connection import (
     write_transaction,
 )
 from kindling_bundle.db.importer import (
-    ConflictStrategy,
     ImportEntityResult,
     bulk_load,
     check_strategy,
@@ -50,7 +49,7 @@ from kindling_bundle.errors import (
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
 
@@ -169,7 +168,7 @@ def import_bundle(
 
 def _import_frame(
     conn: KindlingConnection,
-    records: list,
+    records: list[Record],
     conflict: ConflictStrategy,
     counts: dict[str, EntityCounts],
     where: str,
@@ -179,7 +178,8 @@ def _import_frame(
     """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
     summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
     if redirects and isinstance(records[0], Pin):
-        records = [_redirected(pin, redirects) for pin in records]
+        pins = cast("list[Pin]", records)  # a frame holds records of one entity
+        records = [_redirected(pin, redirects) for pin in pins]
     try:
         results = import_batch(conn, records, conflict, insert_first=insert_first)
     except RecordError as exc:
@@ -203,6 +203,7 @@ def _import_frame(
         if result.kept_id is not None:
             redirects[result.id] = result.kept_id
         entity_counts = counts[result.entity]
+        assert result.outcome is not None  # set whenever `error` is not
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
     return results
 
