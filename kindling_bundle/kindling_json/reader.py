@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +130,9 @@ class KindlingJsonReader(JsonScanner):
 
     # -- public ----------------------------------------------------------------------------
 
-    def records(self, on_error: Callable[[RecordError], None] | None = None) -> Iterator[Record]:
+    def records(
+        self, on_error: Callable[[RecordError], None] | None = None
+    ) -> Generator[Record, None, None]:
         """Every record, in foreign-key order; single use.
 
         With `on_error`, a record that fails validation is handed to it and left out instead
