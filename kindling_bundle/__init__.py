@@ -30,15 +30,19 @@ from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, veri
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
     BundleError,
+    BundleValidationError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MissingReferenceError,
     RecordError,
     StorageError,
     StoreError,
+    UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -56,7 +60,7 @@ from kindling_bundle.ops.datasets import open_dataset
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
-from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
 
@@ -67,6 +71,7 @@ __all__ = [
     "BundleError",
     "BundleOptions",
     "BundleReader",
+    "BundleValidationError",
     "Capsule",
     "ConflictStrategy",
     "DanglingReport",
@@ -84,6 +89,7 @@ __all__ = [
     "KindlingJsonReader",
     "Manifest",
     "MergeReport",
+    "MissingReferenceError",
     "Observation",
     "Outcome",
     "Pin",
@@ -92,6 +98,8 @@ __all__ = [
     "StorageError",
     "StoreError",
     "Summary",
+    "UnsupportedVersionError",
+    "VerifyProblem",
     "VerifyReport",
     "__version__",
     "bundle_to_kindling_json",

@@ -723,7 +723,7 @@ def test_verify_and_import_refuse_it_and_the_database_is_untouched(
     data = build()
     report = verify_bundle(io.BytesIO(data))
     assert not report.ok
-    assert any(verify_says in problem for problem in report.problems), report.problems
+    assert any(verify_says in problem for problem in report.messages), report.messages
 
     target = _copy(target_template, tmp_path / "t.db")
     before = dump_tables(target)

@@ -41,3 +41,10 @@ def test_every_public_name_resolves_and_is_typed() -> None:
     for name in kindling_bundle.__all__:
         assert getattr(kindling_bundle, name) is not None, name
     assert (PACKAGE / "py.typed").is_file()
+
+
+def test_kindling_json_is_read_below_the_operations() -> None:
+    above = ("kindling_bundle.ops", "kindling_bundle.db", "kindling_bundle.parallel")
+    for path in sorted((PACKAGE / "kindling_json").glob("*.py")):
+        for module in imported_modules(path):
+            assert not module.startswith(above), (path.name, module)

@@ -123,7 +123,7 @@ def test_every_problem_is_reported_in_the_same_words_and_order(
     path = _bundle(tmp_path, frames, count)
     parallel, alone = _reports(path)
     assert parallel == alone
-    problems = "\n".join(parallel["problems"])
+    problems = "\n".join(problem["message"] for problem in parallel["problems"])
     for expected in (
         "observation obs-00100 appears more than once",
         "telepathy",
@@ -143,7 +143,7 @@ def test_a_child_that_dies_costs_only_speed(
     monkeypatch.setattr(decoder, "_child", lambda *_: os._exit(3))
     parallel, alone = _reports(path)
     assert parallel == alone
-    assert "bogus" in "\n".join(parallel["problems"])
+    assert "bogus" in "\n".join(problem["message"] for problem in parallel["problems"])
 
 
 def test_frames_of_every_size_share_a_small_ring_without_overwriting(

@@ -52,27 +52,20 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
                 report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
         finally:
             progress.close()
-    what = "Kindling JSON export" if kind == "kindling-json" else "bundle"
     if out.as_json:
         out.result({"bundle": in_target, **report.to_dict(), "source": in_target})
     elif report.ok:
         total = sum(report.records.values())
         out.line(f"{in_target}: valid ({total:,} records)")
-        for warning in report.warnings:
+        for warning in report.warning_messages:
             out.line(f"warning: {warning}")
     elif report.problem_count > 1:  # the first one is also the error line below
-        for problem in report.problems:
+        for problem in report.messages:
             out.line(problem if problem.startswith(in_target) else f"{in_target}: {problem}")
         hidden = report.problem_count - len(report.problems)
         if hidden:
             out.line(f"... and {hidden} more problems")
-    if not report.ok:
-        first = report.problems[0] if report.problems else "damaged"
-        more = report.problem_count - 1
-        raise Failed(
-            f"{in_target}: not a valid {what}: {first.removeprefix(in_target + ': ')}"
-            + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
-        )
+    report.raise_for_problems(in_target)
 
 
 @click.command()

@@ -29,7 +29,7 @@ from kindling_bundle.db.writes import (
     redact_observation,
 )
 from kindling_bundle.errors import StoreError
-from kindling_bundle.records import Capsule, Observation, Pin, Summary
+from kindling_bundle.records import Capsule, Observation, ObservationKind, Pin, Summary
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
 
@@ -134,7 +134,7 @@ _COMMANDS = [
 ]
 _TOOLS = ["Read", "Edit", "Bash", "Grep", "Glob", "Write", "WebFetch", "TodoWrite"]
 _ERRORS = ["TypeError", "KeyError", "AssertionError", "ECONNREFUSED", "SQLITE_BUSY", "panic"]
-_KIND_WEIGHTS = {
+_KIND_WEIGHTS: dict[ObservationKind, int] = {
     "message": 30,
     "tool_call": 28,
     "command": 14,

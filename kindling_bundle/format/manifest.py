@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, UnsupportedVersionError
 from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
@@ -120,7 +120,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready builtins, with its wire (camelCase) names."""
-        return msgspec.to_builtins(self)
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -175,7 +176,7 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
     if int(match.group(1)) != FORMAT_MAJOR:
-        raise BundleError(
+        raise UnsupportedVersionError(
             f"{where}: format version {version} is not supported: this tool reads "
             f"{FORMAT_MAJOR}.x bundles; use a kindling-bundle that reads version {version}"
         )
@@ -195,6 +196,15 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
 
 
 _PATH = re.compile(r" - at `\$(?:\[(\d+)\])?\.?([^`]*)`$")
+
+
+def validation_field(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field msgspec's error is about (`provenance` for `$.provenance.a`), or
+    None when it is about the value as a whole."""
+    match = _PATH.search(str(exc))
+    if match is None:
+        return None
+    return re.split(r"[.\[]", match.group(2))[0] or None
 
 
 def describe_validation(exc: msgspec.ValidationError) -> str:

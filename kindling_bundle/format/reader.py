@@ -17,7 +17,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -317,7 +317,7 @@ class BundleReader:
             raise BundleError(f"{self.label}: unexpected member {header.name!r} after the last one")
         self.finish()
 
-    def records(self, progress: ProgressCallback | None = None) -> Iterator[Record]:
+    def records(self, progress: ProgressCallback | None = None) -> Generator[Record, None, None]:
         """Every record in bundle order, with the checks of `batches`."""
         for _, records in self.batches(progress):
             yield from records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +25,7 @@ from kindling_bundle.ops.write import (
     resolve_created_at,
     write_bundle_from_records,
 )
-from kindling_bundle.records import ConflictStrategy
+from kindling_bundle.records import ConflictStrategy, Record
 
 
 def export_kindling_json(
@@ -49,7 +50,7 @@ def export_kindling_json(
             return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams.values():
-                stream.close()  # type: ignore[attr-defined]
+                stream.close()
 
 
 def kindling_json_to_bundle(
@@ -72,7 +73,7 @@ def kindling_json_to_bundle(
     as the bundle's filter when it uses the four scope keys a filter can name.
     """
     with open_kindling_json(src, name=name) as reader:
-        records = iter(reader.records())
+        records: Iterator[Record] = iter(reader.records())
         first = next(records, None)  # parses the header fields that precede the lists
         if first is not None:
             records = itertools.chain([first], records)

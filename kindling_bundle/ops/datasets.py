@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -49,11 +49,11 @@ def open_dataset(src: DatasetSource, *, spool_dir: str | None = None) -> Iterato
             stack.callback(conn.close)
             stack.enter_context(snapshot(conn))
             records = _database_records(conn)
-        stack.callback(records.close)  # type: ignore[attr-defined]  # each is a generator
+        stack.callback(records.close)
         yield Dataset(name, kind, records)
 
 
-def _database_records(conn: sqlite3.Connection) -> Iterator[Record]:
+def _database_records(conn: sqlite3.Connection) -> Generator[Record, None, None]:
     opts = ExportStreamOptions()
     for export in ENTITY_EXPORTS.values():
         yield from export(conn, opts)

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.format.manifest import (
@@ -42,53 +41,10 @@ from kindling_bundle.format.reader import (
 )
 from kindling_bundle.format.record_frames import RecordDecoder
 from kindling_bundle.format.stream_rules import RecordRules
+from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
 from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import ENTITY_TYPES, Record
-
-MAX_LISTED = 200
-"""Problems (and warnings) listed in a report; the counts include those left out."""
-
-
-@dataclass
-class VerifyReport:
-    """What verify found. `ok` means no problem at all (warnings allowed)."""
-
-    source: str
-    manifest: Manifest | None = None
-    problems: list[str] = field(default_factory=list)
-    problem_count: int = 0
-    warnings: list[str] = field(default_factory=list)
-    warning_count: int = 0
-    records: dict[str, int] = field(default_factory=dict)
-    """Records decoded and valid, per entity."""
-
-    @property
-    def ok(self) -> bool:
-        return self.problem_count == 0
-
-    def problem(self, text: str) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_LISTED:
-            self.problems.append(text)
-
-    def warning(self, text: str) -> None:
-        self.warning_count += 1
-        if len(self.warnings) < MAX_LISTED:
-            self.warnings.append(text)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form, for the CLI's --json."""
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "problems": self.problems,
-            "problem_count": self.problem_count,
-            "warnings": self.warnings,
-            "warning_count": self.warning_count,
-            "records": self.records,
-            "manifest": self.manifest.to_dict() if self.manifest else None,
-        }
 
 
 def verify_bundle(
@@ -109,7 +65,7 @@ def verify_bundle(
         with BundleReader(src) as reader:
             _Verifier(reader, report, progress).run(on_manifest, parallel)
     except BundleError as exc:
-        report.problem(str(exc))
+        report.failed(exc)
     return report
 
 
@@ -126,7 +82,7 @@ class _Tally:
     """One member's running counts while its frames are applied in order."""
 
     decoder: RecordDecoder
-    where: str
+    member: str
     count: int = 0
     valid: int = 0
     clean: bool = True
@@ -137,7 +93,6 @@ class _Verifier:
         self, reader: BundleReader, report: VerifyReport, progress: ProgressCallback | None
     ):
         self.reader = reader
-        self.label = reader.label
         self.report = report
         self.progress = progress
         self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
@@ -170,8 +125,9 @@ class _Verifier:
             entry = entries.get(header.name)
             if entry is None or header.name in seen:
                 repeated = header.name in seen or header.name == MANIFEST_MEMBER
-                kind = "repeated" if repeated else "unknown"
-                self.report.problem(f"{self.label}: {kind} member {header.name!r}")
+                kind: ProblemKind = "repeated-member" if repeated else "unknown-member"
+                detail = f"{'repeated' if repeated else 'unknown'} member {header.name!r}"
+                self.report.problem(kind, detail, member=header.name)
                 member.close()
                 continue
             # In order: after every member seen so far that precedes it in the manifest (a
@@ -180,22 +136,26 @@ class _Verifier:
             in_order = latest is None or order.index(header.name) > order.index(latest)
             if not in_order:
                 self.report.problem(
-                    f"{self.label}: member {header.name} is out of order (after {latest})"
+                    "member-order",
+                    f"member {header.name} is out of order (after {latest})",
+                    member=header.name,
                 )
             seen.append(header.name)
             self._member(member, entry, in_order)
         for name in order:
             if name not in seen:
-                self.report.problem(f"{self.label}: member {name} is missing")
+                self.report.problem("member-missing", f"member {name} is missing", member=name)
         self.reader.finish()
 
     def _member(self, member: MemberData, entry: EntityEntry, in_order: bool) -> None:
-        where, entity = member.where, entry.entity
+        name, entity = entry.member, entry.entity
         if member.header.size != entry.bytes:
             self.report.problem(
-                f"{where}: holds {member.header.size} bytes, the manifest says {entry.bytes}"
+                "member-size",
+                f"holds {member.header.size} bytes, the manifest says {entry.bytes}",
+                member=name,
             )
-        tally = _Tally(RecordDecoder(entity), where)
+        tally = _Tally(RecordDecoder(entity), name)
         helper = self.helper if entity == "observations" else None
         pending: deque[_Pending] = deque()  # None: at the helper
         try:
@@ -212,7 +172,7 @@ class _Verifier:
                     self._apply(*pending.popleft(), tally)
         except FramingError as exc:  # the rest of this member cannot be split into frames
             self._apply_all(pending, tally)
-            self.report.problem(str(exc))
+            self.report.failed(exc, member=name)
             member.skip_rest()
             tally.clean = False
         finally:  # the frames before whatever ended the member are reported first
@@ -221,11 +181,15 @@ class _Verifier:
         digest = member.close()  # None after a framing error: the rest was skipped unhashed
         if digest is not None and digest != entry.sha256:
             self.report.problem(
-                f"{where}: SHA-256 {digest} does not match the manifest's {entry.sha256}"
+                "member-sha256",
+                f"SHA-256 {digest} does not match the manifest's {entry.sha256}",
+                member=name,
             )
         if clean and count != entry.records:
             self.report.problem(
-                f"{where}: holds {count} records, the manifest says {entry.records}"
+                "member-count",
+                f"holds {count} records, the manifest says {entry.records}",
+                member=name,
             )
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
@@ -245,18 +209,18 @@ class _Verifier:
                 if self.rules.clear_new_ids(tally.decoder.entity, hashes):
                     self.rules.add_ids(tally.decoder.entity, hashes)
                 else:
-                    self._check(tally.decoder.decode(payload), tally.where)
+                    self._check(tally.decoder.decode(payload), tally.member)
                 self._progress(len(hashes), payload)
                 return
         if decoded is None or decoded[1]:  # (again) here, numbering records from the right index
             decoded = tally.decoder.decode_all(payload, tally.count)
         records, problems = decoded
         for problem in problems:
-            self.report.problem(f"{tally.where}: {problem}")
+            self.report.invalid(problem, member=tally.member)
             tally.clean = False
         tally.count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
         tally.valid += len(records)
-        self._check(records, tally.where)
+        self._check(records, tally.member)
         self._progress(len(records), payload)
 
     def _progress(self, records: int, payload: bytes | memoryview) -> None:
@@ -265,15 +229,12 @@ class _Verifier:
         if self.progress is not None:
             self.progress(self.records_done, self.bytes_done)
 
-    def _check(self, records: list[Record], where: str) -> None:
+    def _check(self, records: list[Record], member: str) -> None:
         rules = self.rules
         if rules.clear_run(records):
             rules.add_run(records)
             return
         for record in records:
             for breach in rules.check(record):
-                if breach.warning:
-                    self.report.warning(f"{where}: {breach.text}")
-                else:
-                    self.report.problem(f"{where}: {breach.text}")
+                self.report.breach(breach, member=member)
             rules.add(record)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from kindling_bundle.db.connection import KindlingConnection, open_store
 from kindling_bundle.db.export import (
@@ -46,6 +46,7 @@ from kindling_bundle.db.export import (
     observations_before_sql,
     snapshot,
 )
+from kindling_bundle.db.rows import Row
 from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
@@ -164,6 +165,8 @@ def write_bundle(
         if witness is not None:
             stack.callback(witness.close)
         with snapshot(conn):
+            # Records; observation rows instead when a child encodes them (all closed below).
+            streams: dict[str, Generator[Any, None, None]]
             streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
             try:
                 members = None
@@ -174,7 +177,7 @@ def write_bundle(
                             spool, side, conn, witness, streams, label, progress
                         )
                     if members is None:
-                        streams["observations"].close()  # type: ignore[attr-defined]
+                        streams["observations"].close()
                         rows = export_observation_row_batches(conn, selection, FRAME_RECORDS)
                         streams["observations"] = rows  # closed below with the others
                         members = _encode_beside_child(
@@ -184,7 +187,7 @@ def write_bundle(
                     members = _encode_entities(spool, streams, label, _Progress(progress))
             finally:  # finalize unfinished streams while the connection is open, not at GC
                 for stream in streams.values():
-                    stream.close()  # type: ignore[attr-defined]
+                    stream.close()
         entries = [member.entry for member in members]
         manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
         _write_archive(dest, label, members, manifest, opts.level, on_output)
@@ -259,14 +262,14 @@ def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise BundleError(f"{label}: cannot create a temporary file: {exc.strerror}") from None
     with spool:
-        yield spool  # type: ignore[misc]
+        yield spool
 
 
 def _worth_a_process(conn: KindlingConnection) -> bool:
     if not parallel_available():
         return False
     try:  # an upper bound of the count, read from the end of the table's b-tree
-        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
+        last: int = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
     except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
         return False
     return last >= PARALLEL_MIN_ROWS
@@ -369,7 +372,8 @@ def _finished(
         try:
             next(steps)
         except StopIteration as end:
-            return end.value
+            spooled: _Spooled = end.value
+            return spooled
         if between is not None:
             between()
 
@@ -419,7 +423,7 @@ class _Others:
 def _encode_beside_child(
     spool: BinaryIO,
     side: BinaryIO,
-    rows: Iterable[list[tuple]],
+    rows: Iterable[list[Row]],
     streams: Mapping[str, Iterable[Record]],
     label: str,
     callback: ProgressCallback | None,
@@ -497,7 +501,8 @@ class _Witness:
 
     def _version(self) -> int:
         self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a fresh look
-        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
 
 def _encode_split(
@@ -542,7 +547,7 @@ def _encode_split(
     except OSError as exc:  # the child's, reported through its pipe
         raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
     finally:
-        rest.close()  # type: ignore[attr-defined]
+        rest.close()
         child.close()
     pieces = ((spool, 0, size), *part.pieces)
     return _with_observations(others, count + part.entry.records, digest, pieces)
@@ -558,7 +563,9 @@ def _write_archive(
 ) -> None:
     try:
         with _destination(dest) as out:
-            _emit(_Tee(out, on_output) if on_output else out, members, manifest, level)
+            # zstandard takes any object with write() (its stubs say IO[bytes])
+            sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
+            _emit(sink, members, manifest, level)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from kindling_bundle.db.rows import observation_from_row
+from kindling_bundle.db.rows import Row, observation_from_row
 from kindling_bundle.errors import BundleError, RecordError, StoreError
 from kindling_bundle.format.manifest import FRAME_RECORDS
 from kindling_bundle.format.record_frames import FrameEncoder
@@ -96,7 +96,8 @@ class _Child:
 
     def _receive(self) -> tuple[Any, ...]:
         try:
-            return self._reports_in.recv()
+            report: tuple[Any, ...] = self._reports_in.recv()
+            return report
         except EOFError:  # the child is gone without a last report
             return ("died",)
 
@@ -140,7 +141,7 @@ class ChildEncoder(_Child):
         self._rows = msgspec.msgpack.Encoder()
         self._frames = FrameEncoder("observations")
 
-    def send(self, batches: Iterable[list[tuple]], spare: Iterator[object]) -> None:
+    def send(self, batches: Iterable[list[Row]], spare: Iterator[object]) -> None:
         """Hand every batch of rows over (FRAME_RECORDS rows each, the last maybe fewer: the
         child frames each batch alone, so the frames are those of one FrameEncoder pass), then
         the end marker; stops early if the child has stopped. While the child has no room for a
@@ -161,7 +162,7 @@ class ChildEncoder(_Child):
         """Wait for the child's last word: (records, bytes, SHA-256) of the member written."""
         return self._last_word()
 
-    def _hand_over(self, batch: list[tuple], spare: Iterator[object]) -> bool:
+    def _hand_over(self, batch: list[Row], spare: Iterator[object]) -> bool:
         data = _ROWS + self._rows.encode(batch)
         while not pipe_has_room(self._commands.fileno(), self._pipe_bytes, len(data)):
             if next(spare, _END) is _END:
@@ -169,7 +170,7 @@ class ChildEncoder(_Child):
                 break
         return self._send(data)
 
-    def _encoded_here(self, batch: list[tuple]) -> bytes:
+    def _encoded_here(self, batch: list[Row]) -> bytes:
         try:
             records = list(map(observation_from_row, batch))
         except RecordError as exc:
@@ -242,7 +243,9 @@ class _Written:
         self._reports_out.send(("progress", self.count, self.size))
         return True
 
-    def frames(self, frames: bytes | memoryview, records: int, *, report: bool = True) -> None:
+    def frames(
+        self, frames: bytes | bytearray | memoryview, records: int, *, report: bool = True
+    ) -> None:
         self.sha256.update(frames)
         self._spool.write(frames)
         self.count += records
