@@ -221,8 +221,9 @@ def _load_public_blob(blob: bytes, source: str) -> _PublicKey:
     return key
 
 
-def _check_key_signature(key: _PublicKey, key_type: str, sig_blob: bytes, data: bytes,
-                         source: str) -> None:
+def _check_key_signature(
+    key: _PublicKey, key_type: str, sig_blob: bytes, data: bytes, source: str
+) -> None:
     """Check an SSH signature blob (string algorithm, string signature) made by `key` over data."""
     reader = _WireReader(sig_blob)
     try:
@@ -250,8 +251,9 @@ def _check_key_signature(key: _PublicKey, key_type: str, sig_blob: bytes, data: 
                 raise MalformedSignatureError(
                     f"{source}: RSA signature of {len(raw)} bytes for a {size}-byte modulus"
                 )
-            key.verify(raw.rjust(size, b"\x00"), data, padding.PKCS1v15(),
-                       _RSA_SIGNATURE_HASHES[algorithm])
+            key.verify(
+                raw.rjust(size, b"\x00"), data, padding.PKCS1v15(), _RSA_SIGNATURE_HASHES[algorithm]
+            )
         else:
             curve_hash = _ECDSA_CURVES[key_type.removeprefix("ecdsa-sha2-")][1]
             if algorithm != key_type:
@@ -443,11 +445,18 @@ def check_bundle_signature(
         )
     if signature is None:
         if require:
-            raise UnsignedBundleError(f"{source}: the bundle is not signed, and a signature "
-                                      "is required")
+            raise UnsignedBundleError(
+                f"{source}: the bundle is not signed, and a signature is required"
+            )
         return None
-    return verify(message, signature, allowed_signers=allowed_signers, principal=principal,
-                  now=now, source=source)
+    return verify(
+        message,
+        signature,
+        allowed_signers=allowed_signers,
+        principal=principal,
+        now=now,
+        source=source,
+    )
 
 
 # --- allowed_signers ---------------------------------------------------------------------------
@@ -481,8 +490,9 @@ def _parse_time(value: str) -> int:
         raise ValueError(f"{value!r} is not YYYYMMDD[HHMM[SS]][Z]")
     d = match.group(1).ljust(14, "0")
     try:
-        when = datetime(int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]),
-                        int(d[12:14]))
+        when = datetime(
+            int(d[0:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]), int(d[12:14])
+        )
     except ValueError as exc:
         raise ValueError(f"{value!r}: {exc}") from None
     when = when.replace(tzinfo=UTC) if match.group(2) else when.astimezone()
@@ -712,22 +722,28 @@ class AllowedSigners:
             if entry.namespaces is not None and not _pattern_list_matches(
                 signer.namespace, entry.namespaces
             ):
-                refusals.append(SignatureNamespaceError(
-                    f"{entry.where}: key {signer.fingerprint} is not allowed to sign in "
-                    f"namespace {signer.namespace!r} (namespaces=\"{entry.namespaces}\")"
-                ))
+                refusals.append(
+                    SignatureNamespaceError(
+                        f"{entry.where}: key {signer.fingerprint} is not allowed to sign in "
+                        f'namespace {signer.namespace!r} (namespaces="{entry.namespaces}")'
+                    )
+                )
                 continue
             if entry.valid_after is not None and at < entry.valid_after:
-                refusals.append(SignerNotValidError(
-                    f"{entry.where}: key {signer.fingerprint} is not valid yet: valid-after "
-                    f"{_format_time(entry.valid_after)}, now {_format_time(at)}"
-                ))
+                refusals.append(
+                    SignerNotValidError(
+                        f"{entry.where}: key {signer.fingerprint} is not valid yet: valid-after "
+                        f"{_format_time(entry.valid_after)}, now {_format_time(at)}"
+                    )
+                )
                 continue
             if entry.valid_before is not None and at > entry.valid_before:
-                refusals.append(SignerNotValidError(
-                    f"{entry.where}: key {signer.fingerprint} has expired: valid-before "
-                    f"{_format_time(entry.valid_before)}, now {_format_time(at)}"
-                ))
+                refusals.append(
+                    SignerNotValidError(
+                        f"{entry.where}: key {signer.fingerprint} has expired: valid-before "
+                        f"{_format_time(entry.valid_before)}, now {_format_time(at)}"
+                    )
+                )
                 continue
             if principal is not None:
                 return (principal,)
@@ -790,8 +806,9 @@ class _FileKey(SigningKey):
             algorithm, raw = "rsa-sha2-512", key.sign(data, padding.PKCS1v15(), hashes.SHA512())
         else:
             algorithm = self.key_type
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(_ECDSA_CURVES[
-                algorithm.removeprefix("ecdsa-sha2-")][1])))
+            r, s = decode_dss_signature(
+                key.sign(data, ec.ECDSA(_ECDSA_CURVES[algorithm.removeprefix("ecdsa-sha2-")][1]))
+            )
             raw = _mpint(r) + _mpint(s)
         return (
             _MAGIC
@@ -816,8 +833,11 @@ class _AgentKey(SigningKey):
 
     def _sign_blob(self, message: bytes, namespace: str) -> bytes:
         # -U: sign with the agent's key only; never fall back to a private key file beside it
-        output = _run(["ssh-keygen", "-q", "-Y", "sign", "-U", "-f", self.path, "-n", namespace],
-                      message, f"{self.path}: ssh-keygen could not sign through ssh-agent")
+        output = _run(
+            ["ssh-keygen", "-q", "-Y", "sign", "-U", "-f", self.path, "-n", namespace],
+            message,
+            f"{self.path}: ssh-keygen could not sign through ssh-agent",
+        )
         source = f"{self.path}: ssh-keygen's signature"
         blob = _dearmor(output, source)
         if _parse_blob(blob, source).public_key != self._blob:
@@ -830,8 +850,9 @@ def _run(command: list[str], stdin: bytes, failure: str) -> bytes:
     try:
         done = subprocess.run(command, input=stdin, capture_output=True, check=False)
     except OSError as exc:
-        raise SigningKeyError(f"{failure}: cannot run {command[0]}: {exc.strerror} "
-                              "(install openssh-client)") from None
+        raise SigningKeyError(
+            f"{failure}: cannot run {command[0]}: {exc.strerror} (install openssh-client)"
+        ) from None
     if done.returncode != 0:
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         reason = lines[-1] if lines else f"exit status {done.returncode}"
@@ -849,12 +870,15 @@ def _check_agent_holds(path: str, blob: bytes) -> None:
     try:
         done = subprocess.run(["ssh-add", "-L"], capture_output=True, check=False)
     except OSError as exc:
-        raise SigningKeyError(f"{path}: cannot run ssh-add: {exc.strerror} "
-                              "(install openssh-client)") from None
+        raise SigningKeyError(
+            f"{path}: cannot run ssh-add: {exc.strerror} (install openssh-client)"
+        ) from None
     if done.returncode not in (0, 1):  # 1: the agent holds no keys
         raise SigningKeyError(f"{path}: cannot reach ssh-agent at SSH_AUTH_SOCK")
-    held = {(_try_key(line) or ("", b""))[1] for line in done.stdout.decode("utf-8", "replace")
-            .splitlines()}
+    held = {
+        (_try_key(line) or ("", b""))[1]
+        for line in done.stdout.decode("utf-8", "replace").splitlines()
+    }
     if blob not in held:
         raise SigningKeyError(
             f"{path}: the private half of {_fingerprint(blob)} is not in ssh-agent "
@@ -912,8 +936,7 @@ def _load_private(name: str, data: bytes, passphrase: PassphraseCallback | None)
     if not isinstance(key, _PrivateKey):
         raise SigningKeyError(f"{name}: only ed25519, RSA and ECDSA keys can sign bundles")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < _RSA_MIN_BITS:
-        raise SigningKeyError(f"{name}: RSA key of {key.key_size} bits, fewer than "
-                              f"{_RSA_MIN_BITS}")
+        raise SigningKeyError(f"{name}: RSA key of {key.key_size} bits, fewer than {_RSA_MIN_BITS}")
     return key
 
 
