@@ -29,16 +29,27 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
+    AllowedSignersError,
+    BadSignatureError,
     BundleError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MalformedSignatureError,
     RecordError,
+    SignatureError,
+    SignatureNamespaceError,
+    SignerNotValidError,
+    SigningKeyError,
     StorageError,
     StoreError,
+    UnknownSignerError,
+    UnsignedBundleError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -64,6 +75,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AllowedSigners",
+    "AllowedSignersError",
+    "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
@@ -82,6 +96,7 @@ __all__ = [
     "KindlingBundleError",
     "KindlingJsonInfo",
     "KindlingJsonReader",
+    "MalformedSignatureError",
     "Manifest",
     "MergeReport",
     "Observation",
@@ -89,9 +104,18 @@ __all__ = [
     "Pin",
     "ProgressCallback",
     "RecordError",
+    "SignatureError",
+    "SignatureNamespaceError",
+    "SignatureOptions",
+    "Signer",
+    "SignerNotValidError",
+    "SigningKey",
+    "SigningKeyError",
     "StorageError",
     "StoreError",
     "Summary",
+    "UnknownSignerError",
+    "UnsignedBundleError",
     "VerifyReport",
     "__version__",
     "bundle_to_kindling_json",
@@ -111,6 +135,7 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",
