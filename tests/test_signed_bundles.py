@@ -32,10 +32,13 @@ from hostile_tar import archive, compress, member, tar_header
 from conftest import dump_tables, one_error_line
 from kindling_bundle import (
     AllowedSigners,
+    BadSignatureError,
     SignatureOptions,
     UnknownSignerError,
+    UnsignedBundleError,
     open_bundle,
     open_store,
+    read_manifest,
 )
 from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES
 
@@ -699,3 +702,31 @@ def test_export_reports_its_signature(
     assert report["manifest"]["formatVersion"] == "1.1"
     human = cli("export", "--db", sample_db, "--sign-key", keys["alice"], tmp_path / "h.kbundle")
     assert f"signed with ssh-ed25519 key {fingerprint(keys['alice'])}" in human.stdout.decode()
+
+
+# --- the library --------------------------------------------------------------------------------
+
+
+def test_read_manifest_checks_the_signature(bundles: dict[str, Path], signers: Path) -> None:
+    trust = SignatureOptions(AllowedSigners.load(signers), require_signature=True)
+    assert read_manifest(bundles["signed"], signature=trust).format_version == "1.1"
+    assert read_manifest(bundles["unsigned"]).format_version == "1.0"
+    with pytest.raises(UnsignedBundleError):
+        read_manifest(bundles["unsigned"], signature=trust)
+    with pytest.raises(BadSignatureError):
+        read_manifest(io.BytesIO(record_forged(bundles, {})))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_later_minor_version_may_carry_a_signature_or_not(
+    bundles: dict[str, Path], keys: dict[str, Path], signed: bool
+) -> None:
+    """A 1.2 bundle (not defined yet) is read by this 1.1 reader with or without one."""
+    members = members_of(bundles["unsigned"])
+    manifest = manifest_text({**json.loads(members[0][1]), "formatVersion": "1.2"})
+    members[0] = ("manifest.json", manifest)
+    if signed:
+        members.insert(1, ("manifest.sig", openssh_sign(keys["alice"], manifest)))
+    with open_bundle(io.BytesIO(rebuild(members))) as reader:
+        assert sum(len(batch) for _, batch in reader.batches()) > 0
+        assert (reader.signer is not None) == signed
