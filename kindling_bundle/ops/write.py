@@ -577,8 +577,7 @@ def _write_archive(
     signature = None if sign_key is None else sign_key.sign(encode_manifest(manifest)).encode()
     try:
         with _destination(dest) as out:
-            target = _Tee(out, on_output) if on_output else out
-            _emit(target, members, manifest, level, signature)
+            _emit(_Tee(out, on_output) if on_output else out, members, manifest, level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
