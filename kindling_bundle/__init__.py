@@ -29,20 +29,31 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
+    AllowedSignersError,
+    BadSignatureError,
     BundleError,
     BundleValidationError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MalformedSignatureError,
     MissingReferenceError,
     RecordError,
+    SignatureError,
+    SignatureNamespaceError,
+    SignerNotValidError,
+    SigningKeyError,
     StorageError,
     StoreError,
+    UnknownSignerError,
+    UnsignedBundleError,
     UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
+from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -68,6 +79,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AllowedSigners",
+    "AllowedSignersError",
+    "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
@@ -87,6 +101,7 @@ __all__ = [
     "KindlingBundleError",
     "KindlingJsonInfo",
     "KindlingJsonReader",
+    "MalformedSignatureError",
     "Manifest",
     "MergeReport",
     "MissingReferenceError",
@@ -95,9 +110,18 @@ __all__ = [
     "Pin",
     "ProgressCallback",
     "RecordError",
+    "SignatureError",
+    "SignatureNamespaceError",
+    "SignatureOptions",
+    "Signer",
+    "SignerNotValidError",
+    "SigningKey",
+    "SigningKeyError",
     "StorageError",
     "StoreError",
     "Summary",
+    "UnknownSignerError",
+    "UnsignedBundleError",
     "UnsupportedVersionError",
     "VerifyProblem",
     "VerifyReport",
@@ -119,6 +143,7 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",

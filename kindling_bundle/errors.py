@@ -98,3 +98,39 @@ class BundleValidationError(BundleError):
 
 class StorageError(KindlingBundleError):
     """A bundle path or URL could not be read or written: missing object, credentials, network."""
+
+
+class SignatureError(KindlingBundleError):
+    """A bundle's SSH signature, the key to make one, or the list of whom to trust is refused."""
+
+
+class MalformedSignatureError(SignatureError):
+    """A signature is not a well-formed armored SSHSIG, is too large, or uses an unsupported key."""
+
+
+class BadSignatureError(SignatureError):
+    """A well-formed signature does not verify: the signed bytes changed, or it signs others."""
+
+
+class SignatureNamespaceError(SignatureError):
+    """A signature was made for another namespace, or its key may not sign in this one."""
+
+
+class UnknownSignerError(SignatureError):
+    """A signature verifies, but its key is not in allowed_signers (for the principal asked)."""
+
+
+class SignerNotValidError(SignatureError):
+    """The signer's allowed_signers line is outside its valid-after / valid-before window."""
+
+
+class UnsignedBundleError(SignatureError):
+    """A bundle carries no signature, and one is required."""
+
+
+class SigningKeyError(SignatureError):
+    """A signing key cannot be loaded or used: unreadable, wrong passphrase, not in ssh-agent."""
+
+
+class AllowedSignersError(SignatureError):
+    """An allowed_signers file cannot be read or has a line we do not understand (file:line)."""

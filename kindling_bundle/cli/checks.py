@@ -13,14 +13,16 @@ from kindling_bundle.cli.options import (
     default_db,
     iso,
     progress_for,
+    signature_options,
     source_name,
     storage_options,
 )
-from kindling_bundle.cli.output import Failed, Output, print_integrity
+from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import read_manifest
+from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
 from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
@@ -29,11 +31,14 @@ from kindling_bundle.ops.verify import verify_bundle
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@signature_options
 @storage_options
 @common_options
-def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def verify(
+    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
-    count and reference.
+    count and reference, and who signed it.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
     reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
@@ -47,9 +52,12 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
         kind, stream = peek_format(stream)
         try:
             if kind == "kindling-json":
+                signature.refuse_unsignable(in_target, "a Kindling JSON export")
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
-                report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+                report = verify_bundle(
+                    stream, progress=progress, on_manifest=on_manifest, signature=signature
+                )
         finally:
             progress.close()
     if out.as_json:
@@ -57,6 +65,8 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
     elif report.ok:
         total = sum(report.records.values())
         out.line(f"{in_target}: valid ({total:,} records)")
+        if kind != "kindling-json":
+            print_signature(out, report.signer)
         for warning in report.warning_messages:
             out.line(f"warning: {warning}")
     elif report.problem_count > 1:  # the first one is also the error line below
@@ -70,15 +80,23 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@signature_options
 @storage_options
 @common_options
-def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
-    """Show a bundle's manifest (from a path, - or a URL), reading only the manifest: from a
-    URL, only the first few hundred KiB of the object are fetched."""
-    with open_source(
-        in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
-    ) as stream:
-        manifest = read_manifest(stream)
+def inspect(
+    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+) -> None:
+    """Show a bundle's manifest and who signed it (from a path, - or a URL), reading only the
+    manifest and the signature: from a URL, only the first few hundred KiB of the object are
+    fetched."""
+    with (
+        open_source(
+            in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
+        ) as stream,
+        BundleReader(stream, signature=signature) as reader,
+    ):
+        manifest = reader.read_manifest()
+        signer = reader.signer
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -94,11 +112,18 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
         f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
     )
     out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    print_signature(out, signer)
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
         out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
-    out.result({"bundle": in_target, "manifest": manifest.to_dict()})
+    out.result(
+        {
+            "bundle": in_target,
+            "manifest": manifest.to_dict(),
+            "signature": signature_to_dict(signer),
+        }
+    )
 
 
 @click.command()

@@ -9,12 +9,14 @@ import click
 
 from kindling_bundle.cli.options import (
     common_options,
+    signature_options,
     source_name,
     storage_options,
 )
 from kindling_bundle.cli.output import Output
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import BundleError
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import STDIO, open_destination, open_source
 from kindling_bundle.ops.convert import bundle_to_kindling_json, kindling_json_to_bundle
@@ -62,10 +64,16 @@ def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> 
     help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
     "(Kindling's default export leaves redacted observations out).",
 )
+@signature_options
 @storage_options
 @common_options
 def convert(
-    source: str, dest: str, drop_dangling: bool, out: Output, storage_options: dict[str, Any]
+    source: str,
+    dest: str,
+    drop_dangling: bool,
+    out: Output,
+    storage_options: dict[str, Any],
+    signature: SignatureOptions,
 ) -> None:
     """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
 
@@ -76,6 +84,8 @@ def convert(
         kind, stream = peek_format(stream)
         if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
+        if kind == "kindling-json":
+            signature.refuse_unsignable(source, "a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
             if kind == "kindling-json":
                 dangling = DanglingReport()
@@ -89,7 +99,7 @@ def convert(
                 counts = {entry.entity: entry.records for entry in manifest.entities}
             else:
                 dangling = None
-                counts = bundle_to_kindling_json(stream, target)
+                counts = bundle_to_kindling_json(stream, target, signature=signature)
     to = "bundle" if kind == "kindling-json" else "kindling-json"
     to_stderr = dest == STDIO  # the converted data is on standard output
     out.line(
@@ -117,15 +127,16 @@ def convert(
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@signature_options
 @common_options
-def diff(a: str, b: str, out: Output) -> None:
+def diff(a: str, b: str, out: Output, signature: SignatureOptions) -> None:
     """Compare two datasets: per entity, records added, removed and changed from A to B, and
     the same (by id, and by content for the same id).
 
     A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only).
     """
 
-    report = diff_datasets(a, b)
+    report = diff_datasets(a, b, signature=signature)
     out.line(f"{'entity':<14}{'added':>8}{'removed':>9}{'changed':>9}{'same':>9}")
     for entity, d in report.entities.items():
         out.line(f"{entity:<14}{d.added:>8}{d.removed:>9}{d.changed:>9}{d.same:>9}")
@@ -152,9 +163,15 @@ def diff(a: str, b: str, out: Output) -> None:
     help="Leave out references that no input can satisfy, instead of failing.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@signature_options
 @common_options
 def merge(
-    paths: tuple[str, ...], conflict: str, drop_dangling: bool, force: bool, out: Output
+    paths: tuple[str, ...],
+    conflict: str,
+    drop_dangling: bool,
+    force: bool,
+    out: Output,
+    signature: SignatureOptions,
 ) -> None:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle OUT.
 
@@ -175,6 +192,7 @@ def merge(
         dest,
         conflict=conflict,  # type: ignore[arg-type]
         drop_dangling=drop_dangling,
+        signature=signature,
     )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
     conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}

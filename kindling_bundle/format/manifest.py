@@ -20,10 +20,14 @@ from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
+SIGNED_FORMAT_VERSION = "1.1"
+"""What a signed bundle's manifest says: a 1.1 bundle carries SIGNATURE_MEMBER."""
 FORMAT_MAJOR = 1
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
+"""Format 1.1: the SSH signature over the manifest's bytes, the member right after it."""
 ENTITY_MEMBERS: dict[str, str] = {entity: f"{entity}.msgpack" for entity in ENTITY_TYPES}
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -102,6 +106,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     source: SourceInfo
     export_filter: FilterInfo = msgspec.field(name="filter")
     entities: list[EntityEntry]
+
+    @property
+    def minor_version(self) -> int:
+        """MINOR of `format_version` (decode_manifest checked it is MAJOR.MINOR)."""
+        return int(self.format_version.split(".")[1])
 
     @property
     def total_records(self) -> int:

@@ -22,11 +22,14 @@ from kindling_bundle.errors import (
     BundleError,
     BundleValidationError,
     RecordError,
+    SignatureError,
     UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest
 from kindling_bundle.format.reader import FramingError
+from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.format.stream_rules import Breach, Rule
+from kindling_bundle.io.ssh_signature import Signer
 
 Severity = Literal["error", "warning"]
 ProblemKind = (
@@ -45,6 +48,7 @@ ProblemKind = (
         "bad-frame",
         "invalid-record",
         "dangling-hint",
+        "signature",
     ]
 )
 
@@ -96,6 +100,8 @@ class VerifyReport:
     """Records decoded and valid, per entity."""
     dataset: str = "bundle"
     """What was verified, as messages name it: "bundle" or "Kindling JSON export"."""
+    signer: Signer | None = None
+    """Who signed the bundle (None: unsigned, or the manifest was not read)."""
 
     @property
     def ok(self) -> bool:
@@ -140,10 +146,12 @@ class VerifyReport:
             VerifyProblem(kind, self.source, detail, member, entity, record_id, field, severity)
         )
 
-    def failed(self, error: BundleError, *, member: str | None = None) -> None:
+    def failed(self, error: BundleError | SignatureError, *, member: str | None = None) -> None:
         """Add the error that ended the check, or the check of `member` (a FramingError)."""
         kind: ProblemKind = "unreadable"
-        if isinstance(error, FramingError):
+        if isinstance(error, SignatureError):
+            kind = "signature"
+        elif isinstance(error, FramingError):
             kind = "framing"
         elif isinstance(error, UnsupportedVersionError):
             kind = "unsupported-version"
@@ -200,6 +208,7 @@ class VerifyReport:
             "warning_count": self.warning_count,
             "records": self.records,
             "manifest": self.manifest.to_dict() if self.manifest else None,
+            "signature": signature_to_dict(self.signer) if self.manifest else None,
         }
 
     def _detail(self, error: Exception, member: str | None) -> str:

@@ -14,6 +14,7 @@ from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snaps
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleSource, open_bundle
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.kindling_json.reader import open_kindling_json, source_name
 from kindling_bundle.kindling_json.writer import write_kindling_json
 from kindling_bundle.ops.datasets import entity_streams
@@ -98,12 +99,18 @@ def kindling_json_to_bundle(
         )
 
 
-def bundle_to_kindling_json(src: BundleSource, dest: str | Path | BinaryIO) -> dict[str, int]:
+def bundle_to_kindling_json(
+    src: BundleSource,
+    dest: str | Path | BinaryIO,
+    *,
+    signature: SignatureOptions | None = None,
+) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
-    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
-    counts) and against the record rules, so the export imports; on a damaged bundle a path
-    destination is left untouched."""
-    with open_bundle(src) as reader:
+    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (its
+    signature against `signature`, hashes, counts) and against the record rules, so the export
+    imports; on a damaged bundle a path destination is left untouched. The JSON carries no
+    signature."""
+    with open_bundle(src, signature=signature) as reader:
         manifest = reader.manifest
         assert manifest is not None  # open_bundle has read it
         records = close_references(reader.records(), drop=False, name=reader.label)

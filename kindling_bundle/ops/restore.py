@@ -1,6 +1,7 @@
 """Restoring a bundle into a Kindling database: all of it, or nothing.
 
-The manifest is read and validated before the database is touched. Then one write transaction
+The manifest is read and validated, and a signature checked (`format.signature`), before the
+database is touched. Then one write transaction
 (BEGIN IMMEDIATE) replays the members in foreign-key order through the import primitives
 (`kindling_bundle.db.importer.import_batch`, one frame at a time), while the reader checks each
 member's count and SHA-256 as it streams and, after the last one, that the archive and the zstd
@@ -49,6 +50,8 @@ from kindling_bundle.errors import (
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
+from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
+from kindling_bundle.io.ssh_signature import Signer
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
@@ -78,6 +81,8 @@ class ImportReport:
     dry_run: bool
     counts: dict[str, EntityCounts]
     integrity: IntegrityReport
+    signer: Signer | None = None
+    """Who signed the bundle; None if it is unsigned."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for the CLI's --json."""
@@ -89,6 +94,7 @@ class ImportReport:
             "counts": {entity: asdict(counts) for entity, counts in self.counts.items()},
             "integrity": self.integrity.to_dict(),
             "manifest": self.manifest.to_dict(),
+            "signature": signature_to_dict(self.signer),
         }
 
 
@@ -109,6 +115,7 @@ def import_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     name: str | None = None,
+    signature: SignatureOptions | None = None,
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
@@ -120,10 +127,12 @@ def import_bundle(
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
-    bundle `name` when given (the file a temporary bundle was converted from).
+    bundle `name` when given (the file a temporary bundle was converted from). `signature`
+    says whom to trust; a signature it refuses (a SignatureError) is refused before the database
+    is touched.
     """
     check_strategy(conflict)
-    with BundleReader(src, name=name) as reader:
+    with BundleReader(src, name=name, signature=signature) as reader:
         label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:
@@ -143,7 +152,9 @@ def import_bundle(
                 integrity = verify_import_integrity(conn)
                 if deferred and not integrity.ok:
                     _refuse_dangling(conn, label)
-                report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
+                report = ImportReport(
+                    label, manifest, conflict, dry_run, counts, integrity, reader.signer
+                )
                 if not integrity.ok:
                     message = _integrity_message(label, integrity)
                     raise IntegrityError(message, problems=integrity.problems)

@@ -14,6 +14,9 @@ rest of the stream unreadable (zstd corruption, truncation, a broken tar header)
 References to an entity are checked only if that entity's member was read, in order, without
 framing or decoding problems, so one damaged member does not drown the report in echoes.
 
+A signed bundle's signature is checked first, against `SignatureOptions` (format.signature); a
+signature refused ends the pass there: nothing after an untrusted manifest is worth reporting.
+
 Memory: one frame, plus the 64-bit hash of every id seen (`format.hashset`); this is what
 resolving references in a single pass costs (measured in bench/RESULTS.md).
 """
@@ -24,15 +27,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import BundleError, RecordError, SignatureError
 from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
+    SIGNATURE_MEMBER,
     EntityEntry,
     Manifest,
     ProgressCallback,
 )
 from kindling_bundle.format.reader import (
+    MISPLACED_SIGNATURE,
     BundleReader,
     BundleSource,
     FramingError,
@@ -40,6 +45,7 @@ from kindling_bundle.format.reader import (
     source_label,
 )
 from kindling_bundle.format.record_frames import RecordDecoder
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
 from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
@@ -53,8 +59,10 @@ def verify_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     parallel: bool = True,
+    signature: SignatureOptions | None = None,
 ) -> VerifyReport:
-    """Check a bundle completely (see the module docstring); never raises for a bad bundle.
+    """Check a bundle completely (see the module docstring); never raises for a bad bundle,
+    nor for a signature `signature` refuses (both are problems in the report).
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
     (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
@@ -62,9 +70,9 @@ def verify_bundle(
     (kindling_bundle.parallel.decoder); the report is the same either way."""
     report = VerifyReport(source=source_label(src))
     try:
-        with BundleReader(src) as reader:
+        with BundleReader(src, signature=signature) as reader:
             _Verifier(reader, report, progress).run(on_manifest, parallel)
-    except BundleError as exc:
+    except (BundleError, SignatureError) as exc:
         report.failed(exc)
     return report
 
@@ -102,6 +110,7 @@ class _Verifier:
 
     def run(self, on_manifest: Callable[[Manifest], None] | None, parallel: bool) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
+        self.report.signer = self.reader.signer
         expected = {entry.entity: entry.records for entry in manifest.entities}
         self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__, expected=expected)
         observations = expected.get("observations", 0)
@@ -122,6 +131,10 @@ class _Verifier:
         seen: list[str] = []
         while (header := self.reader.next_member()) is not None:
             member = self.reader.member(header)
+            if header.name == SIGNATURE_MEMBER:
+                self.report.problem("signature", MISPLACED_SIGNATURE)
+                member.close()
+                continue
             entry = entries.get(header.name)
             if entry is None or header.name in seen:
                 repeated = header.name in seen or header.name == MANIFEST_MEMBER

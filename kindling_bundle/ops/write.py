@@ -54,6 +54,8 @@ from kindling_bundle.format.manifest import (
     FORMAT_VERSION,
     FRAME_RECORDS,
     MANIFEST_MEMBER,
+    SIGNATURE_MEMBER,
+    SIGNED_FORMAT_VERSION,
     EntityEntry,
     FilterInfo,
     Manifest,
@@ -66,6 +68,7 @@ from kindling_bundle.format.reader import source_label
 from kindling_bundle.format.record_frames import FrameEncoder
 from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
+from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import atomic_file, check_local_destination
 from kindling_bundle.parallel.encoder import ChildEncoder, ReadingChild
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
@@ -91,12 +94,16 @@ class BundleOptions:
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
     `parallel`: encode a large export's observations in a second process where the platform
     allows (kindling_bundle.parallel.encoder); the bundle is the same either way.
+    `sign_key`: sign the bundle (format 1.1: the SSH signature over the manifest's bytes, in a
+    member right after it); ed25519 and RSA signatures are deterministic, so a signed bundle
+    stays byte-identical from run to run. Unsigned bundles are format 1.0.
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
     created_at: int | None = None
     level: int = 3
     parallel: bool = True
+    sign_key: SigningKey | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.filter, ExportStreamOptions):
@@ -107,6 +114,11 @@ class BundleOptions:
             raise ValueError(f"level must be {MIN_LEVEL}..{MAX_LEVEL}, got {self.level}")
         if self.created_at is not None:
             _check_created_at(self.created_at, "created_at")
+        if self.sign_key is not None and not isinstance(self.sign_key, SigningKey):
+            raise TypeError(
+                f"sign_key must be a SigningKey (load_signing_key), got "
+                f"{type(self.sign_key).__name__}"
+            )
 
 
 def _check_created_at(value: object, what: str) -> int:
@@ -189,8 +201,10 @@ def write_bundle(
                 for stream in streams.values():
                     stream.close()
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
-        _write_archive(dest, label, members, manifest, opts.level, on_output)
+        manifest = _manifest(
+            created_at, getattr(conn, "generation", None), selection, entries, opts.sign_key
+        )
+        _write_archive(dest, label, members, manifest, opts.level, on_output, opts.sign_key)
     return manifest
 
 
@@ -219,8 +233,8 @@ def write_bundle_from_records(
     with _spool(dest, label) as spool:
         members = _encode_entities(spool, streams, label, _Progress(progress))
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, source_generation, opts.filter, entries)
-        _write_archive(dest, label, members, manifest, opts.level)
+        manifest = _manifest(created_at, source_generation, opts.filter, entries, opts.sign_key)
+        _write_archive(dest, label, members, manifest, opts.level, sign_key=opts.sign_key)
     return manifest
 
 
@@ -229,13 +243,14 @@ def _manifest(
     generation: int | None,
     export_filter: ExportStreamOptions,
     entries: list[EntityEntry],
+    sign_key: SigningKey | None = None,
 ) -> Manifest:
     from kindling_bundle import __version__
 
     scope = export_filter.scope_ids
     return Manifest(
         format=FORMAT_NAME,
-        format_version=FORMAT_VERSION,
+        format_version=FORMAT_VERSION if sign_key is None else SIGNED_FORMAT_VERSION,
         created_at=created_at,
         tool=ToolInfo(name=TOOL_NAME, version=__version__),
         source=SourceInfo(schema_generation=generation),
@@ -560,12 +575,16 @@ def _write_archive(
     manifest: Manifest,
     level: int,
     on_output: Callable[[bytes], None] | None = None,
+    sign_key: SigningKey | None = None,
 ) -> None:
+    # Signed before the destination is opened: a key that cannot sign (an agent gone) leaves
+    # nothing behind.
+    signature = None if sign_key is None else sign_key.sign(encode_manifest(manifest)).encode()
     try:
         with _destination(dest) as out:
             # zstandard takes any object with write() (its stubs say IO[bytes])
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
-            _emit(sink, members, manifest, level)
+            _emit(sink, members, manifest, level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -598,9 +617,15 @@ def _destination(dest: BundleDestination) -> Iterator[BinaryIO]:
     dest.flush()
 
 
-def _emit(out: BinaryIO, members: list[_Spooled], manifest: Manifest, level: int) -> None:
-    """The archive: manifest member, then each entity member copied from its spool, then the
-    end-of-archive marker, all in one zstd frame."""
+def _emit(
+    out: BinaryIO,
+    members: list[_Spooled],
+    manifest: Manifest,
+    level: int,
+    signature: bytes | None = None,
+) -> None:
+    """The archive: manifest member, the signature member of a signed bundle, then each entity
+    member copied from its spool, then the end-of-archive marker, all in one zstd frame."""
     mtime = manifest.created_at // 1000
     written = 0
     with compressor(level).stream_writer(out, closefd=False) as zstd:
@@ -614,6 +639,10 @@ def _emit(out: BinaryIO, members: list[_Spooled], manifest: Manifest, level: int
         put(member_header(MANIFEST_MEMBER, len(manifest_bytes), mtime))
         put(manifest_bytes)
         put(padding(len(manifest_bytes)))
+        if signature is not None:
+            put(member_header(SIGNATURE_MEMBER, len(signature), mtime))
+            put(signature)
+            put(padding(len(signature)))
         for member in members:
             entry = member.entry
             put(member_header(entry.member, entry.bytes, mtime))
