@@ -41,3 +41,14 @@ def test_every_public_name_resolves_and_is_typed() -> None:
     for name in kindling_bundle.__all__:
         assert getattr(kindling_bundle, name) is not None, name
     assert (PACKAGE / "py.typed").is_file()
+
+
+def test_only_the_sample_writer_touches_the_database() -> None:
+    """The sample's text profiles are pure: only generate.py writes the database."""
+    for path in sorted((PACKAGE / "db" / "sample").glob("*.py")):
+        if path.name in ("__init__.py", "generate.py"):
+            continue
+        for module in imported_modules(path):
+            assert module.split(".")[0] != "sqlite3", path.name
+            if module.startswith("kindling_bundle.db"):
+                assert module.startswith("kindling_bundle.db.sample."), (path.name, module)

@@ -1,13 +1,5 @@
-"""A generator of realistic Kindling memory, so every command can be tried without Kindling.
-
-The mix follows what a coding agent records: many short messages and tool calls, some commands
-with output, multi-kilobyte diffs, stack traces, unicode text; sessions as capsules (some still
-open) with workflow-node capsules inside them; summaries for most closed capsules; pins on
-observations and summaries, some expiring; about 1% of observations redacted. The same seed
-always gives the same database content (on the same Python: the realistic text comes from its
-standard library, see db/sample_text.py). The `small-vocabulary` text is the word salad of the
-first version, kept because a small vocabulary is the hard case for the benchmark's baseline.
-"""
+"""Writing a sample database: sessions, capsules, summaries, pins and redactions around the
+observations a text profile makes, in one import-style transaction."""
 
 from __future__ import annotations
 
@@ -20,7 +12,8 @@ from typing import Any, Protocol
 
 from kindling_bundle.db.connection import KindlingConnection, create_store, write_transaction
 from kindling_bundle.db.importer import bulk_load
-from kindling_bundle.db.sample_text import RealisticText
+from kindling_bundle.db.sample.realistic import RealisticText
+from kindling_bundle.db.sample.small_vocabulary import SmallVocabularyText
 from kindling_bundle.db.writes import (
     create_capsule,
     insert_observations,
@@ -32,119 +25,6 @@ from kindling_bundle.errors import StoreError
 from kindling_bundle.records import Capsule, Observation, Pin, Summary
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
-
-_WORDS = [
-    "the",
-    "agent",
-    "ran",
-    "tests",
-    "for",
-    "parser",
-    "module",
-    "and",
-    "found",
-    "failing",
-    "case",
-    "in",
-    "tokenizer",
-    "while",
-    "refactoring",
-    "config",
-    "loader",
-    "cache",
-    "invalidation",
-    "retry",
-    "backoff",
-    "timeout",
-    "handler",
-    "request",
-    "response",
-    "schema",
-    "migration",
-    "index",
-    "query",
-    "build",
-    "lint",
-    "deploy",
-    "review",
-    "commit",
-    "branch",
-    "merge",
-    "rebase",
-    "fixture",
-    "mock",
-    "endpoint",
-    "payload",
-    "latency",
-    "memory",
-    "leak",
-    "thread",
-    "lock",
-    "queue",
-    "worker",
-    "scheduler",
-    "plugin",
-    "adapter",
-    "capsule",
-    "observation",
-    "summary",
-    "pin",
-    "redact",
-    "export",
-    "import",
-    "bundle",
-    "verify",
-    "restore",
-    "snapshot",
-]
-_UNICODE = [
-    "café",
-    "naïve",
-    "Größe",
-    "日本語のテキスト",
-    "данные",
-    "ελληνικά",
-    "✓ done",
-    "🚀",
-    "—",
-    "½",
-]
-_FILES = [
-    "src/parser.ts",
-    "src/store/sqlite.ts",
-    "src/cli/main.py",
-    "lib/retry.go",
-    "README.md",
-    "tests/test_export.py",
-    "packages/core/src/index.ts",
-    "docs/ARCHITECTURE.md",
-    "Cargo.toml",
-]
-_COMMANDS = [
-    "pytest -q tests/",
-    "npm test",
-    "git status",
-    "git diff --stat",
-    "cargo build --release",
-    "ruff check .",
-    "ls -la src",
-    "make lint",
-    "pnpm tsc --noEmit",
-    "go test ./...",
-]
-_TOOLS = ["Read", "Edit", "Bash", "Grep", "Glob", "Write", "WebFetch", "TodoWrite"]
-_ERRORS = ["TypeError", "KeyError", "AssertionError", "ECONNREFUSED", "SQLITE_BUSY", "panic"]
-_KIND_WEIGHTS = {
-    "message": 30,
-    "tool_call": 28,
-    "command": 14,
-    "file_diff": 8,
-    "error": 4,
-    "node_start": 4,
-    "node_end": 4,
-    "node_output": 6,
-    "node_error": 2,
-}
 
 
 @dataclass
@@ -176,80 +56,6 @@ class _SampleText(Protocol):
     def summary(self, capsule_type: str, intent: str) -> str: ...
 
 
-class _Text:
-    """The small-vocabulary profile: plausible content, quickly, from a pool of word salad."""
-
-    def __init__(self, rng: random.Random):
-        self.rng = rng
-        self.sentences = [self._sentence() for _ in range(512)]
-        self.repos = [f"repo-{n}" for n in ("kindling", "webapp", "infra", "ml-pipeline", "docs")]
-        self.agents = ["claude-code", "codex", "aider"]
-        self.users = ["alice", "bob"]
-        self._kinds = list(_KIND_WEIGHTS)
-        self._weights = list(_KIND_WEIGHTS.values())
-
-    def kind(self) -> str:
-        return self.rng.choices(self._kinds, self._weights)[0]
-
-    def begin_session(self, scope: dict[str, str]) -> None:
-        """Sessions of word salad are alike."""
-
-    def observation(self, kind: str) -> tuple[str, dict[str, Any]]:
-        content = self.content(kind)
-        return content, _provenance(self.rng, kind)
-
-    def intent(self, capsule_type: str) -> str:
-        return self.prose(1)
-
-    def summary(self, capsule_type: str, intent: str) -> str:
-        return self.prose(self.rng.randint(2, 6))
-
-    def _sentence(self) -> str:
-        rng = self.rng
-        words = rng.choices(_WORDS, k=rng.randint(5, 16))
-        if rng.random() < 0.15:
-            words.insert(rng.randrange(len(words)), rng.choice(_UNICODE))
-        return " ".join(words).capitalize() + "."
-
-    def prose(self, sentences: int) -> str:
-        return " ".join(self.rng.choices(self.sentences, k=sentences))
-
-    def content(self, kind: str) -> str:
-        rng = self.rng
-        if kind == "message":
-            return self.prose(rng.randint(1, 4))
-        if kind == "tool_call":
-            path = rng.choice(_FILES)
-            return f"{rng.choice(_TOOLS)}({path}) → {self.prose(1)}"
-        if kind == "command":
-            lines = [f"$ {rng.choice(_COMMANDS)}"]
-            lines += [self.prose(1) for _ in range(rng.randint(1, 12))]
-            lines.append(f"exit code {rng.choice([0, 0, 0, 1, 2])}")
-            return "\n".join(lines)
-        if kind == "file_diff":
-            path = rng.choice(_FILES)
-            lines = [f"--- a/{path}", f"+++ b/{path}"]
-            for _ in range(rng.randint(1, 4)):
-                start = rng.randint(1, 900)
-                lines.append(f"@@ -{start},12 +{start},14 @@")
-                for _ in range(rng.randint(6, 20)):
-                    sign = rng.choice(" +-  ")
-                    lines.append(f"{sign}    {self.prose(1)[: rng.randint(20, 110)]}")
-            return "\n".join(lines)
-        if kind in ("error", "node_error"):
-            name = rng.choice(_ERRORS)
-            frames = [
-                f'  File "{rng.choice(_FILES)}", line {rng.randint(1, 2000)}, in fn_{i}'
-                for i in range(rng.randint(3, 25))
-            ]
-            return f"{name}: {self.prose(1)}\nTraceback (most recent call last):\n" + "\n".join(
-                frames
-            )
-        if kind == "node_output":
-            return self.prose(rng.randint(1, 6))
-        return f"{kind.replace('_', ' ')}: {rng.choice(_WORDS)}-{rng.randint(1, 99)}"
-
-
 def generate_sample(
     path: str | Path, *, observations: int = 2000, seed: int = 0, text: str = "realistic"
 ) -> SampleStats:
@@ -264,7 +70,7 @@ def generate_sample(
     if text not in TEXT_PROFILES:
         raise StoreError(f"unknown sample text {text!r}: choose one of {', '.join(TEXT_PROFILES)}")
     rng = random.Random(seed)
-    profile: _SampleText = RealisticText(rng) if text == "realistic" else _Text(rng)
+    profile: _SampleText = RealisticText(rng) if text == "realistic" else SmallVocabularyText(rng)
     with create_store(path) as conn, write_transaction(conn):
         with bulk_load(conn):
             stats = _fill(conn, rng, profile, observations)
@@ -370,21 +176,6 @@ def _fill(
         pinnable_obs.clear()
         ts += rng.randint(60_000, 3_600_000)
     return stats
-
-
-def _provenance(rng: random.Random, kind: str) -> dict[str, Any]:
-    prov: dict[str, Any] = {"source": rng.choice(["claude-code", "opencode", "pocketflow"]), "v": 1}
-    if kind in ("tool_call", "command"):
-        prov["tool"] = rng.choice(_TOOLS)
-        prov["durationMs"] = rng.randint(1, 20_000)
-    if kind == "command":
-        prov["exitCode"] = rng.choice([0, 0, 1])
-    if kind == "file_diff":
-        prov["files"] = rng.sample(_FILES, rng.randint(1, 3))
-        prov["stats"] = {"added": rng.randint(0, 80), "removed": rng.randint(0, 40)}
-    if rng.random() < 0.1:
-        prov["score"] = round(rng.random(), 4)
-    return prov
 
 
 def _pin(
