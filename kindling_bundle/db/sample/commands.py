@@ -11,7 +11,7 @@ from collections.abc import Callable
 from kindling_bundle.db.sample.choices import SENTENCE_END, Chooser, pick
 from kindling_bundle.db.sample.corpus import Repo
 from kindling_bundle.db.sample.diffs import git_id
-from kindling_bundle.db.sample.tracebacks import session_traceback
+from kindling_bundle.db.sample.tracebacks import pytest_failure, session_traceback
 
 CommandResult = tuple[str, str, str, int]
 """(command line, stdout, stderr, exit code)"""
@@ -106,8 +106,8 @@ def _cmd_pytest(t: Chooser, length: int) -> CommandResult:
     if failed:
         _, message, text = session_traceback(t, length)
         test = f"test_{t.symbol()}"
-        stdout += f"\n\n{'=' * 30} FAILURES {'=' * 30}\n{'_' * 20} {test} {'_' * 20}\n\n{text}"
-        stdout += f"\nFAILED tests/test_{module}.py::{test} - {message}"
+        stdout += f"\n\n{'=' * 30} FAILURES {'=' * 30}\n"
+        stdout += pytest_failure(test, f"tests/test_{module}.py", message, text)
     summary = f"{failed} failed, {passed} passed" if failed else f"{passed} passed"
     stdout += f"\n{'=' * 20} {summary} in {seconds}s {'=' * 20}"
     return "python -m pytest -q tests/", stdout, "", 1 if failed else 0

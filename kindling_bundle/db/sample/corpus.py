@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,12 +119,7 @@ class Corpus:
         for i, line in enumerate(lines):
             if ("def " in line or "class " in line) and (match := DEF.match(line)):
                 defs.append((i, match[2], match[3]))
-        prose: list[str] = []
-        for match in _DOCSTRING.finditer(text):
-            for paragraph in (match[1] or match[2] or "").split("\n\n"):
-                folded = " ".join(paragraph.split())
-                if len(folded) >= 30 and len(_WORDY.findall(folded)) >= 4:
-                    prose.append(folded)
+        prose = _paragraphs(match[1] or match[2] or "" for match in _DOCSTRING.finditer(text))
         if path == "pydoc_data/topics.py":
             prose = _topics()
         long_lines = [i for i, line in enumerate(lines) if len(line) > 88]
@@ -139,9 +134,14 @@ def _topics() -> list[str]:
         topics = importlib.import_module("pydoc_data.topics").topics
     except ImportError:
         return []
+    return _paragraphs(str(page) for page in topics.values())
+
+
+def _paragraphs(texts: Iterable[str]) -> list[str]:
+    """The paragraphs of `texts` that read as prose, whitespace folded: long and wordy enough."""
     paragraphs = []
-    for page in topics.values():
-        for paragraph in str(page).split("\n\n"):
+    for text in texts:
+        for paragraph in text.split("\n\n"):
             folded = " ".join(paragraph.split())
             if len(folded) >= 30 and len(_WORDY.findall(folded)) >= 4:
                 paragraphs.append(folded)

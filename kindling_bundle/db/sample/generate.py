@@ -22,9 +22,30 @@ from kindling_bundle.db.writes import (
     redact_observation,
 )
 from kindling_bundle.errors import StoreError
-from kindling_bundle.records import Capsule, Observation, Pin, Summary
+from kindling_bundle.records import (
+    Capsule,
+    CapsuleType,
+    Observation,
+    ObservationKind,
+    Pin,
+    Summary,
+)
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, so a seed fully determines content
+_KIND_WEIGHTS: dict[ObservationKind, int] = {
+    "message": 30,
+    "tool_call": 28,
+    "command": 14,
+    "file_diff": 8,
+    "error": 4,
+    "node_start": 4,
+    "node_end": 4,
+    "node_output": 6,
+    "node_error": 2,
+}
+"""How often a coding agent records each kind; every text profile writes the same mix."""
+_KINDS = list(_KIND_WEIGHTS)
+_WEIGHTS = list(_KIND_WEIGHTS.values())
 
 
 @dataclass
@@ -49,7 +70,6 @@ class _SampleText(Protocol):
     agents: list[str]
     users: list[str]
 
-    def kind(self) -> str: ...
     def begin_session(self, scope: dict[str, str]) -> None: ...
     def observation(self, kind: str) -> tuple[str, dict[str, Any]]: ...
     def intent(self, capsule_type: str) -> str: ...
@@ -107,23 +127,17 @@ def _fill(
         capsules: list[Capsule] = []
         length = min(total - stats.observations, max(1, int(rng.expovariate(1 / 120))))
         text.begin_session(scope)
-        session = Capsule(
-            id=_uid(rng),
-            type="session",
-            intent=text.intent("session"),
-            opened_at=ts,
-            scope_ids=scope,
-        )
+        session = _open_capsule(rng, text, "session", ts, scope)
         capsules.append(session)
         node: Capsule | None = None
         for _ in range(length):
             ts += rng.choice([0, 0, 1, 7, 150, 900, 4000, 30_000])  # equal timestamps happen
-            kind = text.kind()
+            kind = rng.choices(_KINDS, _WEIGHTS)[0]
             obs_id = _uid(rng)
             content, provenance = text.observation(kind)
             obs = Observation(
                 id=obs_id,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 content=content,
                 provenance=provenance,
                 ts=ts,
@@ -134,13 +148,7 @@ def _fill(
             if rng.random() < 0.95:
                 session.observation_ids.append(obs.id)
             if kind == "node_start":
-                node = Capsule(
-                    id=_uid(rng),
-                    type="pocketflow_node",
-                    intent=text.intent("pocketflow_node"),
-                    opened_at=ts,
-                    scope_ids=scope,
-                )
+                node = _open_capsule(rng, text, "pocketflow_node", ts, scope)
                 capsules.append(node)
             if node is not None:
                 node.observation_ids.append(obs.id)
@@ -176,6 +184,22 @@ def _fill(
         pinnable_obs.clear()
         ts += rng.randint(60_000, 3_600_000)
     return stats
+
+
+def _open_capsule(
+    rng: random.Random,
+    text: _SampleText,
+    capsule_type: CapsuleType,
+    ts: int,
+    scope: dict[str, str],
+) -> Capsule:
+    return Capsule(
+        id=_uid(rng),
+        type=capsule_type,
+        intent=text.intent(capsule_type),
+        opened_at=ts,
+        scope_ids=scope,
+    )
 
 
 def _pin(

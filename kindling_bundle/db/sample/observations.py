@@ -14,7 +14,7 @@ from typing import Any
 from kindling_bundle.db.sample.choices import Chooser, Node, pick
 from kindling_bundle.db.sample.commands import COMMANDS
 from kindling_bundle.db.sample.diffs import unified_diff
-from kindling_bundle.db.sample.tracebacks import session_traceback
+from kindling_bundle.db.sample.tracebacks import pytest_failure, session_traceback
 from kindling_bundle.db.sample.truncation import (
     MAX_SUBAGENT_OUTPUT,
     MAX_TOOL_RESULT,
@@ -219,7 +219,7 @@ def _error(t: Chooser) -> tuple[str, dict[str, Any]]:
     source = pick(rng, ("tool", "runtime", "test", "lsp"))
     if source == "test":
         test = f"test_{t.symbol()}"
-        text = f"{'_' * 20} {test} {'_' * 20}\n\n{text}\nFAILED tests/{test}.py::{test} - {message}"
+        text = pytest_failure(test, f"tests/{test}.py", message, text)
     provenance: dict[str, Any] = {"source": source, "errorType": name, "hasStack": True}
     if t.session.adapter == "opencode" and rng.random() < 0.3:
         provenance["stack"] = text[-2000:]

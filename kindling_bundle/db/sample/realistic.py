@@ -9,11 +9,11 @@ Kindling's Claude Code, OpenCode and PocketFlow adapters write it, content opens
 it (then carries the tool's result, which the Claude Code adapter keeps only for commands), and
 content is truncated where the Claude Code adapter truncates it.
 
-Pure: no SQLite here. `RealisticText` answers the sample generator's questions (which kind,
-what content and provenance, which intent, which summary) one record at a time; the modules
-beside it make the content: `corpus` (the library's sources), `choices` (the session and what
-is picked in it), `observations` (one builder per kind), `commands`, `diffs`, `tracebacks` and
-`truncation` (where the adapters cut).
+Pure: no SQLite here. `RealisticText` answers the sample generator's questions (what content
+and provenance, which intent, which summary) one record at a time; the modules beside it make
+the content: `corpus` (the library's sources), `choices` (the session and what is picked in
+it), `observations` (one builder per kind), `commands`, `diffs`, `tracebacks` and `truncation`
+(where the adapters cut).
 """
 
 from __future__ import annotations
@@ -26,17 +26,6 @@ from kindling_bundle.db.sample.observations import BUILDERS
 from kindling_bundle.db.sample.tracebacks import real_tracebacks
 from kindling_bundle.db.sample.truncation import bounded, cap
 
-KIND_WEIGHTS: dict[str, int] = {
-    "message": 30,
-    "tool_call": 28,
-    "command": 14,
-    "file_diff": 8,
-    "error": 4,
-    "node_start": 4,
-    "node_end": 4,
-    "node_output": 6,
-    "node_error": 2,
-}
 _AGENTS = (
     "claude-code",
     "claude-code/subagent",
@@ -57,13 +46,8 @@ class RealisticText(Chooser):
         self.repos = [repo.root for repo in self.corpus.repos]
         self.agents = list(_AGENTS)
         self.users = list(USERS)
-        self._kinds = list(KIND_WEIGHTS)
-        self._kind_weights = list(KIND_WEIGHTS.values())
 
     # the generator's questions -------------------------------------------------------------
-
-    def kind(self) -> str:
-        return self.rng.choices(self._kinds, self._kind_weights)[0]
 
     def observation(self, kind: str) -> tuple[str, dict[str, Any]]:
         """Content and provenance of one observation of `kind`."""

@@ -110,17 +110,6 @@ _COMMANDS = [
 ]
 _TOOLS = ["Read", "Edit", "Bash", "Grep", "Glob", "Write", "WebFetch", "TodoWrite"]
 _ERRORS = ["TypeError", "KeyError", "AssertionError", "ECONNREFUSED", "SQLITE_BUSY", "panic"]
-_KIND_WEIGHTS = {
-    "message": 30,
-    "tool_call": 28,
-    "command": 14,
-    "file_diff": 8,
-    "error": 4,
-    "node_start": 4,
-    "node_end": 4,
-    "node_output": 6,
-    "node_error": 2,
-}
 
 
 class SmallVocabularyText:
@@ -132,11 +121,6 @@ class SmallVocabularyText:
         self.repos = [f"repo-{n}" for n in ("kindling", "webapp", "infra", "ml-pipeline", "docs")]
         self.agents = ["claude-code", "codex", "aider"]
         self.users = ["alice", "bob"]
-        self._kinds = list(_KIND_WEIGHTS)
-        self._weights = list(_KIND_WEIGHTS.values())
-
-    def kind(self) -> str:
-        return self.rng.choices(self._kinds, self._weights)[0]
 
     def begin_session(self, scope: dict[str, str]) -> None:
         """Sessions of word salad are alike."""

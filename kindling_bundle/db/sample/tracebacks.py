@@ -90,6 +90,13 @@ def real_tracebacks() -> tuple[tuple[str, str, str], ...]:
     return tuple(found)
 
 
+def pytest_failure(test: str, test_file: str, message: str, traceback_text: str) -> str:
+    """A failed test as pytest reports it: a bar with its name, the traceback, the FAILED line."""
+    return (
+        f"{'_' * 20} {test} {'_' * 20}\n\n{traceback_text}\nFAILED {test_file}::{test} - {message}"
+    )
+
+
 def session_traceback(t: Chooser, length: int) -> tuple[str, str, str]:
     """(type, message, text): a real failure, under frames of the session's own code."""
     rng = t.rng
