@@ -55,3 +55,14 @@ def test_kindling_json_is_read_below_the_operations() -> None:
     for path in sorted((PACKAGE / "kindling_json").glob("*.py")):
         for module in imported_modules(path):
             assert not module.startswith(above), (path.name, module)
+
+
+def test_only_the_sample_writer_touches_the_database() -> None:
+    """The sample's text profiles are pure: only generate.py writes the database."""
+    for path in sorted((PACKAGE / "db" / "sample").glob("*.py")):
+        if path.name in ("__init__.py", "generate.py"):
+            continue
+        for module in imported_modules(path):
+            assert module.split(".")[0] != "sqlite3", path.name
+            if module.startswith("kindling_bundle.db"):
+                assert module.startswith("kindling_bundle.db.sample."), (path.name, module)

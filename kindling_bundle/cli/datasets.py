@@ -14,7 +14,7 @@ from kindling_bundle.cli.options import (
     storage_options,
 )
 from kindling_bundle.cli.output import Output
-from kindling_bundle.db.sample import generate_sample
+from kindling_bundle.db.sample import TEXT_PROFILES, generate_sample
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.sniff import peek_format
@@ -31,7 +31,7 @@ from kindling_bundle.records import CONFLICT_STRATEGIES
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same content.")
 @click.option(
     "--text",
-    type=click.Choice(["realistic", "small-vocabulary"]),
+    type=click.Choice(TEXT_PROFILES),
     default="realistic",
     show_default=True,
     help="realistic: source, diffs, tracebacks, command output and prose from Python's standard "
