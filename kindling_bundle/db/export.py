@@ -180,9 +180,10 @@ def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
     return ts, oid
 
 
-def observations_before_sql(key: SplitKey) -> tuple[str, dict[str, Any]]:
-    """The statement for a whole export's observations before `key` (export order)."""
-    return _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+def export_observations_before(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
+    """A whole export's observations before `key` (export order)."""
+    sql, params = _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+    return _stream(conn, "observations", sql, params, observation_from_row)
 
 
 def export_observations_from(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
