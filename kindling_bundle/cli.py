@@ -253,6 +253,16 @@ def _progress(label: str, out: Output) -> Progress:
     show_default=True,
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    callback=lambda ctx, param, value: (
+        value if value == "auto" else click.IntRange(min=1)(value, param, ctx)
+    ),
+    help="Processes that encode: auto (two for a large whole export, where forking is safe) or N.",
+)
 @click.argument("out_target", metavar="OUT")
 @storage_options
 @common_options
@@ -267,6 +277,7 @@ def export(
     level: int,
     created_at: int | None,
     out_format: str,
+    workers: Any,
     out_target: str,
     out: Output,
     storage_options: dict[str, Any],
@@ -296,7 +307,7 @@ def export(
     }
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+        opts = BundleOptions(filter=selection, created_at=created_at, level=level, workers=workers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     db_path = db or default_db()
@@ -468,9 +479,19 @@ def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnectio
 
 @cli.command()
 @click.argument("in_target", metavar="IN")
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    callback=lambda ctx, param, value: (
+        value if value == "auto" else click.IntRange(min=1)(value, param, ctx)
+    ),
+    help="Processes that decode: auto (two for a large bundle, where forking is safe) or N.",
+)
 @storage_options
 @common_options
-def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def verify(in_target: str, workers: Any, out: Output, storage_options: dict[str, Any]) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference.
 
@@ -488,7 +509,9 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
             if kind == "kindling-json":
                 report = verify_kindling_json(stream, name=_source_name(in_target))
             else:
-                report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+                report = verify_bundle(
+                    stream, progress=progress, on_manifest=on_manifest, workers=workers
+                )
         finally:
             progress.close()
     what = "Kindling JSON export" if kind == "kindling-json" else "bundle"

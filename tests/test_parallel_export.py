@@ -259,3 +259,22 @@ def test_the_childs_error_comes_first_as_in_foreign_key_order(
     parallel, alone = _errors(sample_copy, tmp_path)
     assert parallel == alone
     assert parallel[0] is RecordError and parallel[2:] == ("observation", bad)
+
+
+def test_the_cli_takes_workers_for_export_and_verify(
+    sample_db: Path, tmp_path: Path, run_cli
+) -> None:
+    bundles = []
+    for workers in ("1", "2", "auto"):
+        dest = tmp_path / f"{workers}.kbundle"
+        done = run_cli("export", "--db", sample_db, "--created-at", 0, "--workers", workers, dest)
+        assert done.returncode == 0, done.stderr
+        bundles.append(dest.read_bytes())
+        verified = run_cli("verify", "--workers", workers, dest)
+        assert verified.returncode == 0 and b"valid" in verified.stdout, verified.stderr
+    assert bundles[0] == bundles[1] == bundles[2]
+    for command in ("export", "verify"):
+        for wrong in ("0", "many"):
+            args = ("--db", sample_db) if command == "export" else ()
+            refused = run_cli(command, *args, "--workers", wrong, tmp_path / "2.kbundle")
+            assert refused.returncode == 2 and b"--workers" in refused.stderr
