@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kindling_bundle import (
@@ -24,7 +25,7 @@ from kindling_bundle import (
     write_bundle,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, StoreError
 from kindling_bundle.parallel import choose_workers, encoder, forking
 
 pytestmark = pytest.mark.skipif(
@@ -278,3 +279,20 @@ def test_the_cli_takes_workers_for_export_and_verify(
             args = ("--db", sample_db) if command == "export" else ()
             refused = run_cli(command, *args, "--workers", wrong, tmp_path / "2.kbundle")
             assert refused.returncode == 2 and b"--workers" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RecordError(
+            "db: observation o1: column ts is not an integer", entity="observation", record_id="o1"
+        ),
+        StoreError("db: cannot export observations: database disk image is malformed"),
+        BundleError("out.kbundle: cannot write the spool file: No space left on device"),
+    ],
+)
+def test_a_childs_error_crosses_as_the_same_class_and_message(error: Exception) -> None:
+    sent = msgspec.msgpack.encode(encoder._Failed.of(error))
+    raised = msgspec.msgpack.decode(sent, type=encoder._Failed).exception()
+    assert type(raised) is type(error) and str(raised) == str(error)
+    assert vars(raised) == vars(error)  # a RecordError's entity and record id too

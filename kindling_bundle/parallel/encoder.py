@@ -320,10 +320,11 @@ def _split_child(
             finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
             _hash_file(side, finish.side_bytes, sha256, label)
             report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest()))
-    except EOFError:  # this process is gone, or stopped the child: no one to report to
+    except (EOFError, BrokenPipeError):  # the parent stopped the child, or is gone
         return
     except BaseException as exc:
-        report(_Failed.of(exc))
+        with contextlib.suppress(OSError):  # unless the parent is gone meanwhile
+            report(_Failed.of(exc))
 
 
 def _hash_file(fd: int, size: int, sha256: _Hash, label: str) -> None:
