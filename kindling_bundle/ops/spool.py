@@ -113,6 +113,14 @@ def encode_member(
     return Member(entry, ((spool, offset, size),))
 
 
+def flush_spool(spool: BinaryIO, label: str) -> None:
+    """Write out what the spool holds in its buffer (a full disk may show only now)."""
+    try:
+        spool.flush()
+    except OSError as exc:
+        raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+
+
 def encode_members(
     spool: BinaryIO,
     streams: Mapping[str, Iterable[Record]],

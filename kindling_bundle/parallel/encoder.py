@@ -45,7 +45,13 @@ from kindling_bundle.db.export import (
 )
 from kindling_bundle.errors import BundleError, KindlingBundleError, RecordError, StoreError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, FRAME_RECORDS, EntityEntry
-from kindling_bundle.ops.spool import Member, Progress, encode_member, encode_members
+from kindling_bundle.ops.spool import (
+    Member,
+    Progress,
+    encode_member,
+    encode_members,
+    flush_spool,
+)
 from kindling_bundle.parallel.forking import pipe, start_child
 from kindling_bundle.records import Record
 
@@ -271,7 +277,7 @@ def encode_split(
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()  # type: ignore[attr-defined]
-    spool.flush()
+    flush_spool(spool, label)  # the child reads it
     done = child.finish(rest.entry.bytes)
     entry = EntityEntry(
         entity="observations",
@@ -316,7 +322,7 @@ def _split_child(
             sha256 = hashlib.sha256()
             records = export_observations_before(conn, key)
             part = encode_member(spool, "observations", records, label, on_frame, sha256)
-            spool.flush()
+            flush_spool(spool, label)
             finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
             _hash_file(side, finish.side_bytes, sha256, label)
             report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest()))
