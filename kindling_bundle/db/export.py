@@ -147,17 +147,6 @@ def export_observations(
     return _stream(conn, "observations", sql, params, observation_from_row)
 
 
-def export_observation_row_batches(
-    conn: sqlite3.Connection, opts: ExportStreamOptions, size: int
-) -> Iterator[list[tuple]]:
-    """The rows behind `export_observations`, `size` at a time (fetched in one call each), not
-    yet records (`rows.observation_from_row` makes each one a record), for an encoder in another
-    process. A row that is not a valid record is an error only when converted: name it with
-    `label_error`, as the records stream does."""
-    sql, params = _observations_query(opts)
-    return _records(conn, "observations", sql, params, lambda cursor: _batches(cursor, size))
-
-
 SplitKey = tuple[int, str]
 """(ts, id) of an observation: where a whole export's observations are split in two."""
 
@@ -199,11 +188,6 @@ def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
         f"WHERE {where} ORDER BY o.ts, o.id"
     )
     return sql, {"split_ts": key[0], "split_id": key[1]}
-
-
-def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
-    while batch := cursor.fetchmany(size):
-        yield batch
 
 
 def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:
