@@ -16,6 +16,7 @@ from kindling_bundle.cli.options import (
     signature_options,
     source_name,
     storage_options,
+    workers_option,
 )
 from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
@@ -27,15 +28,21 @@ from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
 from kindling_bundle.ops.verify import verify_bundle
+from kindling_bundle.parallel import Workers
 
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@workers_option("decode")
 @signature_options
 @storage_options
 @common_options
 def verify(
-    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+    in_target: str,
+    workers: Workers,
+    out: Output,
+    storage_options: dict[str, Any],
+    signature: SignatureOptions,
 ) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference, and who signed it.
@@ -56,7 +63,11 @@ def verify(
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
                 report = verify_bundle(
-                    stream, progress=progress, on_manifest=on_manifest, signature=signature
+                    stream,
+                    progress=progress,
+                    on_manifest=on_manifest,
+                    signature=signature,
+                    workers=workers,
                 )
         finally:
             progress.close()

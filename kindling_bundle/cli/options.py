@@ -18,6 +18,7 @@ from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
+from kindling_bundle.parallel import Workers
 
 ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
 """A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
@@ -171,6 +172,25 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Kindling database [default: $KINDLING_DB, else ~/.kindling/kindling.db].",
     )(func)
+
+
+def workers_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--workers auto|N: the processes that `what` (kindling_bundle.parallel.choose_workers)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> Workers:
+        if value == "auto":
+            return "auto"
+        number: int = click.IntRange(min=1)(value, param, ctx)
+        return number
+
+    return click.option(
+        "--workers",
+        default="auto",
+        show_default=True,
+        metavar="auto|N",
+        callback=parse,
+        help=f"Processes that {what}: auto (two for a large bundle, where forking is safe) or N.",
+    )
 
 
 def progress_for(label: str, out: Output) -> Progress:

@@ -22,6 +22,7 @@ from kindling_bundle.cli.options import (
     signature_options,
     source_name,
     storage_options,
+    workers_option,
 )
 from kindling_bundle.cli.output import Output, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
@@ -34,6 +35,7 @@ from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_sou
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
+from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 
 
@@ -102,6 +104,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
     "passphrase is asked on the terminal), or a public key file whose private half is in "
     "ssh-agent.",
 )
+@workers_option("encode")
 @click.argument("out_target", metavar="OUT")
 @storage_options
 @common_options
@@ -117,6 +120,7 @@ def export(
     created_at: int | None,
     out_format: str,
     sign_key: str | None,
+    workers: Workers,
     out_target: str,
     out: Output,
     storage_options: dict[str, Any],
@@ -148,7 +152,7 @@ def export(
         raise click.UsageError("--sign-key signs bundles: a Kindling JSON export cannot be signed")
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+        opts = BundleOptions(filter=selection, created_at=created_at, level=level, workers=workers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     key: SigningKey | None = None

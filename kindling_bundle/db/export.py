@@ -148,17 +148,6 @@ def export_observations(
     return _stream(conn, "observations", sql, params, observation_from_row)
 
 
-def export_observation_row_batches(
-    conn: sqlite3.Connection, opts: ExportStreamOptions, size: int
-) -> Generator[list[Row], None, None]:
-    """The rows behind `export_observations`, `size` at a time (fetched in one call each), not
-    yet records (`rows.observation_from_row` makes each one a record), for an encoder in another
-    process. A row that is not a valid record is an error only when converted: name it with
-    `label_error`, as the records stream does."""
-    sql, params = _observations_query(opts)
-    return _records(conn, "observations", sql, params, lambda cursor: _batches(cursor, size))
-
-
 SplitKey = tuple[int, str]
 """(ts, id) of an observation: where a whole export's observations are split in two."""
 
@@ -181,9 +170,10 @@ def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
     return ts, oid
 
 
-def observations_before_sql(key: SplitKey) -> tuple[str, dict[str, Any]]:
-    """The statement for a whole export's observations before `key` (export order)."""
-    return _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+def export_observations_before(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
+    """A whole export's observations before `key` (export order)."""
+    sql, params = _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+    return _stream(conn, "observations", sql, params, observation_from_row)
 
 
 def export_observations_from(
@@ -201,11 +191,6 @@ def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
         f"WHERE {where} ORDER BY o.ts, o.id"
     )
     return sql, {"split_ts": key[0], "split_id": key[1]}
-
-
-def _batches(cursor: sqlite3.Cursor, size: int) -> Generator[list[Row], None, None]:
-    while batch := cursor.fetchmany(size):
-        yield batch
 
 
 def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:

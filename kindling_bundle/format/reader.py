@@ -337,6 +337,9 @@ class BundleReader:
         if padding.count(0) != len(padding):
             raise BundleError(f"{self.label}: unexpected data after the end of the tar archive")
         self.zstd.finish()
+        if self._sha256 is not None:  # every member is hashed: no thread outlives the reading
+            self._sha256.close()
+            self._sha256 = None
 
     def batches(
         self, progress: ProgressCallback | None = None

@@ -179,7 +179,7 @@ class RecordRules:
     def clear_new_ids(self, entity: str, hashes: list[int]) -> bool:
         """True if these id hashes (of a run of the entity's records) are distinct and new. For
         observations, which reference nothing, that is all `clear_run` asks, so a process that
-        decoded them elsewhere need only send their hashes (parallel.decoder); then
+        decoded them elsewhere need only send their ids (parallel.decoder), hashed here; then
         `add_ids` adds them."""
         return len(set(hashes)) == len(hashes) and self._ids[entity].isdisjoint(hashes)
 

@@ -23,11 +23,10 @@ resolving references in a single pass costs (measured in bench/RESULTS.md).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from kindling_bundle.errors import BundleError, RecordError, SignatureError
+from kindling_bundle.errors import BundleError, SignatureError
 from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
@@ -48,8 +47,8 @@ from kindling_bundle.format.record_frames import RecordDecoder
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
-from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
-from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
+from kindling_bundle.parallel import Workers, check_workers, choose_workers
+from kindling_bundle.parallel.decoder import Decoded, DecoderChild, Vouched, decode_here
 from kindling_bundle.records import ENTITY_TYPES, Record
 
 
@@ -58,31 +57,24 @@ def verify_bundle(
     *,
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
-    parallel: bool = True,
+    workers: Workers = "auto",
     signature: SignatureOptions | None = None,
 ) -> VerifyReport:
     """Check a bundle completely (see the module docstring); never raises for a bad bundle,
     nor for a signature `signature` refuses (both are problems in the report).
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
-    (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
-    large bundle's observation frames in a second process where the platform allows
-    (kindling_bundle.parallel.decoder); the report is the same either way."""
+    (e.g. to size a progress bar from `manifest.total_records`). `workers`: processes that
+    decode the observations (kindling_bundle.parallel.choose_workers); the report is the same
+    whatever the number."""
+    workers = check_workers(workers)
     report = VerifyReport(source=source_label(src))
     try:
         with BundleReader(src, signature=signature) as reader:
-            _Verifier(reader, report, progress).run(on_manifest, parallel)
+            _Verifier(reader, report, progress).run(on_manifest, workers)
     except (BundleError, SignatureError) as exc:
         report.failed(exc)
     return report
-
-
-Decoded = tuple[list[Record], list[RecordError | BundleError]]
-_Pending = tuple[bytes | memoryview, Decoded | None]
-"""A frame's payload, and its records and problems if decoded here (None: at the helper)."""
-
-MAX_PENDING = IN_FLIGHT + 2
-"""Frames read ahead of the oldest frame still at the helper, at most (their records in memory)."""
 
 
 @dataclass
@@ -106,21 +98,21 @@ class _Verifier:
         self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
         self.records_done = 0
         self.bytes_done = 0
-        self.helper: FrameHelper | None = None
+        self.child: DecoderChild | None = None
 
-    def run(self, on_manifest: Callable[[Manifest], None] | None, parallel: bool) -> None:
+    def run(self, on_manifest: Callable[[Manifest], None] | None, workers: Workers) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
         self.report.signer = self.reader.signer
         expected = {entry.entity: entry.records for entry in manifest.entities}
         self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__, expected=expected)
-        observations = expected.get("observations", 0)
-        if parallel and observations >= PARALLEL_MIN_ROWS and parallel_available():
-            self.helper = FrameHelper()  # forked before any thread of ours starts
+        # Forked before the reader starts its threads (read-ahead, SHA-256).
+        if choose_workers(workers, expected.get("observations", 0)) > 1:
+            self.child = DecoderChild()
         try:
             self._members(manifest, on_manifest)
         finally:
-            if self.helper is not None:
-                self.helper.close()
+            if self.child is not None:
+                self.child.close()
 
     def _members(self, manifest: Manifest, on_manifest: Callable[[Manifest], None] | None) -> None:
         self.reader.zstd.start_read_ahead()
@@ -169,27 +161,20 @@ class _Verifier:
                 member=name,
             )
         tally = _Tally(RecordDecoder(entity), name)
-        helper = self.helper if entity == "observations" else None
-        pending: deque[_Pending] = deque()  # None: at the helper
-        try:
-            for payload in member.frames():
-                if helper is not None and helper.in_flight < IN_FLIGHT and helper.submit(payload):
-                    pending.append((payload, None))
-                else:
-                    pending.append((payload, tally.decoder.decode_all(payload)))
-                while pending and (
-                    len(pending) > MAX_PENDING
-                    or pending[0][1] is not None
-                    or (helper is not None and helper.answered())
-                ):
-                    self._apply(*pending.popleft(), tally)
-        except FramingError as exc:  # the rest of this member cannot be split into frames
-            self._apply_all(pending, tally)
-            self.report.failed(exc, member=name)
+        ended: list[BundleError] = []
+        payloads = _until_error(member.frames(), ended)
+        if self.child is not None and entity == "observations":
+            frames = self.child.frames(payloads, tally.decoder)
+        else:
+            frames = decode_here(payloads, tally.decoder)
+        for frame in frames:  # the frames before whatever ended the member are reported first
+            self._apply(frame, tally)
+        if ended and not isinstance(ended[0], FramingError):
+            raise ended[0]
+        if ended:  # the rest of this member cannot be split into frames
+            self.report.failed(ended[0], member=name)
             member.skip_rest()
             tally.clean = False
-        finally:  # the frames before whatever ended the member are reported first
-            self._apply_all(pending, tally)
         count, valid, clean = tally.count, tally.valid, tally.clean
         digest = member.close()  # None after a framing error: the rest was skipped unhashed
         if digest is not None and digest != entry.sha256:
@@ -207,34 +192,29 @@ class _Verifier:
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
 
-    def _apply_all(self, pending: deque[_Pending], tally: _Tally) -> None:
-        while pending:
-            self._apply(*pending.popleft(), tally)
-
-    def _apply(self, payload: bytes | memoryview, decoded: Decoded | None, tally: _Tally) -> None:
+    def _apply(self, frame: Decoded | Vouched, tally: _Tally) -> None:
         """Report one frame's problems and check its records, in member order."""
-        if decoded is None:  # at the helper: the id hashes of a clean frame, or None
-            assert self.helper is not None
-            hashes = self.helper.answer()
-            if hashes is not None:
-                tally.count += len(hashes)
-                tally.valid += len(hashes)
-                if self.rules.clear_new_ids(tally.decoder.entity, hashes):
-                    self.rules.add_ids(tally.decoder.entity, hashes)
-                else:
-                    self._check(tally.decoder.decode(payload), tally.member)
-                self._progress(len(hashes), payload)
-                return
-        if decoded is None or decoded[1]:  # (again) here, numbering records from the right index
-            decoded = tally.decoder.decode_all(payload, tally.count)
-        records, problems = decoded
+        entity = tally.decoder.entity
+        if isinstance(frame, Vouched):
+            hashes = list(map(hash, frame.ids))
+            tally.count += len(hashes)
+            tally.valid += len(hashes)
+            if self.rules.clear_new_ids(entity, hashes):
+                self.rules.add_ids(entity, hashes)
+            else:
+                self._check(tally.decoder.decode(frame.payload), tally.member)
+            self._progress(len(hashes), frame.payload)
+            return
+        records, problems = frame.records, frame.problems
+        if problems:  # decoded again, numbering records from their index in the member
+            records, problems = tally.decoder.decode_all(frame.payload, tally.count)
         for problem in problems:
             self.report.invalid(problem, member=tally.member)
             tally.clean = False
         tally.count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
         tally.valid += len(records)
         self._check(records, tally.member)
-        self._progress(len(records), payload)
+        self._progress(len(records), frame.payload)
 
     def _progress(self, records: int, payload: bytes | memoryview) -> None:
         self.records_done += records
@@ -251,3 +231,14 @@ class _Verifier:
             for breach in rules.check(record):
                 self.report.breach(breach, member=member)
             rules.add(record)
+
+
+def _until_error(
+    frames: Iterator[bytes | memoryview], ended: list[BundleError]
+) -> Iterator[bytes | memoryview]:
+    """The frames, up to a BundleError that ends them, which goes into `ended` (so that the
+    frames before it, some maybe at the child, are applied before it is reported or raised)."""
+    try:
+        yield from frames
+    except BundleError as exc:
+        ended.append(exc)
