@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from kindling_bundle.db.connection import KindlingConnection
 from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
@@ -271,7 +271,10 @@ def _write_archive(
 ) -> None:
     try:
         with _destination(dest) as out:
-            _emit(_Tee(out, on_output) if on_output else out, members, manifest, level)
+            # zstandard calls only write and flush on what it writes to: a _Tee will do
+            _emit(
+                cast(BinaryIO, _Tee(out, on_output)) if on_output else out, members, manifest, level
+            )
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
