@@ -290,7 +290,7 @@ def _write_archive(
     signature = None if sign_key is None else sign_key.sign(encode_manifest(manifest)).encode()
     try:
         with _destination(dest) as out:
-            # zstandard takes any object with write() (its stubs say IO[bytes])
+            # zstandard calls only write and flush on what it writes to: a _Tee will do
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
             _emit(sink, members, manifest, level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
