@@ -16,9 +16,10 @@ truncated).
 Recipients: `age1…` X25519 keys, `ssh-ed25519` and `ssh-rsa` public keys, or a recipients file as
 `age -R` reads it. Identities: age identity files (passphrase-protected ones made with `age -p`
 too) and OpenSSH private keys, ed25519 and rsa, passphrase-protected or not. A passphrase is asked
-for through a callback, and only when the header holds a stanza that key could open. Messages and
-reprs show public keys and fingerprints, never key material. Encrypting to a passphrase is not
-offered: scrypt's memory is not flat (document the passphrase-protected identity recipe instead).
+for through a callback, and only when it is needed. Messages and reprs show public keys and
+fingerprints, never key material. Encrypting a bundle to a passphrase is not offered: scrypt at
+age's work factor takes 256 MiB, past the memory bundles keep to; a passphrase-protected identity
+file gives the same protection and pays that once, to unlock the key.
 
 `SealedSpool` is a temporary file sealed under a key that lives only in memory, so spooled
 plaintext never reaches the disk.
@@ -404,17 +405,17 @@ def _recipient(text: str) -> Recipient:
     """Raises ValueError with a message that never quotes the text (it may be a secret)."""
     if text.startswith(("AGE-SECRET-KEY-", "AGE-PLUGIN-")):
         raise ValueError("this is a secret key (an identity), not a recipient: give its public key")
+    if text.startswith("age1") and text.count("1") > 1:  # bech32 data has no "1"
+        raise ValueError(
+            f"{text[: text.rindex('1')]}1… recipients (age plugins, post-quantum keys) are not "
+            "supported: use an age1… X25519 key or an ssh-ed25519 / ssh-rsa key"
+        )
     if text.startswith("age1"):
         decoded = _bech32_decode(text)
         if decoded is None:
             raise ValueError("malformed age1… recipient (its checksum or characters are wrong)")
         hrp, data = decoded
-        if hrp != "age":
-            raise ValueError(
-                f"{hrp}1… recipients (age plugins, post-quantum keys) are not supported: "
-                "use an age1… X25519 key or an ssh-ed25519 / ssh-rsa key"
-            )
-        if len(data) != 32 or _x25519(X25519PrivateKey.generate(), data) is None:
+        if hrp != "age" or len(data) != 32 or _x25519(X25519PrivateKey.generate(), data) is None:
             raise ValueError("malformed age1… recipient (not an X25519 public key)")
         return X25519Recipient(data)
     ssh = _ssh_public_key(text)
@@ -434,11 +435,10 @@ def _recipient(text: str) -> Recipient:
         if montgomery is None or _x25519(X25519PrivateKey.generate(), montgomery) is None:
             raise ValueError("malformed ssh-ed25519 public key (not a usable curve point)")
         return SshEd25519Recipient(blob, montgomery)
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise ValueError(f"ssh-rsa key of {key.key_size} bits: age needs at least 2048")
-        return SshRsaRecipient(blob, key)
-    raise ValueError(f"malformed {key_type} public key")  # pragma: no cover (type checked above)
+    assert isinstance(key, rsa.RSAPublicKey)  # the blob said ssh-rsa, and cryptography agreed
+    if key.key_size < 2048:
+        raise ValueError(f"ssh-rsa key of {key.key_size} bits: age needs at least 2048")
+    return SshRsaRecipient(blob, key)
 
 
 def parse_recipient(text: str, *, source: str = "recipient") -> Recipient:
@@ -867,9 +867,10 @@ def parse_identities(
 ) -> list[Identity]:
     """The identities in an identity file's bytes, whichever kind `age -i` takes: age keys (one
     a line, `#` comments), an `age -p`-protected identity file (binary or armored), or an OpenSSH
-    / PEM private key (ed25519, rsa), passphrase-protected or not. Protected ones ask
-    `passphrase` only when a header holds a stanza they could open. `source` names the file in
-    errors."""
+    / PEM private key (ed25519, rsa), passphrase-protected or not. Protected ones call
+    `passphrase` only when needed, once: an SSH key when a header holds a stanza for it, an
+    `age -p` file when no identity that needs no passphrase opened the file. `source` names the
+    file in errors."""
     if data.startswith(INTRO) or data.lstrip().startswith(ARMOR_BEGIN):
         return [_PassphraseProtectedIdentities(source, data, passphrase)]
     if data.lstrip().startswith(b"-----BEGIN"):
