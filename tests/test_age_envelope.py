@@ -639,3 +639,26 @@ def test_sealed_spool_written_by_a_forked_child(tmp_path: Path) -> None:
                 os._exit(0)
         os.waitpid(pid, 0)
         assert spool.read() == data
+
+
+def test_sealed_spool_without_ocb3_falls_back_to_gcm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.ciphers.aead import AESOCB3
+
+    from kindling_bundle.io import age_envelope
+
+    class NoOcb3:  # as under LibreSSL
+        generate_key = staticmethod(AESOCB3.generate_key)
+
+        def __init__(self, key: bytes):
+            raise UnsupportedAlgorithm("OCB3 is not available")
+
+    monkeypatch.setattr(age_envelope, "AESOCB3", NoOcb3)
+    data = os.urandom(CHUNK + 1)
+    with SealedSpool(tmp_path) as spool:
+        spool.write(data)
+        assert spool.read() == data
+        assert len(raw_bytes(spool)) == len(data) + 2 * 16
+        assert data[:100] not in raw_bytes(spool)
