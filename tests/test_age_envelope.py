@@ -474,6 +474,24 @@ def test_garbage_and_oversized_headers_are_refused_without_reading_on(keys: Keys
             read_header(io.BytesIO(text))
 
 
+def test_armored_with_crlf_and_blank_lines_and_cut_short(keys: Keys, tmp_path: Path) -> None:
+    plaintext = os.urandom(CHUNK + 50)
+    (tmp_path / "plain").write_bytes(plaintext)
+    assert (
+        run("age", "-a", "-r", keys.age_pub, "-o", tmp_path / "a", tmp_path / "plain").returncode
+        == 0
+    )
+    armored = (tmp_path / "a").read_bytes()
+    identities = load_identities(keys.age_id)
+    windows = b"\r\n\r\n" + armored.replace(b"\n", b"\r\n") + b"\r\n"
+    assert decrypt(windows, identities) == plaintext
+    for cut in (len(armored) // 2, armored.index(b"\n") + 3, len(armored) - 5):
+        with pytest.raises(TruncatedCiphertextError):
+            decrypt(armored[:cut], identities)
+    with pytest.raises(CiphertextError, match="data after the END line"):
+        decrypt(armored + b"more\n", identities)
+
+
 # --- recipients and identity files --------------------------------------------------------------
 
 
@@ -527,6 +545,22 @@ def test_bad_recipients_name_the_line_and_never_echo_it(keys: Keys, tmp_path: Pa
         assert secret not in str(caught.value)
     with pytest.raises(RecipientError, match="no recipients given"):
         open_encrypting_writer(io.BytesIO(), [])
+
+
+def test_recipients_and_identities_from_standard_input(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(keys.ed_pub.encode())))
+    (recipient,) = read_recipients_file("-")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(keys.ed.read_bytes())))
+    identities = load_identities("-")
+    out = io.BytesIO()
+    with open_encrypting_writer(out, [recipient]) as writer:
+        writer.write(b"piped")
+    assert decrypt(out.getvalue(), identities) == b"piped"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    with pytest.raises(IdentityError, match=r"^standard input: no identities in it$"):
+        load_identities("-")
 
 
 def test_identity_files_several_keys_comments_and_mistakes(keys: Keys, tmp_path: Path) -> None:

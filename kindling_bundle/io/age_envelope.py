@@ -981,9 +981,10 @@ class _Dearmor:
             line = self._source.readline(_MAX_WHITESPACE + 1)
         except _LineTooLong:
             raise self._error("a line is too long") from None
-        if not line:
+        text = line.removesuffix(b"\n").removesuffix(b"\r")
+        if not line.endswith(b"\n") and text != ARMOR_END:  # the stream ended inside the armor
             raise TruncatedCiphertextError(f"{self._label}: the armored file is cut short")
-        return line.removesuffix(b"\n").removesuffix(b"\r")
+        return text
 
     def read(self, size: int, /) -> bytes:
         pieces = [self._pending]
