@@ -279,6 +279,10 @@ def test_a_protected_key_asks_only_for_a_file_it_can_open(keys: Keys) -> None:
     # An ssh-ed25519 file for another key: its tag is not this key's, so no prompt either.
     with pytest.raises(NoMatchingIdentityError):
         decrypt(encrypt(b"b", keys.ed_pub), protected)
+    # An age -p identity file holds X25519 keys only: a file with no X25519 stanza needs none.
+    age_p = load_identities(keys.age_p, passphrase=ask)
+    with pytest.raises(NoMatchingIdentityError):
+        decrypt(encrypt(b"c", keys.ed_pub), age_p)
     assert asked == []
     assert "(passphrase-protected)" in protected[0].description
 
@@ -696,3 +700,10 @@ def test_sealed_spool_without_ocb3_falls_back_to_gcm(
         assert spool.read() == data
         assert len(raw_bytes(spool)) == len(data) + 2 * 16
         assert data[:100] not in raw_bytes(spool)
+
+
+def test_a_passphrase_encrypted_file_is_named_as_such(keys: Keys, tmp_path: Path) -> None:
+    (tmp_path / "plain").write_bytes(b"x")
+    age_with_passphrase(tmp_path / "plain", tmp_path / "p.age", "a bundle passphrase")
+    with pytest.raises(NoMatchingIdentityError, match=r"encrypted with a passphrase \(age -p\)"):
+        decrypt((tmp_path / "p.age").read_bytes(), load_identities(keys.age_id))

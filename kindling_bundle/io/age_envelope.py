@@ -721,6 +721,8 @@ class _PassphraseProtectedIdentities(Identity):
         return f"passphrase-protected identity file {self._source}"
 
     def _unwrap(self, stanzas: Sequence[_Stanza], label: str) -> bytes | None:
+        if not any(stanza.type == "X25519" for stanza in stanzas):
+            return None  # it holds AGE-SECRET-KEY-1 keys only: no need to ask
         if self._opened is None:
             self._opened = self._open()
         for identity in self._opened:
@@ -868,9 +870,9 @@ def parse_identities(
     """The identities in an identity file's bytes, whichever kind `age -i` takes: age keys (one
     a line, `#` comments), an `age -p`-protected identity file (binary or armored), or an OpenSSH
     / PEM private key (ed25519, rsa), passphrase-protected or not. Protected ones call
-    `passphrase` only when needed, once: an SSH key when a header holds a stanza for it, an
-    `age -p` file when no identity that needs no passphrase opened the file. `source` names the
-    file in errors."""
+    `passphrase` only when needed, and once: an SSH key when a header holds a stanza with its
+    tag, an `age -p` file when a header holds an X25519 stanza that no identity needing no
+    passphrase opened. `source` names the file in errors."""
     if data.startswith(INTRO) or data.lstrip().startswith(ARMOR_BEGIN):
         return [_PassphraseProtectedIdentities(source, data, passphrase)]
     if data.lstrip().startswith(b"-----BEGIN"):
@@ -1283,7 +1285,7 @@ class EncryptingWriter(io.BufferedIOBase, BinaryIO):
         return self._sealer.written
 
     def flush(self) -> None:
-        if not self.closed:
+        if not self.closed and not self._ended:  # after abort(), `dest` may be gone
             self._dest.flush()
 
     def close(self) -> None:
@@ -1413,16 +1415,17 @@ def _open_envelope(src: _Readable, identities: Sequence[Identity], label: str) -
     if file_key is None:
         tried = ", ".join(identity.description for identity in ordered[:3])
         more = f" and {len(ordered) - 3} more" if len(ordered) > 3 else ""
-        why = (
-            "passphrase-encrypted (age -p), which takes no identity; "
-            if (info.stanza_types == ("scrypt",))
-            else ""
+        message = (
+            f"{label}: none of the identities given opens it (encrypted to {counted}; "
+            f"tried {tried}{more})"
         )
+        if info.stanza_types == ("scrypt",):
+            message = (
+                f"{label}: encrypted with a passphrase (age -p), not to a key: pipe "
+                "`age -d` into the command instead"
+            )
         raise NoMatchingIdentityError(
-            f"{label}: {why}none of the identities given opens it (encrypted to {counted}; "
-            f"tried {tried}{more})",
-            recipients=info.recipients,
-            stanza_types=info.stanza_types,
+            message, recipients=info.recipients, stanza_types=info.stanza_types
         )
     if len(file_key) != _FILE_KEY_BYTES:
         raise _damaged(label, "a stanza holds no 16-byte file key")
@@ -1443,8 +1446,8 @@ def open_decrypting_reader(
     The header is read and a file key found now: NoIdentityError if `identities` is empty (it
     carries the recipient count), NoMatchingIdentityError if none opens it, CiphertextError
     (TruncatedCiphertextError) if it is damaged (cut short). Identities that need a passphrase
-    are tried last and ask for it only if they could open a stanza. `label` names `src` in
-    errors."""
+    are tried last, and ask for it only if they could open a stanza of the header. `label` names
+    `src` in errors."""
     return _open_envelope(src, identities, label)
 
 
