@@ -24,7 +24,7 @@ from kindling_bundle.errors import (
     RecipientError,
     TruncatedCiphertextError,
 )
-from kindling_bundle.io.age_envelope import (
+from kindling_bundle.io.age import (
     MAX_HEADER_BYTES,
     SNIFF_BYTES,
     Identity,
@@ -685,7 +685,7 @@ def test_sealed_spool_without_ocb3_falls_back_to_gcm(
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.ciphers.aead import AESOCB3
 
-    from kindling_bundle.io import age_envelope
+    from kindling_bundle.io.age import spool as sealed_spool
 
     class NoOcb3:  # as under LibreSSL
         generate_key = staticmethod(AESOCB3.generate_key)
@@ -693,7 +693,7 @@ def test_sealed_spool_without_ocb3_falls_back_to_gcm(
         def __init__(self, key: bytes):
             raise UnsupportedAlgorithm("OCB3 is not available")
 
-    monkeypatch.setattr(age_envelope, "AESOCB3", NoOcb3)
+    monkeypatch.setattr(sealed_spool, "AESOCB3", NoOcb3)
     data = os.urandom(CHUNK + 1)
     with SealedSpool(tmp_path) as spool:
         spool.write(data)
