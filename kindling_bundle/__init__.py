@@ -2,8 +2,8 @@
 
 The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
 (Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
-composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress)
-and `cli`.
+composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress,
+the age envelope of encrypted bundles) and `cli`.
 """
 
 from kindling_bundle.db.connection import open_store
@@ -30,15 +30,32 @@ from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, veri
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
     BundleError,
+    CiphertextError,
+    EncryptionError,
+    IdentityError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    NoIdentityError,
+    NoMatchingIdentityError,
+    RecipientError,
     RecordError,
     StorageError,
     StoreError,
+    TruncatedCiphertextError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.io.age import (
+    AgeHeader,
+    Identity,
+    Recipient,
+    load_identities,
+    parse_identities,
+    parse_recipient,
+    read_recipients_file,
+)
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -54,6 +71,7 @@ from kindling_bundle.ops.convert import (
 )
 from kindling_bundle.ops.datasets import open_dataset
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
+from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.verify import VerifyReport, verify_bundle
@@ -64,15 +82,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AgeHeader",
     "BundleError",
     "BundleOptions",
     "BundleReader",
     "Capsule",
+    "CiphertextError",
     "ConflictStrategy",
     "DanglingReport",
     "DiffReport",
+    "EncryptionError",
     "EntityCounts",
     "ExportStreamOptions",
+    "Identity",
+    "IdentityError",
     "ImportConflictError",
     "ImportEntityResult",
     "ImportReport",
@@ -84,14 +107,20 @@ __all__ = [
     "KindlingJsonReader",
     "Manifest",
     "MergeReport",
+    "NoIdentityError",
+    "NoMatchingIdentityError",
     "Observation",
     "Outcome",
     "Pin",
     "ProgressCallback",
+    "ReadOptions",
+    "Recipient",
+    "RecipientError",
     "RecordError",
     "StorageError",
     "StoreError",
     "Summary",
+    "TruncatedCiphertextError",
     "VerifyReport",
     "__version__",
     "bundle_to_kindling_json",
@@ -111,12 +140,16 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "load_identities",
     "merge_datasets",
     "open_bundle",
     "open_dataset",
     "open_kindling_json",
     "open_store",
+    "parse_identities",
+    "parse_recipient",
     "read_manifest",
+    "read_recipients_file",
     "snapshot",
     "verify_bundle",
     "verify_import_integrity",

@@ -20,10 +20,10 @@ from kindling_bundle.cli.output import Failed, Output, print_integrity
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import read_manifest
 from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
+from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.verify import verify_bundle
 
 

@@ -2,7 +2,8 @@
 
 `BundleReader` exposes the steps (manifest, member headers, member data, end of archive) so that
 `verify_bundle` can report every problem while `open_bundle(...).batches()` and `import_bundle`
-stop at the first. Memory holds one frame at a time, whatever the bundle's size. Every size is
+stop at the first. It reads a bundle's plain bytes: `ops.read` opens an input, decrypting an
+encrypted one, and hands it here. Memory holds one frame at a time, whatever the bundle's size. Every size is
 bounded by what the manifest declares before a byte of it is trusted: a member must be exactly as
 long as the manifest says, no frame may run past the end of its member or exceed
 MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream may not
@@ -17,7 +18,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -191,9 +192,17 @@ class BundleReader:
     """One forward pass over a bundle; use as a context manager (closes files it opened).
 
     Messages name the bundle `name` when given (a file the bundle was made from), else as
-    `source_label` does."""
+    `source_label` does. `closing` is called last by `close`: it closes what was opened to get
+    `src` (ops.read opens an encrypted bundle's file and hands over its plaintext)."""
 
-    def __init__(self, src: BundleSource, *, name: str | None = None):
+    def __init__(
+        self,
+        src: BundleSource,
+        *,
+        name: str | None = None,
+        closing: Callable[[], object] | None = None,
+    ):
+        self._closing = closing
         self.label = name or source_label(src)
         if isinstance(src, str | os.PathLike):
             try:
@@ -221,6 +230,9 @@ class BundleReader:
             self._sha256 = None
         if self._owned:
             self._file.close()
+        if self._closing is not None:
+            closing, self._closing = self._closing, None
+            closing()
 
     def read_manifest(self) -> Manifest:
         """Read the first member, which must be the manifest, and validate it."""
@@ -337,24 +349,3 @@ class BundleReader:
                 f"{entry.bytes}"
             )
 
-
-def open_bundle(src: BundleSource, *, name: str | None = None) -> BundleReader:
-    """A reader over a bundle, its manifest already read and validated.
-
-    Use it as a context manager; iterate `batches()` or `records()` to stream every record with
-    every check applied. Works on non-seekable streams (one forward pass)."""
-    reader = BundleReader(src, name=name)
-    try:
-        reader.read_manifest()
-    except BaseException:
-        reader.close()
-        raise
-    return reader
-
-
-def read_manifest(src: BundleSource) -> Manifest:
-    """The manifest of a bundle, reading only the first member (never the entity data).
-
-    From a stream, this consumes the stream's first bytes."""
-    with BundleReader(src) as reader:
-        return reader.read_manifest()

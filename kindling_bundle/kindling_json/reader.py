@@ -16,6 +16,8 @@ one read chunk. Records come out in foreign-key order (observations, capsules, s
 each entity in the order the file holds it. Kindling writes the four lists in that order, and
 then nothing is buffered; a list that comes earlier than its turn is spooled to an anonymous
 temporary file (MessagePack frames, about the size of its JSON) and replayed when its turn comes.
+That file is sealed (io.age.SealedSpool: encrypted under a key held only in memory), so records
+of an encrypted export never reach the disk in the clear.
 Because the document is read in one pass, some faults (a truncated end, a missing list, a bad
 header field that follows the lists) surface only after records were yielded: consumers must be
 atomic, as import (one transaction) and bundle writing (temporary file, renamed when complete) are.
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import re
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ import msgspec
 
 from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.format.stream_rules import RecordRules
+from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.ops.verify import VerifyReport
 from kindling_bundle.records import ENTITY_TYPES, Record
 
@@ -80,10 +82,10 @@ class KindlingJsonInfo:
 
 
 class _Spool:
-    """Records of one entity parked in an anonymous temporary file until their turn comes."""
+    """Records of one entity parked in a sealed temporary file until their turn comes."""
 
     def __init__(self, entity: str, directory: str | None):
-        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by replay
+        self._file = SealedSpool(directory, prefix=".kindling-json-spool-")
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])  # type: ignore[valid-type]
         self._batch: list[Record] = []

@@ -50,6 +50,8 @@ import msgspec
 from kindling_bundle.db.importer import ConflictStrategy, check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.io.age import Recipient
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
@@ -160,12 +162,17 @@ def diff_records(
 
 
 def diff_datasets(
-    a: DatasetSource, b: DatasetSource, *, spool_dir: str | None = None
+    a: DatasetSource,
+    b: DatasetSource,
+    *,
+    spool_dir: str | None = None,
+    options: ReadOptions | None = None,
 ) -> DiffReport:
-    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database)."""
+    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); encrypted
+    ones are opened with `options.identities`."""
     with (
-        open_dataset(a, spool_dir=spool_dir) as left,
-        open_dataset(b, spool_dir=spool_dir) as right,
+        open_dataset(a, spool_dir=spool_dir, options=options) as left,
+        open_dataset(b, spool_dir=spool_dir, options=options) as right,
     ):
         return diff_records(left.records, right.records, a_name=left.name, b_name=right.name)
 
@@ -243,8 +250,11 @@ class _Merger:
         conflict: ConflictStrategy,
         drop_dangling: bool,
         spool_dir: str | None,
+        options: ReadOptions | None,
     ):
         self.sources = list(sources)
+        self.options = options
+        self.encrypted = False  # an input was: the output's spools are sealed
         self.names = [os.fspath(src) for src in self.sources]
         self.conflict = conflict
         self.spool_dir = spool_dir
@@ -266,7 +276,8 @@ class _Merger:
     def build_index(self) -> None:
         digest = _Digester()
         for source, src in enumerate(self.sources):
-            with open_dataset(src, spool_dir=self.spool_dir) as dataset:
+            with open_dataset(src, spool_dir=self.spool_dir, options=self.options) as dataset:
+                self.encrypted = self.encrypted or dataset.encrypted
                 ordinals = dict.fromkeys(ENTITY_TYPES, 0)
                 for record in dataset.records:
                     entity = entity_of(record)
@@ -337,7 +348,9 @@ class _Merger:
     def write(self, dest: BundleDestination, opts: BundleOptions) -> Manifest:
         with ExitStack() as stack:
             datasets = [
-                stack.enter_context(open_dataset(src, spool_dir=self.spool_dir))
+                stack.enter_context(
+                    open_dataset(src, spool_dir=self.spool_dir, options=self.options)
+                )
                 for src in self.sources
             ]
             splitters = [entity_streams(dataset.records) for dataset in datasets]
@@ -398,18 +411,27 @@ def merge_datasets(
     created_at: int | None = None,
     level: int = 3,
     spool_dir: str | None = None,
+    options: ReadOptions | None = None,
+    recipients: Sequence[Recipient] = (),
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`; then nothing is left at a path destination.
+    `drop_dangling`; then nothing is left at a path destination. Encrypted inputs are opened
+    with `options.identities` (the output's spools are then sealed); with `recipients` the
+    output is encrypted to them.
     """
     check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
-    merger = _Merger(sources, conflict, drop_dangling, spool_dir)
+    merger = _Merger(sources, conflict, drop_dangling, spool_dir, options)
     merger.build_index()
-    opts = BundleOptions(created_at=created_at, level=level)
+    opts = BundleOptions(
+        created_at=created_at,
+        level=level,
+        recipients=recipients,
+        sealed_spools=merger.encrypted,
+    )
     merger.report.manifest = merger.write(dest, opts)
     return merger.report

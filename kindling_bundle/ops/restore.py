@@ -43,7 +43,9 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, BundleSource
+from kindling_bundle.format.reader import BundleSource
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.ops.read import open_reader
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
 
 _LISTED_PROBLEMS = 3
@@ -104,6 +106,7 @@ def import_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     name: str | None = None,
+    options: ReadOptions | None = None,
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
@@ -114,10 +117,12 @@ def import_bundle(
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
-    bundle `name` when given (the file a temporary bundle was converted from).
+    bundle `name` when given (the file a temporary bundle was converted from). An encrypted
+    bundle is opened with `options.identities`; nothing is committed before its whole stream
+    has authenticated (the reader reaches the source's end before the last batch is done).
     """
     check_strategy(conflict)
-    with BundleReader(src, name=name) as reader:
+    with open_reader(src, options=options, name=name) as reader:
         label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:

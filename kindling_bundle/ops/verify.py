@@ -42,6 +42,8 @@ from kindling_bundle.format.reader import (
 )
 from kindling_bundle.format.record_frames import RecordDecoder
 from kindling_bundle.format.stream_rules import RecordRules
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.ops.read import open_reader
 from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import ENTITY_TYPES, Record
@@ -97,16 +99,20 @@ def verify_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     parallel: bool = True,
+    options: ReadOptions | None = None,
 ) -> VerifyReport:
     """Check a bundle completely (see the module docstring); never raises for a bad bundle.
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
     (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
     large bundle's observation frames in a second process where the platform allows
-    (kindling_bundle.parallel.decoder); the report is the same either way."""
+    (kindling_bundle.parallel.decoder); the report is the same either way. An encrypted bundle
+    is opened with `options.identities`: a damaged or truncated ciphertext is a problem in the
+    report; no identity, or none that opens it, raises (an EncryptionError: it is not the
+    bundle that is wrong)."""
     report = VerifyReport(source=source_label(src))
     try:
-        with BundleReader(src) as reader:
+        with open_reader(src, options=options) as reader:
             _Verifier(reader, report, progress).run(on_manifest, parallel)
     except BundleError as exc:
         report.problem(str(exc))

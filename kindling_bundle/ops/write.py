@@ -17,6 +17,10 @@ temporary file has no name until it is complete (O_TMPFILE), so a process killed
 the spool. Elsewhere it is `.NAME.XXXXXXXX.tmp` beside the destination (see atomic_file). A
 stream destination (stdout, an upload) is written front to back and flushed, never sought nor
 closed.
+
+An encrypted bundle (BundleOptions.recipients) is the same archive written through an age
+encrypting writer (io.age) inside that temporary file or stream, and its spools are
+SealedSpools: nothing that reaches a file holds plaintext records.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -65,6 +69,7 @@ from kindling_bundle.format.reader import source_label
 from kindling_bundle.format.record_frames import FrameEncoder
 from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
+from kindling_bundle.io.age import Recipient, SealedSpool, open_encrypting_writer
 from kindling_bundle.io.storage import atomic_file, check_local_destination
 from kindling_bundle.parallel.encoder import ChildEncoder, ReadingChild
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
@@ -90,14 +95,24 @@ class BundleOptions:
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
     `parallel`: encode a large export's observations in a second process where the platform
     allows (kindling_bundle.parallel.encoder); the bundle is the same either way.
+    `recipients`: encrypt the bundle to these public keys (io.age.parse_recipient,
+    read_recipients_file): the output is an age file whose plaintext is the bundle (the same
+    bytes as without them), and every spool holds only ciphertext. `sealed_spools`: spools hold
+    only ciphertext without recipients too (for records that come from an encrypted input).
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
     created_at: int | None = None
     level: int = 3
     parallel: bool = True
+    recipients: Sequence[Recipient] = ()
+    sealed_spools: bool = False
 
     def __post_init__(self) -> None:
+        recipients = tuple(self.recipients)
+        if not all(isinstance(recipient, Recipient) for recipient in recipients):
+            raise TypeError("recipients must be Recipient objects (see io.age.parse_recipient)")
+        object.__setattr__(self, "recipients", recipients)
         if not isinstance(self.filter, ExportStreamOptions):
             raise TypeError(f"filter must be ExportStreamOptions, got {type(self.filter).__name__}")
         if isinstance(self.level, bool) or not isinstance(self.level, int):
@@ -154,8 +169,9 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
+    sealed = _sealed(opts)
     with contextlib.ExitStack() as stack:
-        spool = stack.enter_context(_spool(dest, label))
+        spool = stack.enter_context(_spool(dest, label, sealed))
         parallel = opts.parallel and _worth_a_process(conn)
         # Opened before the snapshot: it tells whether anything is committed after it starts.
         # (A caller's transaction may have begun before commits the witness would not see.)
@@ -168,7 +184,7 @@ def write_bundle(
             try:
                 members = None
                 if parallel:
-                    side = stack.enter_context(_spool(dest, label))
+                    side = stack.enter_context(_spool(dest, label, sealed))
                     if witness is not None:
                         members = _encode_split(
                             spool, side, conn, witness, streams, label, progress
@@ -187,7 +203,7 @@ def write_bundle(
                     stream.close()  # type: ignore[attr-defined]
         entries = [member.entry for member in members]
         manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
-        _write_archive(dest, label, members, manifest, opts.level, on_output)
+        _write_archive(dest, label, members, manifest, opts, on_output)
     return manifest
 
 
@@ -213,11 +229,11 @@ def write_bundle_from_records(
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
-    with _spool(dest, label) as spool:
+    with _spool(dest, label, _sealed(opts)) as spool:
         members = _encode_entities(spool, streams, label, _Progress(progress))
         entries = [member.entry for member in members]
         manifest = _manifest(created_at, source_generation, opts.filter, entries)
-        _write_archive(dest, label, members, manifest, opts.level)
+        _write_archive(dest, label, members, manifest, opts)
     return manifest
 
 
@@ -246,16 +262,25 @@ def _manifest(
     )
 
 
+def _sealed(opts: BundleOptions) -> bool:
+    return bool(opts.recipients) or opts.sealed_spools
+
+
 @contextlib.contextmanager
-def _spool(dest: BundleDestination, label: str) -> Iterator[BinaryIO]:
+def _spool(dest: BundleDestination, label: str, sealed: bool = False) -> Iterator[BinaryIO]:
     """An anonymous temporary file beside a path destination (same filesystem, and not a RAM
-    disk by accident), or in TMPDIR for a stream destination."""
+    disk by accident), or in TMPDIR for a stream destination; `sealed`: one that holds only
+    ciphertext, under a key in this process's memory (io.age.SealedSpool)."""
     directory = None
     if isinstance(dest, str | os.PathLike):  # refused now, not after the records are encoded
         check_local_destination(dest, label=label)
         directory = Path(dest).parent
+    prefix = ".kbundle-spool-"
     try:  # entered just below, outside this try (whose except is about creating it)
-        spool = tempfile.TemporaryFile(dir=directory, prefix=".kbundle-spool-")  # noqa: SIM115
+        if sealed:
+            spool: BinaryIO = SealedSpool(directory, prefix=prefix)
+        else:
+            spool = tempfile.TemporaryFile(dir=directory, prefix=prefix)  # noqa: SIM115
     except OSError as exc:
         raise BundleError(f"{label}: cannot create a temporary file: {exc.strerror}") from None
     with spool:
@@ -553,12 +578,15 @@ def _write_archive(
     label: str,
     members: list[_Spooled],
     manifest: Manifest,
-    level: int,
+    opts: BundleOptions,
     on_output: Callable[[bytes], None] | None = None,
 ) -> None:
     try:
-        with _destination(dest) as out:
-            _emit(_Tee(out, on_output) if on_output else out, members, manifest, level)
+        with (
+            _destination(dest) as out,
+            _encrypted(_Tee(out, on_output) if on_output else out, opts) as target,
+        ):
+            _emit(target, members, manifest, opts.level)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -578,6 +606,17 @@ class _Tee:
 
     def flush(self) -> None:
         self._out.flush()
+
+
+@contextlib.contextmanager
+def _encrypted(out: BinaryIO, opts: BundleOptions) -> Iterator[BinaryIO]:
+    """`out`, or with recipients a stream that encrypts into it. Its last chunk is written only
+    when the archive is complete: an archive cut short by an error reads as truncated."""
+    if not opts.recipients:
+        yield out
+        return
+    with open_encrypting_writer(out, opts.recipients) as writer:
+        yield writer
 
 
 @contextlib.contextmanager

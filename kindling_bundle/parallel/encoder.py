@@ -20,10 +20,12 @@ itself, handing over the finished frames, which the child only hashes and writes
 
 The child is forked, so it shares the spool's file descriptor and needs no imports; it never
 touches the SQLite connection (forked SQLite handles must not be used) and leaves through
-`os._exit` (multiprocessing's fork start), so nothing of this process is finalized twice. It is
-used on Linux only (fork elsewhere is unsafe or missing), for exports of at least
-forking.PARALLEL_MIN_ROWS observations; otherwise, and whenever `parallel` is off, encoding stays
-here.
+`os._exit` (multiprocessing's fork start), so nothing of this process is finalized twice. A
+SealedSpool (an encrypted export's) is written through the child's copy, which holds the same
+in-memory key; the child seals the last chunk before it reports, and the size it reports is
+the member's (a SealedSpool cannot seek to its end). It is used on Linux only (fork elsewhere
+is unsafe or missing), for exports of at least forking.PARALLEL_MIN_ROWS observations;
+otherwise, and whenever `parallel` is off, encoding stays here.
 A child that fails reports the error it met, raised here as it would have been in-process (and
 before an error of a later row met here); a child that dies is a BundleError; this process dying
 closes the pipe and the child exits.
@@ -46,6 +48,7 @@ from kindling_bundle.db.rows import observation_from_row
 from kindling_bundle.errors import BundleError, RecordError, StoreError
 from kindling_bundle.format.manifest import FRAME_RECORDS
 from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.parallel.forking import pipe_has_room, widen_pipe
 
 _ROWS = b"R"  # then a MessagePack array of rows
@@ -91,7 +94,6 @@ class _Child:
         while self._result is None:
             self._take(self._receive())
         self._child.join()
-        self._spool.seek(0, os.SEEK_END)
         return _outcome(self._result, self._on_error)
 
     def _receive(self) -> tuple[Any, ...]:
@@ -251,8 +253,35 @@ class _Written:
             self._reports_out.send(("progress", self.count, self.size))
 
     def done(self) -> None:
-        self._spool.flush()
+        _end_writing(self._spool)
         self._reports_out.send(("done", self.count, self.size, self.sha256.hexdigest()))
+
+
+def _end_writing(spool: BinaryIO) -> None:
+    """Make what this process wrote to `spool` readable by the other: flushed, and for a
+    SealedSpool its last chunk sealed (it is in the writer's memory until then)."""
+    if isinstance(spool, SealedSpool):
+        spool.finish()
+    else:
+        spool.flush()
+
+
+def _reader(spool: BinaryIO) -> Callable[[int], bytes]:
+    """Reads what the other process wrote to `spool`, from its start, without moving the file
+    position both share: by offset (pread), or through a SealedSpool's own reading (which
+    decrypts, by offset too)."""
+    if isinstance(spool, SealedSpool):
+        spool.seek(0)
+        return spool.read
+    fd, at = spool.fileno(), 0
+
+    def pread(size: int) -> bytes:
+        nonlocal at
+        data = os.pread(fd, size, at)
+        at += len(data)
+        return data
+
+    return pread
 
 
 def _failure(exc: BaseException, path: str = "") -> tuple[Any, ...]:
@@ -317,13 +346,14 @@ class ReadingChild(_Child):
         self._reports_in, child_reports = context.Pipe(duplex=False)
         self._child = context.Process(
             target=_reading_child,
-            args=(path, sql, params, spool, side.fileno(), child_commands, child_reports),
+            args=(path, sql, params, spool, side, child_commands, child_reports),
             name="kbundle-reader",
             daemon=True,
         )
         self._child.start()
         child_commands.close()
         child_reports.close()
+        self._side = side
 
     def ready(self) -> bool:
         """Wait until the child's statement has its snapshot: True; False if it stopped."""
@@ -337,7 +367,9 @@ class ReadingChild(_Child):
         self._commands.send("start")
 
     def finish(self, side_bytes: int) -> tuple[int, int, str]:
-        """(records, bytes of its part, SHA-256 of the whole member), or the error it met."""
+        """(records, bytes of its part, SHA-256 of the whole member), or the error it met.
+        Nothing may be written to `side` after this."""
+        _end_writing(self._side)
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
             self._commands.send(side_bytes)
         return self._last_word()
@@ -348,7 +380,7 @@ def _reading_child(
     sql: str,
     params: dict[str, Any],
     spool: BinaryIO,
-    side: int,
+    side: BinaryIO,
     commands: Any,
     reports_out: Any,
 ) -> None:
@@ -372,9 +404,10 @@ def _reading_child(
             batch = cursor.fetchmany(FRAME_RECORDS)
         spool.flush()
         remaining = commands.recv()
+        read = _reader(side)
         offset = 0
         while offset < remaining:
-            chunk = os.pread(side, min(remaining - offset, 1 << 20), offset)
+            chunk = read(min(remaining - offset, 1 << 20))
             if not chunk:
                 raise OSError(5, "the second spool file ended early")
             written.sha256.update(chunk)

@@ -86,6 +86,12 @@ class X25519Identity(Identity):
         self._key = key
         self._public = key.public_key().public_bytes_raw()
 
+    @classmethod
+    def generate(cls) -> X25519Identity:
+        """A new random key: one that lives only in this process's memory seals a temporary
+        file (a converted bundle) that must not outlive it readable."""
+        return cls(X25519PrivateKey.generate())
+
     def recipient(self) -> X25519Recipient:
         return X25519Recipient(self._public)
 

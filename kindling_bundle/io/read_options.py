@@ -1,0 +1,32 @@
+"""What reading an input takes besides its bytes, as one object every reading function accepts.
+
+One frozen dataclass rather than a keyword per need on every reader (open_bundle, read_manifest,
+verify_bundle, import_bundle, the dataset openers), so that the next need (whose signatures to
+trust) is a field here, not another keyword threaded through each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kindling_bundle.io.age import Identity
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read an input.
+
+    `identities`: the keys that may open an encrypted (age) input, tried in order (those that
+    ask for a passphrase last, and only if they could open it). With none, an encrypted input
+    is refused with NoIdentityError, which carries what its header shows (how many recipients).
+    A plain input ignores them."""
+
+    identities: Sequence[Identity] = ()
+
+    def __post_init__(self) -> None:
+        identities = tuple(self.identities)
+        if not all(isinstance(identity, Identity) for identity in identities):
+            raise TypeError("identities must be Identity objects (see io.age.load_identities)")
+        object.__setattr__(self, "identities", identities)
+
