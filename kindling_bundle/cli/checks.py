@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT, describe_envelope, identity_options
 from kindling_bundle.cli.options import (
     common_options,
     db_option,
     default_db,
+    input_label,
     iso,
     progress_for,
     source_name,
@@ -19,8 +21,10 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Failed, Output, print_integrity
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.errors import NoIdentityError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
 from kindling_bundle.ops.read import read_manifest
@@ -29,14 +33,19 @@ from kindling_bundle.ops.verify import verify_bundle
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@identity_options
 @storage_options
 @common_options
-def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def verify(
+    in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
+) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
-    reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
+    reference is checked. An encrypted IN is opened with --identity; a damaged or cut short
+    ciphertext is a problem like any other. Prints each problem found, or that IN is valid;
+    exits 1 if it is not.
     """
     progress = progress_for("verify", out)
 
@@ -44,7 +53,8 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
         progress.total_records = manifest.total_records
 
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         try:
             if kind == "kindling-json":
                 report = verify_kindling_json(stream, name=source_name(in_target))
@@ -77,15 +87,35 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@identity_options
 @storage_options
 @common_options
-def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def inspect(
+    in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
+) -> None:
     """Show a bundle's manifest (from a path, - or a URL), reading only the manifest: from a
-    URL, only the first few hundred KiB of the object are fetched."""
+    URL, only the first few hundred KiB of the object are fetched.
+
+    An encrypted bundle is opened with --identity; without one, what its header shows (how many
+    recipients, of which key types) is printed, and the exit code is 1."""
     with open_source(
         in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
     ) as stream:
-        manifest = read_manifest(stream)
+        try:
+            opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        except NoIdentityError as exc:
+            envelope = describe_envelope(exc.recipients, exc.stanza_types)
+            out.line(f"bundle:   {in_target}")
+            out.line(f"encrypted: age, {envelope}")
+            out.result(
+                {
+                    "bundle": in_target,
+                    "encrypted": {"recipients": exc.recipients, "stanza_types": exc.stanza_types},
+                    "manifest": None,
+                }
+            )
+            raise Failed(f"{in_target}: encrypted (age) {envelope}: {IDENTITY_HINT}") from None
+        manifest = read_manifest(opened.stream)
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -101,11 +131,19 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
         f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
     )
     out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    envelope = opened.envelope
+    if envelope is not None:
+        out.line(f"encrypted: age, {describe_envelope(envelope.recipients, envelope.stanza_types)}")
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
         out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
-    out.result({"bundle": in_target, "manifest": manifest.to_dict()})
+    encrypted = (
+        None
+        if envelope is None
+        else {"recipients": envelope.recipients, "stanza_types": envelope.stanza_types}
+    )
+    out.result({"bundle": in_target, "encrypted": encrypted, "manifest": manifest.to_dict()})
 
 
 @click.command()

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -115,3 +115,8 @@ def progress_for(label: str, out: Output) -> Progress:
 def source_name(target: str) -> str | None:
     """How messages name an input: as given, except standard input (its stream says <stdin>)."""
     return None if target == STDIO else target
+
+
+def input_label(target: str, stream: BinaryIO) -> str:
+    """How errors name an input: as given, or standard input's stream name."""
+    return target if target != STDIO else str(getattr(stream, "name", "<stdin>"))

@@ -11,11 +11,13 @@ from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import identity_options, recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
+    input_label,
     progress_for,
     source_name,
     storage_options,
@@ -24,7 +26,9 @@ from kindling_bundle.cli.output import Output, print_integrity
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.age import Recipient
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.restore import import_bundle
@@ -90,6 +94,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
 @click.argument("out_target", metavar="OUT")
+@recipient_options
 @storage_options
 @common_options
 def export(
@@ -106,12 +111,16 @@ def export(
     out_target: str,
     out: Output,
     storage_options: dict[str, Any],
+    recipients: tuple[Recipient, ...],
 ) -> None:
     """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
     s3://bucket/key, uploaded as it is written and there only once complete).
 
     With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
     marked), for a Kindling installation that only reads JSON.
+
+    With --recipient or --recipients-file, OUT is encrypted to those keys (an age file; no
+    temporary file holds the records in the clear); every command reads it with --identity.
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
@@ -129,7 +138,9 @@ def export(
     }
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+        opts = BundleOptions(
+            filter=selection, created_at=created_at, level=level, recipients=recipients
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     db_path = db or default_db()
@@ -144,7 +155,9 @@ def export(
     def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
-            return export_kindling_json(conn, dest, selection, exported_at=created_at)
+            return export_kindling_json(
+                conn, dest, selection, exported_at=created_at, recipients=recipients
+            )
         on_output = hashing.update if hashing is not None else None
         manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
         return {entry.entity: entry.records for entry in manifest.entities}
@@ -172,7 +185,9 @@ def export(
         + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
         err=to_stderr,
     )
-    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    plural = "" if len(recipients) == 1 else "s"
+    encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
+    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
     out.result(
         {
             "database": str(db_path),
@@ -180,6 +195,7 @@ def export(
             "bytes": size,
             "sha256": digest,
             "format": out_format,
+            "recipients": [str(recipient) for recipient in recipients],
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
         },
@@ -205,6 +221,7 @@ def export(
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_target", metavar="IN")
+@identity_options
 @storage_options
 @common_options
 def import_(
@@ -215,13 +232,15 @@ def import_(
     in_target: str,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """Import the bundle IN (a path, - for standard input, or a URL) into the database.
 
-    IN may also be a Kindling JSON export (told by its content), imported the same way.
+    IN may also be a Kindling JSON export (told by its content), imported the same way, and
+    either may be encrypted (opened with --identity).
 
-    The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
-    error, integrity problem) the database is left exactly as it was.
+    The import is all or nothing: on any failure (damaged bundle or ciphertext, conflict under
+    --conflict error, integrity problem) the database is left exactly as it was.
     """
 
     db_path = db or default_db()
@@ -232,7 +251,8 @@ def import_(
 
     dangling = None
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         with _target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":

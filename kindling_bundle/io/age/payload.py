@@ -279,11 +279,17 @@ class DecryptingReader(ChunkReader):
     Every piece it returns has authenticated, but damage or truncation further on is found only
     when reading reaches it (a CiphertextError instead of the end), so nothing read may be
     committed before `read` has returned b"". Closing it does not close the source. `header` is
-    what the header showed (the recipient count, for `inspect`)."""
+    what the header showed (the recipient count, for `inspect`); `name` is the label its errors
+    use, as a file's name is, so that readers of the plaintext name it the same way."""
 
-    def __init__(self, opener: Opener, header: AgeHeader):
+    def __init__(self, opener: Opener, header: AgeHeader, name: str):
         super().__init__(opener)
         self.header = header
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
 
 
 def open_envelope(src: Readable, identities: Sequence[Identity], label: str) -> DecryptingReader:
@@ -326,7 +332,7 @@ def open_envelope(src: Readable, identities: Sequence[Identity], label: str) -> 
     if len(nonce) != _NONCE_BYTES:
         raise TruncatedCiphertextError(f"{label}: the encrypted stream ends after its header")
     payload = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
-    return DecryptingReader(Opener(payload, source, label), info)
+    return DecryptingReader(Opener(payload, source, label), info, label)
 
 
 def open_decrypting_reader(
