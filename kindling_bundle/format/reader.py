@@ -3,13 +3,13 @@
 `BundleReader` exposes the steps (manifest, member headers, member data, end of archive) so that
 `verify_bundle` can report every problem while `open_bundle(...).batches()` and `import_bundle`
 stop at the first. It reads a bundle's plain bytes: `ops.read` opens an input, decrypting an
-encrypted one, and hands it here. Memory holds one frame at a time, whatever the bundle's size. Every size is
-bounded by what the manifest declares before a byte of it is trusted: a member must be exactly as
-long as the manifest says, no frame may run past the end of its member or exceed
-MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream may not
-hold a byte more than the manifest's members, their tar headers and the end of the archive
-(`declared_archive_bytes`). Nothing is ever written to disk: member names are compared with the
-names a bundle holds, never used as paths.
+encrypted one, and hands it here. Memory holds one frame at a time, whatever the bundle's size.
+Every size is bounded by what the manifest declares before a byte of it is trusted: a member
+must be exactly as long as the manifest says, no frame may run past the end of its member or
+exceed MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream
+may not hold a byte more than the manifest's members, their tar headers and the end of the
+archive (`declared_archive_bytes`). Nothing is ever written to disk: member names are compared
+with the names a bundle holds, never used as paths.
 """
 
 from __future__ import annotations

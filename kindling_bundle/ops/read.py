@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
+from typing import BinaryIO
 
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest
@@ -29,6 +30,7 @@ def open_reader(
     given. Use it as a context manager: it closes what it opened."""
     label = name or source_label(src)
     with ExitStack() as stack:
+        stream: BinaryIO
         if isinstance(src, str | os.PathLike):
             try:
                 stream = stack.enter_context(Path(src).open("rb"))
