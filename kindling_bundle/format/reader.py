@@ -348,4 +348,3 @@ class BundleReader:
                 f"{self.label}: {entry.member} holds {header.size} bytes, the manifest says "
                 f"{entry.bytes}"
             )
-

@@ -29,4 +29,3 @@ class ReadOptions:
         if not all(isinstance(identity, Identity) for identity in identities):
             raise TypeError("identities must be Identity objects (see io.age.load_identities)")
         object.__setattr__(self, "identities", identities)
-
