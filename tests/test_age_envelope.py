@@ -7,14 +7,12 @@ from __future__ import annotations
 import gc
 import io
 import os
-import pty
-import shutil
-import subprocess
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from age_tools import age_keygen, age_with_passphrase, run, ssh_keygen
 
 from kindling_bundle.errors import (
     CiphertextError,
@@ -43,53 +41,6 @@ CHUNK = 64 * 1024
 SEALED = CHUNK + 16
 SSH_PASSPHRASE = "ssh pass phrase"
 AGE_PASSPHRASE = "correct horse battery"
-
-
-def run(*args: str | Path, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    assert shutil.which(str(args[0])), f"{args[0]} is needed (Debian: age / openssh-client)"
-    return subprocess.run([str(a) for a in args], input=input, capture_output=True, check=False)
-
-
-def age_keygen(path: Path) -> str:
-    """A new age identity file; returns its public key."""
-    proc = run("age-keygen", "-o", path)
-    assert proc.returncode == 0, proc.stderr
-    return run("age-keygen", "-y", path).stdout.decode().strip()
-
-
-def ssh_keygen(path: Path, kind: str, passphrase: str = "", *extra: str) -> str:
-    bits = ("-b", "2048") if kind == "rsa" else ()
-    proc = run(
-        "ssh-keygen", "-q", "-t", kind, *bits, *extra, "-N", passphrase, "-C", "", "-f", path
-    )
-    assert proc.returncode == 0, proc.stderr
-    return Path(f"{path}.pub").read_text()
-
-
-def age_with_passphrase(source: Path, dest: Path, passphrase: str) -> None:
-    """`age -p` reads its passphrase from a terminal: give it one (a pty) and type it twice."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec age, or leave at once
-        try:
-            os.execvp("age", ["age", "-p", "-o", str(dest), str(source)])
-        finally:
-            os._exit(127)
-    said, typed = b"", 0
-    while True:
-        try:
-            data = os.read(fd, 1024)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        said += data
-        while typed < said.count(b"Enter passphrase") + said.count(b"Confirm passphrase"):
-            os.write(fd, passphrase.encode() + b"\n")
-            typed += 1
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, said
-    assert typed == 2
 
 
 @dataclass
