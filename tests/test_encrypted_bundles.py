@@ -29,12 +29,14 @@ from kindling_bundle import (
     generate_sample,
     import_bundle,
     import_kindling_json,
+    kindling_json_to_bundle,
     load_identities,
     open_bundle,
     open_store,
     parse_recipient,
     read_manifest,
     verify_bundle,
+    verify_kindling_json,
     write_bundle,
 )
 from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
@@ -397,6 +399,30 @@ def test_kindling_json_encrypted_and_read_back(
     assert done.returncode == 0, done.stderr
     assert bundle.read_bytes().startswith(INTRO)
     assert run_cli("verify", "-i", keys.ed, bundle).returncode == 0
+
+
+def test_kindling_json_library_functions_open_encrypted_exports(
+    keys: Keys, sample_db: Path, restored_plain: dict, tmp_path: Path
+) -> None:
+    encrypted_json = tmp_path / "export.json.age"
+    with open_store(sample_db, readonly=True) as conn:
+        export_kindling_json(
+            conn, encrypted_json, exported_at=1, recipients=[parse_recipient(keys.age_pub)]
+        )
+    options = identity(keys.age_id)
+    assert verify_kindling_json(encrypted_json, options=options).ok
+    with pytest.raises(NoIdentityError):
+        verify_kindling_json(encrypted_json)
+    target = tmp_path / "target.db"
+    with open_store(target) as conn:
+        import_kindling_json(conn, encrypted_json, options=options)
+    assert restored(target) == restored_plain
+    manifest = kindling_json_to_bundle(encrypted_json, tmp_path / "out.kbundle", options=options)
+    assert manifest.entry("observations").records == len(restored_plain["observations"])
+    damaged = tmp_path / "damaged.json.age"
+    damaged.write_bytes(encrypted_json.read_bytes()[:-1])
+    report = verify_kindling_json(damaged, options=options)
+    assert not report.ok and "does not authenticate" in report.problems[0]
 
 
 # --- no plaintext on disk -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -46,6 +46,8 @@ import msgspec
 from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.io.age import SealedSpool
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.ops.verify import VerifyReport
 from kindling_bundle.records import ENTITY_TYPES, Record
 
@@ -129,8 +131,12 @@ class KindlingJsonReader:
         name: str = "<stdin>",
         spool_dir: str | None = None,
         max_value_bytes: int = MAX_VALUE_BYTES,
+        encrypted: bool = False,
     ):
         self.name = name
+        self.encrypted = encrypted
+        """`src` is the plaintext of an encrypted file: what is made of it stays off the disk
+        in the clear (kindling_json_to_bundle seals its spools)."""
         self.info = KindlingJsonInfo()
         self._src = src
         self._spool_dir = spool_dir
@@ -472,27 +478,40 @@ class KindlingJsonReader:
 
 @contextmanager
 def open_kindling_json(
-    src: str | Path | BinaryIO, *, name: str | None = None, spool_dir: str | None = None
+    src: str | Path | BinaryIO,
+    *,
+    name: str | None = None,
+    spool_dir: str | None = None,
+    options: ReadOptions | None = None,
 ) -> Iterator[KindlingJsonReader]:
-    """A reader over a path or an open binary stream (which need not be seekable)."""
-    if isinstance(src, (str, Path)):
-        try:
-            handle = open(src, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
-        with handle:
-            yield KindlingJsonReader(handle, name=source_name(src, name), spool_dir=spool_dir)
-    else:
-        yield KindlingJsonReader(src, name=source_name(src, name), spool_dir=spool_dir)
+    """A reader over a path or an open binary stream (which need not be seekable); an
+    encrypted export is opened with `options.identities` (io.sniff.open_input)."""
+    label = source_name(src, name)
+    with ExitStack() as stack:
+        if isinstance(src, (str, Path)):
+            try:
+                handle: BinaryIO = stack.enter_context(open(src, "rb"))
+            except OSError as exc:
+                raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
+        else:
+            handle = src
+        opened = open_input(handle, options, label=label)
+        encrypted = opened.envelope is not None
+        yield KindlingJsonReader(
+            opened.stream, name=label, spool_dir=spool_dir, encrypted=encrypted
+        )
 
 
-def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None) -> VerifyReport:
+def verify_kindling_json(
+    src: str | Path | BinaryIO, *, name: str | None = None, options: ReadOptions | None = None
+) -> VerifyReport:
     """Check a Kindling JSON export completely, never raising for a bad file.
 
     Every record is validated (all bad records are reported, not just the first), then checked
     against the record rules (`format.stream_rules`, as bundle verify and conversions do):
     breaches are problems, since an import would refuse them; evidence refs that are not in the
-    file are warnings. Invalid JSON ends the check with its position.
+    file are warnings. Invalid JSON ends the check with its position. An encrypted export is
+    opened with `options.identities`; damaged ciphertext is a problem like any other.
     """
     report = VerifyReport(source=source_name(src, name))
     # References into an entity with invalid records are not checked: they would only echo.
@@ -500,7 +519,7 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
     rules = RecordRules("the file", trusted=lambda entity: entity not in damaged)
     dangling = False
     try:
-        with open_kindling_json(src, name=name) as reader:
+        with open_kindling_json(src, name=name, options=options) as reader:
             report.source = reader.name
 
             def invalid(error: RecordError) -> None:

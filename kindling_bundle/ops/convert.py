@@ -86,6 +86,7 @@ def kindling_json_to_bundle(
     progress: ProgressCallback | None = None,
     recipients: Sequence[Recipient] = (),
     sealed_spools: bool = False,
+    options: ReadOptions | None = None,
 ) -> Manifest:
     """Write a Kindling JSON export as a bundle, in one pass over the JSON.
 
@@ -94,9 +95,11 @@ def kindling_json_to_bundle(
     creation time is `created_at`, else the export's own `exportedAt` (so converting the same
     file twice gives the same bundle), else as for any bundle. The export's scope is recorded
     as the bundle's filter when it uses the four scope keys a filter can name. `recipients`
-    and `sealed_spools` are as in BundleOptions (set `sealed_spools` when `src` was encrypted).
+    and `sealed_spools` are as in BundleOptions (set `sealed_spools` when `src` is the
+    plaintext of an encrypted file; an encrypted `src`, opened here with `options.identities`,
+    seals them anyway).
     """
-    with open_kindling_json(src, name=name) as reader:
+    with open_kindling_json(src, name=name, options=options) as reader:
         records = iter(reader.records())
         first = next(records, None)  # parses the header fields that precede the lists
         if first is not None:
@@ -122,7 +125,7 @@ def kindling_json_to_bundle(
                 created_at=created_at,
                 level=level,
                 recipients=recipients,
-                sealed_spools=sealed_spools,
+                sealed_spools=sealed_spools or reader.encrypted,
             ),
             progress=progress,
         )
@@ -157,11 +160,13 @@ def import_kindling_json(
     name: str | None = None,
     spool_dir: str | None = None,
     progress: ProgressCallback | None = None,
+    options: ReadOptions | None = None,
 ) -> tuple[ImportReport, DanglingReport]:
     """Import a Kindling JSON export with exactly a bundle import's semantics, by converting it
     to a bundle in a temporary file (in `spool_dir`, else TMPDIR) and importing that: one
     transaction, the same conflict strategies, the integrity check, all or nothing. The JSON is
-    fully read and checked before the database is touched.
+    fully read and checked before the database is touched. An encrypted export is opened with
+    `options.identities`.
 
     The temporary bundle is encrypted to a key that exists only in this process's memory, and
     its spools are sealed, so no file ever holds the records in the clear (the JSON may have
@@ -178,6 +183,7 @@ def import_kindling_json(
             name=name,
             level=1,
             recipients=(key.recipient(),),
+            options=options,
         )
         report = import_bundle(
             conn,
