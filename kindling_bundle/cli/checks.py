@@ -104,9 +104,9 @@ def inspect(
         try:
             opened = open_input(stream, read_options, label=input_label(in_target, stream))
         except NoIdentityError as exc:
-            envelope = describe_envelope(exc.recipients, exc.stanza_types)
+            shown = describe_envelope(exc.recipients, exc.stanza_types)
             out.line(f"bundle:   {in_target}")
-            out.line(f"encrypted: age, {envelope}")
+            out.line(f"encrypted: age, {shown}")
             out.result(
                 {
                     "bundle": in_target,
@@ -114,7 +114,7 @@ def inspect(
                     "manifest": None,
                 }
             )
-            raise Failed(f"{in_target}: encrypted (age) {envelope}: {IDENTITY_HINT}") from None
+            raise Failed(f"{in_target}: encrypted (age) {shown}: {IDENTITY_HINT}") from None
         manifest = read_manifest(opened.stream)
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
