@@ -630,6 +630,30 @@ def test_sealed_spool_written_by_a_forked_child(tmp_path: Path) -> None:
         assert spool.read() == data
 
 
+def test_sealed_spool_read_by_a_forked_child_while_the_parent_wrote(tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK + 9)
+    with SealedSpool(tmp_path) as spool:
+        spool.write(data[:100])  # in the child's copy too, as a pending partial chunk
+        ready_r, ready_w = os.pipe()
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.read(ready_r, 1)
+                seen = spool.written_elsewhere().read()
+                os.write(result_w, b"ok" if seen == data else b"no")
+            finally:
+                os._exit(0)
+        spool.write(data[100:])
+        spool.finish()
+        os.write(ready_w, b"!")
+        assert os.read(result_r, 2) == b"ok"
+        os.waitpid(pid, 0)
+        assert spool.read() == data  # the child wrote nothing into the file
+        for fd in (ready_r, ready_w, result_r, result_w):
+            os.close(fd)
+
+
 def test_sealed_spool_without_ocb3_falls_back_to_gcm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

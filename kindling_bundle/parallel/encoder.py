@@ -269,10 +269,9 @@ def _end_writing(spool: BinaryIO) -> None:
 def _reader(spool: BinaryIO) -> Callable[[int], bytes]:
     """Reads what the other process wrote to `spool`, from its start, without moving the file
     position both share: by offset (pread), or through a SealedSpool's own reading (which
-    decrypts, by offset too)."""
+    decrypts, by offset too, and leaves this process's stale copy of the writer alone)."""
     if isinstance(spool, SealedSpool):
-        spool.seek(0)
-        return spool.read
+        return spool.written_elsewhere().read
     fd, at = spool.fileno(), 0
 
     def pread(size: int) -> bytes:

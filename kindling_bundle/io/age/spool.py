@@ -122,16 +122,26 @@ class SealedSpool(io.BufferedIOBase, BinaryIO):
     def readinto(self, buffer: WriteableBuffer) -> int:
         return self._reading().readinto(buffer)
 
+    def written_elsewhere(self) -> ChunkReader:
+        """A reader of what another process (forked from this one, or this one's parent) wrote
+        and finished: it reads the file, and this copy's own writing state, stale since the
+        fork, is left alone (finishing it here would write a chunk into the file)."""
+        if self.closed:
+            raise ValueError("read from a closed SealedSpool")
+        return self._file_reader()
+
     def _reading(self, *, restart: bool = False) -> ChunkReader:
         if self.closed:
             raise ValueError("read from a closed SealedSpool")
         self.finish()
         if self._reader is None or restart:
-            source = Source(_FileAt(self._file.fileno()))
-            empty = not source.peek(1)  # nothing was written, here or by a forked child
-            opener = Opener(self._aead, source, "sealed temporary file")
-            self._reader = ChunkReader(None if empty else opener)
+            self._reader = self._file_reader()
         return self._reader
+
+    def _file_reader(self) -> ChunkReader:
+        source = Source(_FileAt(self._file.fileno()))
+        empty = not source.peek(1)  # nothing was written, here or by a forked child
+        return ChunkReader(None if empty else Opener(self._aead, source, "sealed temporary file"))
 
     def close(self) -> None:
         if not self.closed:
