@@ -29,23 +29,37 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
+    AllowedSignersError,
+    BadSignatureError,
     BundleError,
+    BundleValidationError,
     CiphertextError,
     EncryptionError,
     IdentityError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MalformedSignatureError,
+    MissingReferenceError,
     NoIdentityError,
     NoMatchingIdentityError,
     RecipientError,
     RecordError,
+    SignatureError,
+    SignatureNamespaceError,
+    SignerNotValidError,
+    SigningKeyError,
     StorageError,
     StoreError,
     TruncatedCiphertextError,
+    UnknownSignerError,
+    UnsignedBundleError,
+    UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
 from kindling_bundle.io.age import (
     AgeHeader,
     Identity,
@@ -56,6 +70,7 @@ from kindling_bundle.io.age import (
     read_recipients_file,
 )
 from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -74,7 +89,7 @@ from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, me
 from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
-from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
 
@@ -83,9 +98,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ENTITY_EXPORTS",
     "AgeHeader",
+    "AllowedSigners",
+    "AllowedSignersError",
+    "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
+    "BundleValidationError",
     "Capsule",
     "CiphertextError",
     "ConflictStrategy",
@@ -105,8 +124,10 @@ __all__ = [
     "KindlingBundleError",
     "KindlingJsonInfo",
     "KindlingJsonReader",
+    "MalformedSignatureError",
     "Manifest",
     "MergeReport",
+    "MissingReferenceError",
     "NoIdentityError",
     "NoMatchingIdentityError",
     "Observation",
@@ -117,10 +138,21 @@ __all__ = [
     "Recipient",
     "RecipientError",
     "RecordError",
+    "SignatureError",
+    "SignatureNamespaceError",
+    "SignatureOptions",
+    "Signer",
+    "SignerNotValidError",
+    "SigningKey",
+    "SigningKeyError",
     "StorageError",
     "StoreError",
     "Summary",
     "TruncatedCiphertextError",
+    "UnknownSignerError",
+    "UnsignedBundleError",
+    "UnsupportedVersionError",
+    "VerifyProblem",
     "VerifyReport",
     "__version__",
     "bundle_to_kindling_json",
@@ -141,6 +173,7 @@ __all__ = [
     "import_summary",
     "kindling_json_to_bundle",
     "load_identities",
+    "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",

@@ -43,6 +43,7 @@ from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
 from kindling_bundle.io.age import X25519Identity, open_encrypting_writer
 from kindling_bundle.io.sniff import open_input
 from kindling_bundle.ops import write as write_module
+from kindling_bundle.parallel import strategy
 
 STAMP = ("--created-at", "1700000000000")
 AGE_PASSPHRASE = "correct horse battery"
@@ -239,6 +240,50 @@ def test_inspect_without_an_identity_says_to_whom_it_is_encrypted(
     assert "observations" in done.stdout.decode()
 
 
+def test_signed_and_encrypted_the_signer_shows_only_to_a_key_holder(
+    keys: Keys, sample_db: Path, tmp_path: Path, run_cli
+) -> None:
+    # Signed inside, encrypted outside: the signature member is in the plaintext bundle.
+    out = tmp_path / "signed-secret.kbundle"
+    done = run_cli("export", "--db", sample_db, "--sign-key", keys.ed, "-r", keys.age_pub, out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().startswith(INTRO)
+    fingerprint = run("ssh-keygen", "-l", "-f", keys.ed_pub).stdout.split()[1].decode()
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("alice " + " ".join(keys.ed_pub.read_text().split()[:2]) + "\n")
+
+    done = run_cli("verify", "-i", keys.age_id, "--allowed-signers", signers, out)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.decode()
+    assert f"signature: good, signed by alice (ED25519 key {fingerprint})" in said
+    decrypted = tmp_path / "decrypted.kbundle"
+    decrypted.write_bytes(run("age", "-d", "-i", keys.age_id, out).stdout)
+    assert read_manifest(decrypted).format_version == "1.1"  # signed, under the envelope
+
+    # Without a key: that it is encrypted, and to whom; nothing of the signer.
+    done = run_cli("inspect", out)
+    assert done.returncode == 1
+    shown = done.stdout.decode() + done.stderr.decode()
+    assert "encrypted: age, to 1 recipient (X25519)" in shown
+    assert "signature" not in shown and "alice" not in shown and fingerprint not in shown
+    done = run_cli("inspect", "--json", out)
+    assert "signature" not in json.loads(done.stdout)
+
+    # Required, the signature inside is checked: an import by a key holder names the signer,
+    # and a signer the allowed_signers file does not list is refused with nothing imported.
+    required = ("--require-signature", "--allowed-signers")
+    target = tmp_path / "target.db"
+    done = run_cli("import", "--db", target, "-i", keys.age_id, *required, signers, out)
+    assert done.returncode == 0, done.stderr
+    assert "signed by alice" in done.stdout.decode()
+    others = tmp_path / "others"
+    others.write_text("bob " + " ".join(Path(f"{keys.protected_ed}.pub").read_text().split()[:2]))
+    fresh = tmp_path / "fresh.db"
+    done = run_cli("import", "--db", fresh, "-i", keys.age_id, *required, others, out)
+    assert "is not allowed to sign" in one_error_line(done)
+    assert not fresh.exists()
+
+
 # --- failures lose nothing ----------------------------------------------------------------------
 
 
@@ -321,7 +366,7 @@ def test_nothing_is_committed_before_the_stream_has_authenticated(
         import_bundle(conn, DamagedAfterTheEnd(plain.read_bytes()), conflict="overwrite")
     assert dump_tables(sample_copy) == before
     report = verify_bundle(DamagedAfterTheEnd(plain.read_bytes()))
-    assert report.problems == ["cut.kbundle: the final chunk does not authenticate"]
+    assert report.messages == ["cut.kbundle: the final chunk does not authenticate"]
     with open_bundle(DamagedAfterTheEnd(plain.read_bytes())) as reader:
         records = reader.records()
         with pytest.raises(CiphertextError):
@@ -422,7 +467,7 @@ def test_kindling_json_library_functions_open_encrypted_exports(
     damaged = tmp_path / "damaged.json.age"
     damaged.write_bytes(encrypted_json.read_bytes()[:-1])
     report = verify_kindling_json(damaged, options=options)
-    assert not report.ok and "does not authenticate" in report.problems[0]
+    assert not report.ok and "does not authenticate" in report.messages[0]
 
 
 # --- no plaintext on disk -----------------------------------------------------------------------
@@ -542,10 +587,16 @@ def export_watched(
 def test_an_encrypted_export_writes_no_plaintext_to_any_file(
     split: str, marked_db: Path, keys: Keys, watched: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A whole export splits the observations with a reading child; a filtered one hands the
-    # child rows: either way a child writes one spool and this process another.
-    selection = ExportStreamOptions() if split == "whole export" else ExportStreamOptions(from_ts=0)
-    assert selection.filtered == (split == "filtered export")
+    # A whole export splits the observations with a child (parallel.encoder) that writes a spool
+    # of its own; a filtered one is encoded in this process, into one spool.
+    split_up = split == "whole export"
+    selection = ExportStreamOptions() if split_up else ExportStreamOptions(from_ts=0)
+    assert selection.filtered != split_up
+    if split_up:
+        # The watch's thread would keep the export from forking (fork_is_safe asks for a
+        # process of one thread); the child touches nothing the watch holds.
+        monkeypatch.setattr(strategy, "fork_is_safe", lambda: True)
+    spools = 2 if split_up else 1
     with open_store(marked_db, readonly=True) as conn:
         # The watch can see plaintext: without recipients, the spools hold the records.
         control = export_watched(
@@ -558,10 +609,10 @@ def test_an_encrypted_export_writes_no_plaintext_to_any_file(
         opts = BundleOptions(filter=selection, recipients=[parse_recipient(keys.age_pub)])
         watch = export_watched(conn, out, opts, watched, monkeypatch)
         assert watch.found == []
-        assert len(watch.files) >= 3  # two spools and the destination, at least
+        assert len(watch.files) >= spools + 1  # the spools and the destination, at least
         streamed = io.BytesIO()
         watch = export_watched(conn, streamed, opts, watched, monkeypatch)  # spools in TMPDIR
-        assert watch.found == [] and len(watch.files) >= 2
+        assert watch.found == [] and len(watch.files) >= spools
     assert os.listdir(watched) == ["secret.kbundle"]
     with open_bundle(out, options=identity(keys.age_id)) as reader:
         assert any(MARKER.decode() in getattr(r, "content", "") for r in reader.records())

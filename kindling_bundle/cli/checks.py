@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kindling_bundle.cli.keys import IDENTITY_HINT, describe_envelope, identity_options
+from kindling_bundle.cli.keys import IDENTITY_HINT, describe_envelope
 from kindling_bundle.cli.options import (
     common_options,
     db_option,
@@ -15,32 +15,41 @@ from kindling_bundle.cli.options import (
     input_label,
     iso,
     progress_for,
+    reading_options,
     source_name,
     storage_options,
+    workers_option,
 )
-from kindling_bundle.cli.output import Failed, Output, print_integrity
+from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.errors import NoIdentityError
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
-from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.verify import verify_bundle
+from kindling_bundle.parallel import Workers
 
 
 @click.command()
 @click.argument("in_target", metavar="IN")
-@identity_options
+@workers_option("decode")
+@reading_options
 @storage_options
 @common_options
 def verify(
-    in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
+    in_target: str,
+    workers: Workers,
+    out: Output,
+    storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
-    count and reference.
+    count and reference, and who signed it.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
     reference is checked. An encrypted IN is opened with --identity; a damaged or cut short
@@ -57,44 +66,47 @@ def verify(
         kind, stream = opened.format, opened.stream
         try:
             if kind == "kindling-json":
+                read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
-                report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+                report = verify_bundle(
+                    stream,
+                    progress=progress,
+                    on_manifest=on_manifest,
+                    options=read_options,
+                    workers=workers,
+                )
         finally:
             progress.close()
-    what = "Kindling JSON export" if kind == "kindling-json" else "bundle"
     if out.as_json:
         out.result({"bundle": in_target, **report.to_dict(), "source": in_target})
     elif report.ok:
         total = sum(report.records.values())
         out.line(f"{in_target}: valid ({total:,} records)")
-        for warning in report.warnings:
+        if kind != "kindling-json":
+            print_signature(out, report.signer)
+        for warning in report.warning_messages:
             out.line(f"warning: {warning}")
     elif report.problem_count > 1:  # the first one is also the error line below
-        for problem in report.problems:
+        for problem in report.messages:
             out.line(problem if problem.startswith(in_target) else f"{in_target}: {problem}")
         hidden = report.problem_count - len(report.problems)
         if hidden:
             out.line(f"... and {hidden} more problems")
-    if not report.ok:
-        first = report.problems[0] if report.problems else "damaged"
-        more = report.problem_count - 1
-        raise Failed(
-            f"{in_target}: not a valid {what}: {first.removeprefix(in_target + ': ')}"
-            + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
-        )
+    report.raise_for_problems(in_target)
 
 
 @click.command()
 @click.argument("in_target", metavar="IN")
-@identity_options
+@reading_options
 @storage_options
 @common_options
 def inspect(
     in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
 ) -> None:
-    """Show a bundle's manifest (from a path, - or a URL), reading only the manifest: from a
-    URL, only the first few hundred KiB of the object are fetched.
+    """Show a bundle's manifest and who signed it (from a path, - or a URL), reading only the
+    manifest and the signature: from a URL, only the first few hundred KiB of the object are
+    fetched.
 
     An encrypted bundle is opened with --identity; without one, what its header shows (how many
     recipients, of which key types) is printed, and the exit code is 1."""
@@ -115,7 +127,9 @@ def inspect(
                 }
             )
             raise Failed(f"{in_target}: encrypted (age) {shown}: {IDENTITY_HINT}") from None
-        manifest = read_manifest(opened.stream)
+        with BundleReader(opened.stream, signature=read_options.signature) as reader:
+            manifest = reader.read_manifest()
+            signer = reader.signer
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -134,6 +148,7 @@ def inspect(
     envelope = opened.envelope
     if envelope is not None:
         out.line(f"encrypted: age, {describe_envelope(envelope.recipients, envelope.stanza_types)}")
+    print_signature(out, signer)
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
@@ -143,7 +158,14 @@ def inspect(
         if envelope is None
         else {"recipients": envelope.recipients, "stanza_types": envelope.stanza_types}
     )
-    out.result({"bundle": in_target, "encrypted": encrypted, "manifest": manifest.to_dict()})
+    out.result(
+        {
+            "bundle": in_target,
+            "encrypted": encrypted,
+            "manifest": manifest.to_dict(),
+            "signature": signature_to_dict(signer),
+        }
+    )
 
 
 @click.command()

@@ -9,15 +9,16 @@ from typing import Any, BinaryIO
 
 import click
 
-from kindling_bundle.cli.keys import identity_options, recipient_options
+from kindling_bundle.cli.keys import recipient_options
 from kindling_bundle.cli.options import (
     common_options,
     input_label,
+    reading_options,
     source_name,
     storage_options,
 )
 from kindling_bundle.cli.output import Output
-from kindling_bundle.db.sample import generate_sample
+from kindling_bundle.db.sample import TEXT_PROFILES, generate_sample
 from kindling_bundle.errors import BundleError
 from kindling_bundle.io.age import Recipient, open_encrypting_writer
 from kindling_bundle.io.read_options import ReadOptions
@@ -33,11 +34,20 @@ from kindling_bundle.records import CONFLICT_STRATEGIES
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--observations", "-n", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same content.")
+@click.option(
+    "--text",
+    type=click.Choice(TEXT_PROFILES),
+    default="realistic",
+    show_default=True,
+    help="realistic: source, diffs, tracebacks, command output and prose from Python's standard "
+    "library (same seed, same content on the same Python); small-vocabulary: word salad of "
+    "~2,400 distinct terms.",
+)
 @common_options
-def sample(path: Path, observations: int, seed: int, out: Output) -> None:
+def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> None:
     """Write a realistic sample memory database to PATH (a new file)."""
 
-    stats = generate_sample(path, observations=observations, seed=seed)
+    stats = generate_sample(path, observations=observations, seed=seed, text=text)
     counts = {
         "observations": stats.observations,
         "capsules": stats.capsules,
@@ -47,7 +57,7 @@ def sample(path: Path, observations: int, seed: int, out: Output) -> None:
         "sessions": len(stats.sessions),
     }
     out.line(f"wrote {path}: " + ", ".join(f"{value} {name}" for name, value in counts.items()))
-    out.result({"path": str(path), "seed": seed, **counts})
+    out.result({"path": str(path), "seed": seed, "text": text, **counts})
 
 
 @click.command()
@@ -59,7 +69,7 @@ def sample(path: Path, observations: int, seed: int, out: Output) -> None:
     help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
     "(Kindling's default export leaves redacted observations out).",
 )
-@identity_options
+@reading_options
 @recipient_options
 @storage_options
 @common_options
@@ -84,6 +94,8 @@ def convert(
         kind, stream = opened.format, opened.stream
         if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
+        if kind == "kindling-json":
+            read_options.signature.refuse_unsignable(source, "a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
             if kind == "kindling-json":
                 dangling = DanglingReport()
@@ -100,7 +112,7 @@ def convert(
             else:
                 dangling = None
                 with _encrypting(target, recipients) as sink:
-                    counts = bundle_to_kindling_json(stream, sink)
+                    counts = bundle_to_kindling_json(stream, sink, options=read_options)
     to = "bundle" if kind == "kindling-json" else "kindling-json"
     to_stderr = dest == STDIO  # the converted data is on standard output
     out.line(
@@ -128,7 +140,7 @@ def convert(
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
-@identity_options
+@reading_options
 @common_options
 def diff(a: str, b: str, out: Output, read_options: ReadOptions) -> None:
     """Compare two datasets: per entity, records added, removed and changed from A to B, and
@@ -165,7 +177,7 @@ def diff(a: str, b: str, out: Output, read_options: ReadOptions) -> None:
     help="Leave out references that no input can satisfy, instead of failing.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@identity_options
+@reading_options
 @recipient_options
 @common_options
 def merge(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from collections.abc import Iterator
@@ -11,28 +12,33 @@ from typing import Any, BinaryIO
 
 import click
 
-from kindling_bundle.cli.keys import identity_options, recipient_options
+from kindling_bundle.cli.keys import recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
     input_label,
+    load_sign_key,
     progress_for,
+    reading_options,
     source_name,
     storage_options,
+    workers_option,
 )
-from kindling_bundle.cli.output import Output, print_integrity
+from kindling_bundle.cli.output import Output, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sniff import open_input
+from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
+from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 
 
@@ -93,6 +99,15 @@ def _file_digest(path: Path) -> tuple[int, str]:
     show_default=True,
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
+@click.option(
+    "--sign-key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False),
+    help="Sign the bundle with an SSH key: an OpenSSH private key file (ed25519 or RSA; a "
+    "passphrase is asked on the terminal), or a public key file whose private half is in "
+    "ssh-agent.",
+)
+@workers_option("encode")
 @click.argument("out_target", metavar="OUT")
 @recipient_options
 @storage_options
@@ -108,6 +123,8 @@ def export(
     level: int,
     created_at: int | None,
     out_format: str,
+    sign_key: str | None,
+    workers: Workers,
     out_target: str,
     out: Output,
     storage_options: dict[str, Any],
@@ -124,6 +141,9 @@ def export(
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+
+    With --sign-key the bundle carries an SSH signature (namespace kindling-bundle) over its
+    manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
     """
 
     scope = {
@@ -136,13 +156,23 @@ def export(
         )
         if value is not None
     }
+    if sign_key is not None and out_format == "kindling-json":
+        raise click.UsageError("--sign-key signs bundles: a Kindling JSON export cannot be signed")
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
         opts = BundleOptions(
-            filter=selection, created_at=created_at, level=level, recipients=recipients
+            filter=selection,
+            created_at=created_at,
+            level=level,
+            workers=workers,
+            recipients=recipients,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    key: SigningKey | None = None
+    if sign_key is not None:  # before any work: a wrong passphrase should not cost an export
+        key = load_sign_key(sign_key)
+        opts = dataclasses.replace(opts, sign_key=key)
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     progress = progress_for("export", out)
@@ -188,6 +218,8 @@ def export(
     plural = "" if len(recipients) == 1 else "s"
     encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
     out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
+    if key is not None:
+        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
     out.result(
         {
             "database": str(db_path),
@@ -198,9 +230,23 @@ def export(
             "recipients": [str(recipient) for recipient in recipients],
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
+            "signature": _signing_key_to_dict(key) if out_format == "bundle" else None,
         },
         err=to_stderr,
     )
+
+
+def _signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
+    """The export's signature in --json, shaped as verify and import report a signer."""
+    if key is None:
+        return {"status": "unsigned"}
+    return {
+        "status": "signed",
+        "key_type": key.key_type,
+        "fingerprint": key.fingerprint,
+        "public_key": key.public_key,
+        "principals": [],
+    }
 
 
 @click.command("import")
@@ -221,7 +267,7 @@ def export(
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_target", metavar="IN")
-@identity_options
+@reading_options
 @storage_options
 @common_options
 def import_(
@@ -240,7 +286,8 @@ def import_(
     either may be encrypted (opened with --identity).
 
     The import is all or nothing: on any failure (damaged bundle or ciphertext, conflict under
-    --conflict error, integrity problem) the database is left exactly as it was.
+    --conflict error, integrity problem) the database is left exactly as it was. A signed
+    bundle's signature is checked (against --allowed-signers) before the database is touched.
     """
 
     db_path = db or default_db()
@@ -253,6 +300,8 @@ def import_(
     with open_source(in_target, storage_options=storage_options) as stream:
         opened = open_input(stream, read_options, label=input_label(in_target, stream))
         kind, stream = opened.format, opened.stream
+        if kind == "kindling-json":
+            read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
         with _target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
@@ -273,11 +322,14 @@ def import_(
                         dry_run=dry_run,
                         progress=progress,
                         on_manifest=on_manifest,
+                        options=read_options,
                     )
             finally:
                 progress.close()
     verb = "would import" if dry_run else "imported"
     out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
+    if kind != "kindling-json":
+        print_signature(out, report.signer, indent="  ")
     out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
     for entity, counts in report.counts.items():
         out.line(

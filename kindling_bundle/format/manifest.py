@@ -15,15 +15,19 @@ from typing import Annotated, Any
 
 import msgspec
 
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, UnsupportedVersionError
 from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
+SIGNED_FORMAT_VERSION = "1.1"
+"""What a signed bundle's manifest says: a 1.1 bundle carries SIGNATURE_MEMBER."""
 FORMAT_MAJOR = 1
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
+"""Format 1.1: the SSH signature over the manifest's bytes, the member right after it."""
 ENTITY_MEMBERS: dict[str, str] = {entity: f"{entity}.msgpack" for entity in ENTITY_TYPES}
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -104,6 +108,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     entities: list[EntityEntry]
 
     @property
+    def minor_version(self) -> int:
+        """MINOR of `format_version` (decode_manifest checked it is MAJOR.MINOR)."""
+        return int(self.format_version.split(".")[1])
+
+    @property
     def total_records(self) -> int:
         return sum(entry.records for entry in self.entities)
 
@@ -120,7 +129,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready builtins, with its wire (camelCase) names."""
-        return msgspec.to_builtins(self)
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -175,7 +185,7 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
     if int(match.group(1)) != FORMAT_MAJOR:
-        raise BundleError(
+        raise UnsupportedVersionError(
             f"{where}: format version {version} is not supported: this tool reads "
             f"{FORMAT_MAJOR}.x bundles; use a kindling-bundle that reads version {version}"
         )
@@ -195,6 +205,15 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
 
 
 _PATH = re.compile(r" - at `\$(?:\[(\d+)\])?\.?([^`]*)`$")
+
+
+def validation_field(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field msgspec's error is about (`provenance` for `$.provenance.a`), or
+    None when it is about the value as a whole."""
+    match = _PATH.search(str(exc))
+    if match is None:
+        return None
+    return re.split(r"[.\[]", match.group(2))[0] or None
 
 
 def describe_validation(exc: msgspec.ValidationError) -> str:

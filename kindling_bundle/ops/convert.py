@@ -30,7 +30,7 @@ from kindling_bundle.ops.write import (
     resolve_created_at,
     write_bundle_from_records,
 )
-from kindling_bundle.records import ConflictStrategy
+from kindling_bundle.records import ConflictStrategy, Record
 
 
 def export_kindling_json(
@@ -57,7 +57,7 @@ def export_kindling_json(
             return write_kindling_json(out, streams, exported_at=exported_at, scope=opts.scope_ids)
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams.values():
-                stream.close()  # type: ignore[attr-defined]
+                stream.close()
 
 
 @contextmanager
@@ -100,7 +100,7 @@ def kindling_json_to_bundle(
     seals them anyway).
     """
     with open_kindling_json(src, name=name, options=options) as reader:
-        records = iter(reader.records())
+        records: Iterator[Record] = iter(reader.records())
         first = next(records, None)  # parses the header fields that precede the lists
         if first is not None:
             records = itertools.chain([first], records)
@@ -135,9 +135,10 @@ def bundle_to_kindling_json(
     src: BundleSource, dest: str | Path | BinaryIO, *, options: ReadOptions | None = None
 ) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
-    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
-    counts) and against the record rules, so the export imports; on a damaged bundle a path
-    destination is left untouched. An encrypted bundle is opened with `options.identities`."""
+    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (its
+    signature against `options.signature`, hashes, counts) and against the record rules, so the
+    export imports; on a damaged bundle a path destination is left untouched. The JSON carries
+    no signature. An encrypted bundle is opened with `options.identities`."""
     with open_bundle(src, options=options) as reader:
         manifest = reader.manifest
         assert manifest is not None  # open_bundle has read it

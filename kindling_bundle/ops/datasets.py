@@ -3,14 +3,16 @@ foreign-key-ordered record stream, so diff, merge and conversions treat them ali
 
 What a source holds is told by its first bytes (`io.sniff`); an encrypted bundle or JSON
 export is read through its decrypted stream; a database is read from one snapshot and never
-changed.
+changed. A bundle's signature is checked as it is opened, against the caller's
+`options.signature`; under `require_signature`, a source that cannot carry a signature (a
+Kindling JSON export, a database) is refused.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -49,6 +51,7 @@ def open_dataset(
     name = os.fspath(src)
     kind = sniff_path(src)
     encrypted = kind == "encrypted"
+    trust = (options or ReadOptions()).signature
     with ExitStack() as stack:
         source: str | BinaryIO = name
         if encrypted:
@@ -64,20 +67,22 @@ def open_dataset(
                 )
             kind, source = opened.format, opened.stream
         if kind == "bundle":
-            records = stack.enter_context(open_bundle(source, name=name)).records()
+            records = stack.enter_context(open_bundle(source, name=name, options=options)).records()
         elif kind == "kindling-json":
+            trust.refuse_unsignable(name, "a Kindling JSON export")
             reader = open_kindling_json(source, name=name, spool_dir=spool_dir)
             records = stack.enter_context(reader).records()
         else:
+            trust.refuse_unsignable(name, "a Kindling database")
             conn = open_store(name, readonly=True)
             stack.callback(conn.close)
             stack.enter_context(snapshot(conn))
             records = _database_records(conn)
-        stack.callback(records.close)  # type: ignore[attr-defined]  # each is a generator
+        stack.callback(records.close)
         yield Dataset(name, kind, records, encrypted)
 
 
-def _database_records(conn: sqlite3.Connection) -> Iterator[Record]:
+def _database_records(conn: sqlite3.Connection) -> Generator[Record, None, None]:
     opts = ExportStreamOptions()
     for export in ENTITY_EXPORTS.values():
         yield from export(conn, opts)

@@ -47,7 +47,7 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.importer import ConflictStrategy, check_strategy
+from kindling_bundle.db.importer import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient
@@ -55,12 +55,20 @@ from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
+from kindling_bundle.records import (
+    ENTITY_TYPES,
+    SINGULAR,
+    ConflictStrategy,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
 
 _LISTED_IDS = 5
 
 # Kindling's export order per entity; the id makes it total.
-_ORDER: dict[str, Callable[[Any], tuple]] = {
+_ORDER: dict[str, Callable[[Any], tuple[int, str]]] = {
     "observations": lambda r: (r.ts, r.id),
     "capsules": lambda r: (r.opened_at, r.id),
     "summaries": lambda r: (r.created_at, r.id),
@@ -169,7 +177,8 @@ def diff_datasets(
     options: ReadOptions | None = None,
 ) -> DiffReport:
     """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); encrypted
-    ones are opened with `options.identities`."""
+    ones are opened with `options.identities`, and a bundle's signature is checked against
+    `options.signature` (see `open_dataset`)."""
     with (
         open_dataset(a, spool_dir=spool_dir, options=options) as left,
         open_dataset(b, spool_dir=spool_dir, options=options) as right,
@@ -357,7 +366,9 @@ class _Merger:
             streams = {entity: self._winners(entity, splitters) for entity in ENTITY_TYPES}
             return write_bundle_from_records(dest, streams, opts)
 
-    def _winners(self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]):
+    def _winners(
+        self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]
+    ) -> Iterator[Record]:
         inputs = [
             _keyed(entity, source, next(splitter)[1]) for source, splitter in enumerate(splitters)
         ]
@@ -365,6 +376,7 @@ class _Merger:
         stats = self.report.entities[entity]
         digest = _Digester()
         seen = [0] * len(inputs)
+        record: Record | None  # None: left out by the guard
         for (_, source, ordinal), record in heapq.merge(*inputs):
             seen[source] += 1
             winner_id = record.id
@@ -395,7 +407,9 @@ class _Merger:
         )
 
 
-def _keyed(entity: str, source: int, stream: Iterator[Record]) -> Iterator[tuple[tuple, Record]]:
+def _keyed(
+    entity: str, source: int, stream: Iterator[Record]
+) -> Iterator[tuple[tuple[tuple[int, str], int, int], Record]]:
     """Records of one input with their merge key: export order, then input, then position."""
     key = _ORDER[entity]
     for ordinal, record in enumerate(stream):
@@ -418,9 +432,10 @@ def merge_datasets(
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`; then nothing is left at a path destination. Encrypted inputs are opened
-    with `options.identities` (the output's spools are then sealed); with `recipients` the
-    output is encrypted to them.
+    `drop_dangling`, a SignatureError for an input `options.signature` refuses (see
+    `open_dataset`); then nothing is left at a path destination. The merged bundle is unsigned.
+    Encrypted inputs are opened with `options.identities` (the output's spools are then
+    sealed); with `recipients` the output is encrypted to them.
     """
     check_strategy(conflict)
     if not sources:

@@ -39,13 +39,17 @@ def open_reader(
         else:
             stream = src
         opened = open_input(stream, options, label=label)
-        return BundleReader(opened.stream, name=label, closing=stack.pop_all().close)
+        signature = (options or ReadOptions()).signature
+        return BundleReader(
+            opened.stream, name=label, signature=signature, closing=stack.pop_all().close
+        )
 
 
 def open_bundle(
     src: BundleSource, *, name: str | None = None, options: ReadOptions | None = None
 ) -> BundleReader:
-    """A reader over a bundle, its manifest already read and validated.
+    """A reader over a bundle, its manifest already read and validated, and its signature
+    checked (`options.signature`: whom to trust; `reader.signer`: who signed, None if unsigned).
 
     Use it as a context manager; iterate `batches()` or `records()` to stream every record with
     every check applied. Works on non-seekable streams (one forward pass). An encrypted bundle
@@ -60,8 +64,9 @@ def open_bundle(
 
 
 def read_manifest(src: BundleSource, *, options: ReadOptions | None = None) -> Manifest:
-    """The manifest of a bundle, reading only the first member (never the entity data); of an
-    encrypted bundle, only as much as decrypts it.
+    """The manifest of a bundle, reading only the first member and the signature member (never
+    the entity data), the signature checked as `open_bundle` checks it; of an encrypted bundle,
+    only as much as decrypts it.
 
     From a stream, this consumes the stream's first bytes."""
     with open_reader(src, options=options) as reader:
