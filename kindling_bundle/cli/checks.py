@@ -7,13 +7,15 @@ from typing import Any
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT, describe_envelope
 from kindling_bundle.cli.options import (
     common_options,
     db_option,
     default_db,
+    input_label,
     iso,
     progress_for,
-    signature_options,
+    reading_options,
     source_name,
     storage_options,
     workers_option,
@@ -21,10 +23,12 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.errors import NoIdentityError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import BundleReader
-from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.format.signature import signature_to_dict
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
 from kindling_bundle.kindling_json.reader import verify_kindling_json
 from kindling_bundle.ops.verify import verify_bundle
@@ -34,7 +38,7 @@ from kindling_bundle.parallel import Workers
 @click.command()
 @click.argument("in_target", metavar="IN")
 @workers_option("decode")
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def verify(
@@ -42,13 +46,15 @@ def verify(
     workers: Workers,
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions,
+    read_options: ReadOptions,
 ) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference, and who signed it.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
-    reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
+    reference is checked. An encrypted IN is opened with --identity; a damaged or cut short
+    ciphertext is a problem like any other. Prints each problem found, or that IN is valid;
+    exits 1 if it is not.
     """
     progress = progress_for("verify", out)
 
@@ -56,17 +62,18 @@ def verify(
         progress.total_records = manifest.total_records
 
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         try:
             if kind == "kindling-json":
-                signature.refuse_unsignable(in_target, "a Kindling JSON export")
+                read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
                 report = verify_bundle(
                     stream,
                     progress=progress,
                     on_manifest=on_manifest,
-                    signature=signature,
+                    options=read_options,
                     workers=workers,
                 )
         finally:
@@ -91,23 +98,38 @@ def verify(
 
 @click.command()
 @click.argument("in_target", metavar="IN")
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def inspect(
-    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+    in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
 ) -> None:
     """Show a bundle's manifest and who signed it (from a path, - or a URL), reading only the
     manifest and the signature: from a URL, only the first few hundred KiB of the object are
-    fetched."""
-    with (
-        open_source(
-            in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
-        ) as stream,
-        BundleReader(stream, signature=signature) as reader,
-    ):
-        manifest = reader.read_manifest()
-        signer = reader.signer
+    fetched.
+
+    An encrypted bundle is opened with --identity; without one, what its header shows (how many
+    recipients, of which key types) is printed, and the exit code is 1."""
+    with open_source(
+        in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
+    ) as stream:
+        try:
+            opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        except NoIdentityError as exc:
+            shown = describe_envelope(exc.recipients, exc.stanza_types)
+            out.line(f"bundle:   {in_target}")
+            out.line(f"encrypted: age, {shown}")
+            out.result(
+                {
+                    "bundle": in_target,
+                    "encrypted": {"recipients": exc.recipients, "stanza_types": exc.stanza_types},
+                    "manifest": None,
+                }
+            )
+            raise Failed(f"{in_target}: encrypted (age) {shown}: {IDENTITY_HINT}") from None
+        with BundleReader(opened.stream, signature=read_options.signature) as reader:
+            manifest = reader.read_manifest()
+            signer = reader.signer
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -123,14 +145,23 @@ def inspect(
         f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
     )
     out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    envelope = opened.envelope
+    if envelope is not None:
+        out.line(f"encrypted: age, {describe_envelope(envelope.recipients, envelope.stanza_types)}")
     print_signature(out, signer)
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
         out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
+    encrypted = (
+        None
+        if envelope is None
+        else {"recipients": envelope.recipients, "stanza_types": envelope.stanza_types}
+    )
     out.result(
         {
             "bundle": in_target,
+            "encrypted": encrypted,
             "manifest": manifest.to_dict(),
             "signature": signature_to_dict(signer),
         }

@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT
 from kindling_bundle.db.integrity import IntegrityReport
-from kindling_bundle.errors import KindlingBundleError
+from kindling_bundle.errors import KindlingBundleError, NoIdentityError
 from kindling_bundle.format.signature import describe_signature
 from kindling_bundle.io.ssh_signature import Signer
 
@@ -70,6 +71,8 @@ def run(group: click.Group, argv: list[str] | None) -> None:
         _fail(exc.format_message().replace("\n", " "), EXIT_USAGE)
     except click.ClickException as exc:
         _fail(exc.format_message().replace("\n", " "), EXIT_FAILED)
+    except NoIdentityError as exc:
+        _fail(f"{exc}: {IDENTITY_HINT}".replace("\n", " "), EXIT_FAILED)
     except KindlingBundleError as exc:
         _fail(str(exc).replace("\n", " "), EXIT_FAILED)
     except BrokenPipeError:
