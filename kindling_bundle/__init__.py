@@ -70,7 +70,7 @@ from kindling_bundle.io.age import (
     read_recipients_file,
 )
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
+from kindling_bundle.io.sshsig import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,

@@ -21,13 +21,13 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_bundle_format_layer_touches_no_database() -> None:
-    # io.ssh_signature is the one named exception: a 1.1 bundle's signature is part of the
+    # io.sshsig is the one named exception: a 1.1 bundle's signature is part of the
     # format, and checking it needs only `cryptography` (no SQLite, no program run).
     allowed = (
         "kindling_bundle.format",
         "kindling_bundle.errors",
         "kindling_bundle.records",
-        "kindling_bundle.io.ssh_signature",
+        "kindling_bundle.io.sshsig",
     )
     for path in sorted((PACKAGE / "format").glob("*.py")):
         for module in imported_modules(path):

@@ -19,7 +19,7 @@ from kindling_bundle.errors import SigningKeyError
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
+from kindling_bundle.io.sshsig import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
 

@@ -17,7 +17,7 @@ from kindling_bundle.cli.keys import IDENTITY_HINT
 from kindling_bundle.db.integrity import IntegrityReport
 from kindling_bundle.errors import KindlingBundleError, NoIdentityError
 from kindling_bundle.format.signature import describe_signature
-from kindling_bundle.io.ssh_signature import Signer
+from kindling_bundle.io.sshsig import Signer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -33,7 +33,7 @@ from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sniff import open_input
-from kindling_bundle.io.ssh_signature import SigningKey
+from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.restore import import_bundle

@@ -54,7 +54,7 @@ from kindling_bundle.format.signature import (
 )
 from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
 from kindling_bundle.format.zstd_frames import ZstdFrameReader
-from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES, Signer
+from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES, Signer
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO

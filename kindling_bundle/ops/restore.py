@@ -52,7 +52,7 @@ from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCa
 from kindling_bundle.format.reader import BundleSource
 from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.ssh_signature import Signer
+from kindling_bundle.io.sshsig import Signer
 from kindling_bundle.ops.read import open_reader
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 

@@ -59,7 +59,7 @@ from kindling_bundle.format.reader import source_label
 from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
 from kindling_bundle.io.age import Recipient, open_encrypting_writer
-from kindling_bundle.io.ssh_signature import SigningKey
+from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_file
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
