@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kindling_bundle.errors import RulesError
-from kindling_bundle.scrub.re2syntax import PatternError, translate
+from kindling_bundle.scrub.re2syntax import PatternError, Translation, translate
 
 DEFAULT_RULES = Path(__file__).with_name("rules.toml")
 
 RegexTarget = Literal["secret", "match", "line"]
+_NEVER = Translation("(?!)", None, 0)
 
 _TOP_KEYS = {"title", "description", "version", "minVersion", "rules", "allowlist", "allowlists"}
 _RULE_KEYS = {
@@ -191,7 +192,7 @@ def _rule(name: str, index: int, entry: dict[str, Any]) -> Rule:
     if not regex_src and not _opt_str(entry, "path", where):
         raise RulesError(f"{where}: has neither a regex nor a path")
     try:
-        tr = translate(regex_src or "(?!)")
+        tr = translate(regex_src) if regex_src else _NEVER  # a path-only rule: skipped anyway
     except PatternError as exc:
         raise RulesError(f"{where}: regex {exc}") from None
     secret_group = entry.get("secretGroup", 0)
