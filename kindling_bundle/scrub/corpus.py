@@ -16,7 +16,7 @@ import json
 import random
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kindling_bundle.scrub.scanner import Finding, Scanner
@@ -150,7 +150,7 @@ class _Gen:
     def s(self, alphabet: str, n: int) -> str:
         return "".join(self.rng.choice(alphabet) for _ in range(n))
 
-    def pick(self, items: list[str] | tuple[str, ...]) -> str:
+    def pick(self, items: Sequence[str]) -> str:
         return self.rng.choice(items)
 
     def sha1(self) -> str:
@@ -215,13 +215,16 @@ class _Gen:
         return self.rng.sample(lines, n)
 
 
-_WORDS = (
-    "the agent ran tests for parser module and found failing case in tokenizer while refactoring "
-    "config loader cache invalidation retry backoff timeout handler request response schema "
-    "migration index query build lint deploy review commit branch merge rebase fixture mock "
-    "endpoint payload latency memory thread lock queue worker scheduler plugin adapter capsule "
-    "observation summary bundle verify restore snapshot session token budget key value store"
-).split()
+_WORDS = tuple(
+    """
+    the agent ran tests for parser module and found failing case in tokenizer while
+    refactoring config loader cache invalidation retry backoff timeout handler request
+    response schema migration index query build lint deploy review commit branch merge
+    rebase fixture mock endpoint payload latency memory thread lock queue worker
+    scheduler plugin adapter capsule observation summary bundle verify restore snapshot
+    session token budget key value store
+""".split()  # noqa: SIM905
+)
 
 
 # --- planted secrets -----------------------------------------------------------------------
@@ -389,8 +392,8 @@ def _p_database_url(g: _Gen) -> _Builder:
 
 
 def _p_env_password(g: _Gen) -> _Builder:
-    name = g.pick(["DB_PASSWORD", "PGPASSWORD", "MYSQL_ROOT_PASSWORD", "REDIS_PASS", "SMTP_PASSWORD",
-                   "ADMIN_PASSWD", "KEYSTORE_PASSPHRASE"])  # fmt: skip
+    name = g.pick(["DB_PASSWORD", "PGPASSWORD", "MYSQL_ROOT_PASSWORD", "REDIS_PASS",
+                   "SMTP_PASSWORD", "ADMIN_PASSWD", "KEYSTORE_PASSPHRASE"])  # fmt: skip
     b = _Builder().add("\n".join(g.env_noise(5)) + f"\n{name}=")
     return b.secret(g.password()).add("\n" + "\n".join(g.env_noise(3)))
 
@@ -451,7 +454,7 @@ def _p_cli_password(g: _Gen) -> _Builder:
     if style == 0:
         b.add("$ mysql -h db.internal -u root -p").secret(pw).add(" app_production\n")
     elif style == 1:
-        b.add(f"$ curl -u deploy:").secret(pw).add(" https://ci.acme.dev/job/build/\n")
+        b.add("$ curl -u deploy:").secret(pw).add(" https://ci.acme.dev/job/build/\n")
     elif style == 2:
         b.add("$ docker login registry.acme.dev -u ci --password ").secret(pw).add("\n")
     else:
@@ -583,7 +586,8 @@ def _b_yarn_lock(g: _Gen) -> str:
     sha1 = g.sha1()
     return (
         f'"{name}@^2.0.0":\n  version "2.3.1"\n  resolved "https://registry.yarnpkg.com/{name}/-/'
-        f'{name}-2.3.1.tgz#{sha1}"\n  integrity sha1-{base64.b64encode(bytes.fromhex(sha1)).decode()}\n'
+        f'{name}-2.3.1.tgz#{sha1}"\n'
+        f"  integrity sha1-{base64.b64encode(bytes.fromhex(sha1)).decode()}\n"
     )
 
 
@@ -600,7 +604,7 @@ def _b_go_cargo(g: _Gen) -> str:
     h1 = base64.b64encode(g.rng.randbytes(32)).decode()
     return (
         f"github.com/{g.word()}/{g.word()} v1.4.2 h1:{h1}\n"
-        f"github.com/{g.word()}/{g.word()} v1.4.2/go.mod h1:{base64.b64encode(g.rng.randbytes(32)).decode()}\n"
+        f"github.com/{g.word()}/{g.word()} v1.4.2/go.mod h1:{g.b64(32)}\n"
         f'[[package]]\nname = "{g.word()}"\nversion = "0.4.1"\nsource = "registry+https://github.com/'
         f'rust-lang/crates.io-index"\nchecksum = "{g.sha256()}"\n'
     )
@@ -626,7 +630,7 @@ def _b_uuids(g: _Gen) -> str:
             "traceparent": f"00-{g.s(HEX, 32)}-{g.s(HEX, 16)}-01",
             "idempotency_key": g.uuid(),
             "cache_key": g.sha256()[:32],
-        },  # fmt: skip
+        },
         indent=2,
     )
 
@@ -649,7 +653,8 @@ def _b_ssh_public(g: _Gen) -> str:
         f"$ ssh-keygen -lf ~/.ssh/id_ed25519.pub\n256 SHA256:{fp} dev@laptop (ED25519)\n"
         f"$ cat ~/.ssh/id_ed25519.pub\nssh-ed25519 {key} dev@laptop\n"
         f"github.com ssh-ed25519 {key}\nThe key fingerprint is SHA256:{fp}.\n"
-        f"The key's randomart image is:\n+--[ED25519 256]--+\n|   .o+.          |\n+----[SHA256]-----+\n"
+        "The key's randomart image is:\n+--[ED25519 256]--+\n|   .o+.          |\n"
+        "+----[SHA256]-----+\n"
         f"Host key fingerprint MD5:{':'.join(g.s(HEX, 2) for _ in range(16))}\n"
     )
 
@@ -670,7 +675,7 @@ def _b_pytest(g: _Gen) -> str:
         f"    def test_token_refresh(client):\n>       assert client.refresh_token() is not None\n"
         f"E       KeyError: 'access_token'\nE       assert None is not None\n"
         f"FAILED tests/test_{g.word()}.py::test_password_reset - KeyError: 'token'\n"
-        f"=========== 1 failed, {g.rng.randint(10, 300)} passed in {g.rng.randint(1, 90)}.21s ===========\n"
+        f"====== 1 failed, {g.rng.randint(10, 300)} passed in {g.rng.randint(1, 90)}.21s ======\n"
     )
 
 
@@ -690,7 +695,7 @@ def _b_s3_listing(g: _Gen) -> str:
             "ETag": f'"{g.s(HEX, 32)}"',
             "Size": g.rng.randint(1000, 10**9),
             "StorageClass": "STANDARD",
-        }  # fmt: skip
+        }
         for i in range(g.rng.randint(2, 5))
     ]
     return json.dumps({"Contents": rows}, indent=2)
@@ -701,36 +706,44 @@ def _b_env_clean(g: _Gen) -> str:
 
 
 def _b_code_refs(g: _Gen) -> str:
-    return g.pick([
+    snippets = [
         "password = getpass.getpass()\ntoken = os.environ['GITHUB_TOKEN']\n"
         "api_key = settings.OPENAI_API_KEY\nsecret = self.secret\n",
         "const token = process.env.NPM_TOKEN;\nconst apiKey = config.get('apiKey');\n"
         "if (!token) throw new Error('no token');\n",
-        "def login(username: str, password: str) -> Session:\n    token: str = auth.issue(username)\n"
+        "def login(username: str, password: str) -> Session:\n"
+        "    token: str = auth.issue(username)\n"
         "    return Session(token=token, password_hash=hash_password(password))\n",
         "class Settings(BaseSettings):\n    api_key: SecretStr\n    db_password: str = Field(...)\n"
         "    token_url: str = 'https://auth.acme.dev/oauth/token'\n    max_tokens: int = 4096\n",
         'headers = {"Authorization": f"Bearer {token}", "X-Api-Key": api_key}\n',
-        "export AWS_PROFILE=staging\naws sts get-caller-identity\nkubectl get secret db-creds -o yaml\n",
-    ])  # fmt: skip
+        "export AWS_PROFILE=staging\naws sts get-caller-identity\n"
+        "kubectl get secret db-creds -o yaml\n",
+    ]
+    return g.pick(snippets)
 
 
 def _b_placeholders(g: _Gen) -> str:
-    return g.pick([
+    snippets = [
         "DATABASE_URL=postgres://user:password@localhost:5432/app\nAPI_KEY=<your-api-key>\n",
-        "password: ${DB_PASSWORD}\ntoken: ${{ secrets.GITHUB_TOKEN }}\napi_key: '{{ .Values.apiKey }}'\n",
-        "# Replace with your own key\nOPENAI_API_KEY=sk-...\nSTRIPE_KEY=sk_test_xxxxxxxxxxxxxxxxxxxxxxxx\n",
+        "password: ${DB_PASSWORD}\ntoken: ${{ secrets.GITHUB_TOKEN }}\n"
+        "api_key: '{{ .Values.apiKey }}'\n",
+        "# Replace with your own key\nOPENAI_API_KEY=sk-...\n"
+        "STRIPE_KEY=sk_test_xxxxxxxxxxxxxxxxxxxxxxxx\n",
         "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
         "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
         "curl -H 'Authorization: Bearer $TOKEN' https://api.github.com/user\n",
         "docker login -u $REGISTRY_USER --password-stdin < token.txt\n",
         'SECRET_KEY = os.environ.get("SECRET_KEY", "")\nPASSWORD_MIN_LENGTH = 12\n',
-        "git clone https://github.com/acme/app.git\ngit remote add fork git@github.com:me/app.git\n",
-    ])  # fmt: skip
+        "git clone https://github.com/acme/app.git\n"
+        "git remote add fork git@github.com:me/app.git\n",
+    ]
+    return g.pick(snippets)
 
 
 def _b_k8s(g: _Gen) -> str:
-    pod = f"{g.word()}-{g.s('bcdfghjklmnpqrstvwxz2456789', 10)}-{g.s('bcdfghjklmnpqrstvwxz2456789', 5)}"
+    safe = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' alphabet for generated names
+    pod = f"{g.word()}-{g.s(safe, 10)}-{g.s(safe, 5)}"
     return (
         f"$ kubectl get pods\nNAME                          READY   STATUS    RESTARTS   AGE\n"
         f"{pod}   1/1     Running   0          3d\n$ kubectl describe pod {pod}\n"
@@ -754,9 +767,11 @@ def _b_terraform(g: _Gen) -> str:
 
 def _b_traceback(g: _Gen) -> str:
     return (
-        f'Traceback (most recent call last):\n  File "/srv/app/{g.word()}.py", line {g.rng.randint(1, 900)}, '
+        f'Traceback (most recent call last):\n  File "/srv/app/{g.word()}.py", '
+        f"line {g.rng.randint(1, 900)}, "
         f"in refresh\n    token = self._client.fetch_token(token_url, client_id=cid)\n"
-        f"oauthlib.oauth2.rfc6749.errors.InvalidGrantError: (invalid_grant) Token has been expired or revoked.\n"
+        "oauthlib.oauth2.rfc6749.errors.InvalidGrantError: (invalid_grant) "
+        "Token has been expired or revoked.\n"
         f"request_id={g.uuid()} trace={g.s(HEX, 32)}\n"
     )
 
