@@ -141,14 +141,13 @@ _FREQUENCY = {
 class _Prefilter:
     """Which of a set of lower-case keywords occur in a lower-cased text, in one regex pass.
 
-    Each keyword is looked for at an anchor: one of its characters, chosen to be rare (and not
-    its last, where possible). The expression is one class of the anchor characters followed
-    by a lookahead holding a trie of what follows an anchor in some keyword, every branch
-    ending in a lookbehind over the keyword's start; so `re` skips from anchor to anchor (it
-    can only skip fast to the characters of a leading class or literal), most anchors fail at
-    the trie's first character, and it stops only where a keyword really is. Measured: a
-    branch per anchor character, or lookbehinds tried at every anchor, were 2-5x slower;
-    matching both cases instead of lower-casing the text first was slower too.
+    Each keyword is looked for at an anchor: one of its characters, chosen to be rare in
+    developer text. The expression is one branch per anchor character, each followed by a
+    lookahead holding a trie of what follows that anchor in some keyword, every path ending
+    in a lookbehind over the whole keyword. `re` can only skip quickly to the first characters
+    of an expression's branches, so the fewer and rarer the anchors, the fewer places it stops;
+    and it reports only where a keyword really is. (Matching both cases instead of lower-casing
+    the text first measured slower: upper-case anchors are common in code.)
     """
 
     def __init__(self, keywords: Sequence[str]):
@@ -311,10 +310,11 @@ class Scanner:
         if not text:
             return []
         lowered = text.lower()
-        candidates = self._candidates(self._prefilter.present(lowered))
-        if not candidates:
-            return []
-        return self._find(text, lowered, candidates)
+        keywords = self._prefilter.present(lowered)
+        if not keywords and not self._always:
+            return []  # most texts: no keyword, no rule to run
+        candidates = self._candidates(keywords)
+        return self._find(text, lowered, candidates) if candidates else []
 
     def scrub(self, text: str) -> tuple[str, list[Finding]]:
         """`text` with every finding replaced by `[REDACTED:<rule-id>]`, and the findings."""
