@@ -204,3 +204,9 @@ def test_tally_counts_by_rule_without_secrets(scanner: Scanner) -> None:
         tally.add(scanner.scrub_record(obs)[1])
     assert tally.records == 2 and tally.findings == 3
     assert dict(tally.by_rule) == {"github-pat": 2, "password-assignment": 1}
+    record = tally.manifest(scanner)
+    assert record["ruleSet"] == {"name": scanner.name, "version": scanner.version}
+    assert record["byRule"] == {"github-pat": 2, "password-assignment": 1}
+    assert record["ruleFiles"][0]["name"] == "rules.toml"
+    text = msgspec.json.encode(record)
+    assert GHP.encode() not in text and b"Tr0ub4dor" not in text

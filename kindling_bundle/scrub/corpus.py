@@ -499,6 +499,41 @@ def _p_netrc(g: _Gen) -> _Builder:
     return b.secret(g.uuid()).add("\n")
 
 
+def _p_github_header(g: _Gen) -> _Builder:
+    b = _Builder().add(
+        "curl -sS -H 'Accept: application/vnd.github+json' -H 'Authorization: token "
+    )
+    return b.secret(_ghp(g)).add(f"' https://api.github.com/repos/acme/{g.word()}/pulls\n")
+
+
+def _p_query_api_key(g: _Gen) -> _Builder:
+    b = _Builder().add(f"GET https://api.weather.example/v1/forecast?q={g.word()}&api_key=")
+    return b.secret(g.s(HEX, 32)).add("&units=metric 200 OK (182 ms)\n")
+
+
+def _p_k8s_secret(g: _Gen) -> _Builder:
+    b = _Builder().add(
+        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {g.word()}-db\ntype: Opaque\ndata:\n"
+        "  username: YXBw\n  password: "
+    )
+    return b.secret(base64.b64encode(g.password().encode()).decode()).add("\n")
+
+
+def _p_docker_config(g: _Gen) -> _Builder:
+    auth = base64.b64encode(f"ci:{g.password()}".encode()).decode()
+    b = _Builder().add('{\n  "auths": {\n    "registry.acme.dev": {\n      "auth": "')
+    return b.secret(auth).add('"\n    }\n  }\n}\n')
+
+
+def _p_pgp_key(g: _Gen) -> _Builder:
+    body = "\n".join(_pem_body(g, 900))
+    key = (
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n" + body + f"\n={g.s(B64, 4)}\n"
+        "-----END PGP PRIVATE KEY BLOCK-----"
+    )
+    return _Builder().add("$ gpg --export-secret-keys --armor dev@acme.dev\n").secret(key).add("\n")
+
+
 _PLANTERS: dict[str, Callable[[_Gen], _Builder]] = {
     "github-token-in-env": _p_github_env,
     "github-fine-grained-pat": _p_github_fine,
@@ -534,6 +569,11 @@ _PLANTERS: dict[str, Callable[[_Gen], _Builder]] = {
     "api-key-in-provenance-env": _p_provenance_env,
     "saas-tokens": _p_saas_misc,
     "netrc-password": _p_netrc,
+    "github-token-authorization-header": _p_github_header,
+    "api-key-in-query-string": _p_query_api_key,
+    "kubernetes-secret-data": _p_k8s_secret,
+    "docker-config-auth": _p_docker_config,
+    "pgp-private-key": _p_pgp_key,
 }
 
 
@@ -776,9 +816,62 @@ def _b_traceback(g: _Gen) -> str:
     )
 
 
+def _b_stripe_ids(g: _Gen) -> str:
+    return json.dumps(
+        {
+            "id": "pi_" + g.s(ALNUM, 24),
+            "object": "payment_intent",
+            "customer": "cus_" + g.s(ALNUM, 14),
+            "latest_charge": "ch_" + g.s(ALNUM, 24),
+            "payment_method": "pm_" + g.s(ALNUM, 24),
+            "client_secret_present": False,
+            "livemode": False,
+        },
+        indent=2,
+    )
+
+
+def _b_lfs_pointer(g: _Gen) -> str:
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{g.sha256()}\n"
+        f"size {g.rng.randint(1000, 10**8)}\n"
+    )
+
+
+def _b_talk_about_secrets(g: _Gen) -> str:
+    snippets = [
+        "Rotate the API key, then update the secret in Vault and restart the worker.",
+        "The token expired after 3600 seconds; the refresh token flow fixed it.",
+        "Set PASSWORD in your environment (never commit it) and run `make deploy`.",
+        'echo "$REGISTRY_PASSWORD" | docker login ghcr.io -u ci --password-stdin',
+        "read -s PASSWORD && export PASSWORD",
+        "digest = hashlib.sha256(password.encode()).hexdigest()",
+        "tokens = tokenizer.encode(text)\ntokenizer.pad_token = tokenizer.eos_token\n"
+        "max_tokens = min(4096, len(tokens))",
+        '"password": {"type": "string", "minLength": 12, "writeOnly": true}',
+        "securitySchemes:\n  bearerAuth:\n    type: http\n    scheme: bearer\n"
+        "    bearerFormat: JWT",
+        'variable "db_password" {\n  type      = string\n  sensitive = true\n}',
+        "env:\n  - name: DB_PASSWORD\n    valueFrom:\n      secretKeyRef:\n"
+        "        name: db-secret\n        key: password",
+        "SENTRY_DSN=https://" + g.s(HEX, 32) + "@o" + str(g.rng.randint(10000, 99999))
+        + ".ingest.sentry.io/" + str(g.rng.randint(100000, 999999)),
+    ]  # fmt: skip
+    return g.pick(snippets)
+
+
+def _b_log_ids(g: _Gen) -> str:
+    lines = [
+        f"2026-03-03T10:{g.rng.randint(10, 59)}:00Z INFO request_id={g.s(ALNUM, 22)} "
+        f"span={g.s(HEX, 16)} user={g.uuid()} path=/api/{g.word()} status=200"
+        for _ in range(g.rng.randint(3, 8))
+    ]
+    return "\n".join(lines)
+
+
 _BENIGN: list[Callable[[_Gen], str]] = [
     _b_git_log, _b_git_misc, _b_diff, _b_package_lock, _b_yarn_lock, _b_poetry_pip, _b_go_cargo,
     _b_docker, _b_uuids, _b_base64_blob, _b_ssh_public, _b_minified, _b_pytest, _b_http_etag,
     _b_s3_listing, _b_env_clean, _b_code_refs, _b_placeholders, _b_k8s, _b_prose, _b_terraform,
-    _b_traceback,
+    _b_traceback, _b_stripe_ids, _b_lfs_pointer, _b_talk_about_secrets, _b_log_ids,
 ]  # fmt: skip

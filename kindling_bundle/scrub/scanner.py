@@ -67,6 +67,27 @@ class ScrubTally:
     def findings(self) -> int:
         return sum(self.by_rule.values())
 
+    def manifest(self, scanner: Scanner) -> dict[str, Any]:
+        """What a bundle's manifest can say about its scrubbing: the rule files (by name,
+        version and digest; a user's file by its base name only, not its local path) and the
+        counts. Deterministic: keys and rules in sorted order."""
+        return {
+            "ruleSet": {"name": scanner.name, "version": scanner.version},
+            "ruleFiles": [
+                {
+                    "name": Path(src.name).name,
+                    "title": src.title,
+                    "version": src.version,
+                    "sha256": src.sha256,
+                    "rules": src.rules,
+                }
+                for src in scanner.sources
+            ],
+            "records": self.records,
+            "findings": self.findings,
+            "byRule": dict(sorted(self.by_rule.items())),
+        }
+
 
 def redaction(rule_id: str) -> str:
     """What replaces a secret found by `rule_id`."""
