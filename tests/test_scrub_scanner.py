@@ -124,6 +124,7 @@ def test_work_per_text_stays_bounded_on_hostile_input(scanner: Scanner) -> None:
     hostile = [
         "password=" * 40_000,
         "-----BEGIN PRIVATE KEY-----\n" + "QUJD" * 100_000,
+        "-----BEGIN PRIVATE KEY-----\n" * 10_000,  # each BEGIN must not scan to the end
         "://" + "a:" * 100_000,
         "token: " + "a" * 200_000,
         "<private>" + "y" * 300_000,
