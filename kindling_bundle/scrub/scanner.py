@@ -187,13 +187,22 @@ class _Prefilter:
         for ch in sorted(chars, key=lambda c: (-freq(c), c)):
             if all((chars - {ch}) & set(kw) for kw in kws):
                 chars.discard(ch)
-        placed = [
-            (kw, min((i for i in range(len(kw)) if kw[i] in chars), key=lambda i: (freq(kw[i]), i)))
-            for kw in kws
-        ]
+
+        # A keyword ending at its anchor is checked by lookbehinds at every occurrence of the
+        # anchor; one with characters after its anchor, by a lookahead that usually fails at
+        # once. So a keyword is anchored before its end when that character is not much more
+        # common.
+        def place(kw: str) -> int:
+            def weight(i: int) -> tuple[float, int]:
+                return (freq(kw[i]) * (2 if i == len(kw) - 1 else 1), i)
+
+            return min((i for i in range(len(kw)) if kw[i] in chars), key=weight)
+
+        placed = [(kw, place(kw)) for kw in kws]
         self._keywords: list[str] = []
         self._also: list[list[tuple[str, int]]] = []
         by_anchor: dict[str, list[tuple[str, str]]] = {}
+        ends: dict[str, list[tuple[str, str]]] = {}
         for kw, offset in placed:
             index = len(self._keywords)
             self._keywords.append(kw)
@@ -209,14 +218,20 @@ class _Prefilter:
                     and (kw[offset:].startswith(other[o:]) or other[o:].startswith(kw[offset:]))
                 ]
             )
-            # Where the keyword ends, a lookbehind checks all of it.
-            check = f"(?<={re.escape(kw)})(?P<k{index}>)"
-            by_anchor.setdefault(kw[offset], []).append((kw[offset + 1 :], check))
+            if offset == len(kw) - 1:
+                ends.setdefault(kw[offset], []).append((kw, f"(?P<k{index}>)"))
+            else:
+                # Where the keyword ends, a lookbehind checks all of it.
+                check = f"(?<={re.escape(kw)})(?P<k{index}>)"
+                by_anchor.setdefault(kw[offset], []).append((kw[offset + 1 :], check))
+        alternatives = []
         # The most common anchor first: `re` tries the branches in order.
-        alternatives = [
-            re.escape(ch) + "(?=" + _trie(leaves) + ")"
-            for ch, leaves in sorted(by_anchor.items(), key=lambda item: (-freq(item[0]), item[0]))
-        ]
+        for ch in sorted(set(by_anchor) | set(ends), key=lambda c: (-freq(c), c)):
+            parts = [_trie(by_anchor[ch])] if ch in by_anchor else []
+            if ch in ends:
+                parts.append(_behind(ends[ch], 1))
+            body = parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+            alternatives.append(f"{re.escape(ch)}(?={body})")
         self._regex = re.compile("|".join(alternatives)) if alternatives else None
 
     def present(self, lowered: str) -> set[str]:
@@ -233,6 +248,26 @@ class _Prefilter:
                     if pos >= offset and lowered.startswith(kw, pos - offset):
                         found.add(kw)
         return found
+
+
+def _behind(entries: list[tuple[str, str]], known: int) -> str:
+    """Keywords that end here and share their last `known` characters, checked backwards one
+    character at a time (a trie of lookbehinds), so that most fail at their first check."""
+    done = [mark for kw, mark in entries if len(kw) == known]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for kw, mark in entries:
+        if len(kw) > known:
+            groups.setdefault(kw[-known - 1], []).append((kw, mark))
+    parts = []
+    for _, group in sorted(groups.items()):
+        if len(group) == 1:
+            kw, mark = group[0]
+            parts.append(f"(?<={re.escape(kw)}){mark}")
+            continue
+        suffix = group[0][0][-known - 1 :]
+        parts.append(f"(?<={re.escape(suffix)})" + _behind(group, known + 1))
+    parts += done
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
 
 
 def _trie(leaves: list[tuple[str, str]]) -> str:
