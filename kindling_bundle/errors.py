@@ -39,3 +39,7 @@ class BundleError(KindlingBundleError):
 
 class StorageError(KindlingBundleError):
     """A bundle path or URL could not be read or written: missing object, credentials, network."""
+
+
+class RulesError(KindlingBundleError):
+    """A secret rule file is unreadable or invalid; the message names the file and the rule."""

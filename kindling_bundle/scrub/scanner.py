@@ -1,0 +1,652 @@
+"""Find secrets in text and replace them, fast enough to run on every record of an export.
+
+Most texts hold no secret, so the work goes into rejecting them quickly: one regular expression
+over the lower-cased text looks for every rule's keywords at once (gitleaks' prefilter), and a
+rule's own pattern runs only on texts holding one of its keywords. That combined expression
+starts each keyword at its rarest character (`token` is looked for as `k` followed by `en`),
+because `re` only skips quickly through text to a small set of first characters.
+
+Work per text is bounded: patterns run over windows of at most `window + overlap` characters
+(a match is kept by the window it starts in, and one that reaches a window's end is matched
+again from its start against the whole text), so no pattern sees more than one window at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary, entity_of
+from kindling_bundle.scrub.rules import Allowlist, Rule, RuleSet, RuleSource, load_rules
+
+WINDOW = 64 * 1024
+OVERLAP = 4 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A secret at text[start:end], found by rule `rule_id`."""
+
+    rule_id: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFinding:
+    """A secret in one field of one record; `preview` is masked (see `mask`)."""
+
+    entity: str
+    id: str
+    field: str
+    rule_id: str
+    preview: str
+
+
+@dataclass
+class ScrubTally:
+    """Counts over many records, for a manifest or a report: never any secret material."""
+
+    records: int = 0
+    """Records with at least one finding."""
+    by_rule: Counter[str] = field(default_factory=Counter)
+
+    def add(self, findings: Sequence[RecordFinding]) -> None:
+        if findings:
+            self.records += 1
+            self.by_rule.update(f.rule_id for f in findings)
+
+    @property
+    def findings(self) -> int:
+        return sum(self.by_rule.values())
+
+    def manifest(self, scanner: Scanner) -> dict[str, Any]:
+        """What a bundle's manifest can say about its scrubbing: the rule files (by name,
+        version and digest; a user's file by its base name only, not its local path) and the
+        counts. Deterministic: keys and rules in sorted order."""
+        return {
+            "ruleSet": {"name": scanner.name, "version": scanner.version},
+            "ruleFiles": [
+                {
+                    "name": Path(src.name).name,
+                    "title": src.title,
+                    "version": src.version,
+                    "sha256": src.sha256,
+                    "rules": src.rules,
+                }
+                for src in scanner.sources
+            ],
+            "records": self.records,
+            "findings": self.findings,
+            "byRule": dict(sorted(self.by_rule.items())),
+        }
+
+
+def redaction(rule_id: str) -> str:
+    """What replaces a secret found by `rule_id`."""
+    return f"[REDACTED:{rule_id}]"
+
+
+# Known public prefixes of token formats: a preview may show them, they say what the token is.
+_PUBLIC_PREFIXES = (
+    "github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "glptt-", "gldt-", "glrt-",
+    "sk-ant-api03-", "sk-ant-admin01-", "sk-ant-", "sk-proj-", "sk-svcacct-", "sk-admin-",
+    "sk-or-v1-", "sk_live_", "rk_live_", "sk_test_", "rk_test_", "whsec_", "sk-", "xoxb-",
+    "xoxp-", "xoxa-", "xoxe.xoxp-", "xoxe-", "xapp-", "npm_", "pypi-", "hf_", "SG.", "hvs.",
+    "hvb.", "AGE-SECRET-KEY-1", "AKIA", "ASIA", "AIza", "GOCSPX-", "ya29.", "dop_v1_", "shpat_",
+    "lin_api_", "PMAK-", "sntrys_", "glsa_", "NRAK-", "ATATT3", "dp.pt.", "dckr_pat_", "eyJ",
+)  # fmt: skip
+
+
+def mask(secret: str) -> str:
+    """A preview that identifies a secret without giving it away: `ghp_…a1f3`.
+
+    At most 4 characters from each end of a long secret, 2 of a medium one, none of a short
+    one (a password of 10 characters shows nothing); a known public prefix such as `ghp_` or the
+    header line of a private key is shown whole. Control characters never appear.
+    """
+    head = ""
+    if secret.startswith("-----BEGIN"):
+        end = secret.find("-----", 10)
+        head = secret[: end + 5] if end > 0 else "-----BEGIN"
+        return _printable(head) + "…"
+    for prefix in _PUBLIC_PREFIXES:
+        if secret.startswith(prefix):
+            head = prefix
+            break
+    rest = secret[len(head) :]
+    n = len(rest)
+    show = 4 if n >= 24 else 2 if n >= 12 else 0
+    if head:
+        return _printable(head + "…" + (rest[-show:] if show else ""))
+    if not show:
+        return "…"
+    return _printable(rest[:show] + "…" + rest[-show:])
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "·" for ch in text)
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character, as gitleaks computes it (over characters, not bytes)."""
+    n = len(text)
+    if not n:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+# Rough share of each character in lower-cased developer text (code, prose, logs, hex digests):
+# the prefilter starts each keyword at a character rare by this table.
+_FREQUENCY = {
+    "~": 0.002, "^": 0.003, "&": 0.004, "?": 0.007, "!": 0.013, "|": 0.015, "$": 0.017,
+    "`": 0.02, ";": 0.022, "{": 0.022, "}": 0.022, "<": 0.027, "%": 0.041, "j": 0.062,
+    "*": 0.074, "[": 0.085, "]": 0.085, "@": 0.091, "z": 0.131, "+": 0.14, ">": 0.154,
+    "\\": 0.166, "/": 0.23, "q": 0.289, "#": 0.324, "=": 0.406, ":": 0.455, "-": 0.466,
+    "w": 0.536, "v": 0.54, "(": 0.573, ")": 0.574, '"': 0.637, "k": 0.655, "x": 0.717,
+    ",": 0.777, "'": 0.83, "b": 0.944, "_": 0.963, "y": 0.981, "g": 1.104, ".": 1.153,
+    "h": 1.419, "m": 1.866, "p": 1.937, "u": 1.95, "f": 1.959, "c": 2.528, "d": 2.574,
+    "l": 3.314, "s": 3.803, "o": 4.061, "i": 4.426, "n": 4.429, "a": 4.561, "r": 5.063,
+    "t": 5.075, "e": 8.352, " ": 24.157, "\n": 3.0, "\t": 0.5,
+    **{d: 1.0 for d in "0123456789"},
+}  # fmt: skip
+
+
+class _Prefilter:
+    """Which of a set of lower-case keywords occur in a lower-cased text, in one regex pass.
+
+    Each keyword is looked for at an anchor: one of its characters, chosen to be rare in
+    developer text. The expression is one branch per anchor character, each followed by a
+    lookahead holding a trie of what follows that anchor in some keyword, every path ending
+    in a lookbehind over the whole keyword. `re` can only skip quickly to the first characters
+    of an expression's branches, so the fewer and rarer the anchors, the fewer places it stops;
+    and it reports only where a keyword really is. (Matching both cases instead of lower-casing
+    the text first measured slower: upper-case anchors are common in code.)
+    """
+
+    def __init__(self, keywords: Sequence[str]):
+        def freq(ch: str) -> float:
+            return _FREQUENCY.get(ch, 0.01)
+
+        kws = sorted(set(keywords))
+        # Rarest characters first until every keyword holds one, then drop those that became
+        # unnecessary, most common first: the fewer occurrences of anchors in a text, the fewer
+        # tries of the expression.
+        chars: set[str] = set()
+        for ch in sorted({c for kw in kws for c in kw}, key=lambda c: (freq(c), c)):
+            if all(chars & set(kw) for kw in kws):
+                break
+            chars.add(ch)
+        for ch in sorted(chars, key=lambda c: (-freq(c), c)):
+            if all((chars - {ch}) & set(kw) for kw in kws):
+                chars.discard(ch)
+
+        # A keyword ending at its anchor is checked by lookbehinds at every occurrence of the
+        # anchor; one with characters after its anchor, by a lookahead that usually fails at
+        # once. So a keyword is anchored before its end when that character is not much more
+        # common.
+        def place(kw: str) -> int:
+            def weight(i: int) -> tuple[float, int]:
+                return (freq(kw[i]) * (2 if i == len(kw) - 1 else 1), i)
+
+            return min((i for i in range(len(kw)) if kw[i] in chars), key=weight)
+
+        placed = [(kw, place(kw)) for kw in kws]
+        self._keywords: list[str] = []
+        self._also: list[list[tuple[str, int]]] = []
+        by_anchor: dict[str, list[tuple[str, str]]] = {}
+        ends: dict[str, list[tuple[str, str]]] = {}
+        for kw, offset in placed:
+            index = len(self._keywords)
+            self._keywords.append(kw)
+            # Keywords that can occur at the same anchor position as this one: where one is
+            # found the others are checked too (an alternation stops at its first success).
+            self._also.append(
+                [
+                    (other, o)
+                    for other, o in placed
+                    if other != kw
+                    and other[o] == kw[offset]
+                    and (kw[:offset].endswith(other[:o]) or other[:o].endswith(kw[:offset]))
+                    and (kw[offset:].startswith(other[o:]) or other[o:].startswith(kw[offset:]))
+                ]
+            )
+            if offset == len(kw) - 1:
+                ends.setdefault(kw[offset], []).append((kw, f"(?P<k{index}>)"))
+            else:
+                # Where the keyword ends, a lookbehind checks all of it.
+                check = f"(?<={re.escape(kw)})(?P<k{index}>)"
+                by_anchor.setdefault(kw[offset], []).append((kw[offset + 1 :], check))
+        alternatives = []
+        # The most common anchor first: `re` tries the branches in order.
+        for ch in sorted(set(by_anchor) | set(ends), key=lambda c: (-freq(c), c)):
+            parts = [_trie(by_anchor[ch])] if ch in by_anchor else []
+            if ch in ends:
+                parts.append(_behind(ends[ch], 1))
+            body = parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+            alternatives.append(f"{re.escape(ch)}(?={body})")
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+
+    def present(self, lowered: str) -> set[str]:
+        found: set[str] = set()
+        if self._regex is None:
+            return found
+        for m in self._regex.finditer(lowered):
+            index = int(m.lastgroup[1:])  # type: ignore[index]
+            found.add(self._keywords[index])
+            also = self._also[index]
+            if also:
+                pos = m.start()
+                for kw, offset in also:
+                    if pos >= offset and lowered.startswith(kw, pos - offset):
+                        found.add(kw)
+        return found
+
+
+def _behind(entries: list[tuple[str, str]], known: int) -> str:
+    """Keywords that end here and share their last `known` characters, checked backwards one
+    character at a time (a trie of lookbehinds), so that most fail at their first check."""
+    done = [mark for kw, mark in entries if len(kw) == known]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for kw, mark in entries:
+        if len(kw) > known:
+            groups.setdefault(kw[-known - 1], []).append((kw, mark))
+    parts = []
+    for _, group in sorted(groups.items()):
+        if len(group) == 1:
+            kw, mark = group[0]
+            parts.append(f"(?<={re.escape(kw)}){mark}")
+            continue
+        suffix = group[0][0][-known - 1 :]
+        parts.append(f"(?<={re.escape(suffix)})" + _behind(group, known + 1))
+    parts += done
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+
+def _trie(leaves: list[tuple[str, str]]) -> str:
+    """An alternation of (literal, suffix-expression) pairs, factored on shared first characters,
+    longest literal first so that a longer keyword is not hidden by its prefix."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    ends = []
+    for text, tail in leaves:
+        if text:
+            groups.setdefault(text[0], []).append((text[1:], tail))
+        else:
+            ends.append(tail)
+    parts = [re.escape(ch) + _trie(sub) for ch, sub in sorted(groups.items())]
+    parts += ends
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+
+@dataclass(slots=True)
+class _Raw:
+    """A rule's finding before overlaps are merged: secret span and the whole match's span."""
+
+    start: int
+    end: int
+    match_start: int
+    match_end: int
+
+
+class _Text:
+    """One text being scanned, with what every rule run on it shares."""
+
+    __slots__ = ("lowered", "memo", "text")
+
+    def __init__(self, text: str, lowered: str):
+        self.text = text
+        # Folded patterns need the lower-cased text to line up with the original, character for
+        # character; a few characters (such as 'İ') lower-case to two, and then they cannot run.
+        self.lowered = lowered if len(lowered) == len(text) else None
+        self.memo: dict[int, list[_Raw]] = {}
+
+
+class Scanner:
+    """A loaded rule set, ready to find and scrub secrets; deterministic, and safe to share."""
+
+    def __init__(self, rules: RuleSet, *, window: int = WINDOW, overlap: int = OVERLAP):
+        if window < 1 or overlap < 0:
+            raise ValueError("window must be >= 1 and overlap >= 0")
+        self.rules = rules
+        self.window = window
+        self.overlap = overlap
+        self._rules = rules.rules
+        self._index = {rule.id: i for i, rule in enumerate(self._rules)}
+        self._folded = [
+            r.folded is not None and r.folded.pattern != r.regex.pattern for r in self._rules
+        ]
+        by_keyword: dict[str, list[int]] = {}
+        always: list[int] = []
+        for i, rule in enumerate(self._rules):
+            if rule.skip_report:
+                continue  # runs only as another rule's companion
+            if not rule.keywords:
+                always.append(i)
+            for kw in rule.keywords:
+                by_keyword.setdefault(kw, []).append(i)
+        self._always = always
+        self._by_keyword = by_keyword
+        self._prefilter = _Prefilter(list(by_keyword))
+        # For JSON text (provenance as one string): what a keyword looks like once JSON escapes
+        # it is unknown, so such a keyword is looked for up to its first escaped character.
+        json_safe = {re.split(r'["\\\x00-\x1f]', kw, maxsplit=1)[0] for kw in by_keyword}
+        self._json_always = bool(always) or "" in json_safe
+        self._json_prefilter = _Prefilter(sorted(json_safe - {""}))
+        self._global = list(rules.allowlists)
+
+    @classmethod
+    def load(cls, extra_rules: Sequence[Path] = (), *, include_default: bool = True) -> Scanner:
+        """Our rules plus each of `extra_rules` (gitleaks-format TOML); RulesError if invalid."""
+        return cls(load_rules(extra_rules, include_default=include_default))
+
+    @property
+    def name(self) -> str:
+        """The title of the first rule file (ours, unless the default set was left out)."""
+        return self.rules.sources[0].title
+
+    @property
+    def version(self) -> str:
+        return self.rules.sources[0].version
+
+    @property
+    def sources(self) -> tuple[RuleSource, ...]:
+        return self.rules.sources
+
+    # --- text ---------------------------------------------------------------------------
+
+    def find(self, text: str) -> list[Finding]:
+        """Every secret in `text`, in order, overlapping findings merged into one."""
+        if not text:
+            return []
+        lowered = text.lower()
+        keywords = self._prefilter.present(lowered)
+        if not keywords and not self._always:
+            return []  # most texts: no keyword, no rule to run
+        candidates = self._candidates(keywords)
+        return self._find(text, lowered, candidates) if candidates else []
+
+    def scrub(self, text: str) -> tuple[str, list[Finding]]:
+        """`text` with every finding replaced by `[REDACTED:<rule-id>]`, and the findings."""
+        findings = self.find(text)
+        return _replace(text, findings), findings
+
+    def _candidates(self, keywords: set[str]) -> list[int]:
+        if not keywords:
+            return list(self._always)
+        chosen = set(self._always)
+        for kw in keywords:
+            chosen.update(self._by_keyword[kw])
+        return sorted(chosen)
+
+    def _find(self, text: str, lowered: str, candidates: list[int]) -> list[Finding]:
+        state = _Text(text, lowered)
+        raws: list[tuple[int, int, int]] = []
+        for i in candidates:
+            for raw in self._reported(i, state):
+                raws.append((raw.start, i, raw.end))
+        if not raws:
+            return []
+        raws.sort()
+        merged: list[Finding] = []
+        cur_start, cur_rule, cur_end = raws[0]
+        for start, rule, end in raws[1:]:
+            if start < cur_end:
+                cur_end = max(cur_end, end)
+                continue
+            merged.append(Finding(self._rules[cur_rule].id, cur_start, cur_end))
+            cur_start, cur_rule, cur_end = start, rule, end
+        merged.append(Finding(self._rules[cur_rule].id, cur_start, cur_end))
+        return merged
+
+    def _reported(self, i: int, state: _Text) -> list[_Raw]:
+        """Rule i's findings, with a composite rule's companions checked."""
+        rule = self._rules[i]
+        if not rule.required:
+            return self._raw(i, state)
+        companions = []
+        for req in rule.required:
+            found = self._raw(self._index[req.rule_id], state)
+            if not found:
+                return []  # the companion is missing: the primary pattern need not even run
+            companions.append((req, found))
+        text = state.text
+        kept = []
+        for raw in self._raw(i, state):
+            line, col = _line_col(text, raw.match_start)
+            if all(
+                any(
+                    _near(req.within_lines, req.within_columns, line, col, text, c.match_start)
+                    for c in found
+                )
+                for req, found in companions
+            ):
+                kept.append(raw)
+        return kept
+
+    def _raw(self, i: int, state: _Text) -> list[_Raw]:
+        cached = state.memo.get(i)
+        if cached is not None:
+            return cached
+        rule = self._rules[i]
+        text = state.text
+        lowered = state.lowered if self._folded[i] else None
+        if lowered is not None:
+            assert rule.folded is not None
+            pattern, subject = rule.folded, lowered
+        else:
+            pattern, subject = rule.regex, text
+        out: list[_Raw] = []
+        for m in self._matches(pattern, subject):
+            start, end = _secret_span(m, rule.secret_group)
+            if start >= end:
+                continue
+            secret = text[start:end]
+            if rule.entropy and shannon_entropy(secret) <= rule.entropy:
+                continue
+            if self._allowed(rule, text, secret, m.start(), m.end()):
+                continue
+            out.append(_Raw(start, end, m.start(), m.end()))
+        state.memo[i] = out
+        return out
+
+    def _matches(self, pattern: re.Pattern[str], subject: str) -> Iterator[re.Match[str]]:
+        n = len(subject)
+        window, overlap = self.window, self.overlap
+        if n <= window + overlap:
+            yield from pattern.finditer(subject)
+            return
+        start = 0
+        while start < n:
+            accept = start + window
+            stop = min(n, accept + overlap)
+            last = start
+            for m in pattern.finditer(subject, start, stop):
+                if m.start() >= accept:
+                    break
+                if m.end() == stop and stop < n:
+                    # It may go on past this window (or only matched because the window ended).
+                    full = pattern.match(subject, m.start())
+                    if full is None:
+                        continue
+                    m = full
+                yield m
+                last = max(last, m.end())
+            start = max(accept, last)
+
+    def _allowed(self, rule: Rule, text: str, secret: str, mstart: int, mend: int) -> bool:
+        lists: list[Allowlist] = [
+            a for a in self._global if a.target_rules is None or rule.id in a.target_rules
+        ]
+        lists += rule.allowlists
+        if not lists:
+            return False
+        match = text[mstart:mend]
+        line = ""
+        if any(a.target == "line" for a in lists):
+            line = text[text.rfind("\n", 0, mstart) + 1 : _line_end(text, mend)]
+        return any(a.allows(secret, match, line) for a in lists)
+
+    # --- records ------------------------------------------------------------------------
+
+    def scrub_record(self, record: Record) -> tuple[Record, list[RecordFinding]]:
+        """The record with secrets redacted in its free-text fields, and what was found.
+
+        Observation content and every string in its provenance (at any depth), capsule intent,
+        summary content, pin reason. Ids, timestamps, scope ids and everything else stay as
+        they are; a record without findings is returned as is (the same object).
+        """
+        entity = entity_of(record)
+        findings: list[RecordFinding] = []
+        changes: dict[str, Any] = {}
+
+        def text_field(name: str, value: str | None) -> None:
+            if not value:
+                return
+            new, found = self.scrub(value)
+            if found:
+                changes[name] = new
+                findings.extend(
+                    RecordFinding(entity, record.id, name, f.rule_id, mask(value[f.start : f.end]))
+                    for f in found
+                )
+
+        if isinstance(record, Observation):
+            text_field("content", record.content)
+            if record.provenance and self._provenance_candidates(record.provenance):
+                new_prov = self._scrub_tree(
+                    record.provenance, "provenance", None, entity, record.id, findings
+                )
+                if new_prov is not record.provenance:
+                    changes["provenance"] = new_prov
+        elif isinstance(record, Capsule):
+            text_field("intent", record.intent)
+        elif isinstance(record, Summary):
+            text_field("content", record.content)
+        elif isinstance(record, Pin):
+            text_field("reason", record.reason)
+        if not changes:
+            return record, findings
+        return msgspec.structs.replace(record, **changes), findings
+
+    def _provenance_candidates(self, provenance: dict[str, Any]) -> bool:
+        """Whether any rule could find anything in the provenance: one pass over its JSON."""
+        if self._json_always:
+            return True
+        try:
+            blob = msgspec.json.encode(provenance).decode("utf-8", "surrogatepass")
+        except (TypeError, ValueError, msgspec.EncodeError):
+            return True
+        return bool(self._json_prefilter.present(blob.lower()))
+
+    def _scrub_tree(
+        self,
+        value: Any,
+        path: str,
+        key: str | None,
+        entity: str,
+        record_id: str,
+        findings: list[RecordFinding],
+    ) -> Any:
+        """The value with secrets in its strings redacted; the same object if none were."""
+        if isinstance(value, str):
+            found = self._find_in_value(value, key)
+            if not found:
+                return value
+            findings.extend(
+                RecordFinding(entity, record_id, path, f.rule_id, mask(value[f.start : f.end]))
+                for f in found
+            )
+            return _replace(value, found)
+        if isinstance(value, dict):
+            out: dict[Any, Any] | None = None
+            for k, v in value.items():
+                new = self._scrub_tree(v, f"{path}.{k}", str(k), entity, record_id, findings)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+            return value if out is None else out
+        if isinstance(value, list):
+            items: list[Any] | None = None
+            for index, v in enumerate(value):
+                new = self._scrub_tree(v, f"{path}[{index}]", None, entity, record_id, findings)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[index] = new
+            return value if items is None else items
+        return value
+
+    def _find_in_value(self, value: str, key: str | None) -> list[Finding]:
+        """Findings in a string value; under a key, scanned as `key="value"`, so that
+        {"DB_PASSWORD": "hunter2"} is found as DB_PASSWORD="hunter2" would be."""
+        if key is None or len(key) > 100 or any(c in value for c in '"\\\r\n'):
+            return self.find(value)
+        offset = len(key) + 2
+        text = f'{key}="{value}"'
+        found = []
+        for f in self.find(text):
+            start, end = max(f.start, offset), min(f.end, offset + len(value))
+            if start < end:
+                found.append(Finding(f.rule_id, start - offset, end - offset))
+        return found
+
+
+def _secret_span(m: re.Match[str], group: int) -> tuple[int, int]:
+    if group:
+        return m.span(group)
+    if m.re.groups:
+        for g in range(1, m.re.groups + 1):
+            start, end = m.span(g)
+            if end > start:
+                return start, end
+    start, end = m.span()
+    text = m.string
+    while start < end and text[start] == "\n":
+        start += 1
+    while end > start and text[end - 1] == "\n":
+        end -= 1
+    return start, end
+
+
+def _line_end(text: str, pos: int) -> int:
+    end = text.find("\n", pos)
+    return len(text) if end < 0 else end
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos), pos - (text.rfind("\n", 0, pos) + 1)
+
+
+def _near(
+    within_lines: int | None,
+    within_columns: int | None,
+    line: int,
+    col: int,
+    text: str,
+    other: int,
+) -> bool:
+    other_line, other_col = _line_col(text, other)
+    if within_lines is not None and abs(line - other_line) > within_lines:
+        return False
+    return within_columns is None or abs(col - other_col) <= within_columns
+
+
+def _replace(text: str, findings: Sequence[Finding]) -> str:
+    if not findings:
+        return text
+    parts = []
+    pos = 0
+    for f in findings:
+        parts.append(text[pos : f.start])
+        parts.append(redaction(f.rule_id))
+        pos = f.end
+    parts.append(text[pos:])
+    return "".join(parts)
