@@ -2,8 +2,8 @@
 
 The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
 (Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
-composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress)
-and `cli`.
+composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress),
+`scrub` (secret rules and the scanner) and `cli`.
 """
 
 from kindling_bundle.db.connection import open_store
@@ -34,10 +34,11 @@ from kindling_bundle.errors import (
     IntegrityError,
     KindlingBundleError,
     RecordError,
+    RulesError,
     StorageError,
     StoreError,
 )
-from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
@@ -56,9 +57,11 @@ from kindling_bundle.ops.datasets import open_dataset
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
+from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import VerifyReport, verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
+from kindling_bundle.scrub import RecordFinding, Scanner, Scrubber
 
 __version__ = "0.1.0"
 
@@ -89,6 +92,12 @@ __all__ = [
     "Pin",
     "ProgressCallback",
     "RecordError",
+    "RecordFinding",
+    "RulesError",
+    "ScanReport",
+    "Scanner",
+    "ScrubInfo",
+    "Scrubber",
     "StorageError",
     "StoreError",
     "Summary",
@@ -117,6 +126,8 @@ __all__ = [
     "open_kindling_json",
     "open_store",
     "read_manifest",
+    "scan_database",
+    "scan_records",
     "snapshot",
     "verify_bundle",
     "verify_import_integrity",

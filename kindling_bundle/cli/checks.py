@@ -1,9 +1,11 @@
-"""verify, inspect and check: look at a bundle, a Kindling JSON export or a database."""
+"""verify, inspect, check and scan: look at a bundle, a Kindling JSON export or a database."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -13,18 +15,24 @@ from kindling_bundle.cli.options import (
     default_db,
     iso,
     progress_for,
+    scanner_options,
     source_name,
     storage_options,
 )
 from kindling_bundle.cli.output import Failed, Output, print_integrity
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import read_manifest
+from kindling_bundle.format.reader import open_bundle, read_manifest
+from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.sniff import peek_format
-from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, open_source
-from kindling_bundle.kindling_json.reader import verify_kindling_json
+from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, STDIO, is_url, open_source
+from kindling_bundle.kindling_json.reader import open_kindling_json, verify_kindling_json
+from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle
+from kindling_bundle.records import ENTITY_TYPES
+from kindling_bundle.scrub import RecordFinding, Scanner
 
 
 @click.command()
@@ -101,6 +109,13 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
         f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
     )
     out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    if manifest.scrub is not None:
+        scrub = manifest.scrub
+        files = ", ".join(f"{f.name} ({f.sha256[:12]})" for f in scrub.rule_files)
+        out.line(
+            f"scrubbed: {scrub.findings} secrets in {scrub.records} records redacted by "
+            f"{scrub.rule_set.name} {scrub.rule_set.version}; rule files {files}"
+        )
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
@@ -137,3 +152,133 @@ def check(db: Path | None, sample_size: int, out: Output) -> None:
             f"{db_path}: integrity check failed: {first.kind}: {first.entity} {first.id}: "
             f"{first.detail} ({len(report.problems)} problems in all)"
         )
+
+
+class _OutputClosed(Exception):
+    """Standard output went away (`scan ... | head`): not a failure to read the source, which
+    is what an OSError inside `open_source` would be taken for."""
+
+
+class _Findings:
+    """Prints each finding as it comes (a table row, or an element of the JSON document's
+    `findings` list), so that nothing is kept however many there are."""
+
+    _COLUMNS = (("entity", 13), ("id", 36), ("field", 20), ("rule", 24))
+
+    def __init__(self, out: Output, progress: Progress):
+        self.out = out
+        self.progress = progress
+        self.count = 0
+
+    def start(self, source: str, kind: str) -> None:
+        if self.out.as_json:
+            head = json.dumps({"source": source, "format": kind}, indent=2, ensure_ascii=False)
+            try:
+                click.echo(head[:-2] + ',\n  "findings": [', nl=False)
+            except BrokenPipeError:
+                raise _OutputClosed from None
+
+    def __call__(self, finding: RecordFinding) -> None:
+        try:
+            self._print(finding)
+        except BrokenPipeError:
+            raise _OutputClosed from None
+
+    def _print(self, finding: RecordFinding) -> None:
+        self.progress.close()  # erased first, so that a row never lands on the progress line
+        values = (finding.entity, finding.id, finding.field, finding.rule_id)
+        if self.out.as_json:
+            row = dict(zip(("entity", "id", "field", "rule"), values, strict=True))
+            text = json.dumps({**row, "preview": finding.preview}, ensure_ascii=False)
+            click.echo(("\n    " if not self.count else ",\n    ") + text, nl=False)
+        else:
+            if not self.count:
+                self.out.line(self._row(name for name, _ in self._COLUMNS) + "preview")
+            self.out.line(self._row(values) + finding.preview)
+        self.count += 1
+
+    def end(self, rest: dict[str, Any]) -> None:
+        if self.out.as_json:
+            tail = json.dumps(rest, indent=2, ensure_ascii=False)
+            click.echo(("\n  ]" if self.count else "]") + ",\n  " + tail[4:])
+
+    def _row(self, values: Iterable[str]) -> str:
+        return "".join(
+            f"{value:<{width}} " for value, (_, width) in zip(values, self._COLUMNS, strict=True)
+        )
+
+
+@click.command()
+@click.argument("source", metavar="SOURCE")
+@scanner_options
+@storage_options
+@common_options
+def scan(source: str, scanner: Scanner, out: Output, storage_options: dict[str, Any]) -> None:
+    """Look for secrets (tokens, keys, passwords, private keys, credentials in URLs) in a
+    database, a bundle (a path, - or a URL) or a Kindling JSON export, told by its content.
+
+    Lists each finding: entity, record id, field, rule and a masked preview, never the secret
+    itself. Exits 0 when nothing is found and 1 when anything is, so it can guard a script
+    before a bundle is shared; `export --scrub` writes one with every finding redacted.
+    """
+    progress = progress_for("scan", out)
+    printer = _Findings(out, progress)
+    try:
+        with open_source(source, storage_options=storage_options) as stream:
+            kind, stream = peek_format(stream)
+            if kind is None:
+                raise BundleError(
+                    f"{source}: not a bundle, a Kindling JSON export or a Kindling database "
+                    "(by its first bytes)"
+                )
+            printer.start(source, kind)
+            try:
+                report = _scan(source, kind, stream, scanner, printer, progress)
+            finally:
+                progress.close()
+    except _OutputClosed:
+        raise BrokenPipeError from None  # run() ends quietly, as for any closed pipe
+    summary = report.tally
+    scanned = sum(report.records.values())
+    printer.end(report.to_dict())
+    if report.clean:
+        out.line(f"{source}: no secrets found ({scanned:,} records scanned)")
+        return
+    rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.by_rule.items()))
+    out.line(f"{summary.findings} secrets in {summary.records} of {scanned:,} records: {rules}")
+    raise Failed(
+        f"{source}: {summary.findings} possible secrets in {summary.records} records "
+        "(export --scrub redacts them)"
+    )
+
+
+def _scan(
+    source: str,
+    kind: str,
+    stream: BinaryIO,
+    scanner: Scanner,
+    on_finding: _Findings,
+    progress: Progress,
+) -> ScanReport:
+    name = source_name(source)
+    if kind == "database":
+        if source == STDIO or is_url(source):
+            raise BundleError(f"{source}: a Kindling database can only be scanned as a local file")
+        conn = open_store(Path(source), readonly=True)
+        try:
+            progress.total_records = sum(
+                conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0]
+                for entity in ENTITY_TYPES
+            )
+            return scan_database(conn, scanner, on_finding=on_finding, progress=progress)
+        finally:
+            conn.close()
+    if kind == "bundle":
+        with open_bundle(stream, name=name) as bundle:
+            assert bundle.manifest is not None  # open_bundle has read it
+            progress.total_records = bundle.manifest.total_records
+            records = bundle.records()
+            return scan_records(records, scanner, on_finding=on_finding, progress=progress)
+    with open_kindling_json(stream, name=name) as export:
+        records = export.records()
+        return scan_records(records, scanner, on_finding=on_finding, progress=progress)

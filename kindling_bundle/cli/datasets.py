@@ -9,6 +9,8 @@ import click
 
 from kindling_bundle.cli.options import (
     common_options,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
 )
@@ -21,6 +23,7 @@ from kindling_bundle.ops.convert import bundle_to_kindling_json, kindling_json_t
 from kindling_bundle.ops.merge import diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.records import CONFLICT_STRATEGIES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 @click.command()
@@ -62,21 +65,29 @@ def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> 
     help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
     "(Kindling's default export leaves redacted observations out).",
 )
+@scrub_options
 @storage_options
 @common_options
 def convert(
-    source: str, dest: str, drop_dangling: bool, out: Output, storage_options: dict[str, Any]
+    source: str,
+    dest: str,
+    drop_dangling: bool,
+    scrub: Scanner | None,
+    out: Output,
+    storage_options: dict[str, Any],
 ) -> None:
     """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
 
     What SOURCE is, is told by its content; DEST gets the other format. Either may be `-`
-    (standard input or output) or a URL. DEST appears only when complete.
+    (standard input or output) or a URL. DEST appears only when complete. With --scrub,
+    secrets are redacted on the way (see `export --scrub`).
     """
     with open_source(source, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
         if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
+            scrubbed = None
             if kind == "kindling-json":
                 dangling = DanglingReport()
                 manifest = kindling_json_to_bundle(
@@ -85,16 +96,23 @@ def convert(
                     drop_dangling=drop_dangling,
                     dangling=dangling,
                     name=source_name(source),
+                    scrub=scrub,
                 )
                 counts = {entry.entity: entry.records for entry in manifest.entities}
+                if manifest.scrub is not None:
+                    scrubbed = manifest.to_dict()["scrub"]
             else:
                 dangling = None
-                counts = bundle_to_kindling_json(stream, target)
+                scrubber = Scrubber(scrub) if scrub is not None else None
+                counts = bundle_to_kindling_json(stream, target, scrub=scrubber)
+                if scrubber is not None:
+                    scrubbed = scrubber.manifest()
     to = "bundle" if kind == "kindling-json" else "kindling-json"
     to_stderr = dest == STDIO  # the converted data is on standard output
     out.line(
         f"wrote {dest} ({to}): " + ", ".join(f"{n} {e}" for e, n in counts.items()), err=to_stderr
     )
+    scrub_line(out, scrubbed, err=to_stderr)
     if dangling is not None and dangling.total:
         out.line(
             f"left out {dangling.links} capsule links, {dangling.summaries} summaries and "
@@ -109,6 +127,7 @@ def convert(
             "to": to,
             "records": counts,
             "dangling": dangling.to_dict() if dangling is not None else None,
+            "scrub": scrubbed,
         },
         err=to_stderr,
     )
@@ -152,14 +171,21 @@ def diff(a: str, b: str, out: Output) -> None:
     help="Leave out references that no input can satisfy, instead of failing.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@scrub_options
 @common_options
 def merge(
-    paths: tuple[str, ...], conflict: str, drop_dangling: bool, force: bool, out: Output
+    paths: tuple[str, ...],
+    conflict: str,
+    drop_dangling: bool,
+    force: bool,
+    scrub: Scanner | None,
+    out: Output,
 ) -> None:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle OUT.
 
     OUT holds the union; it verifies and imports (every reference resolves). OUT is never
-    replaced unless --force is given, so a forgotten OUT cannot overwrite an input.
+    replaced unless --force is given, so a forgotten OUT cannot overwrite an input. With
+    --scrub, secrets in OUT are redacted (see `export --scrub`).
     """
 
     if len(paths) < 3:
@@ -175,8 +201,11 @@ def merge(
         dest,
         conflict=conflict,  # type: ignore[arg-type]
         drop_dangling=drop_dangling,
+        scrub=scrub,
     )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
+    if report.manifest is not None and report.manifest.scrub is not None:
+        scrub_line(out, report.manifest.to_dict()["scrub"])
     conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}
     if conflicts:
         settled = "kept the first" if conflict == "skip" else "kept the last"

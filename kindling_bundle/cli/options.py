@@ -14,6 +14,7 @@ import click
 from kindling_bundle.cli.output import Output
 from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.storage import STDIO, parse_storage_options
+from kindling_bundle.scrub import Scanner
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,6 +61,65 @@ def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, storage_options=options, **kwargs)
 
     return wrapper
+
+
+_RULES_HELP = (
+    "A gitleaks-format rule file (TOML) whose rules are added to ours; a rule with an id of "
+    "ours replaces it (repeatable)."
+)
+
+
+def _rules_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--rules",
+        "rule_files",
+        multiple=True,
+        metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=_RULES_HELP,
+    )(func)
+
+
+def scanner_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--rules; hands the command a loaded `scanner` (ours plus the user's rules)."""
+
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        return func(*args, scanner=Scanner.load(rule_files), **kwargs)
+
+    return wrapper
+
+
+def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--scrub and --rules; hands the command `scrub`, a loaded Scanner or None."""
+
+    @click.option(
+        "--scrub",
+        is_flag=True,
+        help="Replace every secret found in observation content, provenance, capsule intents, "
+        "summaries and pin reasons by [REDACTED:<rule-id>] (see `scan`).",
+    )
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, scrub: bool, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        if rule_files and not scrub:
+            raise click.UsageError("--rules applies only with --scrub")
+        return func(*args, scrub=Scanner.load(rule_files) if scrub else None, **kwargs)
+
+    return wrapper
+
+
+def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) -> None:
+    """One line saying what scrubbing replaced (nothing when the output was not scrubbed)."""
+    if scrub is None:
+        return
+    rules = ", ".join(f"{rule} {n}" for rule, n in scrub["byRule"].items())
+    out.line(
+        f"scrubbed {scrub['findings']} secrets in {scrub['records']} records"
+        + (f" ({rules})" if rules else ""),
+        err=err,
+    )
 
 
 class EpochMs(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click

@@ -17,6 +17,8 @@ from kindling_bundle.cli.options import (
     db_option,
     default_db,
     progress_for,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
 )
@@ -30,6 +32,7 @@ from kindling_bundle.ops.convert import export_kindling_json, import_kindling_js
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 class _Hashing:
@@ -90,6 +93,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
 @click.argument("out_target", metavar="OUT")
+@scrub_options
 @storage_options
 @common_options
 def export(
@@ -104,6 +108,7 @@ def export(
     created_at: int | None,
     out_format: str,
     out_target: str,
+    scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
 ) -> None:
@@ -115,6 +120,9 @@ def export(
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+
+    With --scrub, every secret `scan` would find is replaced by [REDACTED:<rule-id>] on the way
+    out (the database is not changed), and the bundle's manifest says so.
     """
 
     scope = {
@@ -129,7 +137,7 @@ def export(
     }
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level)
+        opts = BundleOptions(filter=selection, created_at=created_at, level=level, scrub=scrub)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     db_path = db or default_db()
@@ -140,11 +148,14 @@ def export(
             conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
         )
     manifest: Manifest | None = None
+    scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
 
     def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
-            return export_kindling_json(conn, dest, selection, exported_at=created_at)
+            return export_kindling_json(
+                conn, dest, selection, exported_at=created_at, scrub=scrubber
+            )
         on_output = hashing.update if hashing is not None else None
         manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
         return {entry.entity: entry.records for entry in manifest.entities}
@@ -173,6 +184,12 @@ def export(
         err=to_stderr,
     )
     out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    scrubbed = None
+    if scrubber is not None:
+        scrubbed = scrubber.manifest()
+    elif manifest is not None and manifest.scrub is not None:
+        scrubbed = manifest.to_dict()["scrub"]
+    scrub_line(out, scrubbed, err=to_stderr)
     out.result(
         {
             "database": str(db_path),
@@ -182,6 +199,7 @@ def export(
             "format": out_format,
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
+            "scrub": scrubbed,
         },
         err=to_stderr,
     )

@@ -20,6 +20,9 @@ from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
+"""What a bundle declares unless it uses a field a later minor version added."""
+SCRUB_FORMAT_VERSION = "1.1"
+"""What a scrubbed bundle declares: its manifest has the `scrub` field, which 1.1 added."""
 FORMAT_MAJOR = 1
 BUNDLE_EXTENSION = ".kbundle"
 
@@ -92,8 +95,40 @@ class EntityEntry(msgspec.Struct, frozen=True, kw_only=True):
     sha256: _SHA256
 
 
-class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The first member of every bundle (field order here is the order on the wire)."""
+class RuleSetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The rule set a bundle was scrubbed with: the title and version of its first rule file."""
+
+    name: str
+    version: str
+
+
+class RuleFileInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule file a bundle was scrubbed with: its base name (never a local path), title,
+    version, the SHA-256 of its bytes and how many rules of it applied."""
+
+    name: str
+    title: str
+    version: str
+    sha256: _SHA256
+    rules: _COUNT
+
+
+class ScrubInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """That the records' free text was scrubbed of secrets before the bundle was written, with
+    which rules, and how many findings by rule: counts only, never secret material."""
+
+    rule_set: RuleSetInfo
+    rule_files: list[RuleFileInfo]
+    records: _COUNT
+    """Records in which at least one secret was replaced."""
+    findings: _COUNT
+    by_rule: dict[str, _COUNT]
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """The first member of every bundle (field order here is the order on the wire). `scrub`
+    (format 1.1) is left out, not null, when the bundle was not scrubbed, so that such a
+    bundle stays byte for byte what a 1.0 writer made."""
 
     format: str
     format_version: str
@@ -102,6 +137,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     source: SourceInfo
     export_filter: FilterInfo = msgspec.field(name="filter")
     entities: list[EntityEntry]
+    scrub: ScrubInfo | None = None
 
     @property
     def total_records(self) -> int:

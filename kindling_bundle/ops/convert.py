@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +25,8 @@ from kindling_bundle.ops.write import (
     resolve_created_at,
     write_bundle_from_records,
 )
-from kindling_bundle.records import ConflictStrategy
+from kindling_bundle.records import ConflictStrategy, Record
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 def export_kindling_json(
@@ -33,12 +35,15 @@ def export_kindling_json(
     opts: ExportStreamOptions | None = None,
     *,
     exported_at: int | None = None,
+    scrub: Scrubber | None = None,
 ) -> dict[str, int]:
     """Export a database as a Kindling JSON export (from one read snapshot), so its content
     can go to a Kindling installation that only reads JSON. Redacted rows are included and
     marked. A filtered export brings the records its selection references (as a bundle export
     does), so the file is referentially closed and imports. `exported_at` defaults as a bundle's
-    creation time does ($SOURCE_DATE_EPOCH, else now). Returns the count per entity."""
+    creation time does ($SOURCE_DATE_EPOCH, else now). With `scrub`, secrets are redacted as
+    records are written (counted in `scrub.tally`; the JSON format has nowhere to say so).
+    Returns the count per entity."""
     opts = opts or ExportStreamOptions()
     if opts.filtered and not opts.include_references:
         opts = dataclasses.replace(opts, include_references=True)
@@ -46,7 +51,9 @@ def export_kindling_json(
     with snapshot(conn):
         streams = {entity: export(conn, opts) for entity, export in ENTITY_EXPORTS.items()}
         try:
-            return write_kindling_json(dest, streams, exported_at=exported_at, scope=opts.scope_ids)
+            return write_kindling_json(
+                dest, _scrubbed(streams, scrub), exported_at=exported_at, scope=opts.scope_ids
+            )
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams.values():
                 stream.close()  # type: ignore[attr-defined]
@@ -62,6 +69,7 @@ def kindling_json_to_bundle(
     dangling: DanglingReport | None = None,
     name: str | None = None,
     progress: ProgressCallback | None = None,
+    scrub: Scanner | None = None,
 ) -> Manifest:
     """Write a Kindling JSON export as a bundle, in one pass over the JSON.
 
@@ -69,7 +77,8 @@ def kindling_json_to_bundle(
     an error, or with `drop_dangling` is left out and counted in `dangling`. The bundle's
     creation time is `created_at`, else the export's own `exportedAt` (so converting the same
     file twice gives the same bundle), else as for any bundle. The export's scope is recorded
-    as the bundle's filter when it uses the four scope keys a filter can name.
+    as the bundle's filter when it uses the four scope keys a filter can name. With `scrub`,
+    secrets are redacted (BundleOptions.scrub).
     """
     with open_kindling_json(src, name=name) as reader:
         records = iter(reader.records())
@@ -92,26 +101,39 @@ def kindling_json_to_bundle(
         return write_bundle_from_records(
             dest,
             dict(entity_streams(closed)),
-            BundleOptions(filter=export_filter, created_at=created_at, level=level),
+            BundleOptions(filter=export_filter, created_at=created_at, level=level, scrub=scrub),
             progress=progress,
         )
 
 
-def bundle_to_kindling_json(src: BundleSource, dest: str | Path | BinaryIO) -> dict[str, int]:
+def bundle_to_kindling_json(
+    src: BundleSource, dest: str | Path | BinaryIO, *, scrub: Scrubber | None = None
+) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
     `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
     counts) and against the record rules, so the export imports; on a damaged bundle a path
-    destination is left untouched."""
+    destination is left untouched. With `scrub`, secrets are redacted as records are written
+    (counted in `scrub.tally`)."""
     with open_bundle(src) as reader:
         manifest = reader.manifest
         assert manifest is not None  # open_bundle has read it
         records = close_references(reader.records(), drop=False, name=reader.label)
+        if scrub is not None:
+            records = scrub.records(records)
         return write_kindling_json(
             dest,
             dict(entity_streams(records)),
             exported_at=manifest.created_at,
             scope=manifest.export_filter.scope_ids,
         )
+
+
+def _scrubbed(
+    streams: dict[str, Iterator[Record]], scrub: Scrubber | None
+) -> Mapping[str, Iterable[Record]]:
+    if scrub is None:
+        return streams
+    return {entity: scrub.records(stream) for entity, stream in streams.items()}
 
 
 def import_kindling_json(

@@ -54,6 +54,7 @@ from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dat
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
+from kindling_bundle.scrub import Scanner
 
 _LISTED_IDS = 5
 
@@ -398,18 +399,21 @@ def merge_datasets(
     created_at: int | None = None,
     level: int = 3,
     spool_dir: str | None = None,
+    scrub: Scanner | None = None,
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`; then nothing is left at a path destination.
+    `drop_dangling`; then nothing is left at a path destination. With `scrub`, secrets in the
+    merged records are redacted (BundleOptions.scrub); which record wins is decided on the
+    records as the inputs hold them.
     """
     check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
     merger = _Merger(sources, conflict, drop_dangling, spool_dir)
     merger.build_index()
-    opts = BundleOptions(created_at=created_at, level=level)
+    opts = BundleOptions(created_at=created_at, level=level, scrub=scrub)
     merger.report.manifest = merger.write(dest, opts)
     return merger.report

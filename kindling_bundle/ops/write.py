@@ -35,6 +35,8 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
+
 from kindling_bundle.db.connection import KindlingConnection, open_store
 from kindling_bundle.db.export import (
     ENTITY_EXPORTS,
@@ -53,10 +55,12 @@ from kindling_bundle.format.manifest import (
     FORMAT_VERSION,
     FRAME_RECORDS,
     MANIFEST_MEMBER,
+    SCRUB_FORMAT_VERSION,
     EntityEntry,
     FilterInfo,
     Manifest,
     ProgressCallback,
+    ScrubInfo,
     SourceInfo,
     ToolInfo,
     encode_manifest,
@@ -69,6 +73,7 @@ from kindling_bundle.io.storage import atomic_file, check_local_destination
 from kindling_bundle.parallel.encoder import ChildEncoder, ReadingChild
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scanner, Scrubber
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -90,12 +95,15 @@ class BundleOptions:
     now. Fix it to get byte-identical bundles from identical data. `level`: zstd level 1-19.
     `parallel`: encode a large export's observations in a second process where the platform
     allows (kindling_bundle.parallel.encoder); the bundle is the same either way.
+    `scrub`: replace every secret this scanner finds in the records' free text by
+    `[REDACTED:<rule-id>]` as they are encoded, and say so in the manifest (format 1.1).
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
     created_at: int | None = None
     level: int = 3
     parallel: bool = True
+    scrub: Scanner | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.filter, ExportStreamOptions):
@@ -106,6 +114,8 @@ class BundleOptions:
             raise ValueError(f"level must be {MIN_LEVEL}..{MAX_LEVEL}, got {self.level}")
         if self.created_at is not None:
             _check_created_at(self.created_at, "created_at")
+        if self.scrub is not None and not isinstance(self.scrub, Scanner):
+            raise TypeError(f"scrub must be a Scanner, got {type(self.scrub).__name__}")
 
 
 def _check_created_at(value: object, what: str) -> int:
@@ -154,9 +164,10 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
+    scrubber = Scrubber(opts.scrub) if opts.scrub is not None else None
     with contextlib.ExitStack() as stack:
         spool = stack.enter_context(_spool(dest, label))
-        parallel = opts.parallel and _worth_a_process(conn)
+        parallel = opts.parallel and scrubber is None and _worth_a_process(conn)
         # Opened before the snapshot: it tells whether anything is committed after it starts.
         # (A caller's transaction may have begun before commits the witness would not see.)
         split = parallel and not selection.filtered and not conn.in_transaction
@@ -181,12 +192,15 @@ def write_bundle(
                             spool, side, rows, streams, label, progress, conn
                         )
                 else:
-                    members = _encode_entities(spool, streams, label, _Progress(progress))
+                    members = _encode_entities(
+                        spool, _scrubbed(streams, scrubber), label, _Progress(progress)
+                    )
             finally:  # finalize unfinished streams while the connection is open, not at GC
                 for stream in streams.values():
                     stream.close()  # type: ignore[attr-defined]
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, getattr(conn, "generation", None), selection, entries)
+        generation = getattr(conn, "generation", None)
+        manifest = _manifest(created_at, generation, selection, entries, scrubber)
         _write_archive(dest, label, members, manifest, opts.level, on_output)
     return manifest
 
@@ -213,12 +227,21 @@ def write_bundle_from_records(
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
+    scrubber = Scrubber(opts.scrub) if opts.scrub is not None else None
     with _spool(dest, label) as spool:
-        members = _encode_entities(spool, streams, label, _Progress(progress))
+        members = _encode_entities(spool, _scrubbed(streams, scrubber), label, _Progress(progress))
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, source_generation, opts.filter, entries)
+        manifest = _manifest(created_at, source_generation, opts.filter, entries, scrubber)
         _write_archive(dest, label, members, manifest, opts.level)
     return manifest
+
+
+def _scrubbed(
+    streams: Mapping[str, Iterable[Record]], scrubber: Scrubber | None
+) -> Mapping[str, Iterable[Record]]:
+    if scrubber is None:
+        return streams
+    return {entity: scrubber.records(stream) for entity, stream in streams.items()}
 
 
 def _manifest(
@@ -226,13 +249,17 @@ def _manifest(
     generation: int | None,
     export_filter: ExportStreamOptions,
     entries: list[EntityEntry],
+    scrubber: Scrubber | None = None,
 ) -> Manifest:
     from kindling_bundle import __version__
 
     scope = export_filter.scope_ids
+    scrub = None
+    if scrubber is not None:
+        scrub = msgspec.convert(scrubber.manifest(), ScrubInfo)
     return Manifest(
         format=FORMAT_NAME,
-        format_version=FORMAT_VERSION,
+        format_version=FORMAT_VERSION if scrub is None else SCRUB_FORMAT_VERSION,
         created_at=created_at,
         tool=ToolInfo(name=TOOL_NAME, version=__version__),
         source=SourceInfo(schema_generation=generation),
@@ -243,6 +270,7 @@ def _manifest(
             include_references=export_filter.include_references,
         ),
         entities=entries,
+        scrub=scrub,
     )
 
 

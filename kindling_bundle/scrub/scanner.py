@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,11 @@ class ScrubTally:
         if findings:
             self.records += 1
             self.by_rule.update(f.rule_id for f in findings)
+
+    def merge(self, records: int, by_rule: Mapping[str, int]) -> None:
+        """Add another tally's counts (a worker process's, say)."""
+        self.records += records
+        self.by_rule.update(by_rule)
 
     @property
     def findings(self) -> int:
@@ -597,6 +602,28 @@ class Scanner:
             if start < end:
                 found.append(Finding(f.rule_id, start - offset, end - offset))
         return found
+
+
+class Scrubber:
+    """A scanner applied to record streams on their way out (export, convert, merge), counting
+    what it replaced; `tally.manifest(scanner)` is what a bundle's manifest says of it."""
+
+    def __init__(self, scanner: Scanner):
+        self.scanner = scanner
+        self.tally = ScrubTally()
+
+    def records(self, records: Iterable[Record]) -> Iterator[Record]:
+        """Each record scrubbed (`Scanner.scrub_record`), in order."""
+        scrub = self.scanner.scrub_record
+        add = self.tally.add
+        for record in records:
+            new, findings = scrub(record)
+            if findings:
+                add(findings)
+            yield new
+
+    def manifest(self) -> dict[str, Any]:
+        return self.tally.manifest(self.scanner)
 
 
 def _secret_span(m: re.Match[str], group: int) -> tuple[int, int]:
