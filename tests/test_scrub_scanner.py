@@ -211,3 +211,23 @@ def test_tally_counts_by_rule_without_secrets(scanner: Scanner) -> None:
     assert record["ruleFiles"][0]["name"] == "rules.toml"
     text = msgspec.json.encode(record)
     assert GHP.encode() not in text and b"Tr0ub4dor" not in text
+
+
+def test_the_keyword_prefilter_misses_no_keyword_in_any_case(scanner: Scanner) -> None:
+    """Every keyword that `text.lower()` holds is reported, for texts packed with keywords in
+    mixed case, non-ASCII letters, lone surrogates and long runs between them."""
+    keywords = sorted(scanner._by_keyword)
+    prefilter = scanner._prefilter
+    rng = random.Random(20)
+    noise = ["é", "İ", "ſ", "K", "\ud800", "\n", " ", "x" * 5000, "ß", "😀"]
+    for _ in range(300):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            word = rng.choice(keywords)
+            parts.append("".join(c.upper() if rng.random() < 0.5 else c for c in word))
+            parts.append(rng.choice(noise))
+        text = "".join(parts)
+        expected = {kw for kw in keywords if kw in text.lower()}
+        found = prefilter.present(text.encode("utf-8", "surrogatepass"))
+        assert expected <= found, sorted(expected - found)
+    assert prefilter.present("plain words and a sha256 digest".encode()) == set()

@@ -1,10 +1,9 @@
 """Find secrets in text and replace them, fast enough to run on every record of an export.
 
-Most texts hold no secret, so the work goes into rejecting them quickly: one regular expression
-over the lower-cased text looks for every rule's keywords at once (gitleaks' prefilter), and a
-rule's own pattern runs only on texts holding one of its keywords. That combined expression
-starts each keyword at its rarest character (`token` is looked for as `k` followed by `en`),
-because `re` only skips quickly through text to a small set of first characters.
+Most texts hold no secret, so the work goes into rejecting them quickly: one pass of RE2's
+multi-pattern matcher looks for every rule's keywords at once, in any case (gitleaks'
+prefilter), and a rule's own pattern (Python `re`) runs only on texts holding one of its
+keywords.
 
 Work per text is bounded: patterns run over windows of at most `window + overlap` characters
 (a match is kept by the window it starts in, and one that reaches a window's end is matched
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import re2  # type: ignore[import-untyped]
 
 from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary, entity_of
 from kindling_bundle.scrub.rules import Allowlist, Rule, RuleSet, RuleSource, load_rules
@@ -148,146 +148,41 @@ def shannon_entropy(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
-# Rough share of each character in lower-cased developer text (code, prose, logs, hex digests):
-# the prefilter starts each keyword at a character rare by this table.
-_FREQUENCY = {
-    "~": 0.002, "^": 0.003, "&": 0.004, "?": 0.007, "!": 0.013, "|": 0.015, "$": 0.017,
-    "`": 0.02, ";": 0.022, "{": 0.022, "}": 0.022, "<": 0.027, "%": 0.041, "j": 0.062,
-    "*": 0.074, "[": 0.085, "]": 0.085, "@": 0.091, "z": 0.131, "+": 0.14, ">": 0.154,
-    "\\": 0.166, "/": 0.23, "q": 0.289, "#": 0.324, "=": 0.406, ":": 0.455, "-": 0.466,
-    "w": 0.536, "v": 0.54, "(": 0.573, ")": 0.574, '"': 0.637, "k": 0.655, "x": 0.717,
-    ",": 0.777, "'": 0.83, "b": 0.944, "_": 0.963, "y": 0.981, "g": 1.104, ".": 1.153,
-    "h": 1.419, "m": 1.866, "p": 1.937, "u": 1.95, "f": 1.959, "c": 2.528, "d": 2.574,
-    "l": 3.314, "s": 3.803, "o": 4.061, "i": 4.426, "n": 4.429, "a": 4.561, "r": 5.063,
-    "t": 5.075, "e": 8.352, " ": 24.157, "\n": 3.0, "\t": 0.5,
-    **{d: 1.0 for d in "0123456789"},
-}  # fmt: skip
-
-
 class _Prefilter:
-    """Which of a set of lower-case keywords occur in a lower-cased text, in one regex pass.
-
-    Each keyword is looked for at an anchor: one of its characters, chosen to be rare in
-    developer text. The expression is one branch per anchor character, each followed by a
-    lookahead holding a trie of what follows that anchor in some keyword, every path ending
-    in a lookbehind over the whole keyword. `re` can only skip quickly to the first characters
-    of an expression's branches, so the fewer and rarer the anchors, the fewer places it stops;
-    and it reports only where a keyword really is. (Matching both cases instead of lower-casing
-    the text first measured slower: upper-case anchors are common in code.)
+    """Which of a set of lower-case keywords occur in a text, in any case: one pass of RE2's
+    multi-pattern matcher, a DFA over the text's UTF-8 bytes, so the cost per character does
+    not grow with the number of keywords (Python's `re` tries an alternation at every place a
+    keyword could start). RE2 folds case as Unicode's simple folding does, so it finds every
+    keyword `text.lower()` would hold, and a few more (`ſ` for `s`): a prefilter may say yes
+    too often, never too rarely.
     """
 
+    # The automaton of a few hundred keywords needs well under a MiB of DFA states; RE2 gives
+    # up (and would answer "none") only if its budget ran out, so the budget is far above that.
+    _MAX_MEM = 64 << 20
+
     def __init__(self, keywords: Sequence[str]):
-        def freq(ch: str) -> float:
-            return _FREQUENCY.get(ch, 0.01)
+        self._keywords: dict[int, str] = {}
+        self._set: Any = None
+        if not keywords:
+            return
+        options = re2.Options()
+        options.literal = True
+        options.case_sensitive = False
+        options.max_mem = self._MAX_MEM
+        options.log_errors = False
+        matcher = re2.Set.SearchSet(options)
+        for keyword in sorted(set(keywords)):
+            self._keywords[matcher.Add(keyword)] = keyword
+        matcher.Compile()
+        self._set = matcher
 
-        kws = sorted(set(keywords))
-        # Rarest characters first until every keyword holds one, then drop those that became
-        # unnecessary, most common first: the fewer occurrences of anchors in a text, the fewer
-        # tries of the expression.
-        chars: set[str] = set()
-        for ch in sorted({c for kw in kws for c in kw}, key=lambda c: (freq(c), c)):
-            if all(chars & set(kw) for kw in kws):
-                break
-            chars.add(ch)
-        for ch in sorted(chars, key=lambda c: (-freq(c), c)):
-            if all((chars - {ch}) & set(kw) for kw in kws):
-                chars.discard(ch)
-
-        # A keyword ending at its anchor is checked by lookbehinds at every occurrence of the
-        # anchor; one with characters after its anchor, by a lookahead that usually fails at
-        # once. So a keyword is anchored before its end when that character is not much more
-        # common.
-        def place(kw: str) -> int:
-            def weight(i: int) -> tuple[float, int]:
-                return (freq(kw[i]) * (2 if i == len(kw) - 1 else 1), i)
-
-            return min((i for i in range(len(kw)) if kw[i] in chars), key=weight)
-
-        placed = [(kw, place(kw)) for kw in kws]
-        self._keywords: list[str] = []
-        self._also: list[list[tuple[str, int]]] = []
-        by_anchor: dict[str, list[tuple[str, str]]] = {}
-        ends: dict[str, list[tuple[str, str]]] = {}
-        for kw, offset in placed:
-            index = len(self._keywords)
-            self._keywords.append(kw)
-            # Keywords that can occur at the same anchor position as this one: where one is
-            # found the others are checked too (an alternation stops at its first success).
-            self._also.append(
-                [
-                    (other, o)
-                    for other, o in placed
-                    if other != kw
-                    and other[o] == kw[offset]
-                    and (kw[:offset].endswith(other[:o]) or other[:o].endswith(kw[:offset]))
-                    and (kw[offset:].startswith(other[o:]) or other[o:].startswith(kw[offset:]))
-                ]
-            )
-            if offset == len(kw) - 1:
-                ends.setdefault(kw[offset], []).append((kw, f"(?P<k{index}>)"))
-            else:
-                # Where the keyword ends, a lookbehind checks all of it.
-                check = f"(?<={re.escape(kw)})(?P<k{index}>)"
-                by_anchor.setdefault(kw[offset], []).append((kw[offset + 1 :], check))
-        alternatives = []
-        # The most common anchor first: `re` tries the branches in order.
-        for ch in sorted(set(by_anchor) | set(ends), key=lambda c: (-freq(c), c)):
-            parts = [_trie(by_anchor[ch])] if ch in by_anchor else []
-            if ch in ends:
-                parts.append(_behind(ends[ch], 1))
-            body = parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
-            alternatives.append(f"{re.escape(ch)}(?={body})")
-        self._regex = re.compile("|".join(alternatives)) if alternatives else None
-
-    def present(self, lowered: str) -> set[str]:
-        found: set[str] = set()
-        if self._regex is None:
-            return found
-        for m in self._regex.finditer(lowered):
-            index = int(m.lastgroup[1:])  # type: ignore[index]
-            found.add(self._keywords[index])
-            also = self._also[index]
-            if also:
-                pos = m.start()
-                for kw, offset in also:
-                    if pos >= offset and lowered.startswith(kw, pos - offset):
-                        found.add(kw)
-        return found
-
-
-def _behind(entries: list[tuple[str, str]], known: int) -> str:
-    """Keywords that end here and share their last `known` characters, checked backwards one
-    character at a time (a trie of lookbehinds), so that most fail at their first check."""
-    done = [mark for kw, mark in entries if len(kw) == known]
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for kw, mark in entries:
-        if len(kw) > known:
-            groups.setdefault(kw[-known - 1], []).append((kw, mark))
-    parts = []
-    for _, group in sorted(groups.items()):
-        if len(group) == 1:
-            kw, mark = group[0]
-            parts.append(f"(?<={re.escape(kw)}){mark}")
-            continue
-        suffix = group[0][0][-known - 1 :]
-        parts.append(f"(?<={re.escape(suffix)})" + _behind(group, known + 1))
-    parts += done
-    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
-
-
-def _trie(leaves: list[tuple[str, str]]) -> str:
-    """An alternation of (literal, suffix-expression) pairs, factored on shared first characters,
-    longest literal first so that a longer keyword is not hidden by its prefix."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    ends = []
-    for text, tail in leaves:
-        if text:
-            groups.setdefault(text[0], []).append((text[1:], tail))
-        else:
-            ends.append(tail)
-    parts = [re.escape(ch) + _trie(sub) for ch, sub in sorted(groups.items())]
-    parts += ends
-    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+    def present(self, data: bytes) -> set[str]:
+        """The keywords in `data` (UTF-8; lone surrogates as 'surrogatepass' writes them)."""
+        if self._set is None:
+            return set()
+        hits = self._set.Match(data)
+        return {self._keywords[i] for i in hits} if hits else set()
 
 
 @dataclass(slots=True)
@@ -370,12 +265,11 @@ class Scanner:
         """Every secret in `text`, in order, overlapping findings merged into one."""
         if not text:
             return []
-        lowered = text.lower()
-        keywords = self._prefilter.present(lowered)
+        keywords = self._prefilter.present(text.encode("utf-8", "surrogatepass"))
         if not keywords and not self._always:
             return []  # most texts: no keyword, no rule to run
         candidates = self._candidates(keywords)
-        return self._find(text, lowered, candidates) if candidates else []
+        return self._find(text, text.lower(), candidates) if candidates else []
 
     def scrub(self, text: str) -> tuple[str, list[Finding]]:
         """`text` with every finding replaced by `[REDACTED:<rule-id>]`, and the findings."""
@@ -545,10 +439,10 @@ class Scanner:
         if self._json_always:
             return True
         try:
-            blob = msgspec.json.encode(provenance).decode("utf-8", "surrogatepass")
+            blob = msgspec.json.encode(provenance)
         except (TypeError, ValueError, msgspec.EncodeError):
             return True
-        return bool(self._json_prefilter.present(blob.lower()))
+        return bool(self._json_prefilter.present(blob))
 
     def _scrub_tree(
         self,
