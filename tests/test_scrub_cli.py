@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sqlite3
 import string
@@ -185,8 +186,14 @@ def test_scan_lists_each_finding_masked_and_exits_1(run_cli, leaky: dict[str, Pa
 def test_scan_of_a_clean_source_exits_0(run_cli, sample_db: Path) -> None:
     proc = run_cli("scan", sample_db)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.decode().strip().endswith("records scanned)")
-    assert "no secrets found" in proc.stdout.decode()
+    conn = sqlite3.connect(f"file:{sample_db}?mode=ro", uri=True)
+    tables = ("observations", "capsules", "summaries", "pins")
+    total = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+    conn.close()
+    assert proc.stdout.decode() == f"{sample_db}: no secrets found ({total:,} records scanned)\n"
+    # Without SOURCE, Kindling's database, found as export finds it.
+    proc = run_cli("scan", env={**os.environ, "KINDLING_DB": str(sample_db)})
+    assert proc.returncode == 0 and str(sample_db) in proc.stdout.decode()
 
 
 def test_scan_json_lists_findings_and_counts(run_cli, leaky: dict[str, Path]) -> None:

@@ -209,18 +209,22 @@ class _Findings:
 
 
 @click.command()
-@click.argument("source", metavar="SOURCE")
+@click.argument("source", metavar="[SOURCE]", required=False)
 @scanner_options
 @storage_options
 @common_options
-def scan(source: str, scanner: Scanner, out: Output, storage_options: dict[str, Any]) -> None:
+def scan(
+    source: str | None, scanner: Scanner, out: Output, storage_options: dict[str, Any]
+) -> None:
     """Look for secrets (tokens, keys, passwords, private keys, credentials in URLs) in a
-    database, a bundle (a path, - or a URL) or a Kindling JSON export, told by its content.
+    database, a bundle (a path, - or a URL) or a Kindling JSON export, told by its content;
+    without SOURCE, in Kindling's database ($KINDLING_DB, else ~/.kindling/kindling.db).
 
     Lists each finding: entity, record id, field, rule and a masked preview, never the secret
     itself. Exits 0 when nothing is found and 1 when anything is, so it can guard a script
     before a bundle is shared; `export --scrub` writes one with every finding redacted.
     """
+    source = source or str(default_db())
     progress = progress_for("scan", out)
     printer = _Findings(out, progress)
     try:
