@@ -230,4 +230,20 @@ def test_the_keyword_prefilter_misses_no_keyword_in_any_case(scanner: Scanner) -
         expected = {kw for kw in keywords if kw in text.lower()}
         found = prefilter.present(text.encode("utf-8", "surrogatepass"))
         assert expected <= found, sorted(expected - found)
-    assert prefilter.present("plain words and a sha256 digest".encode()) == set()
+    assert prefilter.present(b"plain words and a sha256 digest") == set()
+
+
+def test_provenance_is_scanned_as_its_key_value_pairs_read(scanner: Scanner) -> None:
+    """A string under a key is scanned as `KEY="value"`; the one-pass check of the provenance's
+    JSON must not hide a keyword that only that reading has (`pass=` in `DB_PASS="..."`)."""
+    value = "Tr0ub4dor3xyzQ"
+    names = {kw.split("=")[0].strip() for kw in scanner._by_keyword if "=" in kw}
+    checked = 0
+    for name in sorted(n for n in names if n.replace("_", "").replace("-", "").isalnum()):
+        key = "APP_" + name.upper()
+        expected = [f.rule_id for f in scanner.find(f'{key}="{value}"')]
+        obs = Observation(id="o", kind="command", content="", provenance={key: value}, ts=1)
+        found = [f.rule_id for f in scanner.scrub_record(obs)[1]]
+        assert found == expected, key
+        checked += bool(expected)
+    assert checked >= 5

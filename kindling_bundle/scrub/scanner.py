@@ -235,8 +235,10 @@ class Scanner:
         self._by_keyword = by_keyword
         self._prefilter = _Prefilter(list(by_keyword))
         # For JSON text (provenance as one string): what a keyword looks like once JSON escapes
-        # it is unknown, so such a keyword is looked for up to its first escaped character.
-        json_safe = {re.split(r'["\\\x00-\x1f]', kw, maxsplit=1)[0] for kw in by_keyword}
+        # it is unknown, so such a keyword is looked for up to its first escaped character. A
+        # string under a key is scanned as `key="value"` (_find_in_value), where the JSON text
+        # has `key":"value`: so the keyword is also cut at its first `=`.
+        json_safe = {re.split(r'["\\=\x00-\x1f]', kw, maxsplit=1)[0] for kw in by_keyword}
         self._json_always = bool(always) or "" in json_safe
         self._json_prefilter = _Prefilter(sorted(json_safe - {""}))
         self._global = list(rules.allowlists)
