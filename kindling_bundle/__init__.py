@@ -29,17 +29,32 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
+    AllowedSignersError,
+    BadSignatureError,
     BundleError,
+    BundleValidationError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MalformedSignatureError,
+    MissingReferenceError,
     RecordError,
     RulesError,
+    SignatureError,
+    SignatureNamespaceError,
+    SignerNotValidError,
+    SigningKeyError,
     StorageError,
     StoreError,
+    UnknownSignerError,
+    UnsignedBundleError,
+    UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
+from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -58,7 +73,7 @@ from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, me
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
-from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
 from kindling_bundle.scrub import RecordFinding, Scanner, Scrubber
@@ -67,9 +82,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AllowedSigners",
+    "AllowedSignersError",
+    "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
+    "BundleValidationError",
     "Capsule",
     "ConflictStrategy",
     "DanglingReport",
@@ -85,8 +104,10 @@ __all__ = [
     "KindlingBundleError",
     "KindlingJsonInfo",
     "KindlingJsonReader",
+    "MalformedSignatureError",
     "Manifest",
     "MergeReport",
+    "MissingReferenceError",
     "Observation",
     "Outcome",
     "Pin",
@@ -98,9 +119,20 @@ __all__ = [
     "Scanner",
     "ScrubInfo",
     "Scrubber",
+    "SignatureError",
+    "SignatureNamespaceError",
+    "SignatureOptions",
+    "Signer",
+    "SignerNotValidError",
+    "SigningKey",
+    "SigningKeyError",
     "StorageError",
     "StoreError",
     "Summary",
+    "UnknownSignerError",
+    "UnsignedBundleError",
+    "UnsupportedVersionError",
+    "VerifyProblem",
     "VerifyReport",
     "__version__",
     "bundle_to_kindling_json",
@@ -120,6 +152,7 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",

@@ -723,7 +723,7 @@ def test_verify_and_import_refuse_it_and_the_database_is_untouched(
     data = build()
     report = verify_bundle(io.BytesIO(data))
     assert not report.ok
-    assert any(verify_says in problem for problem in report.problems), report.problems
+    assert any(verify_says in problem for problem in report.messages), report.messages
 
     target = _copy(target_template, tmp_path / "t.db")
     before = dump_tables(target)
@@ -1085,6 +1085,7 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
     from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
     from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES
+    from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES
 
     spec = (VECTORS.parent / "bundle-format.md").read_text()
     rows = {
@@ -1094,6 +1095,7 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     }
     for constant, value in {
         "MAX_MANIFEST_BYTES": MAX_MANIFEST_BYTES,
+        "MAX_SIGNATURE_BYTES": MAX_SIGNATURE_BYTES,
         "MAX_FRAME_BYTES": MAX_FRAME_BYTES,
         "MAX_FRAME_VALUES": MAX_FRAME_VALUES,
         "MAX_NESTING_DEPTH": MAX_NESTING_DEPTH,

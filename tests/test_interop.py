@@ -510,12 +510,12 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     assert verify_kindling_json(FULL).ok
     report = verify_kindling_json(DEFAULT)
     assert not report.ok
-    assert [p.removeprefix(f"{DEFAULT}: ") for p in report.problems] == [
+    assert [p.removeprefix(f"{DEFAULT}: ") for p in report.messages] == [
         "capsule cap-s1: linked observation obs-05 is not in the file",
         "capsule cap-s2: linked observation obs-10 is not in the file",
         "pin pin-redacted: target observation obs-10 is not in the file",
     ]
-    assert any("evidence observation obs-05" in w for w in report.warnings)
+    assert any("evidence observation obs-05" in w for w in report.warning_messages)
 
     document = load_ordered(FULL)
     observations = document["dataset"]["observations"]
@@ -526,7 +526,7 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
         {**document["dataset"]["summaries"][0], "id": "sum-twice"}
     )
     report = verify_kindling_json(write_json(tmp_path / "bad.json", document))
-    problems = " | ".join(report.problems)
+    problems = " | ".join(report.messages)
     assert report.problem_count == 4, problems
     assert "observations[2] (id obs-03): field kind" in problems
     assert "observations[4] (id obs-05): field ts" in problems
@@ -536,7 +536,7 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     truncated = tmp_path / "cut.json"
     truncated.write_bytes(FULL.read_bytes()[:-10])
     report = verify_kindling_json(truncated)
-    assert not report.ok and "JSON ends early" in report.problems[-1]
+    assert not report.ok and "JSON ends early" in report.messages[-1]
 
 
 # -- diff ------------------------------------------------------------------------------------
@@ -760,7 +760,7 @@ def test_what_verify_refuses_no_conversion_or_merge_writes(tmp_path: Path, run_c
     twice = f"lists observation {capsule.observation_ids[0]} more than once"
     for path, expected in [(linked_twice, twice), (id_twice, "obs-01 appears more than once")]:
         report = verify_kindling_json(path)
-        assert not report.ok and any(expected in p for p in report.problems), report.problems
+        assert not report.ok and any(expected in p for p in report.messages), report.messages
         bundle = tmp_path / "out.kbundle"
         with pytest.raises(RecordError, match=expected):
             kindling_json_to_bundle(path, bundle)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import dump_tables, one_error_line
 from kindling_bundle import generate_sample
-from kindling_bundle.db.sample_text import MAX_CONTENT, cap
+from kindling_bundle.db.sample.truncation import MAX_CONTENT, cap
 
 OBSERVATIONS = 5000
 NOTICE = len("\n\n[Truncated 1234567 characters]")

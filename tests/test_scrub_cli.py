@@ -226,7 +226,7 @@ def test_export_scrub_verifies_imports_and_full_text_search_finds_no_secret(
     assert proc.returncode == 0, proc.stderr.decode()
     _no_secret_in(proc.stdout, proc.stderr, _archive(bundle))
     manifest = json.loads(proc.stdout)["manifest"]
-    assert manifest["formatVersion"] == "1.1"
+    assert manifest["formatVersion"] == "1.0"  # the scrub record changes no version
     scrub = manifest["scrub"]
     assert scrub["records"] == 7 and scrub["byRule"]["github-pat"] == 2
     assert len(scrub["ruleFiles"][0]["sha256"]) == 64
@@ -398,3 +398,22 @@ path = '''(?i)\.p12$'''
     assert scrub["byRule"] == {"acme-deploy-key": 1}
     assert scrub["ruleFiles"][1]["title"] == "team gitleaks config"
     assert deploy[-24:].encode() not in _archive(out)
+
+
+def test_a_scrubbed_bundle_can_be_signed_and_the_signature_covers_the_scrub_record(
+    run_cli, leaky: dict[str, Path], tmp_path: Path
+) -> None:
+    vectors = Path(__file__).parent.parent / "spec" / "vectors"
+    key = tmp_path / "key"
+    key.write_bytes((vectors / "test-signing-key").read_bytes())
+    key.chmod(0o600)
+    out = tmp_path / "signed.kbundle"
+    proc = run_cli("export", "--db", leaky["db"], out, "--scrub", "--sign-key", key)
+    assert proc.returncode == 0, proc.stderr.decode()
+    manifest = _manifest(out)
+    assert manifest["formatVersion"] == "1.1" and manifest["scrub"]["records"] == 7
+    signers = vectors / "allowed_signers"
+    proc = run_cli("verify", out, "--allowed-signers", signers, "--require-signature", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["signature"]["status"] == "signed"
+    assert run_cli("scan", out).returncode == 0

@@ -16,32 +16,44 @@ from kindling_bundle.cli.options import (
     iso,
     progress_for,
     scanner_options,
+    signature_options,
     source_name,
     storage_options,
+    workers_option,
 )
-from kindling_bundle.cli.output import Failed, Output, print_integrity
+from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import open_bundle, read_manifest
+from kindling_bundle.format.reader import BundleReader, open_bundle
+from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
 from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, STDIO, is_url, open_source
 from kindling_bundle.kindling_json.reader import open_kindling_json, verify_kindling_json
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle
+from kindling_bundle.parallel import Workers
 from kindling_bundle.records import ENTITY_TYPES
 from kindling_bundle.scrub import RecordFinding, Scanner
 
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@workers_option("decode")
+@signature_options
 @storage_options
 @common_options
-def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def verify(
+    in_target: str,
+    workers: Workers,
+    out: Output,
+    storage_options: dict[str, Any],
+    signature: SignatureOptions,
+) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
-    count and reference.
+    count and reference, and who signed it.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
     reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
@@ -55,45 +67,55 @@ def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None
         kind, stream = peek_format(stream)
         try:
             if kind == "kindling-json":
+                signature.refuse_unsignable(in_target, "a Kindling JSON export")
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
-                report = verify_bundle(stream, progress=progress, on_manifest=on_manifest)
+                report = verify_bundle(
+                    stream,
+                    progress=progress,
+                    on_manifest=on_manifest,
+                    signature=signature,
+                    workers=workers,
+                )
         finally:
             progress.close()
-    what = "Kindling JSON export" if kind == "kindling-json" else "bundle"
     if out.as_json:
         out.result({"bundle": in_target, **report.to_dict(), "source": in_target})
     elif report.ok:
         total = sum(report.records.values())
         out.line(f"{in_target}: valid ({total:,} records)")
-        for warning in report.warnings:
+        if kind != "kindling-json":
+            print_signature(out, report.signer)
+        for warning in report.warning_messages:
             out.line(f"warning: {warning}")
     elif report.problem_count > 1:  # the first one is also the error line below
-        for problem in report.problems:
+        for problem in report.messages:
             out.line(problem if problem.startswith(in_target) else f"{in_target}: {problem}")
         hidden = report.problem_count - len(report.problems)
         if hidden:
             out.line(f"... and {hidden} more problems")
-    if not report.ok:
-        first = report.problems[0] if report.problems else "damaged"
-        more = report.problem_count - 1
-        raise Failed(
-            f"{in_target}: not a valid {what}: {first.removeprefix(in_target + ': ')}"
-            + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
-        )
+    report.raise_for_problems(in_target)
 
 
 @click.command()
 @click.argument("in_target", metavar="IN")
+@signature_options
 @storage_options
 @common_options
-def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
-    """Show a bundle's manifest (from a path, - or a URL), reading only the manifest: from a
-    URL, only the first few hundred KiB of the object are fetched."""
-    with open_source(
-        in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
-    ) as stream:
-        manifest = read_manifest(stream)
+def inspect(
+    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+) -> None:
+    """Show a bundle's manifest and who signed it (from a path, - or a URL), reading only the
+    manifest and the signature: from a URL, only the first few hundred KiB of the object are
+    fetched."""
+    with (
+        open_source(
+            in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
+        ) as stream,
+        BundleReader(stream, signature=signature) as reader,
+    ):
+        manifest = reader.read_manifest()
+        signer = reader.signer
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -116,11 +138,18 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
             f"scrubbed: {scrub.findings} secrets in {scrub.records} records redacted by "
             f"{scrub.rule_set.name} {scrub.rule_set.version}; rule files {files}"
         )
+    print_signature(out, signer)
     out.line("")
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
         out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
-    out.result({"bundle": in_target, "manifest": manifest.to_dict()})
+    out.result(
+        {
+            "bundle": in_target,
+            "manifest": manifest.to_dict(),
+            "signature": signature_to_dict(signer),
+        }
+    )
 
 
 @click.command()

@@ -11,12 +11,14 @@ from kindling_bundle.cli.options import (
     common_options,
     scrub_line,
     scrub_options,
+    signature_options,
     source_name,
     storage_options,
 )
 from kindling_bundle.cli.output import Output
-from kindling_bundle.db.sample import generate_sample
+from kindling_bundle.db.sample import TEXT_PROFILES, generate_sample
 from kindling_bundle.errors import BundleError
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.io.storage import STDIO, open_destination, open_source
 from kindling_bundle.ops.convert import bundle_to_kindling_json, kindling_json_to_bundle
@@ -32,7 +34,7 @@ from kindling_bundle.scrub import Scanner, Scrubber
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same content.")
 @click.option(
     "--text",
-    type=click.Choice(["realistic", "small-vocabulary"]),
+    type=click.Choice(TEXT_PROFILES),
     default="realistic",
     show_default=True,
     help="realistic: source, diffs, tracebacks, command output and prose from Python's standard "
@@ -66,6 +68,7 @@ def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> 
     "(Kindling's default export leaves redacted observations out).",
 )
 @scrub_options
+@signature_options
 @storage_options
 @common_options
 def convert(
@@ -75,6 +78,7 @@ def convert(
     scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
+    signature: SignatureOptions,
 ) -> None:
     """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
 
@@ -86,6 +90,8 @@ def convert(
         kind, stream = peek_format(stream)
         if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
+        if kind == "kindling-json":
+            signature.refuse_unsignable(source, "a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
             scrubbed = None
             if kind == "kindling-json":
@@ -104,7 +110,9 @@ def convert(
             else:
                 dangling = None
                 scrubber = Scrubber(scrub) if scrub is not None else None
-                counts = bundle_to_kindling_json(stream, target, scrub=scrubber)
+                counts = bundle_to_kindling_json(
+                    stream, target, signature=signature, scrub=scrubber
+                )
                 if scrubber is not None:
                     scrubbed = scrubber.manifest()
     to = "bundle" if kind == "kindling-json" else "kindling-json"
@@ -136,15 +144,16 @@ def convert(
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
+@signature_options
 @common_options
-def diff(a: str, b: str, out: Output) -> None:
+def diff(a: str, b: str, out: Output, signature: SignatureOptions) -> None:
     """Compare two datasets: per entity, records added, removed and changed from A to B, and
     the same (by id, and by content for the same id).
 
     A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only).
     """
 
-    report = diff_datasets(a, b)
+    report = diff_datasets(a, b, signature=signature)
     out.line(f"{'entity':<14}{'added':>8}{'removed':>9}{'changed':>9}{'same':>9}")
     for entity, d in report.entities.items():
         out.line(f"{entity:<14}{d.added:>8}{d.removed:>9}{d.changed:>9}{d.same:>9}")
@@ -172,6 +181,7 @@ def diff(a: str, b: str, out: Output) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @scrub_options
+@signature_options
 @common_options
 def merge(
     paths: tuple[str, ...],
@@ -180,6 +190,7 @@ def merge(
     force: bool,
     scrub: Scanner | None,
     out: Output,
+    signature: SignatureOptions,
 ) -> None:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle OUT.
 
@@ -202,6 +213,7 @@ def merge(
         conflict=conflict,  # type: ignore[arg-type]
         drop_dangling=drop_dangling,
         scrub=scrub,
+        signature=signature,
     )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
     if report.manifest is not None and report.manifest.scrub is not None:

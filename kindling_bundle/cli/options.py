@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +13,16 @@ from typing import Any
 import click
 
 from kindling_bundle.cli.output import Output
+from kindling_bundle.errors import SigningKeyError
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
+from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
+from kindling_bundle.parallel import Workers
 from kindling_bundle.scrub import Scanner
+
+ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
+"""A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,6 +118,47 @@ def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def signature_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--allowed-signers and --require-signature on commands that read bundles; hands the
+    command a `signature` keyword (SignatureOptions), its allowed_signers file already parsed.
+
+    $KINDLING_BUNDLE_ALLOWED_SIGNERS names the file when --allowed-signers does not, and
+    requires a signature whenever it is set: a policy set once in a shell profile or CI."""
+
+    @click.option(
+        "--allowed-signers",
+        "allowed_signers",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="Whom to trust: an allowed_signers file as git and ssh-keygen use (principals, "
+        "namespaces=, valid-after, valid-before). A signed bundle's signer must be in it "
+        f"[default: ${ALLOWED_SIGNERS_ENV}].",
+    )
+    @click.option(
+        "--require-signature",
+        is_flag=True,
+        help="Refuse a bundle that is not signed by a key in the allowed_signers file (and any "
+        f"input that cannot be signed). Implied when ${ALLOWED_SIGNERS_ENV} is set.",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, allowed_signers: str | None, require_signature: bool, **kwargs: Any
+    ) -> Any:
+        from_env = os.environ.get(ALLOWED_SIGNERS_ENV) or None
+        path = allowed_signers or from_env
+        require = require_signature or from_env is not None
+        if require and path is None:
+            raise click.UsageError(
+                f"--require-signature needs --allowed-signers FILE (or ${ALLOWED_SIGNERS_ENV}): "
+                "a signature proves nothing without a list of whom to trust"
+            )
+        trust = AllowedSigners.load(path) if path is not None else None
+        signature = SignatureOptions(allowed_signers=trust, require_signature=require)
+        return func(*args, signature=signature, **kwargs)
+
+    return wrapper
+
+
 def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) -> None:
     """One line saying what scrubbing replaced (nothing when the output was not scrubbed)."""
     if scrub is None:
@@ -120,6 +169,23 @@ def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) 
         + (f" ({rules})" if rules else ""),
         err=err,
     )
+
+
+def load_sign_key(path: str) -> SigningKey:
+    """The key of `export --sign-key`, its passphrase (if it has one) asked on the terminal."""
+
+    def ask(name: str) -> str:
+        if not sys.stdin.isatty():
+            raise SigningKeyError(
+                f"{name}: the key is passphrase-protected and there is no terminal to ask for "
+                f"the passphrase (add the key to ssh-agent and give --sign-key {name}.pub)"
+            )
+        answer: str = click.prompt(
+            f"Passphrase for {name}", hide_input=True, err=True, default="", show_default=False
+        )
+        return answer
+
+    return load_signing_key(path, passphrase=ask)
 
 
 class EpochMs(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -166,6 +232,25 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Kindling database [default: $KINDLING_DB, else ~/.kindling/kindling.db].",
     )(func)
+
+
+def workers_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--workers auto|N: the processes that `what` (kindling_bundle.parallel.choose_workers)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> Workers:
+        if value == "auto":
+            return "auto"
+        number: int = click.IntRange(min=1)(value, param, ctx)
+        return number
+
+    return click.option(
+        "--workers",
+        default="auto",
+        show_default=True,
+        metavar="auto|N",
+        callback=parse,
+        help=f"Processes that {what}: auto (two for a large bundle, where forking is safe) or N.",
+    )
 
 
 def progress_for(label: str, out: Output) -> Progress:

@@ -15,6 +15,8 @@ import click
 
 from kindling_bundle.db.integrity import IntegrityReport
 from kindling_bundle.errors import KindlingBundleError, RulesError
+from kindling_bundle.format.signature import describe_signature
+from kindling_bundle.io.ssh_signature import Signer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +50,11 @@ def print_integrity(out: Output, report: IntegrityReport) -> None:
         out.line(
             f"  {problem.severity}: {problem.kind}: {problem.entity} {problem.id}: {problem.detail}"
         )
+
+
+def print_signature(out: Output, signer: Signer | None, indent: str = "") -> None:
+    """Who signed a bundle: principals, key type and fingerprint; or that it is unsigned."""
+    out.line(f"{indent}signature: {describe_signature(signer)}")
 
 
 def run(group: click.Group, argv: list[str] | None) -> None:

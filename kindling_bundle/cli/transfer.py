@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from collections.abc import Iterator
@@ -16,21 +17,27 @@ from kindling_bundle.cli.options import (
     common_options,
     db_option,
     default_db,
+    load_sign_key,
     progress_for,
     scrub_line,
     scrub_options,
+    signature_options,
     source_name,
     storage_options,
+    workers_option,
 )
-from kindling_bundle.cli.output import Output, print_integrity
+from kindling_bundle.cli.output import Output, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
+from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 from kindling_bundle.scrub import Scanner, Scrubber
 
@@ -92,6 +99,15 @@ def _file_digest(path: Path) -> tuple[int, str]:
     show_default=True,
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
+@click.option(
+    "--sign-key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False),
+    help="Sign the bundle with an SSH key: an OpenSSH private key file (ed25519 or RSA; a "
+    "passphrase is asked on the terminal), or a public key file whose private half is in "
+    "ssh-agent.",
+)
+@workers_option("encode")
 @click.argument("out_target", metavar="OUT")
 @scrub_options
 @storage_options
@@ -107,6 +123,8 @@ def export(
     level: int,
     created_at: int | None,
     out_format: str,
+    sign_key: str | None,
+    workers: Workers,
     out_target: str,
     scrub: Scanner | None,
     out: Output,
@@ -123,6 +141,9 @@ def export(
 
     With --scrub, every secret `scan` would find is replaced by [REDACTED:<rule-id>] on the way
     out (the database is not changed), and the bundle's manifest says so.
+
+    With --sign-key the bundle carries an SSH signature (namespace kindling-bundle) over its
+    manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
     """
 
     scope = {
@@ -135,11 +156,19 @@ def export(
         )
         if value is not None
     }
+    if sign_key is not None and out_format == "kindling-json":
+        raise click.UsageError("--sign-key signs bundles: a Kindling JSON export cannot be signed")
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level, scrub=scrub)
+        opts = BundleOptions(
+            filter=selection, created_at=created_at, level=level, workers=workers, scrub=scrub
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    key: SigningKey | None = None
+    if sign_key is not None:  # before any work: a wrong passphrase should not cost an export
+        key = load_sign_key(sign_key)
+        opts = dataclasses.replace(opts, sign_key=key)
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     progress = progress_for("export", out)
@@ -190,6 +219,8 @@ def export(
     elif manifest is not None and manifest.scrub is not None:
         scrubbed = manifest.to_dict()["scrub"]
     scrub_line(out, scrubbed, err=to_stderr)
+    if key is not None:
+        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
     out.result(
         {
             "database": str(db_path),
@@ -200,9 +231,23 @@ def export(
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
             "scrub": scrubbed,
+            "signature": _signing_key_to_dict(key) if out_format == "bundle" else None,
         },
         err=to_stderr,
     )
+
+
+def _signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
+    """The export's signature in --json, shaped as verify and import report a signer."""
+    if key is None:
+        return {"status": "unsigned"}
+    return {
+        "status": "signed",
+        "key_type": key.key_type,
+        "fingerprint": key.fingerprint,
+        "public_key": key.public_key,
+        "principals": [],
+    }
 
 
 @click.command("import")
@@ -223,6 +268,7 @@ def export(
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_target", metavar="IN")
+@signature_options
 @storage_options
 @common_options
 def import_(
@@ -233,13 +279,15 @@ def import_(
     in_target: str,
     out: Output,
     storage_options: dict[str, Any],
+    signature: SignatureOptions,
 ) -> None:
     """Import the bundle IN (a path, - for standard input, or a URL) into the database.
 
     IN may also be a Kindling JSON export (told by its content), imported the same way.
 
     The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
-    error, integrity problem) the database is left exactly as it was.
+    error, integrity problem) the database is left exactly as it was. A signed bundle's
+    signature is checked (against --allowed-signers) before the database is touched.
     """
 
     db_path = db or default_db()
@@ -251,6 +299,8 @@ def import_(
     dangling = None
     with open_source(in_target, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
+        if kind == "kindling-json":
+            signature.refuse_unsignable(in_target, "a Kindling JSON export")
         with _target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
@@ -271,11 +321,14 @@ def import_(
                         dry_run=dry_run,
                         progress=progress,
                         on_manifest=on_manifest,
+                        signature=signature,
                     )
             finally:
                 progress.close()
     verb = "would import" if dry_run else "imported"
     out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
+    if kind != "kindling-json":
+        print_signature(out, report.signer, indent="  ")
     out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
     for entity, counts in report.counts.items():
         out.line(

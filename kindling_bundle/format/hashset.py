@@ -47,8 +47,9 @@ class HashSet:
     __slots__ = ("_bits", "_count", "_old", "_young", "_young_max")
 
     def __init__(self, expected: int | None = None) -> None:
-        small = expected is not None and expected <= SET_ONLY_MAX
-        self._young_max = max(expected + 1, YOUNG_MAX) if small else YOUNG_MAX
+        self._young_max = YOUNG_MAX
+        if expected is not None and expected <= SET_ONLY_MAX:  # small: all in the set
+            self._young_max = max(expected + 1, YOUNG_MAX)
         self._young: set[int] = set()
         self._old: Any = None  # a NumPy int64 buffer; its first _count members sorted
         self._count = 0

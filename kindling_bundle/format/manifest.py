@@ -15,18 +15,19 @@ from typing import Annotated, Any
 
 import msgspec
 
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, UnsupportedVersionError
 from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
-"""What a bundle declares unless it uses a field a later minor version added."""
-SCRUB_FORMAT_VERSION = "1.1"
-"""What a scrubbed bundle declares: its manifest has the `scrub` field, which 1.1 added."""
+SIGNED_FORMAT_VERSION = "1.1"
+"""What a signed bundle's manifest says: a 1.1 bundle carries SIGNATURE_MEMBER."""
 FORMAT_MAJOR = 1
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
+"""Format 1.1: the SSH signature over the manifest's bytes, the member right after it."""
 ENTITY_MEMBERS: dict[str, str] = {entity: f"{entity}.msgpack" for entity in ENTITY_TYPES}
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -127,8 +128,9 @@ class ScrubInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     """The first member of every bundle (field order here is the order on the wire). `scrub`
-    (format 1.1) is left out, not null, when the bundle was not scrubbed, so that such a
-    bundle stays byte for byte what a 1.0 writer made."""
+    is optional in any 1.x bundle (a reader that does not know it ignores it, so it changes no
+    version); it is left out, not null, when the bundle was not scrubbed, so that such a
+    bundle stays byte for byte what it was before the field existed."""
 
     format: str
     format_version: str
@@ -138,6 +140,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     export_filter: FilterInfo = msgspec.field(name="filter")
     entities: list[EntityEntry]
     scrub: ScrubInfo | None = None
+
+    @property
+    def minor_version(self) -> int:
+        """MINOR of `format_version` (decode_manifest checked it is MAJOR.MINOR)."""
+        return int(self.format_version.split(".")[1])
 
     @property
     def total_records(self) -> int:
@@ -156,7 +163,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready builtins, with its wire (camelCase) names."""
-        return msgspec.to_builtins(self)
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -211,7 +219,7 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
     if int(match.group(1)) != FORMAT_MAJOR:
-        raise BundleError(
+        raise UnsupportedVersionError(
             f"{where}: format version {version} is not supported: this tool reads "
             f"{FORMAT_MAJOR}.x bundles; use a kindling-bundle that reads version {version}"
         )
@@ -231,6 +239,15 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
 
 
 _PATH = re.compile(r" - at `\$(?:\[(\d+)\])?\.?([^`]*)`$")
+
+
+def validation_field(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field msgspec's error is about (`provenance` for `$.provenance.a`), or
+    None when it is about the value as a whole."""
+    match = _PATH.search(str(exc))
+    if match is None:
+        return None
+    return re.split(r"[.\[]", match.group(2))[0] or None
 
 
 def describe_validation(exc: msgspec.ValidationError) -> str:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Literal
 from kindling_bundle.db.connection import SQLITE_MAGIC
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
-from kindling_bundle.kindling_json.reader import CHUNK_BYTES, UTF8_BOM
+from kindling_bundle.kindling_json.scanner import CHUNK_BYTES, UTF8_BOM
 
 InputFormat = Literal["bundle", "kindling-json", "database"]
 

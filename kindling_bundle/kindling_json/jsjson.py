@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -113,7 +114,7 @@ def _has_float(value: Any) -> bool:
     return any(_has_float(item) for item in items if type(item) in _CONTAINERS)
 
 
-def _write(value: Any):
+def _write(value: Any) -> Iterator[str]:
     kind = type(value)
     if kind is str:
         yield _string(value)

@@ -8,11 +8,10 @@ Kindling's command line and library export memory as one JSON document::
 
 with records in camelCase and optional values (closedAt, reason, expiresAt, scope) left out.
 
-Reading streams. Files run to hundreds of MB, so the document is never loaded at once: a small
-scanner finds the bytes of one value at a time (one record, or one header field) and msgspec
-decodes and validates that value straight into a record Struct. Memory is bounded by the largest
-single record (`MAX_VALUE_BYTES`, 64 MiB; larger values are refused with their position) plus
-one read chunk. Records come out in foreign-key order (observations, capsules, summaries, pins),
+Reading streams. Files run to hundreds of MB, so the document is never loaded at once: the
+scanner (`kindling_json.scanner`) hands over one record at a time, decoded and validated
+straight into a record Struct; memory is bounded by the largest single record plus one read
+chunk. Records come out in foreign-key order (observations, capsules, summaries, pins),
 each entity in the order the file holds it. Kindling writes the four lists in that order, and
 then nothing is buffered; a list that comes earlier than its turn is spooled to an anonymous
 temporary file (MessagePack frames, about the size of its JSON) and replayed when its turn comes.
@@ -26,7 +25,7 @@ entity, its index in the list, its id when it has one, and the field.
 
 Unknown keys at the top level (`metadata`, ...) and in `dataset` are ignored; unknown fields inside
 records are ignored (as bundle readers do); a `bundleVersion` or dataset `version` whose major
-number is not 1 is refused.
+number is not 1 is refused (`UnsupportedVersionError`).
 """
 
 from __future__ import annotations
@@ -34,36 +33,32 @@ from __future__ import annotations
 import re
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 import msgspec
 
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import BundleError, RecordError, UnsupportedVersionError
 from kindling_bundle.format.stream_rules import RecordRules
-from kindling_bundle.ops.verify import VerifyReport
+from kindling_bundle.format.verify_report import VerifyReport
+from kindling_bundle.kindling_json.scanner import (
+    CHUNK_BYTES,
+    MAX_VALUE_BYTES,
+    UTF8_BOM,
+    JsonScanner,
+)
 from kindling_bundle.records import ENTITY_TYPES, Record
 
 KINDLING_JSON_VERSION = "1.0"
-MAX_VALUE_BYTES = 64 * 1024 * 1024
-CHUNK_BYTES = 1024 * 1024
-UTF8_BOM = b"\xef\xbb\xbf"
 DANGLING_HINT = (
     "Kindling's export leaves redacted observations out unless asked to include them, and a "
     "scoped export can leave out what a capsule or pin names; use --drop-dangling to leave "
     "such references out"
 )
 
-_WS = re.compile(rb"[ \t\n\r]*+")
-# The rest of a string after its opening quote, up to and including the closing quote.
-_STRING_TAIL = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
-# Inside an object or array: everything up to the next bracket or incomplete string.
-_CONTAINER_RUN = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
-_SCALAR = re.compile(rb"[^ \t\n\r,\]}]*+")
-_MSGSPEC_BYTE = re.compile(r"\(byte (\d+)\)")
 _MSGSPEC_PATH = re.compile(r"^(.*) - at `\$(.*)`$", re.DOTALL)
 
 
@@ -117,7 +112,7 @@ _START = object()
 _END = object()
 
 
-class KindlingJsonReader:
+class KindlingJsonReader(JsonScanner):
     """One pass over a Kindling JSON export from a binary stream; see the module docstring."""
 
     def __init__(
@@ -128,22 +123,16 @@ class KindlingJsonReader:
         spool_dir: str | None = None,
         max_value_bytes: int = MAX_VALUE_BYTES,
     ):
-        self.name = name
+        super().__init__(src, name=name, max_value_bytes=max_value_bytes)
         self.info = KindlingJsonInfo()
-        self._src = src
         self._spool_dir = spool_dir
-        self._max = max_value_bytes
-        self._buf = b""
-        self._pos = 0
-        self._base = 0  # absolute offset of self._buf[0]
-        self._lines = 0  # newlines before self._base
-        self._line_start = 0  # absolute offset where the line holding self._base starts
-        self._eof = False
         self._used = False
 
     # -- public ----------------------------------------------------------------------------
 
-    def records(self, on_error: Callable[[RecordError], None] | None = None) -> Iterator[Record]:
+    def records(
+        self, on_error: Callable[[RecordError], None] | None = None
+    ) -> Generator[Record, None, None]:
         """Every record, in foreign-key order; single use.
 
         With `on_error`, a record that fails validation is handed to it and left out instead
@@ -233,30 +222,6 @@ class KindlingJsonReader:
                 + ", ".join(repr(key) for key in missing)
             )
 
-    def _members(self, what: str, seen: set[str]) -> Iterator[str]:
-        """Walk the members of an object whose '{' was consumed; the caller consumes values."""
-        if self._peek(f"a key or '}}' in the {what}") == b"}":
-            self._pos += 1
-            return
-        while True:
-            if self._peek(f"a key in the {what}") != b'"':
-                self._fail(self._abs(), f"expected a quoted key in the {what}")
-            key_at = self._abs()
-            key = self._typed_value(str, "key")
-            if key in seen:
-                self._fail(key_at, f"duplicate key {key!r} in the {what}")
-            seen.add(key)
-            if self._peek(f"':' after key {key!r}") != b":":
-                self._fail(self._abs(), f"expected ':' after key {key!r}")
-            self._pos += 1
-            yield key
-            token = self._peek(f"',' or '}}' in the {what}")
-            self._pos += 1
-            if token == b"}":
-                return
-            if token != b",":
-                self._fail(self._abs() - 1, f"expected ',' or '}}' in the {what}")
-
     def _entity_list(
         self, entity: str, on_error: Callable[[RecordError], None] | None
     ) -> Iterator[tuple[str, Record]]:
@@ -295,20 +260,11 @@ class KindlingJsonReader:
     def _version(self, what: str) -> str:
         version: str = self._typed_value(str, what)
         if version.split(".")[0] != KINDLING_JSON_VERSION.split(".")[0]:
-            raise BundleError(
+            raise UnsupportedVersionError(
                 f"{self.name}: {what} {version!r} is not supported "
                 f"(this tool reads Kindling JSON exports version {KINDLING_JSON_VERSION})"
             )
         return version
-
-    def _typed_value(self, kind: Any, what: str) -> Any:
-        at, span = self._value(what)
-        try:
-            return msgspec.json.decode(span, type=kind)
-        except msgspec.ValidationError as exc:
-            self._fail(at, f"{what}: {exc}")
-        except msgspec.DecodeError as exc:
-            self._decode_failed(at, span, exc, what)
 
     def _record_error(
         self, entity: str, index: int, span: bytes, exc: msgspec.ValidationError
@@ -321,151 +277,15 @@ class KindlingJsonReader:
         record_id = record_id if isinstance(record_id, str) else None
         message = str(exc)
         match = _MSGSPEC_PATH.match(message)
+        field = None
         if match:
             path = match.group(2).lstrip(".").replace("[...]", "")
             message = f"field {path}: {match.group(1)}"
+            field = re.split(r"[.\[]", path)[0] or None
         label = f"{entity}[{index}]" + (f" (id {record_id})" if record_id is not None else "")
-        return RecordError(f"{self.name}: {label}: {message}", entity=entity, record_id=record_id)
-
-    # -- the scanner -----------------------------------------------------------------------
-
-    def _value(self, what: str = "a value") -> tuple[int, bytes]:
-        """The bytes of the next JSON value (not yet validated) and its absolute offset."""
-        self._skip_ws()
-        if self._pos >= len(self._buf):
-            self._truncated(what)
-        first = self._buf[self._pos : self._pos + 1]
-        if first in (b"{", b"["):
-            end = self._container_end(what)
-        elif first == b'"':
-            end = self._string_end(what)
-        else:
-            end = self._scalar_end(what)
-        at = self._abs()
-        if end - self._pos > self._max:
-            self._too_large(what)
-        span = self._buf[self._pos : end]
-        self._pos = end
-        return at, span
-
-    def _container_end(self, what: str) -> int:
-        """Where the object or array at self._pos ends. A mismatched bracket ends it early, so
-        that msgspec, decoding the span, reports the fault at its true position."""
-        closers = bytearray()
-        i = self._pos
-        while True:
-            i = _CONTAINER_RUN.match(self._buf, i).end()  # type: ignore[union-attr]
-            if i >= len(self._buf) or self._buf[i] == 0x22:  # more bytes needed, or a '"'
-                i -= self._more(what, i)
-                continue
-            char = self._buf[i]
-            i += 1
-            if char == 0x7B:  # {
-                closers.append(0x7D)
-            elif char == 0x5B:  # [
-                closers.append(0x5D)
-            elif closers.pop() != char or not closers:
-                return i
-
-    def _string_end(self, what: str) -> int:
-        while True:
-            match = _STRING_TAIL.match(self._buf, self._pos + 1)
-            if match:
-                return match.end()
-            self._more(what, len(self._buf))
-
-    def _scalar_end(self, what: str) -> int:
-        while True:
-            end = _SCALAR.match(self._buf, self._pos).end()  # type: ignore[union-attr]
-            if end < len(self._buf) or self._eof:
-                if end == self._pos:
-                    self._fail(self._abs(), f"expected {what}")
-                return end
-            self._more(what, end)
-
-    def _more(self, what: str, scanned_to: int) -> int:
-        """Read more input for the value starting at self._pos; return how far the buffer
-        shifted. At the end of input, the value is truncated; past the limit, too large."""
-        if scanned_to - self._pos > self._max:
-            self._too_large(what)
-        if self._eof:
-            self._truncated(what)
-        shift = self._compact()
-        data = self._src.read(max(CHUNK_BYTES, len(self._buf)))
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-        return shift
-
-    def _compact(self) -> int:
-        shift = self._pos
-        if shift:
-            buf = self._buf
-            self._lines += buf.count(b"\n", 0, shift)
-            last = buf.rfind(b"\n", 0, shift)
-            if last >= 0:
-                self._line_start = self._base + last + 1
-            self._base += shift
-            self._buf = buf[shift:]
-            self._pos = 0
-        return shift
-
-    def _skip_ws(self) -> None:
-        while True:
-            self._pos = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
-            if self._pos < len(self._buf) or self._eof:
-                return
-            self._compact()
-            data = self._src.read(CHUNK_BYTES)
-            if data:
-                self._buf += data
-            else:
-                self._eof = True
-
-    def _peek(self, what: str) -> bytes:
-        self._skip_ws()
-        if self._pos >= len(self._buf):
-            self._truncated(what)
-        return self._buf[self._pos : self._pos + 1]
-
-    def _abs(self) -> int:
-        return self._base + self._pos
-
-    # -- errors ----------------------------------------------------------------------------
-
-    def _where(self, offset: int) -> str:
-        rel = offset - self._base
-        if rel < 0:  # before the buffer: only the byte offset is known exactly
-            return f"byte {offset}"
-        line = self._lines + self._buf.count(b"\n", 0, rel) + 1
-        last = self._buf.rfind(b"\n", 0, rel)
-        line_start = self._base + last + 1 if last >= 0 else self._line_start
-        return f"line {line}, column {offset - line_start + 1} (byte {offset})"
-
-    def _fail(self, offset: int, message: str) -> NoReturn:
-        raise BundleError(f"{self.name}: invalid JSON at {self._where(offset)}: {message}")
-
-    def _too_large(self, what: str) -> NoReturn:
-        limit = (
-            f"{self._max // (1024 * 1024)} MiB"
-            if self._max >= 1024 * 1024
-            else f"{self._max} bytes"
+        return RecordError(
+            f"{self.name}: {label}: {message}", entity=entity, record_id=record_id, field=field
         )
-        self._fail(self._abs(), f"{what} is larger than the {limit} limit for one value")
-
-    def _truncated(self, what: str) -> NoReturn:
-        raise BundleError(
-            f"{self.name}: JSON ends early at {self._where(self._base + len(self._buf))} "
-            f"(expected {what}): the file is truncated or incomplete"
-        )
-
-    def _decode_failed(self, at: int, span: bytes, exc: msgspec.DecodeError, what: str) -> NoReturn:
-        text = str(exc)
-        match = _MSGSPEC_BYTE.search(text)
-        offset = at + int(match.group(1)) if match else at + len(span)
-        detail = _MSGSPEC_BYTE.sub("", text).removeprefix("JSON is malformed: ").strip()
-        self._fail(offset, f"{detail} (in {what})")
 
 
 @contextmanager
@@ -492,7 +312,7 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
     breaches are problems, since an import would refuse them; evidence refs that are not in the
     file are warnings. Invalid JSON ends the check with its position.
     """
-    report = VerifyReport(source=source_name(src, name))
+    report = VerifyReport(source=source_name(src, name), dataset="Kindling JSON export")
     # References into an entity with invalid records are not checked: they would only echo.
     damaged: set[str] = set()
     rules = RecordRules("the file", trusted=lambda entity: entity not in damaged)
@@ -502,22 +322,19 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
             report.source = reader.name
 
             def invalid(error: RecordError) -> None:
-                report.problem(str(error))
+                report.invalid(error)
                 damaged.add(error.entity or "")
 
             for record in reader.records(on_error=invalid):
                 for breach in rules.check(record):
-                    if breach.warning:
-                        report.warning(f"{reader.name}: {breach.text}")
-                    else:
-                        report.problem(f"{reader.name}: {breach.text}")
-                        dangling = dangling or breach.rule == "dangling"
+                    report.breach(breach)
+                    dangling = dangling or breach.rule == "dangling"
                 rules.add(record)
             report.records = dict(reader.info.counts)
-    except (BundleError, RecordError) as exc:
-        report.problem(str(exc))
+    except BundleError as exc:
+        report.failed(exc)
     if dangling:
-        report.warning(f"{report.source}: {DANGLING_HINT}")
+        report.problem("dangling-hint", DANGLING_HINT, severity="warning")
     return report
 
 

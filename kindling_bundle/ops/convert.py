@@ -14,6 +14,7 @@ from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snaps
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleSource, open_bundle
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.kindling_json.reader import open_kindling_json, source_name
 from kindling_bundle.kindling_json.writer import write_kindling_json
 from kindling_bundle.ops.datasets import entity_streams
@@ -56,7 +57,7 @@ def export_kindling_json(
             )
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams.values():
-                stream.close()  # type: ignore[attr-defined]
+                stream.close()
 
 
 def kindling_json_to_bundle(
@@ -81,7 +82,7 @@ def kindling_json_to_bundle(
     secrets are redacted (BundleOptions.scrub).
     """
     with open_kindling_json(src, name=name) as reader:
-        records = iter(reader.records())
+        records: Iterator[Record] = iter(reader.records())
         first = next(records, None)  # parses the header fields that precede the lists
         if first is not None:
             records = itertools.chain([first], records)
@@ -107,14 +108,19 @@ def kindling_json_to_bundle(
 
 
 def bundle_to_kindling_json(
-    src: BundleSource, dest: str | Path | BinaryIO, *, scrub: Scrubber | None = None
+    src: BundleSource,
+    dest: str | Path | BinaryIO,
+    *,
+    signature: SignatureOptions | None = None,
+    scrub: Scrubber | None = None,
 ) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
-    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (hashes,
-    counts) and against the record rules, so the export imports; on a damaged bundle a path
-    destination is left untouched. With `scrub`, secrets are redacted as records are written
-    (counted in `scrub.tally`)."""
-    with open_bundle(src) as reader:
+    `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (its
+    signature against `signature`, hashes, counts) and against the record rules, so the export
+    imports; on a damaged bundle a path destination is left untouched. The JSON carries no
+    signature. With `scrub`, secrets are redacted as records are written (counted in
+    `scrub.tally`)."""
+    with open_bundle(src, signature=signature) as reader:
         manifest = reader.manifest
         assert manifest is not None  # open_bundle has read it
         records = close_references(reader.records(), drop=False, name=reader.label)
@@ -129,7 +135,7 @@ def bundle_to_kindling_json(
 
 
 def _scrubbed(
-    streams: dict[str, Iterator[Record]], scrub: Scrubber | None
+    streams: Mapping[str, Iterable[Record]], scrub: Scrubber | None
 ) -> Mapping[str, Iterable[Record]]:
     if scrub is None:
         return streams

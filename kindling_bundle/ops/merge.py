@@ -47,19 +47,28 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.importer import ConflictStrategy, check_strategy
+from kindling_bundle.db.importer import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
+from kindling_bundle.records import (
+    ENTITY_TYPES,
+    SINGULAR,
+    ConflictStrategy,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
 from kindling_bundle.scrub import Scanner
 
 _LISTED_IDS = 5
 
 # Kindling's export order per entity; the id makes it total.
-_ORDER: dict[str, Callable[[Any], tuple]] = {
+_ORDER: dict[str, Callable[[Any], tuple[int, str]]] = {
     "observations": lambda r: (r.ts, r.id),
     "capsules": lambda r: (r.opened_at, r.id),
     "summaries": lambda r: (r.created_at, r.id),
@@ -161,12 +170,17 @@ def diff_records(
 
 
 def diff_datasets(
-    a: DatasetSource, b: DatasetSource, *, spool_dir: str | None = None
+    a: DatasetSource,
+    b: DatasetSource,
+    *,
+    spool_dir: str | None = None,
+    signature: SignatureOptions | None = None,
 ) -> DiffReport:
-    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database)."""
+    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); a bundle's
+    signature is checked against `signature` (see `open_dataset`)."""
     with (
-        open_dataset(a, spool_dir=spool_dir) as left,
-        open_dataset(b, spool_dir=spool_dir) as right,
+        open_dataset(a, spool_dir=spool_dir, signature=signature) as left,
+        open_dataset(b, spool_dir=spool_dir, signature=signature) as right,
     ):
         return diff_records(left.records, right.records, a_name=left.name, b_name=right.name)
 
@@ -244,8 +258,10 @@ class _Merger:
         conflict: ConflictStrategy,
         drop_dangling: bool,
         spool_dir: str | None,
+        signature: SignatureOptions | None,
     ):
         self.sources = list(sources)
+        self.signature = signature
         self.names = [os.fspath(src) for src in self.sources]
         self.conflict = conflict
         self.spool_dir = spool_dir
@@ -267,7 +283,7 @@ class _Merger:
     def build_index(self) -> None:
         digest = _Digester()
         for source, src in enumerate(self.sources):
-            with open_dataset(src, spool_dir=self.spool_dir) as dataset:
+            with open_dataset(src, spool_dir=self.spool_dir, signature=self.signature) as dataset:
                 ordinals = dict.fromkeys(ENTITY_TYPES, 0)
                 for record in dataset.records:
                     entity = entity_of(record)
@@ -338,14 +354,18 @@ class _Merger:
     def write(self, dest: BundleDestination, opts: BundleOptions) -> Manifest:
         with ExitStack() as stack:
             datasets = [
-                stack.enter_context(open_dataset(src, spool_dir=self.spool_dir))
+                stack.enter_context(
+                    open_dataset(src, spool_dir=self.spool_dir, signature=self.signature)
+                )
                 for src in self.sources
             ]
             splitters = [entity_streams(dataset.records) for dataset in datasets]
             streams = {entity: self._winners(entity, splitters) for entity in ENTITY_TYPES}
             return write_bundle_from_records(dest, streams, opts)
 
-    def _winners(self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]):
+    def _winners(
+        self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]
+    ) -> Iterator[Record]:
         inputs = [
             _keyed(entity, source, next(splitter)[1]) for source, splitter in enumerate(splitters)
         ]
@@ -353,6 +373,7 @@ class _Merger:
         stats = self.report.entities[entity]
         digest = _Digester()
         seen = [0] * len(inputs)
+        record: Record | None  # None: left out by the guard
         for (_, source, ordinal), record in heapq.merge(*inputs):
             seen[source] += 1
             winner_id = record.id
@@ -383,7 +404,9 @@ class _Merger:
         )
 
 
-def _keyed(entity: str, source: int, stream: Iterator[Record]) -> Iterator[tuple[tuple, Record]]:
+def _keyed(
+    entity: str, source: int, stream: Iterator[Record]
+) -> Iterator[tuple[tuple[tuple[int, str], int, int], Record]]:
     """Records of one input with their merge key: export order, then input, then position."""
     key = _ORDER[entity]
     for ordinal, record in enumerate(stream):
@@ -399,20 +422,22 @@ def merge_datasets(
     created_at: int | None = None,
     level: int = 3,
     spool_dir: str | None = None,
+    signature: SignatureOptions | None = None,
     scrub: Scanner | None = None,
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`; then nothing is left at a path destination. With `scrub`, secrets in the
-    merged records are redacted (BundleOptions.scrub); which record wins is decided on the
-    records as the inputs hold them.
+    `drop_dangling`, a SignatureError for an input `signature` refuses (see `open_dataset`);
+    then nothing is left at a path destination. The merged bundle is unsigned. With `scrub`,
+    secrets in the merged records are redacted (BundleOptions.scrub); which record wins is
+    decided on the records as the inputs hold them.
     """
     check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
-    merger = _Merger(sources, conflict, drop_dangling, spool_dir)
+    merger = _Merger(sources, conflict, drop_dangling, spool_dir, signature)
     merger.build_index()
     opts = BundleOptions(created_at=created_at, level=level, scrub=scrub)
     merger.report.manifest = merger.write(dest, opts)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.errors import RecordError
+from kindling_bundle.errors import MissingReferenceError, RecordError
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.kindling_json.reader import DANGLING_HINT
 from kindling_bundle.records import Capsule, Record, Summary
@@ -50,7 +50,8 @@ class ReferenceGuard:
     """Passes a foreign-key-ordered stream through the record rules (`format.stream_rules`),
     so what is written verifies and imports.
 
-    A breach raises a RecordError naming `name` and the record. With `drop`, a dangling reference
+    A breach raises a RecordError naming `name` and the record (a MissingReferenceError for a
+    dangling reference, naming the missing ids). With `drop`, a dangling reference
     is left out instead and counted in `report`: removed from the record (a capsule link), or the
     record is (a summary, a pin). Evidence refs are left alone: Kindling keeps them when
     observations go away, and the integrity report lists them as warnings.
@@ -77,10 +78,16 @@ class ReferenceGuard:
             for breach in breaches:
                 if breach.rule == "dangling" and self.drop:
                     dangling = breach
+                elif breach.rule == "dangling":
+                    raise MissingReferenceError(
+                        f"{self.name}: {breach.text} ({DANGLING_HINT})",
+                        entity=breach.entity,
+                        record_id=breach.record_id,
+                        missing=breach.missing,
+                    )
                 elif not breach.warning:
-                    hint = f" ({DANGLING_HINT})" if breach.rule == "dangling" else ""
                     raise RecordError(
-                        f"{self.name}: {breach.text}{hint}",
+                        f"{self.name}: {breach.text}",
                         entity=breach.entity,
                         record_id=breach.record_id,
                     )

@@ -94,4 +94,4 @@ def scan_database(
             )
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams:
-                stream.close()  # type: ignore[attr-defined]
+                stream.close()
