@@ -240,10 +240,15 @@ class _Findings:
 @click.command()
 @click.argument("source", metavar="[SOURCE]", required=False)
 @scanner_options
+@workers_option("scan a database")
 @storage_options
 @common_options
 def scan(
-    source: str | None, scanner: Scanner, out: Output, storage_options: dict[str, Any]
+    source: str | None,
+    scanner: Scanner,
+    workers: Workers,
+    out: Output,
+    storage_options: dict[str, Any],
 ) -> None:
     """Look for secrets (tokens, keys, passwords, private keys, credentials in URLs) in a
     database, a bundle (a path, - or a URL) or a Kindling JSON export, told by its content;
@@ -266,7 +271,7 @@ def scan(
                 )
             printer.start(source, kind)
             try:
-                report = _scan(source, kind, stream, scanner, printer, progress)
+                report = _scan(source, kind, stream, scanner, printer, progress, workers)
             finally:
                 progress.close()
     except _OutputClosed:
@@ -292,6 +297,7 @@ def _scan(
     scanner: Scanner,
     on_finding: _Findings,
     progress: Progress,
+    workers: Workers,
 ) -> ScanReport:
     name = source_name(source)
     if kind == "database":
@@ -303,7 +309,9 @@ def _scan(
                 conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0]
                 for entity in ENTITY_TYPES
             )
-            return scan_database(conn, scanner, on_finding=on_finding, progress=progress)
+            return scan_database(
+                conn, scanner, on_finding=on_finding, progress=progress, workers=workers
+            )
         finally:
             conn.close()
     if kind == "bundle":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,12 @@ from typing import BinaryIO, cast
 import msgspec
 
 from kindling_bundle.db.connection import KindlingConnection
-from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    observations_bound,
+    snapshot,
+)
 from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
@@ -166,7 +170,7 @@ def write_bundle(
         spool = stack.enter_context(spool_file(dest, label))
         tally = Progress(progress)
         witness = None
-        if choose_workers(opts.workers, _observations_bound(conn)) > 1:
+        if choose_workers(opts.workers, observations_bound(conn)) > 1:
             # Opened before the snapshot: it tells whether anything is committed after it starts.
             witness = Witness.for_split(conn, selection)
             if witness is not None:
@@ -286,15 +290,6 @@ def _manifest(
         entities=entries,
         scrub=scrubbed,
     )
-
-
-def _observations_bound(conn: KindlingConnection) -> int:
-    """An upper bound of the observations' count, read from the end of the table's b-tree."""
-    try:
-        last: int = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
-    except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
-        return 0
-    return last
 
 
 def _write_archive(

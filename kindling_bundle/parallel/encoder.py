@@ -29,7 +29,7 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
@@ -43,7 +43,7 @@ from kindling_bundle.db.export import (
     observation_split,
     snapshot,
 )
-from kindling_bundle.errors import BundleError, KindlingBundleError, RecordError, StoreError
+from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, FRAME_RECORDS, EntityEntry
 from kindling_bundle.ops.spool import (
     Member,
@@ -52,7 +52,7 @@ from kindling_bundle.ops.spool import (
     encode_members,
     flush_spool,
 )
-from kindling_bundle.parallel.forking import pipe, start_child
+from kindling_bundle.parallel.forking import ChildFailed, pipe, start_child
 from kindling_bundle.records import Record
 from kindling_bundle.scrub import Scrubber
 
@@ -134,31 +134,7 @@ class _Done(msgspec.Struct, tag=True):
     scrubbed_by_rule: dict[str, int] = {}
 
 
-class _Failed(msgspec.Struct, tag=True):
-    """From the child: the error that stopped it, to be raised here as it was raised there."""
-
-    error: Literal["RecordError", "StoreError", "BundleError"]
-    message: str
-    entity: str | None = None
-    record_id: str | None = None
-
-    @classmethod
-    def of(cls, exc: BaseException) -> _Failed:
-        if isinstance(exc, RecordError):
-            return cls("RecordError", str(exc), exc.entity, exc.record_id)
-        if isinstance(exc, StoreError):
-            return cls("StoreError", str(exc))
-        if isinstance(exc, BundleError):
-            return cls("BundleError", str(exc))
-        return cls("BundleError", f"the encoding process failed: {type(exc).__name__}: {exc}")
-
-    def exception(self) -> KindlingBundleError:
-        if self.error == "RecordError":
-            return RecordError(self.message, entity=self.entity, record_id=self.record_id)
-        return StoreError(self.message) if self.error == "StoreError" else BundleError(self.message)
-
-
-_FromChild = _Ready | _Encoded | _Done | _Failed
+_FromChild = _Ready | _Encoded | _Done | ChildFailed
 
 
 class SplitChild:
@@ -190,7 +166,7 @@ class SplitChild:
         child_reports.close()
         self._encode = msgspec.msgpack.Encoder()
         self._decode = msgspec.msgpack.Decoder(_FromChild)
-        self._last: _Done | _Failed | None = None
+        self._last: _Done | ChildFailed | None = None
         self._on_progress = on_progress
         self.key = key
 
@@ -220,7 +196,7 @@ class SplitChild:
             self._send(_Finish(side_bytes))
         while self._last is None:
             self._take(self._receive())
-        if isinstance(self._last, _Failed):
+        if isinstance(self._last, ChildFailed):
             raise self._last.exception()
         return self._last
 
@@ -243,20 +219,20 @@ class SplitChild:
         try:
             return self._decode.decode(self._reports.recv_bytes())
         except EOFError:  # gone without a last word
-            return _Failed("BundleError", "the encoding process ended without a word (killed?)")
+            return ChildFailed("BundleError", "the encoding process ended without a word (killed?)")
 
     def _take(self, report: _FromChild) -> None:
         if isinstance(report, _Encoded):
             self._on_progress(report.records, report.bytes)
-        elif isinstance(report, _Done | _Failed):
+        elif isinstance(report, _Done | ChildFailed):
             self._last = report
 
 
-def split_key(conn: KindlingConnection) -> SplitKey | None:
-    """Where a whole export's observations split (see CHILD_SHARE), or None for too few to
-    split. Inside the export's snapshot."""
+def split_key(conn: KindlingConnection, share: float = CHILD_SHARE) -> SplitKey | None:
+    """Where a whole export's observations split (the child takes `share` of them), or None
+    for too few to split. Inside the export's snapshot."""
     (total,) = conn.execute("SELECT count(*) FROM observations").fetchone()
-    index = round(total * CHILD_SHARE / FRAME_RECORDS) * FRAME_RECORDS
+    index = round(total * share / FRAME_RECORDS) * FRAME_RECORDS
     return observation_split(conn, index) if 0 < index < total else None
 
 
@@ -344,7 +320,7 @@ def _split_child(
         return
     except BaseException as exc:
         with contextlib.suppress(OSError):  # unless the parent is gone meanwhile
-            report(_Failed.of(exc))
+            report(ChildFailed.of(exc, "encoding"))
 
 
 def _hash_file(fd: int, size: int, sha256: _Hash, label: str) -> None:
