@@ -5,7 +5,9 @@ checking and encoding them. In the split a forked child, with a connection of it
 export's snapshot, reads and encodes the first CHILD_SHARE of the observations into a spool of
 its own, while this process reads and encodes the rest and then the other members into its
 spool. The split falls on a multiple of FRAME_RECORDS, so the frames are those of one pass and
-the bundle is byte for byte the one a single process writes.
+the bundle is byte for byte the one a single process writes. A scrubbing export
+(BundleOptions.scrub) scrubs in both processes, each what it encodes; the child sends its
+counts with its last word.
 
 The child's connection must see the export's snapshot. A second connection opened before the
 snapshot (`Witness`) tells whether anything was committed since; the child fixes its snapshot,
