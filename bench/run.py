@@ -24,6 +24,7 @@ generated part of bench/RESULTS.md (between its markers).
 
     .venv/bin/python bench/run.py                        # the full benchmark
     .venv/bin/python bench/run.py --sizes 20000 --small-sizes --scrub-sizes 20000 --output -
+    .venv/bin/python bench/run.py --encryption --sizes 200000  # encrypted vs plain (issue 18)
 """
 
 from __future__ import annotations
@@ -297,6 +298,65 @@ def scrub_report(results: list[ScrubResult]) -> list[str]:
     return lines
 
 
+ENCRYPTION_TARGET = 1.15
+ENCRYPTION_BEGIN, ENCRYPTION_END = (
+    "<!-- bench:encryption:begin -->",
+    "<!-- bench:encryption:end -->",
+)
+
+
+def bench_encryption(n: int, runs: int, cache: Path, work: Path) -> list[str]:
+    """Encrypted export and verify against the same commands on the plain bundle (issue 18:
+    at most ENCRYPTION_TARGET times as long), to a key `age-keygen` makes for the run: table
+    rows for the report."""
+    db = sample_database(n, cache)
+    warm(db)
+    key = work / "age-key.txt"
+    key.unlink(missing_ok=True)
+    timed(["age-keygen", "-o", str(key)])
+    public = subprocess.run(["age-keygen", "-y", str(key)], capture_output=True, text=True)
+    plain, sealed = work / "plain.kbundle", work / "encrypted.kbundle"
+    export = [str(CLI), "export", "--quiet", "--db", str(db)]
+    commands = {
+        "export": (
+            lambda: timed([*export, str(plain)]),
+            lambda: timed([*export, "-r", public.stdout.strip(), str(sealed)]),
+        ),
+        "verify": (
+            lambda: timed([str(CLI), "verify", "--quiet", str(plain)]),
+            lambda: timed([str(CLI), "verify", "--quiet", "-i", str(key), str(sealed)]),
+        ),
+    }
+    rows = []
+    for op, (without, with_key) in commands.items():
+        times: dict[str, list[float]] = {"plain": [], "encrypted": []}
+        for i in range(runs):
+            order = [("plain", without), ("encrypted", with_key)]
+            for side, command in order if i % 2 == 0 else reversed(order):
+                times[side].append(command().seconds)
+                print(f"bench: {n:>9,} {op:<6} {side:<9} {times[side][-1]:7.2f} s", flush=True)
+        medians = {side: statistics.median(seconds) for side, seconds in times.items()}
+        ratio = medians["encrypted"] / medians["plain"]
+        rows.append(
+            f"| {n:,} | {op} | {medians['encrypted']:.2f} s | {medians['plain']:.2f} s | "
+            f"{ratio:.2f}x | <= {ENCRYPTION_TARGET:.2f}x | {verdict(ratio <= ENCRYPTION_TARGET)} |"
+        )
+    return rows
+
+
+def encryption_report(rows: list[str], runs: int) -> str:
+    header = "| observations | operation | encrypted | plain | encrypted / plain | target | met |"
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {runs} runs a side "
+        "(medians; the sides alternate).",
+        "",
+        header,
+        "|---:|---|---:|---:|---:|---:|:---:|",
+        *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def check_restored(source: Path, restored: Path) -> None:
     """The benchmark means nothing unless our import restored every row."""
     tables = ("observations", "capsules", "capsule_observations", "summaries", "pins")
@@ -392,17 +452,17 @@ def report(results: list[SizeResult], scrubs: list[ScrubResult], runs: int, elap
     return "\n".join(lines) + "\n"
 
 
-def write_report(text: str, output: str) -> None:
+def write_report(text: str, output: str, begin: str = BEGIN, end: str = END) -> None:
     if output == "-":
         print(text)
         return
     path = Path(output)
-    previous = path.read_text() if path.exists() else f"# Benchmark results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in previous or END not in previous:
-        sys.exit(f"bench: {path} lacks the {BEGIN} ... {END} markers")
-    head, rest = previous.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    previous = path.read_text() if path.exists() else f"# Benchmark results\n\n{begin}\n{end}\n"
+    if begin not in previous or end not in previous:
+        sys.exit(f"bench: {path} lacks the {begin} ... {end} markers")
+    head, rest = previous.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}")
     print(f"bench: wrote {path}")
 
 
@@ -440,6 +500,11 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=BENCH / "cache")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"), help="or - for stdout")
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="only compare encrypted export and verify with plain ones (needs age-keygen)",
+    )
     args = parser.parse_args()
     for tool in ("sqlite3", "zstd", "sha256sum"):
         if shutil.which(tool) is None:
@@ -450,6 +515,15 @@ def main() -> None:
     work = args.cache / "work"
     work.mkdir(exist_ok=True)
     compile_bytecode()
+    if args.encryption:
+        rows = [
+            row
+            for n in sorted(args.sizes)
+            for row in bench_encryption(n, args.runs, args.cache, work)
+        ]
+        report_text = encryption_report(rows, args.runs)
+        write_report(report_text, args.output, ENCRYPTION_BEGIN, ENCRYPTION_END)
+        return
     started = time.perf_counter()
     wanted = [("realistic", n) for n in sorted(args.sizes)]
     wanted += [("small-vocabulary", n) for n in sorted(args.small_sizes)]

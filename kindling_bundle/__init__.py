@@ -2,8 +2,8 @@
 
 The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
 (Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
-composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress),
-`scrub` (secret rules and the scanner) and `cli`.
+composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress,
+the age envelope of encrypted bundles), `scrub` (secret rules and the scanner) and `cli`.
 """
 
 from kindling_bundle.db.connection import open_store
@@ -33,11 +33,17 @@ from kindling_bundle.errors import (
     BadSignatureError,
     BundleError,
     BundleValidationError,
+    CiphertextError,
+    EncryptionError,
+    IdentityError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
     MalformedSignatureError,
     MissingReferenceError,
+    NoIdentityError,
+    NoMatchingIdentityError,
+    RecipientError,
     RecordError,
     RulesError,
     SignatureError,
@@ -46,14 +52,25 @@ from kindling_bundle.errors import (
     SigningKeyError,
     StorageError,
     StoreError,
+    TruncatedCiphertextError,
     UnknownSignerError,
     UnsignedBundleError,
     UnsupportedVersionError,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
-from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
+from kindling_bundle.io.age import (
+    AgeHeader,
+    Identity,
+    Recipient,
+    load_identities,
+    parse_identities,
+    parse_recipient,
+    read_recipients_file,
+)
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
@@ -70,6 +87,7 @@ from kindling_bundle.ops.convert import (
 )
 from kindling_bundle.ops.datasets import open_dataset
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
+from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
@@ -82,6 +100,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AgeHeader",
     "AllowedSigners",
     "AllowedSignersError",
     "BadSignatureError",
@@ -90,11 +109,15 @@ __all__ = [
     "BundleReader",
     "BundleValidationError",
     "Capsule",
+    "CiphertextError",
     "ConflictStrategy",
     "DanglingReport",
     "DiffReport",
+    "EncryptionError",
     "EntityCounts",
     "ExportStreamOptions",
+    "Identity",
+    "IdentityError",
     "ImportConflictError",
     "ImportEntityResult",
     "ImportReport",
@@ -108,10 +131,15 @@ __all__ = [
     "Manifest",
     "MergeReport",
     "MissingReferenceError",
+    "NoIdentityError",
+    "NoMatchingIdentityError",
     "Observation",
     "Outcome",
     "Pin",
     "ProgressCallback",
+    "ReadOptions",
+    "Recipient",
+    "RecipientError",
     "RecordError",
     "RecordFinding",
     "RulesError",
@@ -129,6 +157,7 @@ __all__ = [
     "StorageError",
     "StoreError",
     "Summary",
+    "TruncatedCiphertextError",
     "UnknownSignerError",
     "UnsignedBundleError",
     "UnsupportedVersionError",
@@ -152,13 +181,17 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "load_identities",
     "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",
     "open_kindling_json",
     "open_store",
+    "parse_identities",
+    "parse_recipient",
     "read_manifest",
+    "read_recipients_file",
     "scan_database",
     "scan_records",
     "snapshot",

@@ -47,6 +47,15 @@ def test_the_secret_scanner_is_pure() -> None:
                 assert module.startswith(allowed), (path.name, module)
 
 
+def test_the_age_envelope_stands_alone() -> None:
+    """io/age/ is a leaf: anything of ours may use it, and it uses nothing but the errors."""
+    allowed = ("kindling_bundle.io.age", "kindling_bundle.errors")
+    for path in sorted((PACKAGE / "io" / "age").glob("*.py")):
+        for module in imported_modules(path):
+            if module.startswith("kindling_bundle"):
+                assert module.startswith(allowed), (path.name, module)
+
+
 def test_only_the_command_line_imports_the_command_line() -> None:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.parent.name == "cli" or path.name == "__main__.py":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from age_tools import age_keygen
 
 from conftest import cli_executable, one_error_line
 from kindling_bundle import BundleOptions, Capsule, Observation, Pin, Summary
@@ -417,3 +418,23 @@ def test_a_scrubbed_bundle_can_be_signed_and_the_signature_covers_the_scrub_reco
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["signature"]["status"] == "signed"
     assert run_cli("scan", out).returncode == 0
+
+
+def test_scrub_then_encrypt_and_scan_the_encrypted_bundle(
+    run_cli, leaky: dict[str, Path], tmp_path: Path
+) -> None:
+    key = tmp_path / "key.txt"
+    recipient = age_keygen(key)
+    secret = tmp_path / "secret.kbundle"
+    assert run_cli("scan", leaky["bundle"], "-i", key).returncode == 1  # a plain one, too
+    plain = tmp_path / "plain.kbundle"
+    assert run_cli("export", "--db", leaky["db"], plain, "-r", recipient).returncode == 0
+    proc = run_cli("scan", plain, "-i", key, "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["summary"]["records"] == 7
+    _no_secret_in(proc.stdout, proc.stderr)
+    assert "identity" in one_error_line(run_cli("scan", plain), 1).lower()
+
+    proc = run_cli("export", "--db", leaky["db"], secret, "--scrub", "-r", recipient)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert run_cli("scan", secret, "-i", key).returncode == 0
+    assert run_cli("verify", secret, "-i", key).returncode == 0

@@ -9,14 +9,16 @@ from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT, describe_envelope
 from kindling_bundle.cli.options import (
     common_options,
     db_option,
     default_db,
+    input_label,
     iso,
     progress_for,
+    reading_options,
     scanner_options,
-    signature_options,
     source_name,
     storage_options,
     workers_option,
@@ -24,14 +26,16 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.integrity import verify_import_integrity
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, NoIdentityError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import BundleReader, open_bundle
-from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
+from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.io.progress import Progress
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, STDIO, is_url, open_source
 from kindling_bundle.kindling_json.reader import open_kindling_json, verify_kindling_json
+from kindling_bundle.ops.read import open_bundle
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.parallel import Workers
@@ -42,7 +46,7 @@ from kindling_bundle.scrub import RecordFinding, Scanner
 @click.command()
 @click.argument("in_target", metavar="IN")
 @workers_option("decode")
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def verify(
@@ -50,13 +54,15 @@ def verify(
     workers: Workers,
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions,
+    read_options: ReadOptions,
 ) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference, and who signed it.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
-    reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
+    reference is checked. An encrypted IN is opened with --identity; a damaged or cut short
+    ciphertext is a problem like any other. Prints each problem found, or that IN is valid;
+    exits 1 if it is not.
     """
     progress = progress_for("verify", out)
 
@@ -64,17 +70,18 @@ def verify(
         progress.total_records = manifest.total_records
 
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         try:
             if kind == "kindling-json":
-                signature.refuse_unsignable(in_target, "a Kindling JSON export")
+                read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
                 report = verify_kindling_json(stream, name=source_name(in_target))
             else:
                 report = verify_bundle(
                     stream,
                     progress=progress,
                     on_manifest=on_manifest,
-                    signature=signature,
+                    options=read_options,
                     workers=workers,
                 )
         finally:
@@ -99,23 +106,38 @@ def verify(
 
 @click.command()
 @click.argument("in_target", metavar="IN")
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def inspect(
-    in_target: str, out: Output, storage_options: dict[str, Any], signature: SignatureOptions
+    in_target: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
 ) -> None:
     """Show a bundle's manifest and who signed it (from a path, - or a URL), reading only the
     manifest and the signature: from a URL, only the first few hundred KiB of the object are
-    fetched."""
-    with (
-        open_source(
-            in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
-        ) as stream,
-        BundleReader(stream, signature=signature) as reader,
-    ):
-        manifest = reader.read_manifest()
-        signer = reader.signer
+    fetched.
+
+    An encrypted bundle is opened with --identity; without one, what its header shows (how many
+    recipients, of which key types) is printed, and the exit code is 1."""
+    with open_source(
+        in_target, storage_options=storage_options, block_size=HEAD_BLOCK_SIZE
+    ) as stream:
+        try:
+            opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        except NoIdentityError as exc:
+            shown = describe_envelope(exc.recipients, exc.stanza_types)
+            out.line(f"bundle:   {in_target}")
+            out.line(f"encrypted: age, {shown}")
+            out.result(
+                {
+                    "bundle": in_target,
+                    "encrypted": {"recipients": exc.recipients, "stanza_types": exc.stanza_types},
+                    "manifest": None,
+                }
+            )
+            raise Failed(f"{in_target}: encrypted (age) {shown}: {IDENTITY_HINT}") from None
+        with BundleReader(opened.stream, signature=read_options.signature) as reader:
+            manifest = reader.read_manifest()
+            signer = reader.signer
     selection = manifest.export_filter
     parts = [f"{k}={v}" for k, v in (selection.scope_ids or {}).items()]
     if selection.from_ts is not None:
@@ -131,6 +153,9 @@ def inspect(
         f"source:   {'Kindling schema v' + str(generation) if generation else 'not a database'}"
     )
     out.line(f"filter:   {', '.join(parts) if parts else 'everything'}")
+    envelope = opened.envelope
+    if envelope is not None:
+        out.line(f"encrypted: age, {describe_envelope(envelope.recipients, envelope.stanza_types)}")
     if manifest.scrub is not None:
         scrub = manifest.scrub
         files = ", ".join(f"{f.name} ({f.sha256[:12]})" for f in scrub.rule_files)
@@ -143,9 +168,15 @@ def inspect(
     out.line(f"  {'entity':<14}{'records':>10}{'bytes':>14}  sha256")
     for entry in manifest.entities:
         out.line(f"  {entry.entity:<14}{entry.records:>10,}{entry.bytes:>14,}  {entry.sha256}")
+    encrypted = (
+        None
+        if envelope is None
+        else {"recipients": envelope.recipients, "stanza_types": envelope.stanza_types}
+    )
     out.result(
         {
             "bundle": in_target,
+            "encrypted": encrypted,
             "manifest": manifest.to_dict(),
             "signature": signature_to_dict(signer),
         }
@@ -241,6 +272,7 @@ class _Findings:
 @click.argument("source", metavar="[SOURCE]", required=False)
 @scanner_options
 @workers_option("scan a database")
+@reading_options
 @storage_options
 @common_options
 def scan(
@@ -249,6 +281,7 @@ def scan(
     workers: Workers,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """Look for secrets (tokens, keys, passwords, private keys, credentials in URLs) in a
     database, a bundle (a path, - or a URL) or a Kindling JSON export, told by its content;
@@ -256,14 +289,16 @@ def scan(
 
     Lists each finding: entity, record id, field, rule and a masked preview, never the secret
     itself. Exits 0 when nothing is found and 1 when anything is, so it can guard a script
-    before a bundle is shared; `export --scrub` writes one with every finding redacted.
+    before a bundle is shared; `export --scrub` writes one with every finding redacted. An
+    encrypted bundle or export is opened with --identity.
     """
     source = source or str(default_db())
     progress = progress_for("scan", out)
     printer = _Findings(out, progress)
     try:
         with open_source(source, storage_options=storage_options) as stream:
-            kind, stream = peek_format(stream)
+            opened = open_input(stream, read_options, label=input_label(source, stream))
+            kind, stream = opened.format, opened.stream
             if kind is None:
                 raise BundleError(
                     f"{source}: not a bundle, a Kindling JSON export or a Kindling database "
@@ -271,7 +306,10 @@ def scan(
                 )
             printer.start(source, kind)
             try:
-                report = _scan(source, kind, stream, scanner, printer, progress, workers)
+                local = source != STDIO and not is_url(source) and opened.envelope is None
+                report = _scan(
+                    source, kind, stream, local, scanner, printer, progress, workers, read_options
+                )
             finally:
                 progress.close()
     except _OutputClosed:
@@ -294,15 +332,21 @@ def _scan(
     source: str,
     kind: str,
     stream: BinaryIO,
+    local: bool,
     scanner: Scanner,
     on_finding: _Findings,
     progress: Progress,
     workers: Workers,
+    read_options: ReadOptions,
 ) -> ScanReport:
+    """The scan of what `stream` holds (`local`: it is the file `source` itself, not standard
+    input, a download or the plaintext of an encrypted file)."""
     name = source_name(source)
     if kind == "database":
-        if source == STDIO or is_url(source):
-            raise BundleError(f"{source}: a Kindling database can only be scanned as a local file")
+        if not local:
+            raise BundleError(
+                f"{source}: a Kindling database can only be scanned as a local, unencrypted file"
+            )
         conn = open_store(Path(source), readonly=True)
         try:
             progress.total_records = sum(
@@ -315,11 +359,11 @@ def _scan(
         finally:
             conn.close()
     if kind == "bundle":
-        with open_bundle(stream, name=name) as bundle:
+        with open_bundle(stream, name=name, options=read_options) as bundle:
             assert bundle.manifest is not None  # open_bundle has read it
             progress.total_records = bundle.manifest.total_records
             records = bundle.records()
             return scan_records(records, scanner, on_finding=on_finding, progress=progress)
-    with open_kindling_json(stream, name=name) as export:
+    with open_kindling_json(stream, name=name, options=read_options) as export:
         records = export.records()
         return scan_records(records, scanner, on_finding=on_finding, progress=progress)

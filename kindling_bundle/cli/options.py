@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import identity_options
 from kindling_bundle.cli.output import Output
 from kindling_bundle.errors import SigningKeyError
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
@@ -159,6 +162,23 @@ def signature_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def reading_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--identity, --allowed-signers and --require-signature together, on commands that read
+    bundles: hands the command one `read_options` (ReadOptions) holding both the keys that open
+    an encrypted input and whom to trust."""
+
+    @identity_options
+    @signature_options
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, read_options: ReadOptions, signature: SignatureOptions, **kwargs: Any
+    ) -> Any:
+        options = dataclasses.replace(read_options, signature=signature)
+        return func(*args, read_options=options, **kwargs)
+
+    return wrapper
+
+
 def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) -> None:
     """One line saying what scrubbing replaced (nothing when the output was not scrubbed)."""
     if scrub is None:
@@ -260,3 +280,8 @@ def progress_for(label: str, out: Output) -> Progress:
 def source_name(target: str) -> str | None:
     """How messages name an input: as given, except standard input (its stream says <stdin>)."""
     return None if target == STDIO else target
+
+
+def input_label(target: str, stream: BinaryIO) -> str:
+    """How errors name an input: as given, or standard input's stream name."""
+    return target if target != STDIO else str(getattr(stream, "name", "<stdin>"))

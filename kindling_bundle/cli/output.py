@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT
 from kindling_bundle.db.integrity import IntegrityReport
-from kindling_bundle.errors import KindlingBundleError, RulesError
+from kindling_bundle.errors import KindlingBundleError, NoIdentityError, RulesError
 from kindling_bundle.format.signature import describe_signature
 from kindling_bundle.io.ssh_signature import Signer
 
@@ -72,6 +73,8 @@ def run(group: click.Group, argv: list[str] | None) -> None:
         _fail(exc.format_message().replace("\n", " "), EXIT_FAILED)
     except RulesError as exc:  # the user's --rules file: a usage error, as a bad option is
         _fail(str(exc).replace("\n", " "), EXIT_USAGE)
+    except NoIdentityError as exc:
+        _fail(f"{exc}: {IDENTITY_HINT}".replace("\n", " "), EXIT_FAILED)
     except KindlingBundleError as exc:
         _fail(str(exc).replace("\n", " "), EXIT_FAILED)
     except BrokenPipeError:

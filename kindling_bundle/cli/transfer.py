@@ -12,16 +12,18 @@ from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
+    input_label,
     load_sign_key,
     progress_for,
+    reading_options,
     scrub_line,
     scrub_options,
-    signature_options,
     source_name,
     storage_options,
     workers_option,
@@ -30,8 +32,9 @@ from kindling_bundle.cli.output import Output, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.signature import SignatureOptions
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.age import Recipient
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
@@ -109,6 +112,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
 )
 @workers_option("encode")
 @click.argument("out_target", metavar="OUT")
+@recipient_options
 @scrub_options
 @storage_options
 @common_options
@@ -129,12 +133,16 @@ def export(
     scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
+    recipients: tuple[Recipient, ...],
 ) -> None:
     """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
     s3://bucket/key, uploaded as it is written and there only once complete).
 
     With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
     marked), for a Kindling installation that only reads JSON.
+
+    With --recipient or --recipients-file, OUT is encrypted to those keys (an age file; no
+    temporary file holds the records in the clear); every command reads it with --identity.
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
@@ -161,7 +169,12 @@ def export(
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
         opts = BundleOptions(
-            filter=selection, created_at=created_at, level=level, workers=workers, scrub=scrub
+            filter=selection,
+            created_at=created_at,
+            level=level,
+            workers=workers,
+            recipients=recipients,
+            scrub=scrub,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -183,7 +196,12 @@ def export(
         nonlocal manifest
         if out_format == "kindling-json":
             return export_kindling_json(
-                conn, dest, selection, exported_at=created_at, scrub=scrubber
+                conn,
+                dest,
+                selection,
+                exported_at=created_at,
+                recipients=recipients,
+                scrub=scrubber,
             )
         on_output = hashing.update if hashing is not None else None
         manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
@@ -212,7 +230,9 @@ def export(
         + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
         err=to_stderr,
     )
-    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    plural = "" if len(recipients) == 1 else "s"
+    encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
+    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
     scrubbed = None
     if scrubber is not None:
         scrubbed = scrubber.manifest()
@@ -228,6 +248,7 @@ def export(
             "bytes": size,
             "sha256": digest,
             "format": out_format,
+            "recipients": [str(recipient) for recipient in recipients],
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
             "scrub": scrubbed,
@@ -268,7 +289,7 @@ def _signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_target", metavar="IN")
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def import_(
@@ -279,15 +300,16 @@ def import_(
     in_target: str,
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions,
+    read_options: ReadOptions,
 ) -> None:
     """Import the bundle IN (a path, - for standard input, or a URL) into the database.
 
-    IN may also be a Kindling JSON export (told by its content), imported the same way.
+    IN may also be a Kindling JSON export (told by its content), imported the same way, and
+    either may be encrypted (opened with --identity).
 
-    The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
-    error, integrity problem) the database is left exactly as it was. A signed bundle's
-    signature is checked (against --allowed-signers) before the database is touched.
+    The import is all or nothing: on any failure (damaged bundle or ciphertext, conflict under
+    --conflict error, integrity problem) the database is left exactly as it was. A signed
+    bundle's signature is checked (against --allowed-signers) before the database is touched.
     """
 
     db_path = db or default_db()
@@ -298,9 +320,10 @@ def import_(
 
     dangling = None
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         if kind == "kindling-json":
-            signature.refuse_unsignable(in_target, "a Kindling JSON export")
+            read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
         with _target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
@@ -321,7 +344,7 @@ def import_(
                         dry_run=dry_run,
                         progress=progress,
                         on_manifest=on_manifest,
-                        signature=signature,
+                        options=read_options,
                     )
             finally:
                 progress.close()

@@ -18,6 +18,12 @@ temporary file has no name until it is complete (O_TMPFILE), so a process killed
 the spool. Elsewhere it is `.NAME.XXXXXXXX.tmp` beside the destination (see atomic_file). A
 stream destination (stdout, an upload) is written front to back and flushed, never sought nor
 closed.
+
+An encrypted bundle (BundleOptions.recipients) is the same archive written through an age
+encrypting writer (io.age) inside that temporary file or stream, and its spools are
+SealedSpools: nothing that reaches a file holds plaintext records. A signed and encrypted
+bundle is signed inside: the signature member is in the plaintext bundle, so without a key
+nobody learns who signed it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -59,6 +65,7 @@ from kindling_bundle.format.manifest import (
 from kindling_bundle.format.reader import source_label
 from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
+from kindling_bundle.io.age import Recipient, open_encrypting_writer
 from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_file
@@ -88,6 +95,11 @@ class BundleOptions:
     `sign_key`: sign the bundle (format 1.1: the SSH signature over the manifest's bytes, in a
     member right after it); ed25519 and RSA signatures are deterministic, so a signed bundle
     stays byte-identical from run to run. Unsigned bundles are format 1.0.
+    `recipients`: encrypt the bundle to these public keys (io.age.parse_recipient,
+    read_recipients_file): the output is an age file whose plaintext is the bundle (the same
+    bytes as without them, a signature included), and every spool holds only ciphertext.
+    `sealed_spools`: spools hold only ciphertext without recipients too (for records that come
+    from an encrypted input).
     `scrub`: replace every secret this scanner finds in the records' free text by
     `[REDACTED:<rule-id>]` where they are encoded (in the worker too), and say so in the
     manifest's optional `scrub` record (the format version stays what it would be).
@@ -98,9 +110,15 @@ class BundleOptions:
     level: int = 3
     workers: Workers = "auto"
     sign_key: SigningKey | None = None
+    recipients: Sequence[Recipient] = ()
+    sealed_spools: bool = False
     scrub: Scanner | None = None
 
     def __post_init__(self) -> None:
+        recipients = tuple(self.recipients)
+        if not all(isinstance(recipient, Recipient) for recipient in recipients):
+            raise TypeError("recipients must be Recipient objects (see io.age.parse_recipient)")
+        object.__setattr__(self, "recipients", recipients)
         if not isinstance(self.filter, ExportStreamOptions):
             raise TypeError(f"filter must be ExportStreamOptions, got {type(self.filter).__name__}")
         if isinstance(self.level, bool) or not isinstance(self.level, int):
@@ -167,7 +185,8 @@ def write_bundle(
     label = source_label(dest)
     scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
     with contextlib.ExitStack() as stack:
-        spool = stack.enter_context(spool_file(dest, label))
+        sealed = _sealed(opts)
+        spool = stack.enter_context(spool_file(dest, label, sealed))
         tally = Progress(progress)
         witness = None
         if choose_workers(opts.workers, observations_bound(conn)) > 1:
@@ -178,7 +197,7 @@ def write_bundle(
         with snapshot(conn):
             child = None
             if witness is not None:
-                child = _split(conn, witness, spool, dest, label, tally, stack, scrub)
+                child = _split(conn, witness, spool, dest, label, tally, stack, sealed, scrub)
             if child is not None:
                 members = encode_split(conn, child, spool, label, tally, scrub)
             else:
@@ -186,7 +205,7 @@ def write_bundle(
         entries = [member.entry for member in members]
         generation = getattr(conn, "generation", None)
         manifest = _manifest(created_at, generation, selection, entries, opts.sign_key, scrub)
-        _write_archive(dest, label, members, manifest, opts.level, on_output, opts.sign_key)
+        _write_archive(dest, label, members, manifest, opts, on_output)
     return manifest
 
 
@@ -215,15 +234,16 @@ def _split(
     label: str,
     tally: Progress,
     stack: contextlib.ExitStack,
+    sealed: bool,
     scrub: Scrubber | None,
 ) -> SplitChild | None:
     """A child started on the first part of the observations (parallel.encoder), on this
-    snapshot; None if there are too few to split, or if it cannot share the snapshot (then it
-    has written nothing)."""
+    snapshot, writing a spool of its own (`sealed` as this process's); None if there are too
+    few to split, or if it cannot share the snapshot (then it has written nothing)."""
     key = split_key(conn)
     if key is None:
         return None
-    child_spool = stack.enter_context(spool_file(dest, label))
+    child_spool = stack.enter_context(spool_file(dest, label, sealed))
     child = SplitChild(conn, key, label, child_spool, spool, tally.worker, scrub)
     stack.enter_context(child)
     return child if child.shares(witness) else None
@@ -252,14 +272,18 @@ def write_bundle_from_records(
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
     scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
-    with spool_file(dest, label) as spool:
+    with spool_file(dest, label, _sealed(opts)) as spool:
         members = encode_members(spool, streams, label, Progress(progress), scrub=scrub)
         entries = [member.entry for member in members]
         manifest = _manifest(
             created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
         )
-        _write_archive(dest, label, members, manifest, opts.level, sign_key=opts.sign_key)
+        _write_archive(dest, label, members, manifest, opts)
     return manifest
+
+
+def _sealed(opts: BundleOptions) -> bool:
+    return bool(opts.recipients) or opts.sealed_spools
 
 
 def _manifest(
@@ -297,18 +321,20 @@ def _write_archive(
     label: str,
     members: list[Member],
     manifest: Manifest,
-    level: int,
+    opts: BundleOptions,
     on_output: Callable[[bytes], None] | None = None,
-    sign_key: SigningKey | None = None,
 ) -> None:
     # Signed before the destination is opened: a key that cannot sign (an agent gone) leaves
     # nothing behind.
+    sign_key = opts.sign_key
     signature = None if sign_key is None else sign_key.sign(encode_manifest(manifest)).encode()
     try:
-        with _destination(dest) as out:
-            # zstandard takes any object with write() (its stubs say IO[bytes])
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(_destination(dest))
+            # zstandard calls only write and flush on what it writes to: a _Tee will do
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
-            _emit(sink, members, manifest, level, signature)
+            target = stack.enter_context(_encrypted(sink, opts.recipients))
+            _emit(target, members, manifest, opts.level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -328,6 +354,17 @@ class _Tee:
 
     def flush(self) -> None:
         self._out.flush()
+
+
+@contextlib.contextmanager
+def _encrypted(out: BinaryIO, recipients: Sequence[Recipient]) -> Iterator[BinaryIO]:
+    """`out`, or with recipients a stream that encrypts into it. Its last chunk is written only
+    when the archive is complete: an archive cut short by an error reads as truncated."""
+    if not recipients:
+        yield out
+        return
+    with open_encrypting_writer(out, recipients) as writer:
+        yield writer
 
 
 @contextlib.contextmanager

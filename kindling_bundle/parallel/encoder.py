@@ -21,6 +21,10 @@ the same class and message as in one process (the child runs the same export str
 same member loop). A child that dies is a BundleError. Messages between the processes are typed
 (msgspec Structs); each process writes only its own spool (the child reads this process's, to
 hash the whole member, only once it is complete).
+
+An encrypted export's spools are SealedSpools (io.age): the child is forked, so it holds the
+same in-memory keys. Each side seals its last chunk before the other reads (`finish_spool`), and
+reads what the other wrote through the spool's own decrypting reader, never the raw file.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -52,7 +55,8 @@ from kindling_bundle.ops.spool import (
     Progress,
     encode_member,
     encode_members,
-    flush_spool,
+    finish_spool,
+    written_elsewhere,
 )
 from kindling_bundle.parallel.forking import ChildFailed, pipe, start_child
 from kindling_bundle.records import Record
@@ -160,7 +164,7 @@ class SplitChild:
         self._spool = spool
         self._child = start_child(
             _split_child,
-            (conn.path, key, label, spool, side.fileno(), scrub, child_commands, child_reports),
+            (conn.path, key, label, spool, side, scrub, child_commands, child_reports),
             "kbundle-encoder",
             parent_ends=(self._reports, self._commands),
         )
@@ -263,7 +267,7 @@ def encode_split(
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()  # type: ignore[attr-defined]
-    flush_spool(spool, label)  # the child reads it
+    finish_spool(spool, label)  # the child reads it
     done = child.finish(rest.entry.bytes)
     if scrub is not None:
         scrub.tally.merge(done.scrubbed_records, done.scrubbed_by_rule)
@@ -283,7 +287,7 @@ def _split_child(
     key: SplitKey,
     label: str,
     spool: BinaryIO,
-    side: int,
+    side: BinaryIO,
     scrub: Scrubber | None,
     commands: Any,
     reports: Any,
@@ -313,7 +317,7 @@ def _split_child(
             records = export_observations_before(conn, key)
             mine = Scrubber(scrub.scanner) if scrub is not None else None  # its own counts
             part = encode_member(spool, "observations", records, label, on_frame, sha256, mine)
-            flush_spool(spool, label)
+            finish_spool(spool, label)
             finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
             _hash_file(side, finish.side_bytes, sha256, label)
             scrubbed = (mine.tally.records, dict(mine.tally.by_rule)) if mine else (0, {})
@@ -325,12 +329,14 @@ def _split_child(
             report(ChildFailed.of(exc, "encoding"))
 
 
-def _hash_file(fd: int, size: int, sha256: _Hash, label: str) -> None:
-    """Hash the first `size` bytes of the file `fd` (read at offsets: no shared file position)."""
+def _hash_file(spool: BinaryIO, size: int, sha256: _Hash, label: str) -> None:
+    """Hash the first `size` bytes the parent wrote to `spool` (read at offsets: no shared file
+    position)."""
+    read = written_elsewhere(spool)
     offset = 0
     while offset < size:
         try:
-            chunk = os.pread(fd, min(size - offset, _READ_BYTES), offset)
+            chunk = read(min(size - offset, _READ_BYTES))
         except OSError as exc:
             raise BundleError(f"{label}: cannot read the spool file: {exc.strerror}") from None
         if not chunk:
