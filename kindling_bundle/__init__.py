@@ -3,7 +3,7 @@
 The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
 (Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
 composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress,
-the age envelope of encrypted bundles) and `cli`.
+the age envelope of encrypted bundles), `scrub` (secret rules and the scanner) and `cli`.
 """
 
 from kindling_bundle.db.connection import open_store
@@ -45,6 +45,7 @@ from kindling_bundle.errors import (
     NoMatchingIdentityError,
     RecipientError,
     RecordError,
+    RulesError,
     SignatureError,
     SignatureNamespaceError,
     SignerNotValidError,
@@ -56,7 +57,7 @@ from kindling_bundle.errors import (
     UnsignedBundleError,
     UnsupportedVersionError,
 )
-from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
 from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
@@ -89,9 +90,11 @@ from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, me
 from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
+from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
+from kindling_bundle.scrub import RecordFinding, Scanner, Scrubber
 
 __version__ = "0.1.0"
 
@@ -138,6 +141,12 @@ __all__ = [
     "Recipient",
     "RecipientError",
     "RecordError",
+    "RecordFinding",
+    "RulesError",
+    "ScanReport",
+    "Scanner",
+    "ScrubInfo",
+    "Scrubber",
     "SignatureError",
     "SignatureNamespaceError",
     "SignatureOptions",
@@ -183,6 +192,8 @@ __all__ = [
     "parse_recipient",
     "read_manifest",
     "read_recipients_file",
+    "scan_database",
+    "scan_records",
     "snapshot",
     "verify_bundle",
     "verify_import_integrity",

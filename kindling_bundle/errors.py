@@ -179,3 +179,7 @@ class SigningKeyError(SignatureError):
 
 class AllowedSignersError(SignatureError):
     """An allowed_signers file cannot be read or has a line we do not understand (file:line)."""
+
+
+class RulesError(KindlingBundleError):
+    """A secret rule file is unreadable or invalid; the message names the file and the rule."""

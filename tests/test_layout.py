@@ -36,6 +36,17 @@ def test_the_bundle_format_layer_touches_no_database() -> None:
                 assert module.startswith(allowed), (path.name, module)
 
 
+def test_the_secret_scanner_is_pure() -> None:
+    """scrub/ reads rule files and text, nothing else: export, convert, merge and scan all
+    use it, and a worker process can run it on records it encodes."""
+    allowed = ("kindling_bundle.scrub", "kindling_bundle.errors", "kindling_bundle.records")
+    for path in sorted((PACKAGE / "scrub").glob("*.py")):
+        for module in imported_modules(path):
+            assert module.split(".")[0] not in ("sqlite3", "zstandard"), path.name
+            if module.startswith("kindling_bundle"):
+                assert module.startswith(allowed), (path.name, module)
+
+
 def test_the_age_envelope_stands_alone() -> None:
     """io/age/ is a leaf: anything of ours may use it, and it uses nothing but the errors."""
     allowed = ("kindling_bundle.io.age", "kindling_bundle.errors")

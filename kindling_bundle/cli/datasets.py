@@ -14,6 +14,8 @@ from kindling_bundle.cli.options import (
     common_options,
     input_label,
     reading_options,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
 )
@@ -28,6 +30,7 @@ from kindling_bundle.ops.convert import bundle_to_kindling_json, kindling_json_t
 from kindling_bundle.ops.merge import diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.records import CONFLICT_STRATEGIES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 @click.command()
@@ -71,12 +74,14 @@ def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> 
 )
 @reading_options
 @recipient_options
+@scrub_options
 @storage_options
 @common_options
 def convert(
     source: str,
     dest: str,
     drop_dangling: bool,
+    scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
     read_options: ReadOptions,
@@ -87,7 +92,8 @@ def convert(
     What SOURCE is, is told by its content; DEST gets the other format. Either may be `-`
     (standard input or output) or a URL. DEST appears only when complete. An encrypted SOURCE
     is opened with --identity (no temporary file holds its records in the clear); with
-    --recipient or --recipients-file, DEST is encrypted.
+    --recipient or --recipients-file, DEST is encrypted. With --scrub, secrets are redacted on
+    the way (see `export --scrub`).
     """
     with open_source(source, storage_options=storage_options) as stream:
         opened = open_input(stream, read_options, label=input_label(source, stream))
@@ -97,6 +103,7 @@ def convert(
         if kind == "kindling-json":
             read_options.signature.refuse_unsignable(source, "a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
+            scrubbed = None
             if kind == "kindling-json":
                 dangling = DanglingReport()
                 manifest = kindling_json_to_bundle(
@@ -107,17 +114,26 @@ def convert(
                     name=source_name(source),
                     recipients=recipients,
                     sealed_spools=opened.envelope is not None,
+                    scrub=scrub,
                 )
                 counts = {entry.entity: entry.records for entry in manifest.entities}
+                if manifest.scrub is not None:
+                    scrubbed = manifest.to_dict()["scrub"]
             else:
                 dangling = None
+                scrubber = Scrubber(scrub) if scrub is not None else None
                 with _encrypting(target, recipients) as sink:
-                    counts = bundle_to_kindling_json(stream, sink, options=read_options)
+                    counts = bundle_to_kindling_json(
+                        stream, sink, options=read_options, scrub=scrubber
+                    )
+                if scrubber is not None:
+                    scrubbed = scrubber.manifest()
     to = "bundle" if kind == "kindling-json" else "kindling-json"
     to_stderr = dest == STDIO  # the converted data is on standard output
     out.line(
         f"wrote {dest} ({to}): " + ", ".join(f"{n} {e}" for e, n in counts.items()), err=to_stderr
     )
+    scrub_line(out, scrubbed, err=to_stderr)
     if dangling is not None and dangling.total:
         out.line(
             f"left out {dangling.links} capsule links, {dangling.summaries} summaries and "
@@ -132,6 +148,7 @@ def convert(
             "to": to,
             "records": counts,
             "dangling": dangling.to_dict() if dangling is not None else None,
+            "scrub": scrubbed,
         },
         err=to_stderr,
     )
@@ -179,12 +196,14 @@ def diff(a: str, b: str, out: Output, read_options: ReadOptions) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @reading_options
 @recipient_options
+@scrub_options
 @common_options
 def merge(
     paths: tuple[str, ...],
     conflict: str,
     drop_dangling: bool,
     force: bool,
+    scrub: Scanner | None,
     out: Output,
     read_options: ReadOptions,
     recipients: tuple[Recipient, ...],
@@ -194,6 +213,7 @@ def merge(
     OUT holds the union; it verifies and imports (every reference resolves). OUT is never
     replaced unless --force is given, so a forgotten OUT cannot overwrite an input. Encrypted
     inputs are opened with --identity; with --recipient or --recipients-file, OUT is encrypted.
+    With --scrub, secrets in OUT are redacted (see `export --scrub`).
     """
 
     if len(paths) < 3:
@@ -211,8 +231,11 @@ def merge(
         drop_dangling=drop_dangling,
         options=read_options,
         recipients=recipients,
+        scrub=scrub,
     )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
+    if report.manifest is not None and report.manifest.scrub is not None:
+        scrub_line(out, report.manifest.to_dict()["scrub"])
     conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}
     if conflicts:
         settled = "kept the first" if conflict == "skip" else "kept the last"

@@ -22,6 +22,7 @@ from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sshsig import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
+from kindling_bundle.scrub import Scanner
 
 ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
 """A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
@@ -69,6 +70,53 @@ def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
         if endpoint_url:
             options["endpoint_url"] = endpoint_url
         return func(*args, storage_options=options, **kwargs)
+
+    return wrapper
+
+
+_RULES_HELP = (
+    "A gitleaks-format rule file (TOML) whose rules are added to ours; a rule with an id of "
+    "ours replaces it (repeatable)."
+)
+
+
+def _rules_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--rules",
+        "rule_files",
+        multiple=True,
+        metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=_RULES_HELP,
+    )(func)
+
+
+def scanner_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--rules; hands the command a loaded `scanner` (ours plus the user's rules)."""
+
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        return func(*args, scanner=Scanner.load(rule_files), **kwargs)
+
+    return wrapper
+
+
+def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--scrub and --rules; hands the command `scrub`, a loaded Scanner or None."""
+
+    @click.option(
+        "--scrub",
+        is_flag=True,
+        help="Replace every secret found in observation content, provenance, capsule intents, "
+        "summaries and pin reasons by [REDACTED:<rule-id>] (see `scan`).",
+    )
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, scrub: bool, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        if rule_files and not scrub:
+            raise click.UsageError("--rules applies only with --scrub")
+        return func(*args, scrub=Scanner.load(rule_files) if scrub else None, **kwargs)
 
     return wrapper
 
@@ -129,6 +177,18 @@ def reading_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, read_options=options, **kwargs)
 
     return wrapper
+
+
+def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) -> None:
+    """One line saying what scrubbing replaced (nothing when the output was not scrubbed)."""
+    if scrub is None:
+        return
+    rules = ", ".join(f"{rule} {n}" for rule, n in scrub["byRule"].items())
+    out.line(
+        f"scrubbed {scrub['findings']} secrets in {scrub['records']} records"
+        + (f" ({rules})" if rules else ""),
+        err=err,
+    )
 
 
 def load_sign_key(path: str) -> SigningKey:

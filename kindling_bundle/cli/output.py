@@ -1,8 +1,8 @@
 """What a command prints, and how its failures become one line and an exit code.
 
 Exit codes: 0 success; 1 the work failed (damaged bundle, conflict, integrity problem, refused
-database); 2 usage error. Every failure is one line on standard error, never a traceback
-(unless --debug).
+database) or `scan` found secrets; 2 usage error (an invalid --rules file included). Every
+failure is one line on standard error, never a traceback (unless --debug).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import click
 
 from kindling_bundle.cli.keys import IDENTITY_HINT
 from kindling_bundle.db.integrity import IntegrityReport
-from kindling_bundle.errors import KindlingBundleError, NoIdentityError
+from kindling_bundle.errors import KindlingBundleError, NoIdentityError, RulesError
 from kindling_bundle.format.signature import describe_signature
 from kindling_bundle.io.sshsig import Signer
 
@@ -71,6 +71,8 @@ def run(group: click.Group, argv: list[str] | None) -> None:
         _fail(exc.format_message().replace("\n", " "), EXIT_USAGE)
     except click.ClickException as exc:
         _fail(exc.format_message().replace("\n", " "), EXIT_FAILED)
+    except RulesError as exc:  # the user's --rules file: a usage error, as a bad option is
+        _fail(str(exc).replace("\n", " "), EXIT_USAGE)
     except NoIdentityError as exc:
         _fail(f"{exc}: {IDENTITY_HINT}".replace("\n", " "), EXIT_FAILED)
     except KindlingBundleError as exc:

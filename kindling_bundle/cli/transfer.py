@@ -22,6 +22,8 @@ from kindling_bundle.cli.options import (
     load_sign_key,
     progress_for,
     reading_options,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
     workers_option,
@@ -40,6 +42,7 @@ from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 class _Hashing:
@@ -110,6 +113,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
 @workers_option("encode")
 @click.argument("out_target", metavar="OUT")
 @recipient_options
+@scrub_options
 @storage_options
 @common_options
 def export(
@@ -126,6 +130,7 @@ def export(
     sign_key: str | None,
     workers: Workers,
     out_target: str,
+    scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
     recipients: tuple[Recipient, ...],
@@ -141,6 +146,9 @@ def export(
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+
+    With --scrub, every secret `scan` would find is replaced by [REDACTED:<rule-id>] on the way
+    out (the database is not changed), and the bundle's manifest says so.
 
     With --sign-key the bundle carries an SSH signature (namespace kindling-bundle) over its
     manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
@@ -166,6 +174,7 @@ def export(
             level=level,
             workers=workers,
             recipients=recipients,
+            scrub=scrub,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -181,12 +190,18 @@ def export(
             conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
         )
     manifest: Manifest | None = None
+    scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
 
     def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
             return export_kindling_json(
-                conn, dest, selection, exported_at=created_at, recipients=recipients
+                conn,
+                dest,
+                selection,
+                exported_at=created_at,
+                recipients=recipients,
+                scrub=scrubber,
             )
         on_output = hashing.update if hashing is not None else None
         manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
@@ -218,6 +233,12 @@ def export(
     plural = "" if len(recipients) == 1 else "s"
     encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
     out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
+    scrubbed = None
+    if scrubber is not None:
+        scrubbed = scrubber.manifest()
+    elif manifest is not None and manifest.scrub is not None:
+        scrubbed = manifest.to_dict()["scrub"]
+    scrub_line(out, scrubbed, err=to_stderr)
     if key is not None:
         out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
     out.result(
@@ -230,6 +251,7 @@ def export(
             "recipients": [str(recipient) for recipient in recipients],
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
+            "scrub": scrubbed,
             "signature": _signing_key_to_dict(key) if out_format == "bundle" else None,
         },
         err=to_stderr,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +31,7 @@ from kindling_bundle.ops.write import (
     write_bundle_from_records,
 )
 from kindling_bundle.records import ConflictStrategy, Record
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 def export_kindling_json(
@@ -40,13 +41,16 @@ def export_kindling_json(
     *,
     exported_at: int | None = None,
     recipients: Sequence[Recipient] = (),
+    scrub: Scrubber | None = None,
 ) -> dict[str, int]:
     """Export a database as a Kindling JSON export (from one read snapshot), so its content
     can go to a Kindling installation that only reads JSON. Redacted rows are included and
     marked. A filtered export brings the records its selection references (as a bundle export
     does), so the file is referentially closed and imports. `exported_at` defaults as a bundle's
     creation time does ($SOURCE_DATE_EPOCH, else now). With `recipients`, the file is an age
-    file whose plaintext is the export (`age -d` gives it back). Returns the count per entity."""
+    file whose plaintext is the export (`age -d` gives it back). With `scrub`, secrets are
+    redacted as records are written (counted in `scrub.tally`; the JSON format has nowhere to
+    say so). Returns the count per entity."""
     opts = opts or ExportStreamOptions()
     if opts.filtered and not opts.include_references:
         opts = dataclasses.replace(opts, include_references=True)
@@ -54,7 +58,9 @@ def export_kindling_json(
     with snapshot(conn), _encrypting(dest, recipients) as out:
         streams = {entity: export(conn, opts) for entity, export in ENTITY_EXPORTS.items()}
         try:
-            return write_kindling_json(out, streams, exported_at=exported_at, scope=opts.scope_ids)
+            return write_kindling_json(
+                out, _scrubbed(streams, scrub), exported_at=exported_at, scope=opts.scope_ids
+            )
         finally:  # finalize unfinished streams while the connection is open, not at GC
             for stream in streams.values():
                 stream.close()
@@ -87,6 +93,7 @@ def kindling_json_to_bundle(
     recipients: Sequence[Recipient] = (),
     sealed_spools: bool = False,
     options: ReadOptions | None = None,
+    scrub: Scanner | None = None,
 ) -> Manifest:
     """Write a Kindling JSON export as a bundle, in one pass over the JSON.
 
@@ -97,7 +104,7 @@ def kindling_json_to_bundle(
     as the bundle's filter when it uses the four scope keys a filter can name. `recipients`
     and `sealed_spools` are as in BundleOptions (set `sealed_spools` when `src` is the
     plaintext of an encrypted file; an encrypted `src`, opened here with `options.identities`,
-    seals them anyway).
+    seals them anyway). With `scrub`, secrets are redacted (BundleOptions.scrub).
     """
     with open_kindling_json(src, name=name, options=options) as reader:
         records: Iterator[Record] = iter(reader.records())
@@ -126,29 +133,45 @@ def kindling_json_to_bundle(
                 level=level,
                 recipients=recipients,
                 sealed_spools=sealed_spools or reader.encrypted,
+                scrub=scrub,
             ),
             progress=progress,
         )
 
 
 def bundle_to_kindling_json(
-    src: BundleSource, dest: str | Path | BinaryIO, *, options: ReadOptions | None = None
+    src: BundleSource,
+    dest: str | Path | BinaryIO,
+    *,
+    options: ReadOptions | None = None,
+    scrub: Scrubber | None = None,
 ) -> dict[str, int]:
     """Write a bundle's content as a Kindling JSON export, with the bundle's creation time as
     `exportedAt` and its scope filter as `scope`. The bundle is checked as it is read (its
     signature against `options.signature`, hashes, counts) and against the record rules, so the
     export imports; on a damaged bundle a path destination is left untouched. The JSON carries
-    no signature. An encrypted bundle is opened with `options.identities`."""
+    no signature. An encrypted bundle is opened with `options.identities`. With `scrub`, secrets
+    are redacted as records are written (counted in `scrub.tally`)."""
     with open_bundle(src, options=options) as reader:
         manifest = reader.manifest
         assert manifest is not None  # open_bundle has read it
         records = close_references(reader.records(), drop=False, name=reader.label)
+        if scrub is not None:
+            records = scrub.records(records)
         return write_kindling_json(
             dest,
             dict(entity_streams(records)),
             exported_at=manifest.created_at,
             scope=manifest.export_filter.scope_ids,
         )
+
+
+def _scrubbed(
+    streams: Mapping[str, Iterable[Record]], scrub: Scrubber | None
+) -> Mapping[str, Iterable[Record]]:
+    if scrub is None:
+        return streams
+    return {entity: scrub.records(stream) for entity, stream in streams.items()}
 
 
 def import_kindling_json(

@@ -64,6 +64,7 @@ from kindling_bundle.records import (
     Summary,
     entity_of,
 )
+from kindling_bundle.scrub import Scanner
 
 _LISTED_IDS = 5
 
@@ -427,6 +428,7 @@ def merge_datasets(
     spool_dir: str | None = None,
     options: ReadOptions | None = None,
     recipients: Sequence[Recipient] = (),
+    scrub: Scanner | None = None,
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
@@ -435,7 +437,9 @@ def merge_datasets(
     `drop_dangling`, a SignatureError for an input `options.signature` refuses (see
     `open_dataset`); then nothing is left at a path destination. The merged bundle is unsigned.
     Encrypted inputs are opened with `options.identities` (the output's spools are then
-    sealed); with `recipients` the output is encrypted to them.
+    sealed); with `recipients` the output is encrypted to them. With `scrub`, secrets in the
+    merged records are redacted (BundleOptions.scrub); which record wins is decided on the
+    records as the inputs hold them.
     """
     check_strategy(conflict)
     if not sources:
@@ -447,6 +451,7 @@ def merge_datasets(
         level=level,
         recipients=recipients,
         sealed_spools=merger.encrypted,
+        scrub=scrub,
     )
     merger.report.manifest = merger.write(dest, opts)
     return merger.report

@@ -26,6 +26,7 @@ from kindling_bundle.format.record_frames import FrameEncoder
 from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.io.storage import check_local_destination
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scrubber
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -99,9 +100,14 @@ def encode_member(
     label: str,
     on_frame: Callable[[int, int], None],
     sha256: _Hash | None = None,
+    scrub: Scrubber | None = None,
 ) -> Member:
     """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
-    into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each."""
+    into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
+    With `scrub`, each record is scrubbed first (counted in `scrub.tally`): here, where records
+    are encoded, so that a worker process scrubs the records it encodes."""
+    if scrub is not None:
+        records = scrub.records(records)
     offset = spool.tell()
     if sha256 is None:
         sha256 = hashlib.sha256()
@@ -162,9 +168,11 @@ def encode_members(
     label: str,
     progress: Progress,
     entities: Iterable[str] = ENTITY_MEMBERS,
+    *,
+    scrub: Scrubber | None = None,
 ) -> list[Member]:
     """Each entity's member into the spool, one after the other, in foreign-key order."""
     return [
-        encode_member(spool, entity, streams.get(entity, ()), label, progress.add)
+        encode_member(spool, entity, streams.get(entity, ()), label, progress.add, scrub=scrub)
         for entity in entities
     ]

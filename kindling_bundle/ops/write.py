@@ -31,14 +31,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
+import msgspec
+
 from kindling_bundle.db.connection import KindlingConnection
-from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    observations_bound,
+    snapshot,
+)
 from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
@@ -51,6 +57,7 @@ from kindling_bundle.format.manifest import (
     FilterInfo,
     Manifest,
     ProgressCallback,
+    ScrubInfo,
     SourceInfo,
     ToolInfo,
     encode_manifest,
@@ -65,6 +72,7 @@ from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_fi
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
 from kindling_bundle.parallel.encoder import SplitChild, Witness, encode_split, split_key
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scanner, Scrubber
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -92,6 +100,9 @@ class BundleOptions:
     bytes as without them, a signature included), and every spool holds only ciphertext.
     `sealed_spools`: spools hold only ciphertext without recipients too (for records that come
     from an encrypted input).
+    `scrub`: replace every secret this scanner finds in the records' free text by
+    `[REDACTED:<rule-id>]` where they are encoded (in the worker too), and say so in the
+    manifest's optional `scrub` record (the format version stays what it would be).
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
@@ -101,6 +112,7 @@ class BundleOptions:
     sign_key: SigningKey | None = None
     recipients: Sequence[Recipient] = ()
     sealed_spools: bool = False
+    scrub: Scanner | None = None
 
     def __post_init__(self) -> None:
         recipients = tuple(self.recipients)
@@ -121,6 +133,8 @@ class BundleOptions:
                 f"sign_key must be a SigningKey (load_signing_key), got "
                 f"{type(self.sign_key).__name__}"
             )
+        if self.scrub is not None and not isinstance(self.scrub, Scanner):
+            raise TypeError(f"scrub must be a Scanner, got {type(self.scrub).__name__}")
 
 
 def _check_created_at(value: object, what: str) -> int:
@@ -169,28 +183,28 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
+    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
     with contextlib.ExitStack() as stack:
         sealed = _sealed(opts)
         spool = stack.enter_context(spool_file(dest, label, sealed))
         tally = Progress(progress)
         witness = None
-        if choose_workers(opts.workers, _observations_bound(conn)) > 1:
+        if choose_workers(opts.workers, observations_bound(conn)) > 1:
             # Opened before the snapshot: it tells whether anything is committed after it starts.
             witness = Witness.for_split(conn, selection)
             if witness is not None:
                 stack.callback(witness.close)
         with snapshot(conn):
-            child = (
-                _split(conn, witness, spool, dest, label, tally, stack, sealed) if witness else None
-            )
+            child = None
+            if witness is not None:
+                child = _split(conn, witness, spool, dest, label, tally, stack, sealed, scrub)
             if child is not None:
-                members = encode_split(conn, child, spool, label, tally)
+                members = encode_split(conn, child, spool, label, tally, scrub)
             else:
-                members = _encode_here(conn, selection, spool, label, tally)
+                members = _encode_here(conn, selection, spool, label, tally, scrub)
         entries = [member.entry for member in members]
-        manifest = _manifest(
-            created_at, getattr(conn, "generation", None), selection, entries, opts.sign_key
-        )
+        generation = getattr(conn, "generation", None)
+        manifest = _manifest(created_at, generation, selection, entries, opts.sign_key, scrub)
         _write_archive(dest, label, members, manifest, opts, on_output)
     return manifest
 
@@ -201,11 +215,12 @@ def _encode_here(
     spool: BinaryIO,
     label: str,
     progress: Progress,
+    scrub: Scrubber | None,
 ) -> list[Member]:
     """Every member in this process, one after the other."""
     streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
     try:
-        return encode_members(spool, streams, label, progress)
+        return encode_members(spool, streams, label, progress, scrub=scrub)
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()
@@ -220,6 +235,7 @@ def _split(
     tally: Progress,
     stack: contextlib.ExitStack,
     sealed: bool,
+    scrub: Scrubber | None,
 ) -> SplitChild | None:
     """A child started on the first part of the observations (parallel.encoder), on this
     snapshot, writing a spool of its own (`sealed` as this process's); None if there are too
@@ -228,7 +244,7 @@ def _split(
     if key is None:
         return None
     child_spool = stack.enter_context(spool_file(dest, label, sealed))
-    child = SplitChild(conn, key, label, child_spool, spool, tally.worker)
+    child = SplitChild(conn, key, label, child_spool, spool, tally.worker, scrub)
     stack.enter_context(child)
     return child if child.shares(witness) else None
 
@@ -255,10 +271,13 @@ def write_bundle_from_records(
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
+    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
     with spool_file(dest, label, _sealed(opts)) as spool:
-        members = encode_members(spool, streams, label, Progress(progress))
+        members = encode_members(spool, streams, label, Progress(progress), scrub=scrub)
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, source_generation, opts.filter, entries, opts.sign_key)
+        manifest = _manifest(
+            created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
+        )
         _write_archive(dest, label, members, manifest, opts)
     return manifest
 
@@ -273,10 +292,13 @@ def _manifest(
     export_filter: ExportStreamOptions,
     entries: list[EntityEntry],
     sign_key: SigningKey | None = None,
+    scrub: Scrubber | None = None,
 ) -> Manifest:
     from kindling_bundle import __version__
 
     scope = export_filter.scope_ids
+    # `scrub` is optional in every 1.x version and changes none (spec section 8).
+    scrubbed = msgspec.convert(scrub.manifest(), ScrubInfo) if scrub is not None else None
     return Manifest(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION if sign_key is None else SIGNED_FORMAT_VERSION,
@@ -290,16 +312,8 @@ def _manifest(
             include_references=export_filter.include_references,
         ),
         entities=entries,
+        scrub=scrubbed,
     )
-
-
-def _observations_bound(conn: KindlingConnection) -> int:
-    """An upper bound of the observations' count, read from the end of the table's b-tree."""
-    try:
-        last: int = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
-    except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
-        return 0
-    return last
 
 
 def _write_archive(
