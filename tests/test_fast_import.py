@@ -29,8 +29,8 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
+from kindling_bundle.db.bulk import bulk_load
 from kindling_bundle.db.connection import open_store, write_transaction
-from kindling_bundle.db.importer import bulk_load
 from kindling_bundle.errors import BundleError, ImportConflictError
 from kindling_bundle.records import Record, entity_of
 

@@ -51,9 +51,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from kindling_bundle.db.conflicts import check_strategy
 from kindling_bundle.db.connection import SQLITE_MAGIC, open_store
 from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.db.importer import ConflictStrategy, check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import open_bundle
@@ -65,7 +65,15 @@ from kindling_bundle.kindling_json.reader import (
     open_kindling_json,
 )
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
+from kindling_bundle.records import (
+    ENTITY_TYPES,
+    SINGULAR,
+    ConflictStrategy,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
 
 DatasetSource = str | os.PathLike[str]
 DatasetFormat = Literal["bundle", "kindling-json", "database"]

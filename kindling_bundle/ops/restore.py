@@ -25,26 +25,20 @@ from typing import Any
 
 import msgspec
 
+from kindling_bundle.db.bulk import bulk_load, first_dangling_reference, foreign_keys_checked_after
+from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
     describe_error,
     write_transaction,
 )
-from kindling_bundle.db.importer import (
-    ConflictStrategy,
-    ImportEntityResult,
-    bulk_load,
-    check_strategy,
-    first_dangling_reference,
-    foreign_keys_checked_after,
-    import_batch,
-)
+from kindling_bundle.db.importer import import_batch
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin
 
 _LISTED_PROBLEMS = 3
 
