@@ -186,19 +186,23 @@ def _target_table(pin: Pin) -> str:
     return table
 
 
+def present_targets(conn: sqlite3.Connection, pins: Sequence[Pin]) -> set[tuple[str, str]]:
+    """(target type, target id) of the pins' targets that exist (no foreign key checks them)."""
+    tables = [_target_table(p) for p in pins]
+    found: set[tuple[str, str]] = set()
+    for kind, table in _PIN_TARGET_TABLES.items():
+        wanted = [p.target_id for p, t in zip(pins, tables, strict=True) if t == table]
+        found.update((kind, target) for target in _present(conn, table, wanted))
+    return found
+
+
 def _pins(conn: sqlite3.Connection, run: Sequence[Pin]) -> list[Held]:
     values = [pin_values(p) for p in run]
-    tables = [_target_table(p) for p in run]
-    targets = {
-        table: _present(
-            conn, table, [p.target_id for p, t in zip(run, tables, strict=True) if t == table]
-        )
-        for table in set(tables)
-    }
+    there = present_targets(conn, run)
     stored = _rows(conn, "pins", PIN_COLUMNS, [p.id for p in run])
     held = []
-    for pin, v, table in zip(run, values, tables, strict=True):
-        if pin.target_id not in targets[table]:
+    for pin, v in zip(run, values, strict=True):
+        if (pin.target_type, pin.target_id) not in there:
             problem = f"target {pin.target_type} {pin.target_id} does not exist"
             held.append(Held(v, Found(missing=problem)))
         else:
