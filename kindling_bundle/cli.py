@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -388,7 +389,9 @@ def import_(
     IN may also be a Kindling JSON export (told by its content), imported the same way.
 
     The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
-    error, integrity problem) the database is left exactly as it was.
+    error, integrity problem) the database is left as it was. Into a database that exists,
+    it writes in short steps, so Kindling can keep writing meanwhile (and keeps what it wrote);
+    if it is killed, `recover` (which every import runs first) undoes the part it wrote.
     """
     from kindling_bundle.ops.restore import import_bundle
 
@@ -559,16 +562,22 @@ def inspect(in_target: str, out: Output, storage_options: dict[str, Any]) -> Non
 @common_options
 def check(db: Path | None, sample_size: int, out: Output) -> None:
     """Run the integrity report on a database (read-only): foreign keys, pin targets, capsule
-    order, and full-text indexes in sync. Exits 1 if it finds a problem."""
+    order, full-text indexes in sync, and no unfinished import. Exits 1 if it finds a problem."""
     from kindling_bundle.db.connection import open_store
-    from kindling_bundle.db.integrity import verify_import_integrity
+    from kindling_bundle.db.export import snapshot
+    from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+    from kindling_bundle.db.journal import unfinished_import_problem
 
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     try:
-        report = verify_import_integrity(conn, sample_size=sample_size)
+        with snapshot(conn):  # one state, while Kindling may be writing
+            report = verify_import_integrity(conn, sample_size=sample_size)
+            unfinished = unfinished_import_problem(conn, str(db_path))
     finally:
         conn.close()
+    if unfinished is not None:
+        report = IntegrityReport([unfinished, *report.problems], report.warnings, report.sampled)
     out.line(f"{db_path}:")
     _print_integrity(out, report)
     out.result({"database": str(db_path), **report.to_dict()})
@@ -578,6 +587,53 @@ def check(db: Path | None, sample_size: int, out: Output) -> None:
             f"{db_path}: integrity check failed: {first.kind}: {first.entity} {first.id}: "
             f"{first.detail} ({len(report.problems)} problems in all)"
         )
+
+
+@cli.command("recover")
+@db_option
+@common_options
+def recover_(db: Path | None, out: Output) -> None:
+    """Undo an import into the database that did not finish (its process was killed, or the
+    disk filled up while undoing it), so that the database is as it was before that import,
+    with what other programs wrote meanwhile. Every command that writes to a database does
+    this first; `check` says when it is needed."""
+    from kindling_bundle.db.connection import open_store
+    from kindling_bundle.db.journal import recover
+
+    db_path = db or default_db()
+    if not db_path.exists():
+        raise KindlingBundleError(f"{db_path}: no such database")
+    conn = open_store(db_path)
+    try:
+        recovered = recover(conn)
+    finally:
+        conn.close()
+    if recovered is None:
+        out.line(f"{db_path}: no unfinished import, nothing to recover")
+        out.result({"database": str(db_path), "recovered": None})
+        return
+    found, counts = recovered
+    if found.committed:
+        out.line(f"{db_path}: removed the undo journal of a finished import of {found.source}")
+    else:
+        out.line(
+            f"{db_path}: undid the unfinished import of {found.source}: removed {counts.removed} "
+            f"rows it had inserted, restored {counts.restored} it had changed"
+            + (f", kept {counts.kept} that other writers changed since" if counts.kept else "")
+        )
+    out.result(
+        {
+            "database": str(db_path),
+            "recovered": {
+                "source": found.source,
+                "started_at": found.started_at,
+                "pid": found.pid,
+                "host": found.host,
+                "committed": found.committed,
+                **asdict(counts),
+            },
+        }
+    )
 
 
 def _print_integrity(out: Output, report: IntegrityReport) -> None:

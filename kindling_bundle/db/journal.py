@@ -38,6 +38,7 @@ from typing import Any
 
 from kindling_bundle.db.connection import savepoint, write_transaction
 from kindling_bundle.db.importer import ensure_fts_entry
+from kindling_bundle.db.integrity import IntegrityProblem
 from kindling_bundle.db.pacing import Pace
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
@@ -217,6 +218,22 @@ def unfinished_import(conn: sqlite3.Connection) -> UnfinishedImport | None:
     return UnfinishedImport(source, started_at, pid, host, state == "committed", running)
 
 
+def unfinished_import_problem(conn: sqlite3.Connection, database: str) -> IntegrityProblem | None:
+    """The integrity problem an unfinished import is (`check` reports it), naming `recover`."""
+    found = unfinished_import(conn)
+    if found is None:
+        return None
+    action = (
+        "wait for it to end"
+        if found.running
+        else f"run `kindling-bundle recover --db {database}` to undo it"
+        if not found.committed
+        else f"run `kindling-bundle recover --db {database}` to remove the journal"
+    )
+    detail = f"{found.describe()}; {action}"
+    return IntegrityProblem("unfinished_import", "database", database, detail)
+
+
 def recover(conn: sqlite3.Connection) -> tuple[UnfinishedImport, UndoCounts] | None:
     """Undo an import that did not finish (its process is gone), in short transactions.
 
@@ -277,8 +294,7 @@ class Journal:
         of consecutive rowids (one import's rows in one transaction are nearly always one)."""
         runs: list[tuple[str, int, int]] = []
         for table, rowid in self.conn.execute(
-            f"SELECT tbl, row FROM {UNDO_TABLE} WHERE seq > ? AND op = 'insert' "
-            "ORDER BY tbl, row",
+            f"SELECT tbl, row FROM {UNDO_TABLE} WHERE seq > ? AND op = 'insert' ORDER BY tbl, row",
             (seq,),
         ):
             if runs and runs[-1][0] == table and runs[-1][2] == rowid - 1:
@@ -389,9 +405,7 @@ def _undo_entries(
                 f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
                 (low, high),
             )
-        deleted = conn.execute(
-            f"DELETE FROM {table} WHERE rowid IN ({ours})", (low, high)
-        ).rowcount
+        deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN ({ours})", (low, high)).rowcount
         counts.removed += deleted
         return
     n = len(columns)

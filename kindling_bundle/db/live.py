@@ -19,21 +19,25 @@ written at once. The results are therefore those of importing the records one by
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
-from kindling_bundle.db.connection import savepoint
+from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.importer import import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace
 from kindling_bundle.records import Capsule, ConflictStrategy, Pin, Record, entity_of
 
-ROWS_PER_STATEMENT = 256
+ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
 
@@ -43,75 +47,111 @@ rowids it inserted; raising rolls the transaction back."""
 
 
 @dataclass
-class _Planned:
+class Planned:
+    """A record and what to do with it, decided outside the write lock."""
+
     record: Record
     write: Literal["insert", "exact", "none"]
+    """insert: write `values` as a new row; exact: import it inside the transaction; none:
+    `result` says what happened (nothing to write)."""
     result: ImportEntityResult | None = None
     values: tuple[Any, ...] = ()
 
 
-class LiveImport:
-    """Imports runs of records, in foreign-key order, into a database others may be writing."""
+def plan(
+    conn: sqlite3.Connection, records: Sequence[Record], conflict: ConflictStrategy
+) -> list[Planned]:
+    """Decide a run of records of one type from one look-up (one read snapshot: it never
+    blocks a writer). See the module docstring for which decisions are kept."""
+    independent = independent_prefix(records)
+    conn.execute("BEGIN")
+    try:
+        held = look_up(conn, records[:independent])
+    finally:
+        conn.execute("COMMIT")
+    planned: list[Planned] = []
+    for record, found in zip(records, held, strict=False):
+        result, write = decide(entity_of(record), record.id, found.found, conflict)
+        if write == "none":
+            planned.append(Planned(record, "none", result))
+        elif write == "insert":
+            planned.append(Planned(record, "insert", values=found.values))
+        else:
+            planned.append(Planned(record, "exact"))
+        if found.holder is not None:  # replacing it changes what later summaries meet
+            break
+    planned.extend(Planned(record, "exact") for record in records[len(planned) :])
+    return planned
+
+
+def _rows(planned: Planned) -> int:
+    """The rows a record writes, the unit steps are sized in."""
+    record = planned.record
+    return 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
+
+
+class Writer:
+    """Writes planned records, in foreign-key order, in short journaled transactions."""
 
     def __init__(
-        self, conn: sqlite3.Connection, conflict: ConflictStrategy, journal: Journal, take: Take
+        self,
+        conn: sqlite3.Connection,
+        conflict: ConflictStrategy,
+        journal: Journal,
+        take: Take,
+        after_step: Callable[[], None] = lambda: None,
     ):
         self.conn = conn
         self.conflict = conflict
         self.journal = journal
         self.take = take
-        self.pace = Pace()
-        self._pending: list[_Planned] = []
+        self.after_step = after_step
+        self._paces: dict[type, Pace] = {}
+        self._pending: list[Planned] = []
+        self._pending_rows = 0
 
-    def add(self, records: Sequence[Record]) -> None:
-        """Decide a run of records of one type, and write what is due."""
-        if not records:
-            return
-        if self._pending and type(self._pending[0].record) is not type(records[0]):
-            self.flush()  # what the next entity references must be written first
-        planned = self._plan(records)
+    @property
+    def longest(self) -> float:
+        """The longest any step held the write lock so far, in seconds."""
+        return max((pace.longest for pace in self._paces.values()), default=0.0)
+
+    def add(self, planned: list[Planned]) -> None:
+        """Queue planned records of one entity (after those of the entities they reference),
+        and write what is due."""
         self._pending.extend(planned)
+        self._pending_rows += sum(map(_rows, planned))
         if any(p.result is not None and p.result.error is not None for p in planned):
             self.flush()  # fails at the first error, after what comes before it
-        while len(self._pending) >= self.pace.size:
+        while self._pending and self._pending_rows >= self._pace().size:
             self._write_step()
 
     def flush(self) -> None:
-        """Write everything decided so far."""
+        """Write everything queued."""
         while self._pending:
             self._write_step()
 
-    def _plan(self, records: Sequence[Record]) -> list[_Planned]:
-        independent = independent_prefix(records)
-        self.conn.execute("BEGIN")  # one snapshot for every look-up; never blocks a writer
-        try:
-            held = look_up(self.conn, records[:independent])
-        finally:
-            self.conn.execute("COMMIT")
-        planned: list[_Planned] = []
-        for record, found in zip(records, held, strict=False):
-            result, write = decide(entity_of(record), record.id, found.found, self.conflict)
-            if write == "none":
-                planned.append(_Planned(record, "none", result))
-            elif write == "insert":
-                planned.append(_Planned(record, "insert", values=found.values))
-            else:
-                planned.append(_Planned(record, "exact"))
-            if found.holder is not None:  # replacing it changes what later summaries meet
-                break
-        planned.extend(_Planned(record, "exact") for record in records[len(planned) :])
-        return planned
+    def _pace(self) -> Pace:
+        """Each entity's steps are sized apart: a capsule's row is a capsule and its links."""
+        kind = type(self._pending[0].record)
+        if kind not in self._paces:
+            self._paces[kind] = Pace()
+        return self._paces[kind]
 
     def _write_step(self) -> None:
-        with self.pace.transaction(self.conn) as step:
-            chunk = self._pending[: step.size]
+        with self._pace().transaction(self.conn) as step:
+            rows = taken = 0
+            while taken < len(self._pending) and (rows < step.size or not taken):
+                rows += _rows(self._pending[taken])
+                taken += 1
             seq = self.journal.last_seq()
-            results = self._write(chunk)
+            results = self._write(self._pending[:taken])
             self.take(results, self.journal.inserted_since(seq))
-            step.count = len(chunk)
-        del self._pending[: len(chunk)]
+            step.count = rows
+        del self._pending[:taken]
+        self._pending_rows -= rows
+        self.after_step()
 
-    def _write(self, chunk: list[_Planned]) -> list[ImportEntityResult]:
+    def _write(self, chunk: list[Planned]) -> list[ImportEntityResult]:
         results: list[ImportEntityResult] = []
         start = 0
         while start < len(chunk):
@@ -133,7 +173,7 @@ class LiveImport:
             start += 1
         return results
 
-    def _insert(self, group: list[_Planned]) -> list[ImportEntityResult]:
+    def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:
         """Insert records decided new, in one statement; if the database refuses them (or a pin's
         target is gone), import them one by one instead."""
         records = [item.record for item in group]
@@ -154,3 +194,116 @@ class LiveImport:
             return [import_record(self.conn, record, self.conflict) for record in records]
         entity = entity_of(records[0])
         return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+
+
+class _Cancelled(Exception):
+    """The writer stopped: the planning thread ends."""
+
+
+Item = (
+    tuple[Literal["frame"], str, list[Planned]]
+    | tuple[Literal["entity done"], str]
+    | tuple[Literal["failed"], str, BaseException, bool]
+    | tuple[Literal["end"]]
+)
+
+
+class PlanAhead:
+    """Reads and decides records in a thread of its own, ahead of the writer.
+
+    The thread consumes `frames` (for a bundle: decompressing, decoding and checking it), passes
+    each through `prepare` and decides it by `plan` on its own read-only connection to the
+    database at `path`, while the writer's thread writes what was decided before: the writer's
+    SQLite work runs without Python's global lock. At each new entity it stops until
+    `entity_done()`: an entity's records are decided against what the ones before wrote.
+    `items()` yields, in order: ("frame", entity, planned), ("entity done", entity) before each
+    new entity, ("failed", entity, exception, while_deciding) for what the thread met (damage,
+    an invalid record; `while_deciding` if deciding raised it, not reading), or ("end",) after
+    the last frame."""
+
+    def __init__(
+        self,
+        path: str,
+        frames: Iterator[tuple[str, list[Record]]],
+        conflict: ConflictStrategy,
+        prepare: Callable[[list[Record]], list[Record]],
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        ahead: int = 8,
+    ):
+        self._busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.Queue[Item] = queue.Queue(maxsize=ahead)
+        self._resume = threading.Event()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(path, frames, conflict, prepare), name="kindling-plan"
+        )
+        self._thread.start()
+
+    def items(self) -> Iterator[Item]:
+        """What the thread produced, in order, up to and including "end" or "failed"."""
+        while True:
+            item = self._queue.get()
+            yield item
+            if item[0] in ("end", "failed"):
+                return
+
+    def entity_done(self) -> None:
+        """Everything of the entity before is written: decide the next one."""
+        self._resume.set()
+
+    def close(self) -> None:
+        """Stop the thread (wherever it is) and wait for it."""
+        self._cancel.set()
+        self._resume.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: Item) -> None:
+        while not self._cancel.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.05)
+                return
+        raise _Cancelled
+
+    def _run(
+        self,
+        path: str,
+        frames: Iterator[tuple[str, list[Record]]],
+        conflict: ConflictStrategy,
+        prepare: Callable[[list[Record]], list[Record]],
+    ) -> None:
+        entity = ""
+        deciding = False
+        try:
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(_Cancelled):
+                self._put(("failed", entity, exc, True))
+            return
+        try:
+            conn.isolation_level = None
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            for next_entity, records in frames:
+                if next_entity != entity:
+                    if entity:
+                        self._put(("entity done", entity))
+                        self._resume.wait()
+                        self._resume.clear()
+                        if self._cancel.is_set():
+                            raise _Cancelled
+                    entity = next_entity
+                deciding = True
+                planned = plan(conn, prepare(records), conflict)
+                deciding = False
+                self._put(("frame", entity, planned))
+            self._put(("end",))
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # handed to the writer, which raises it in order
+            with contextlib.suppress(_Cancelled):
+                self._put(("failed", entity, exc, deciding))
+        finally:
+            conn.close()

@@ -8,7 +8,9 @@ step follows the time per unit the last steps took, as machines and rows differ.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +73,48 @@ class Pace:
             self._per_unit = 0.5 * self._per_unit + 0.5 * per_unit
         wanted = int(self.target / max(self._per_unit, 1e-7))
         self.size = max(self.least, min(self.most, wanted, 2 * max(self.size, count)))
+
+
+class Checkpointer:
+    """Copies the write-ahead log back into the database from a thread of its own.
+
+    Each write step appends the pages it changed to the write-ahead log, and someone must copy
+    them into the database file before the log can start over. The committing connection would
+    do it at once (SQLite's auto-checkpoint), in the import's own thread; this thread does it on
+    its own connection instead, while the import goes on reading and deciding the next records.
+    It checkpoints PASSIVE (never waiting for, nor blocking, a reader or writer) right after each
+    step, so that the log stays short and a Kindling writer committing meanwhile finds little or
+    nothing left to copy. Turn the importing connection's auto-checkpoint off while it runs."""
+
+    def __init__(self, path: str, busy_timeout_ms: int):
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._due = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="kindling-checkpoint", daemon=True)
+        self._thread.start()
+
+    def after_step(self) -> None:
+        """A step committed: copy what it wrote."""
+        self._due.set()
+
+    def close(self) -> None:
+        """Copy what is left, and end the thread."""
+        self._stop = True
+        self._due.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            while True:
+                self._due.wait()
+                self._due.clear()
+                stop = self._stop
+                with contextlib.suppress(sqlite3.Error):  # a later one, or Kindling's, will do
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if stop:
+                    return
+        finally:
+            conn.close()

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,16 +51,21 @@ from kindling_bundle.db.connection import (
     open_store,
     write_transaction,
 )
+from kindling_bundle.db.export import snapshot
 from kindling_bundle.db.importer import import_batch
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
-from kindling_bundle.db.live import LiveImport
+from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
+from kindling_bundle.db.pacing import Checkpointer
 from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
+_LIVE_CACHE_KIB = 32 << 10
+"""The importing connection's page cache (default 2 MiB): the indexes it inserts into at random
+(UUID ids) are read again from the file less often."""
 
 
 @dataclass
@@ -134,7 +141,7 @@ def import_bundle(
         if on_manifest is not None:
             on_manifest(manifest)
         run = _Run(reader, manifest, conflict, dry_run, progress)
-        if conn.private:
+        if conn.private or not _file_of(conn):
             return _in_one_transaction(conn, run)
         if dry_run:
             with _private_copy(conn) as copy:
@@ -241,13 +248,62 @@ def _batch(
 
 
 def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
-    """Import into a database in use, in short journaled transactions (module docstring)."""
+    """Import into a database in use, in short journaled transactions (module docstring).
+
+    Three threads: this one writes; one reads the bundle and decides its records (`PlanAhead`,
+    with a read-only connection of its own); one copies the write-ahead log into the database
+    after each step (`Checkpointer`), having first checked that the database is not damaged."""
+    path = _file_of(conn)
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="kindling-check") as pool:
+        damage = pool.submit(_damage, path, timeout)
+        frames = run.reader.batches(run.progress)
+        planner = PlanAhead(path, frames, run.conflict, run.redirect, busy_timeout_ms=timeout)
+        try:
+            items = planner.items()
+            first = next(items)
+            if first[0] == "failed":  # nothing to write before it
+                _write(None, run, planner, iter([first]))
+            problem = damage.result()
+            if problem is not None:
+                raise StoreError(f"{conn.path or path}: {problem}; nothing written")
+        except BaseException:
+            planner.close()
+            raise
+    with _live_settings(conn):
+        try:
+            recover(conn)
+            journal = Journal.begin(conn, run.label)
+        except BaseException as exc:
+            planner.close()
+            if isinstance(exc, sqlite3.DatabaseError | TransactionLost):
+                raise _store_error(conn, exc, "nothing written") from None
+            raise
+        checkpointer = Checkpointer(path, timeout)
+        writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
+        try:
+            try:
+                _write(writer, run, planner, itertools.chain([first], items))
+                with snapshot(conn):  # one state, whatever others commit meanwhile
+                    integrity = verify_import_integrity(conn)
+                report = run.report(integrity)
+                journal.commit()
+            finally:
+                planner.close()
+                checkpointer.close()
+        except BaseException as failure:
+            _undo(conn, journal, failure)
+            raise
     try:
-        _refuse_corrupt(conn)
-        recover(conn)
-        journal = Journal.begin(conn, run.label)
+        journal.end()
     except (sqlite3.DatabaseError, TransactionLost) as exc:
-        raise _store_error(conn, exc, "nothing written") from None
+        raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
+    return report
+
+
+def _taker(conn: KindlingConnection, run: _Run) -> Take:
+    """What the writer calls with each step's results, inside its transaction: count them, fail
+    on an error, and find ids the bundle holds twice (the journal says which rows it inserted)."""
     inserted: dict[str, list[tuple[int, int]]] = {entity: [] for entity in ENTITY_TYPES}
     repeated = _RepeatedIds(conn, lambda entity, rowid: _within(inserted[entity], rowid))
 
@@ -259,40 +315,74 @@ def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
         if results:
             repeated.check(results[0].entity, results)
 
-    live = LiveImport(conn, run.conflict, journal, take)
+    return take
+
+
+@contextmanager
+def _live_settings(conn: KindlingConnection) -> Iterator[None]:
+    """The importing connection's settings while it writes in steps, restored afterwards.
+
+    Statement journals in memory (each multi-row INSERT keeps one; in a file it would be
+    created and deleted for every statement) unless the connection holds TEMP objects, which a
+    change of `temp_store` deletes; a larger page cache; no auto-checkpoint (the Checkpointer's
+    job)."""
+    names = ["cache_size", "wal_autocheckpoint"]
+    if not conn.execute("SELECT count(*) FROM temp.sqlite_master").fetchone()[0]:
+        names.append("temp_store")
+    saved = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+    if "temp_store" in saved:
+        conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute(f"PRAGMA cache_size = -{_LIVE_CACHE_KIB}")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     try:
-        previous = None
-        for entity, records in run.reader.batches(run.progress):
-            if entity != previous:
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            for name, value in saved.items():
+                conn.execute(f"PRAGMA {name} = {value}")
+
+
+def _write(writer: Writer | None, run: _Run, planner: PlanAhead, items: Iterator[Item]) -> None:
+    """Write what the planner decided, in order; raise what it met, where it met it."""
+    for item in items:
+        if item[0] == "failed":
+            if item[1]:
+                run.enter(item[1])
+            if item[3]:  # deciding met it: name the member (reading names it already)
                 with run.naming():
-                    live.flush()  # before the next entity: what it references, pins' redirects
-                run.enter(entity)
-                previous = entity
-            with run.naming():
-                live.add(run.redirect(records))
+                    raise item[2]
+            raise item[2]
+        assert writer is not None
         with run.naming():
-            live.flush()
-        report = run.report(verify_import_integrity(conn))
-        journal.commit()
-    except BaseException as failure:
-        _undo(conn, journal, failure)
-        raise
+            if item[0] == "frame":
+                run.enter(item[1])
+                writer.add(item[2])
+            elif item[0] == "entity done":
+                writer.flush()  # before the next entity: what it references, pins' redirects
+                planner.entity_done()
+            else:
+                writer.flush()
+
+
+def _file_of(conn: KindlingConnection) -> str:
+    """The database's file, for the import's other connections ("" for one in memory)."""
+    return str(conn.execute("PRAGMA database_list").fetchone()[2] or "")
+
+
+def _damage(path: str, busy_timeout_ms: int) -> str | None:
+    """What is wrong with the database (the first problem `PRAGMA quick_check` finds), or None.
+    Nothing is written into a damaged database: steps committed before the damage showed would
+    be undone, but writing there at all may spread it. One pass over every page, on a
+    connection of its own, while the import starts reading."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
-        journal.end()
-    except (sqlite3.DatabaseError, TransactionLost) as exc:
-        raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
-    return report
-
-
-def _refuse_corrupt(conn: KindlingConnection) -> None:
-    """Write nothing into a database that is already damaged: steps committed before the damage
-    showed would be undone, but writing there at all may spread it (one pass over every page,
-    outside the write lock)."""
-    (problem,) = conn.execute("PRAGMA quick_check(1)").fetchone()
-    if problem != "ok":
-        raise StoreError(
-            f"{conn.path or 'database'}: the database is corrupt ({problem}); nothing written"
-        )
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        (problem,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return describe_error(exc)
+    finally:
+        conn.close()
+    return None if problem == "ok" else f"database is corrupt ({problem})"
 
 
 def _within(runs: list[tuple[int, int]], rowid: int) -> bool:
