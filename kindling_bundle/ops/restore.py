@@ -255,6 +255,10 @@ def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
     after each step (`Checkpointer`), having first checked that the database is not damaged."""
     path = _file_of(conn)
     timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    try:
+        recover(conn)  # before anything is decided against what it would undo
+    except (sqlite3.DatabaseError, TransactionLost) as exc:
+        raise _store_error(conn, exc, "nothing written") from None
     with ThreadPoolExecutor(1, thread_name_prefix="kindling-check") as pool:
         damage = pool.submit(_damage, path, timeout)
         frames = run.reader.batches(run.progress)
@@ -272,7 +276,6 @@ def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
             raise
     with _live_settings(conn):
         try:
-            recover(conn)
             journal = Journal.begin(conn, run.label)
         except BaseException as exc:
             planner.close()
