@@ -277,6 +277,14 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=BENCH / "cache")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"), help="or - for stdout")
+    parser.add_argument(
+        "--live-merge",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="then the merge beside a Kindling writer at N observations (bench/live_merge.py; "
+        "0 to skip) [default: 200000]",
+    )
     args = parser.parse_args()
     for tool in ("sqlite3", "zstd", "sha256sum"):
         if shutil.which(tool) is None:
@@ -291,6 +299,10 @@ def main() -> None:
     runs = dict.fromkeys(sorted(args.sizes), args.runs)
     results = [bench_size(n, r, args.cache, work) for n, r in runs.items()]
     write_report(report(results, runs, time.perf_counter() - started), args.output)
+    if args.live_merge:
+        import live_merge
+
+        live_merge.write_section(live_merge.bench(args.live_merge, 1, args.cache), args.output)
 
 
 if __name__ == "__main__":

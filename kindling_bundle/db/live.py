@@ -35,7 +35,21 @@ from kindling_bundle.db.importer import import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace
-from kindling_bundle.records import Capsule, ConflictStrategy, Pin, Record, entity_of
+from kindling_bundle.db.rows import (
+    CAPSULE_COLUMNS,
+    OBSERVATION_COLUMNS,
+    PIN_COLUMNS,
+    SUMMARY_COLUMNS,
+)
+from kindling_bundle.records import (
+    Capsule,
+    ConflictStrategy,
+    Observation,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
 
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
@@ -107,6 +121,7 @@ class Writer:
         self.take = take
         self.after_step = after_step
         self._paces: dict[type, Pace] = {}
+        self._stage = _Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0
 
@@ -138,20 +153,26 @@ class Writer:
         return self._paces[kind]
 
     def _write_step(self) -> None:
-        with self._pace().transaction(self.conn) as step:
-            rows = taken = 0
-            while taken < len(self._pending) and (rows < step.size or not taken):
-                rows += _rows(self._pending[taken])
-                taken += 1
+        pace = self._pace()
+        rows = taken = 0
+        while taken < len(self._pending) and (rows < pace.size or not taken):
+            rows += _rows(self._pending[taken])
+            taken += 1
+        chunk = self._pending[:taken]
+        staged = self._stage.put(chunk)  # binding every value, before the lock is taken
+        with pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
-            results = self._write(self._pending[:taken])
+            results = self._write(chunk, staged)
             self.take(results, self.journal.inserted_since(seq))
             step.count = rows
+        self._stage.clear()
         del self._pending[:taken]
         self._pending_rows -= rows
         self.after_step()
 
-    def _write(self, chunk: list[Planned]) -> list[ImportEntityResult]:
+    def _write(
+        self, chunk: list[Planned], staged: dict[int, tuple[int, int, int, int]]
+    ) -> list[ImportEntityResult]:
         results: list[ImportEntityResult] = []
         start = 0
         while start < len(chunk):
@@ -160,9 +181,7 @@ class Writer:
                 end = start + 1
                 while end < len(chunk) and chunk[end].write == "insert":
                     end += 1
-                for first in range(start, end, ROWS_PER_STATEMENT):
-                    last = min(end, first + ROWS_PER_STATEMENT)
-                    results.extend(self._insert(chunk[first:last]))
+                results.extend(self._insert_staged(chunk[start:end], staged[start]))
                 start = end
                 continue
             if item.write == "exact":
@@ -172,6 +191,32 @@ class Writer:
                 results.append(item.result)
             start += 1
         return results
+
+    def _insert_staged(
+        self, group: list[Planned], staged: tuple[int, int, int, int]
+    ) -> list[ImportEntityResult]:
+        """Insert a run of records decided new with one INSERT ... SELECT from where they were
+        staged (Kindling's FTS trigger fills one pending index for the whole statement); if the
+        database refuses it, insert them a few at a time, and those refused one by one."""
+        records = [item.record for item in group]
+        pins = [record for record in records if isinstance(record, Pin)]
+        if pins:  # no constraint checks a pin's target: look again
+            there = present_targets(self.conn, pins)
+            if any((p.target_type, p.target_id) not in there for p in pins):
+                return [import_record(self.conn, record, self.conflict) for record in records]
+        atomic: AbstractContextManager[None] = nullcontext()
+        if isinstance(records[0], Capsule):  # two statements: the capsules, then their links
+            atomic = savepoint(self.conn, "kindling_live")
+        try:
+            with atomic:
+                self._stage.insert(type(records[0]), staged)
+        except sqlite3.IntegrityError:
+            results: list[ImportEntityResult] = []
+            for first in range(0, len(group), ROWS_PER_STATEMENT):
+                results.extend(self._insert(group[first : first + ROWS_PER_STATEMENT]))
+            return results
+        entity = entity_of(records[0])
+        return [ImportEntityResult(entity, record.id, "inserted") for record in records]
 
     def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:
         """Insert records decided new, in one statement; if the database refuses them (or a pin's
@@ -194,6 +239,109 @@ class Writer:
             return [import_record(self.conn, record, self.conflict) for record in records]
         entity = entity_of(records[0])
         return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+
+
+_TABLES: dict[type, str] = {
+    Observation: "observations",
+    Capsule: "capsules",
+    Summary: "summaries",
+    Pin: "pins",
+}
+_LINK_COLUMNS = "capsule_id, observation_id, seq"
+
+
+class _Stage:
+    """Rows bound into TEMP tables before a step takes the write lock.
+
+    Binding every value of a step is Python work; done here, in this connection's own temporary
+    database (in memory), it is done without the write lock, and the step then moves each run
+    of new records with one INSERT ... SELECT. The TEMP tables have no column types, so the
+    values reach the real tables exactly as if bound to them."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._made: set[str] = set()
+
+    def put(self, chunk: list[Planned]) -> dict[int, tuple[int, int, int, int]]:
+        """Stage each run of records decided new; by the index of its first record, the rowids
+        its rows (and, for capsules, its links) take in the staging tables."""
+        staged: dict[int, tuple[int, int, int, int]] = {}
+        start = 0
+        self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
+        try:
+            while start < len(chunk):
+                if chunk[start].write != "insert":
+                    start += 1
+                    continue
+                end = start + 1
+                while end < len(chunk) and chunk[end].write == "insert":
+                    end += 1
+                run = chunk[start:end]
+                table = _TABLES[type(run[0].record)]
+                rows = self._put(table, [item.values for item in run])
+                links = (0, -1)
+                capsules = [item.record for item in run if isinstance(item.record, Capsule)]
+                if capsules:
+                    links = self._put(
+                        "capsule_observations",
+                        [
+                            (c.id, o, seq)
+                            for c in capsules
+                            for seq, o in enumerate(c.observation_ids)
+                        ],
+                    )
+                staged[start] = (*rows, *links)
+                start = end
+        finally:
+            self.conn.execute("COMMIT")
+        return staged
+
+    def _put(self, table: str, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        name = f"kindling_stage_{table}"
+        width = len(_STAGED_COLUMNS[table].split(","))
+        if name not in self._made:
+            columns = ", ".join(f"c{i}" for i in range(width))
+            self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+            self._made.add(name)
+        first = self.conn.execute(f"SELECT coalesce(max(rowid), 0) + 1 FROM temp.{name}")
+        low = int(first.fetchone()[0])
+        self.conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})", rows)
+        return low, low + len(rows) - 1
+
+    def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
+        """Move one staged run into the real table (and a capsule's links into theirs)."""
+        table = _TABLES[kind]
+        self._move(table, staged[0], staged[1])
+        if kind is Capsule and staged[3] >= staged[2]:
+            self._move("capsule_observations", staged[2], staged[3])
+
+    def _move(self, table: str, low: int, high: int) -> None:
+        columns = _STAGED_COLUMNS[table]
+        width = len(columns.split(","))
+        values = ", ".join(f"c{i}" for i in range(width))
+        self.conn.execute(
+            f"INSERT INTO main.{table} ({columns}) SELECT {values} "
+            f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
+            (low, high),
+        )
+
+    def clear(self) -> None:
+        """Empty the staging tables (after a step)."""
+        self.conn.execute("BEGIN")
+        try:
+            for name in self._made:
+                self.conn.execute(f"DELETE FROM temp.{name}")
+        finally:
+            self.conn.execute("COMMIT")
+
+
+_STAGED_COLUMNS = {
+    "observations": OBSERVATION_COLUMNS,
+    "capsules": CAPSULE_COLUMNS,
+    "summaries": SUMMARY_COLUMNS,
+    "pins": PIN_COLUMNS,
+    "capsule_observations": _LINK_COLUMNS,
+}
 
 
 class _Cancelled(Exception):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kindling_bundle.db.connection import write_transaction
 
-TARGET_SECONDS = 0.2
+TARGET_SECONDS = 0.25
 """How long one step should hold the write lock."""
 
 
