@@ -505,6 +505,14 @@ def main() -> None:
         action="store_true",
         help="only compare encrypted export and verify with plain ones (needs age-keygen)",
     )
+    parser.add_argument(
+        "--live-merge",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="then the merge beside a Kindling writer at N observations (bench/live_merge.py; "
+        "0 to skip) [default: 200000]",
+    )
     args = parser.parse_args()
     for tool in ("sqlite3", "zstd", "sha256sum"):
         if shutil.which(tool) is None:
@@ -535,6 +543,10 @@ def main() -> None:
     ]
     elapsed = time.perf_counter() - started
     write_report(report(results, scrubs, args.runs, elapsed), args.output)
+    if args.live_merge:
+        import live_merge
+
+        live_merge.write_section(live_merge.bench(args.live_merge, 1, args.cache), args.output)
 
 
 if __name__ == "__main__":

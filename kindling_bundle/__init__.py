@@ -6,6 +6,7 @@ composed of those), `parallel` (optional worker processes), `io` (paths, streams
 the age envelope of encrypted bundles), `scrub` (secret rules and the scanner) and `cli`.
 """
 
+from kindling_bundle.db.conflicts import ImportEntityResult, Outcome
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.export import (
     ENTITY_EXPORTS,
@@ -17,8 +18,6 @@ from kindling_bundle.db.export import (
     snapshot,
 )
 from kindling_bundle.db.importer import (
-    ImportEntityResult,
-    Outcome,
     import_batch,
     import_capsule,
     import_observation,

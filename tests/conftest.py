@@ -47,6 +47,26 @@ def dump_tables(path: Path) -> dict[str, list[tuple]]:
     return result
 
 
+FTS_TABLES = ("observations_fts", "summaries_fts")
+
+
+def dump_contents(path: Path) -> dict[str, list[tuple]]:
+    """`dump_tables`, with each full-text index compared by what it holds (every token instance:
+    term, row, column, offset; each row's token count; its config) instead of how its segments
+    happen to be laid out. An import into a database in use that is undone goes back through
+    Kindling's FTS triggers: the index holds exactly what it held, written anew."""
+    tables = dump_tables(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    for fts in FTS_TABLES:
+        del tables[f"{fts}_data"], tables[f"{fts}_idx"]
+        conn.execute(f"CREATE VIRTUAL TABLE temp.{fts}_v USING fts5vocab(main, {fts}, instance)")
+        tables[f"{fts} instances"] = conn.execute(
+            f"SELECT term, doc, col, offset FROM temp.{fts}_v ORDER BY term, doc, offset"
+        ).fetchall()
+    conn.close()
+    return tables
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "kindling.db"

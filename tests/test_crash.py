@@ -1,10 +1,11 @@
 """Crashes, full disks and concurrent writers (issue 8): an import killed at any point leaves the
-database exactly as it was or fully imported, and `check` passes; a killed export leaves nothing
-at (or beside) the destination; a full disk fails cleanly; an export taken while another process
-writes thousands of observations a second is a consistent bundle.
+database as it was or fully imported (into a database that exists, once `recover` has undone the
+part written, which `check` reports until then), and `check` passes; a killed export leaves
+nothing at (or beside) the destination; a full disk fails cleanly; an export taken while another
+process writes thousands of observations a second is a consistent bundle.
 
-Kill points are random (fixed seeds) or triggered by the importer's write-ahead log growing past a
-size, which puts them inside the import's transaction. No assertion depends on timing.
+Kill points are random (fixed seeds) or triggered by the importer's undo journal reaching a
+size (inside the import) or its commit point. No assertion depends on timing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_executable, dump_tables, one_error_line
+from conftest import cli_executable, dump_contents, dump_tables, one_error_line
 from kindling_bundle import generate_sample, import_bundle, open_store, verify_bundle, write_bundle
+from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
 from kindling_bundle.errors import StoreError
 
 BUNDLE_OBSERVATIONS = 20_000
@@ -66,28 +69,43 @@ def bundle(source: Path) -> Path:
 def targets(
     tmp_path_factory: pytest.TempPathFactory, bundle: Path
 ) -> list[tuple[Path, Dumps, Dumps]]:
-    """(template, dump before, dump after a complete import) for an empty database (the bulk path:
-    triggers dropped and re-created inside the transaction) and a small one (the row path)."""
+    """(template, contents before, contents after a complete import) for a database that does
+    not exist yet (the one-transaction bulk load into a private file), an empty one and a small
+    one (both in use, as far as the import knows: short journaled steps)."""
     folder = tmp_path_factory.mktemp("targets")
-    empty, small = folder / "empty.db", folder / "small.db"
+    new, empty, small = folder / "new.db", folder / "empty.db", folder / "small.db"
     open_store(empty).close()
     generate_sample(small, observations=300, seed=2)
     result = []
-    for template in (empty, small):
+    for template in (new, empty, small):
         imported = folder / f"imported-{template.name}"
-        shutil.copy(template, imported)
-        conn = open_store(imported)
-        import_bundle(conn, bundle)
-        conn.close()
-        result.append((template, dump_tables(template), dump_tables(imported)))
+        if template.exists():
+            shutil.copy(template, imported)
+        subprocess.run(_cli("import", "--db", imported, bundle, "-q"), check=True, timeout=120)
+        before = dump_contents(template) if template.exists() else {}
+        result.append((template, before, dump_contents(imported)))
     return result
 
 
-def _wal_size(db: Path) -> int:
+def _journal(db: Path) -> tuple[str, int] | None:
+    """The state of the undo journal in `db` and its entries, or None if it has none."""
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return os.path.getsize(f"{db}-wal")
-    except FileNotFoundError:
-        return 0
+        state = conn.execute(f"SELECT state FROM {IMPORT_TABLE}").fetchone()[0]
+        entries = conn.execute(f"SELECT count(*) FROM {UNDO_TABLE}").fetchone()[0]
+    except (sqlite3.OperationalError, TypeError):
+        return None
+    finally:
+        conn.close()
+    return state, entries
+
+
+def _made_alike(db: Path, contents: Dumps) -> bool:
+    """`db` holds `contents`, but for when its schema was created."""
+    found = dump_contents(db)
+    return {**found, "schema_migrations": []} == {**contents, "schema_migrations": []}
 
 
 def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool]) -> bool:
@@ -108,16 +126,17 @@ def test_an_import_killed_at_any_point_is_all_or_nothing(
     plans: list[tuple[str, float]] = []
     for n in range(IMPORT_KILLS):
         if n % 3 == 0:  # anywhere, from process start to past the end of a typical import
-            plans.append(("delay", rng.uniform(0.0, 2.5)))
-        elif n % 3 == 1:  # inside the transaction: once the write-ahead log holds this much
-            plans.append(("wal", rng.randrange(64 << 10, 8 << 20)))
-        else:  # as soon as the commit is visible to another connection, before the process ends
+            plans.append(("delay", rng.uniform(0.0, 4.0)))
+        elif n % 3 == 1:  # inside the import: once its journal holds this many entries
+            plans.append(("journal", rng.randrange(1, 20_000)))
+        else:  # as soon as it succeeded, before its journal is gone
             plans.append(("commit", 0))
 
     def attempt(n: int) -> tuple[str, str]:
-        template, before, after = targets[n % 2]
+        template, before, after = targets[n % 3]
         target = tmp_path / f"{n}-{template.name}"
-        shutil.copy(template, target)
+        if template.exists():
+            shutil.copy(template, target)
         proc = subprocess.Popen(
             _cli("import", "--db", target, bundle, "-q"),
             stdout=subprocess.DEVNULL,
@@ -127,34 +146,50 @@ def test_an_import_killed_at_any_point_is_all_or_nothing(
         if kind == "delay":
             deadline = time.monotonic() + value
             killed = _kill_when(proc, lambda: time.monotonic() >= deadline)
-        elif kind == "wal":
-            killed = _kill_when(proc, lambda: _wal_size(target) >= value)
+        elif kind == "journal":
+            killed = _kill_when(proc, lambda: (_journal(target) or ("", 0))[1] >= value)
         else:
-            observer = open_store(target, readonly=True)
-            version = observer.execute("PRAGMA data_version").fetchone()[0]  # bumped by a commit
-            killed = _kill_when(
-                proc, lambda: observer.execute("PRAGMA data_version").fetchone()[0] != version
-            )
-            observer.close()
+            killed = _kill_when(proc, lambda: (_journal(target) or ("",))[0] == "committed")
         proc.wait()
-        mid_transaction = killed and _wal_size(target) > 0
-        state = dump_tables(target)
+        if not template.exists():  # a new database: there whole, or not at all
+            assert not target.exists() or _made_alike(target, after), f"kill {n}"
+            if not target.exists():
+                return "before", ""
+            _check_passes(target)
+            return "after", ""
+        journal = _journal(target)
+        if journal is not None:  # the part written is there until `recover` undoes it
+            line = one_error_line(
+                subprocess.run(_cli("check", "--db", target), capture_output=True)
+            )
+            assert f"kindling-bundle recover --db {target}" in line
+            subprocess.run(_cli("recover", "--db", target, "-q"), check=True, timeout=120)
+        state = dump_contents(target)
         assert state in (before, after), f"kill {n} ({kind} {value}): a partial import"
         _check_passes(target)
         outcome = "completed" if not killed else "before" if state == before else "after"
-        return outcome, "mid-transaction" if mid_transaction and state == before else ""
+        return outcome, "mid-import" if journal is not None and state == before else ""
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(attempt, range(IMPORT_KILLS)))
-    # Evidence that both endings were exercised: kills inside the transaction, and after it.
-    assert any(note == "mid-transaction" for _, note in outcomes), outcomes
+    # Evidence that both endings were exercised: kills inside the import, and after it.
+    assert any(note == "mid-import" for _, note in outcomes), outcomes
     assert any(outcome in ("after", "completed") for outcome, _ in outcomes), outcomes
 
-    # A killed import is simply run again: it completes, and gives the same database.
-    template, _, after = targets[0]
-    target = tmp_path / f"0-{template.name}"
-    subprocess.run(_cli("import", "--db", target, bundle, "-q"), check=True, timeout=120)
-    assert dump_tables(target) == after
+    # A killed import is simply run again: it undoes the part written, completes, and gives
+    # the same database.
+    for n in range(IMPORT_KILLS):
+        if outcomes[n][1] == "mid-import":
+            template, _, after = targets[n % 3]
+            target = tmp_path / f"{n}-{template.name}"
+            shutil.copy(template, target)
+            _kill_when(
+                subprocess.Popen(_cli("import", "--db", target, bundle, "-q")),
+                lambda target=target: (_journal(target) or ("", 0))[1] > 0,
+            )
+            subprocess.run(_cli("import", "--db", target, bundle, "-q"), check=True, timeout=120)
+            assert dump_contents(target) == after
+            break
 
 
 def _directory_listing(folder: Path) -> dict[str, bytes]:
@@ -239,18 +274,24 @@ def test_json_export_destinations_that_cannot_be_written_are_one_line(
 def test_a_full_disk_during_import_fails_cleanly(
     tmp_path: Path, bundle: Path, targets: list[tuple[Path, Dumps, Dumps]]
 ) -> None:
-    template, before, _ = targets[1]
+    template, before, _ = targets[2]
     target = tmp_path / "t.db"
     shutil.copy(template, target)
     proc = subprocess.run(
         _cli("import", "--db", target, bundle),
         capture_output=True,
         timeout=120,
-        preexec_fn=_file_size_limit(2 << 20),  # the write-ahead log outgrows it mid-import
+        preexec_fn=_file_size_limit(2 << 20),  # the database outgrows it mid-import
     )
     line = one_error_line(proc)
-    assert "t.db: import failed, nothing written" in line
-    assert dump_tables(target) == before
+    if "t.db: import failed, nothing written" not in line:
+        # The steps written before the disk filled are undone by writing too: when the database
+        # file cannot grow, neither can the write-ahead log be emptied. The journal stays, and
+        # the line says what to do once there is room again.
+        assert "t.db: import failed (" in line and "undoing it failed too" in line
+        assert f"until `kindling-bundle recover --db {target}` succeeds" in line
+        subprocess.run(_cli("recover", "--db", target, "-q"), check=True, timeout=120)
+    assert dump_contents(target) == before
     _check_passes(target)
 
 
@@ -348,8 +389,9 @@ def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
 ) -> None:
     """On a full disk SQLite rolls the whole transaction back inside the failing statement; an
     importer that steps past the error then sees the bundle's later records miss what they
-    reference (so it seemed on a full tmpfs). Simulated here after the second frame: the import
-    must report the lost transaction, not a missing capsule, and leave the database as it was."""
+    reference (so it seemed on a full tmpfs). Simulated here after the second frame of a load
+    into a private empty database (one transaction): the import must report the lost
+    transaction, not a missing capsule, and leave the database as it was."""
     from kindling_bundle.ops import restore
 
     real_import_batch = restore.import_batch
@@ -364,12 +406,47 @@ def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
         return results
 
     monkeypatch.setattr(restore, "import_batch", import_batch_then_lose_the_transaction)
-    template, before, _ = targets[0]  # empty: the insert-first path, which uses no savepoint
+    template, _, _ = targets[1]  # empty: the insert-first path, which uses no savepoint
+    target = tmp_path / "t.db"
+    shutil.copy(template, target)
+    conn = open_store(target)
+    conn.private = True
+    with pytest.raises(StoreError, match=r"t\.db: import failed, nothing written: SQLite rolled"):
+        import_bundle(conn, bundle)
+    conn.close()
+    assert frames == 2
+    assert dump_tables(target) == dump_tables(template)
+
+
+def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
+    tmp_path: Path,
+    bundle: Path,
+    targets: list[tuple[Path, Dumps, Dumps]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same in a database in use: the step SQLite rolled back goes no further (the rows its
+    next statements wrote, each committing alone, are journaled all the same), and the steps
+    committed before it are undone."""
+    from kindling_bundle.db import live
+
+    real_insert_held = live.insert_held
+    inserts = 0
+
+    def insert_held_then_lose_the_transaction(conn, *args, **kwargs):
+        nonlocal inserts
+        inserts += 1
+        real_insert_held(conn, *args, **kwargs)
+        if inserts == 40:
+            conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+
+    monkeypatch.setattr(live, "insert_held", insert_held_then_lose_the_transaction)
+    template, before, _ = targets[2]
     target = tmp_path / "t.db"
     shutil.copy(template, target)
     conn = open_store(target)
     with pytest.raises(StoreError, match=r"t\.db: import failed, nothing written: SQLite rolled"):
         import_bundle(conn, bundle)
     conn.close()
-    assert frames == 2
-    assert dump_tables(target) == before
+    assert inserts >= 40
+    assert dump_contents(target) == before
+    _check_passes(target)

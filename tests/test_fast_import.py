@@ -1,6 +1,7 @@
-"""Restoring into an empty database takes a faster path; its result must be the trigger path's.
+"""Restoring into a new database takes a faster path; its result must be the trigger path's.
 
-The fast path (kindling_bundle.db.importer.bulk_load) indexes the full-text tables once at the
+The fast path (kindling_bundle.db.bulk.bulk_load, for a database nobody else can reach:
+`create_store`'s, or any connection marked `private`) indexes the full-text tables once at the
 end instead of through Kindling's per-row insert triggers. What the index holds (every token of
 every indexed row at every position, and the per-row statistics) must be exactly what the
 triggers give, the triggers must be back afterwards, and a failed import must leave the database
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dump_tables
+from conftest import dump_contents, dump_tables
 from kindling_bundle import (
     BundleOptions,
     Capsule,
@@ -29,8 +30,8 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.db.connection import open_store, write_transaction
-from kindling_bundle.db.importer import bulk_load
+from kindling_bundle.db.bulk import bulk_load
+from kindling_bundle.db.connection import create_store, open_store, write_transaction
 from kindling_bundle.errors import BundleError, ImportConflictError
 from kindling_bundle.records import Record, entity_of
 
@@ -48,12 +49,9 @@ def export(db: Path, dest: Path) -> Path:
 
 
 def restore(bundle: Path, db: Path, conflict: str = "error") -> None:
-    """The fast path: what `kindling-bundle import` does."""
-    conn = open_store(db)
-    try:
+    """The fast path: what `kindling-bundle import` does into a database that does not exist."""
+    with create_store(db) as conn:
         report = import_bundle(conn, bundle, conflict=conflict)  # type: ignore[arg-type]
-    finally:
-        conn.close()
     assert report.integrity.ok, report.integrity.problems
 
 
@@ -164,6 +162,7 @@ def test_a_failed_restore_into_an_empty_database_leaves_it_exactly_as_it_was(
     open_store(db).close()
     before = (dump_tables(db), schema(db))
     conn = open_store(db)
+    conn.private = True  # the one-transaction path: triggers and indexes dropped within it
     with pytest.raises(BundleError, match="truncated"):
         import_bundle(conn, damaged)
     conn.close()
@@ -303,8 +302,9 @@ DANGLING = [
 def test_a_missing_reference_fails_a_restore_into_an_empty_database_as_into_any_other(
     tmp_path: Path, records: list[Record], entity: str, record_id: str, message: str
 ) -> None:
-    """Into an empty database foreign keys are checked once after the load, not row by row;
-    the import must still fail on the same record with the same words, and change nothing."""
+    """Into an empty database nobody else can reach, foreign keys are checked once after the
+    load, not row by row; the import must still fail on the same record with the same words
+    as into a database in use, and change nothing."""
     observation = Observation(id="o1", kind="message", content="alpha", ts=1)
     bundle = tmp_path / "dangling.kbundle"
     streams: dict[str, list] = {"observations": [observation]}
@@ -315,13 +315,14 @@ def test_a_missing_reference_fails_a_restore_into_an_empty_database_as_into_any_
     for name, seed in (("empty.db", []), ("holding.db", [observation])):
         db = tmp_path / name
         conn = open_store(db)
+        conn.private = not seed
         with write_transaction(conn):
             import_batch(conn, seed)
-        before = dump_tables(db)
+        before = dump_contents(db)
         with pytest.raises(ImportConflictError) as caught:
             import_bundle(conn, bundle, conflict="skip")
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # enforced again
         conn.close()
-        assert dump_tables(db) == before
+        assert dump_contents(db) == before
         errors.append((str(caught.value), caught.value.entity, caught.value.record_id))
     assert errors[0] == errors[1] == (f"{bundle}: {message}", entity, record_id)

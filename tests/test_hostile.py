@@ -42,7 +42,7 @@ from hostile_tar import (
     zstd_frame,
 )
 
-from conftest import cli_executable, dump_tables, one_error_line
+from conftest import cli_executable, dump_contents, dump_tables, one_error_line
 from kindling_bundle import (
     KindlingBundleError,
     generate_sample,
@@ -726,13 +726,13 @@ def test_verify_and_import_refuse_it_and_the_database_is_untouched(
     assert any(verify_says in problem for problem in report.messages), report.messages
 
     target = _copy(target_template, tmp_path / "t.db")
-    before = dump_tables(target)
+    before = dump_contents(target)
     conn = open_store(target)
     with pytest.raises(KindlingBundleError) as refused:
         import_bundle(conn, io.BytesIO(data))
     conn.close()
     assert (import_says or verify_says) in str(refused.value)
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
 
     # The CLI's own code path, in this process (a subprocess costs 0.2 s to start; a
     # representative subset runs as real subprocesses below): one line on stderr, exit code 1.
@@ -748,7 +748,7 @@ def test_verify_and_import_refuse_it_and_the_database_is_untouched(
         lines = out.err.splitlines()
         assert exited.value.code == 1 and len(lines) == 1, out.err
         assert lines[0].startswith("kindling-bundle: error: ") and expected in lines[0]
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
 
 
 def _limit_memory() -> None:
@@ -812,7 +812,7 @@ def test_hostile_bundles_through_the_installed_cli(tmp_path: Path, target_templa
         bundle = folder / "in.kbundle"
         bundle.write_bytes(build())
         target = _copy(target_template, folder / "t.db")
-        before = dump_tables(target)
+        before = dump_contents(target)
         failures = []
         for args, expected in (
             (("verify", bundle), verify_says),
@@ -824,7 +824,7 @@ def test_hostile_bundles_through_the_installed_cli(tmp_path: Path, target_templa
                 assert expected in line, line
             except AssertionError as exc:
                 failures.append(f"{name}: {args[0]}: {exc}")
-        if dump_tables(target) != before:
+        if dump_contents(target) != before:
             failures.append(f"{name}: import changed the database")
         leftovers = {p.name for p in folder.iterdir()} - {
             "in.kbundle",
@@ -942,7 +942,7 @@ def test_sweep_every_flip_or_cut_is_the_same_content_or_refused_and_changes_noth
     targets = [tmp_path / "empty.db", _copy(target_template, tmp_path / "sample.db")]
     open_store(targets[0]).close()
     conns = [open_store(target) for target in targets]
-    dumps = [dump_tables(target) for target in targets]
+    dumps = [dump_contents(target) for target in targets]
     accepted = refused = 0
     for n, (name, mutated) in enumerate(_sweep_cases(data)):
         report = verify_bundle(io.BytesIO(mutated))
@@ -955,7 +955,7 @@ def test_sweep_every_flip_or_cut_is_the_same_content_or_refused_and_changes_noth
         which = n % 2
         with pytest.raises(KindlingBundleError):
             import_bundle(conns[which], io.BytesIO(mutated))
-        assert dump_tables(targets[which]) == dumps[which], name
+        assert dump_contents(targets[which]) == dumps[which], name
     for conn in conns:
         conn.close()
     assert refused >= 2 * SWEEP_CASES - 10  # nearly every change is caught...

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_bundle import edit_manifest
 
-from conftest import dump_tables, make_v4_database
+from conftest import dump_contents, dump_tables, make_v4_database
 from kindling_bundle import (
     BundleError,
     BundleOptions,
@@ -229,7 +229,7 @@ def test_roundtrip_late_hash_mismatch_rolls_everything_back(
     bad = edit_manifest(good.read_bytes(), lie)
     target = tmp_path / "target.db"
     generate_sample(target, observations=300, seed=99)
-    before = dump_tables(target)
+    before = dump_contents(target)
     progress: list[int] = []
     conn = open_store(target)
     with pytest.raises(BundleError, match=r"pins.msgpack: SHA-256 \w+ does not match"):
@@ -237,7 +237,7 @@ def test_roundtrip_late_hash_mismatch_rolls_everything_back(
     conn.close()
     # Every record had been imported when the mismatch was found.
     assert progress[-1] == read_manifest(good).total_records
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
 
 
 def test_roundtrip_into_a_live_database_is_all_or_nothing(
@@ -266,16 +266,16 @@ def test_roundtrip_into_a_live_database_is_all_or_nothing(
         insert_observation(conn, Observation(id="o-x", kind="message", content="x", ts=9))
         insert_pin(conn, Pin(id="new-p", target_type="observation", target_id="o-x", created_at=4))
     conn.close()
-    before = dump_tables(sample_copy)
+    before = dump_contents(sample_copy)
     conn = open_store(sample_copy)
     with pytest.raises(ImportConflictError, match=r"pins.msgpack: pin new-p: conflicts .*fields"):
         import_bundle(conn, bundle, conflict="error")
-    assert dump_tables(sample_copy) == before
+    assert dump_contents(sample_copy) == before
 
     dry = import_bundle(conn, bundle, conflict="overwrite", dry_run=True)
     assert dry.dry_run and dry.counts["pins"].overwritten == 1
     assert dry.counts["observations"].inserted == 1
-    assert dump_tables(sample_copy) == before
+    assert dump_contents(sample_copy) == before
 
     skipped = import_bundle(conn, bundle, conflict="skip")
     assert skipped.counts["pins"].skipped == 1 and skipped.counts["capsules"].inserted == 1

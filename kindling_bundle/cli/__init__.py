@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from kindling_bundle import __version__
-from kindling_bundle.cli import checks, datasets, transfer
+from kindling_bundle.cli import checks, datasets, repair, transfer
 from kindling_bundle.cli.output import run
 
 
@@ -30,6 +30,7 @@ for command in (
     checks.inspect,
     checks.check,
     checks.scan,
+    repair.recover_,
     datasets.sample,
     datasets.convert,
     datasets.diff,

@@ -25,7 +25,9 @@ from kindling_bundle.cli.options import (
 )
 from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
 from kindling_bundle.db.connection import open_store
-from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.db.export import snapshot
+from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.db.journal import unfinished_import_problem
 from kindling_bundle.errors import BundleError, NoIdentityError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import BundleReader
@@ -195,14 +197,18 @@ def inspect(
 @common_options
 def check(db: Path | None, sample_size: int, out: Output) -> None:
     """Run the integrity report on a database (read-only): foreign keys, pin targets, capsule
-    order, and full-text indexes in sync. Exits 1 if it finds a problem."""
+    order, full-text indexes in sync, and no unfinished import. Exits 1 if it finds a problem."""
 
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
     try:
-        report = verify_import_integrity(conn, sample_size=sample_size)
+        with snapshot(conn):  # one state, while Kindling may be writing
+            report = verify_import_integrity(conn, sample_size=sample_size)
+            unfinished = unfinished_import_problem(conn, str(db_path))
     finally:
         conn.close()
+    if unfinished is not None:
+        report = IntegrityReport([unfinished, *report.problems], report.warnings, report.sampled)
     out.line(f"{db_path}:")
     print_integrity(out, report)
     out.result({"database": str(db_path), **report.to_dict()})

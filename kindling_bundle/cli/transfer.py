@@ -308,8 +308,11 @@ def import_(
     either may be encrypted (opened with --identity).
 
     The import is all or nothing: on any failure (damaged bundle or ciphertext, conflict under
-    --conflict error, integrity problem) the database is left exactly as it was. A signed
-    bundle's signature is checked (against --allowed-signers) before the database is touched.
+    --conflict error, integrity problem) the database is left as it was. Into a database that
+    exists, it writes in short steps, so Kindling can keep writing meanwhile (and keeps what it
+    wrote); if it is killed, `recover` (which every import runs first) undoes the part it wrote.
+    A signed bundle's signature is checked (against --allowed-signers) before the database is
+    touched.
     """
 
     db_path = db or default_db()

@@ -33,6 +33,9 @@ class KindlingConnection(sqlite3.Connection):
 
     generation: int = 0
     path: str = ""
+    private: bool = False
+    """No other connection can reach this database (`create_store`'s file before it is linked):
+    an import may hold the write lock for as long as it likes."""
 
 
 def open_store(
@@ -125,6 +128,7 @@ def create_store(path: str | Path) -> Iterator[KindlingConnection]:
         os.chmod(temporary, 0o666 & ~umask)  # as SQLite creates files (mkstemp's are private)
         conn = open_store(temporary)
         conn.path = label
+        conn.private = True
         conn.execute("PRAGMA journal_mode = MEMORY")
         conn.execute("PRAGMA synchronous = OFF")
         yield conn
@@ -221,6 +225,12 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
     finally:
         _WRITING.discard(id(conn))
+    if not conn.in_transaction:
+        path = getattr(conn, "path", "")
+        raise TransactionLost(
+            f"{path or 'database'}: SQLite rolled the write transaction back after an error (a "
+            "full disk, an I/O error or a corrupt database)"
+        )
     conn.execute("COMMIT")
 
 

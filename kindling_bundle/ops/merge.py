@@ -47,7 +47,7 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.importer import check_strategy
+from kindling_bundle.db.conflicts import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient

@@ -1,46 +1,62 @@
 """Restoring a bundle into a Kindling database: all of it, or nothing.
 
-The manifest is read and validated, and a signature checked (`format.signature`), before the
-database is touched. Then one write transaction
-(BEGIN IMMEDIATE) replays the members in foreign-key order through the import primitives
-(`kindling_bundle.db.importer.import_batch`, one frame at a time), while the reader checks each
-member's count and SHA-256 as it streams and, after the last one, that the archive and the zstd
-stream end cleanly. `verify_import_integrity` then checks the database as it would be committed.
-Any failure (damage found late, a conflict under `error`, a missing reference, a record the
-database rejects, an integrity problem, an interruption) rolls the transaction back: the
-database is exactly as it was. A dry run does everything, reports, and rolls back.
+The manifest is read and validated before the database is touched. Then the members are
+replayed in foreign-key order through the import primitives, one frame at a time, while the
+reader checks each member's count and SHA-256 as it streams and, after the last one, that the
+archive and the zstd stream end cleanly; `verify_import_integrity` then checks the database.
+How the records reach the database depends on who else may be using it:
+
+- A new database (`create_store`'s private file, `conn.private`): one write transaction, with
+  the empty-database bulk load (`db.bulk`). Any failure rolls it back.
+- A database that exists (Kindling may be writing to it): first `recover` any import that did
+  not finish; then the records are decided outside the write lock and written in short
+  journaled transactions (`db.live`), so that Kindling's writers never wait more than a
+  fraction of a second. Any failure (damage found late, a conflict under `error`, a missing
+  reference, a record the database rejects, an integrity problem, a full disk, an
+  interruption) undoes what was written, from the journal (`db.journal`): the database is as it
+  was, with whatever other writers committed meanwhile. A process killed mid-way leaves the
+  journal; `recover` (which every writing command runs first) undoes it. Until then, readers
+  see the part that was written.
+- A dry run into a database that exists runs on a private copy of it (SQLite's backup, taken
+  while others write), in one transaction that is rolled back; the database is never written.
 
 An id that appears twice within one entity is refused, as verify refuses it (otherwise the
 conflict strategy would silently pick one copy), without holding every id in memory: see
 `_RepeatedIds`. A database failure mid-way (disk full, a corrupt page, an I/O error) is a
-StoreError naming the database; a process killed mid-way leaves an uncommitted transaction,
-which SQLite discards when the database is next opened.
+StoreError naming the database.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import sqlite3
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from kindling_bundle.db.bulk import bulk_load, first_dangling_reference, foreign_keys_checked_after
+from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
     describe_error,
+    open_store,
     write_transaction,
 )
-from kindling_bundle.db.importer import (
-    ImportEntityResult,
-    bulk_load,
-    check_strategy,
-    first_dangling_reference,
-    foreign_keys_checked_after,
-    import_batch,
-)
+from kindling_bundle.db.export import snapshot
+from kindling_bundle.db.importer import import_batch
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.db.journal import Journal, recover
+from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
+from kindling_bundle.db.pacing import Checkpointer
 from kindling_bundle.errors import (
     ImportConflictError,
     IntegrityError,
@@ -49,7 +65,7 @@ from kindling_bundle.errors import (
     StoreError,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleSource
+from kindling_bundle.format.reader import BundleReader, BundleSource
 from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sshsig import Signer
@@ -57,6 +73,9 @@ from kindling_bundle.ops.read import open_reader
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
+_LIVE_CACHE_KIB = 32 << 10
+"""The importing connection's page cache (default 2 MiB): the indexes it inserts into at random
+(UUID ids) are read again from the file less often."""
 
 
 @dataclass
@@ -126,101 +145,347 @@ def import_bundle(
     BundleError (damaged or not a bundle), RecordError (an invalid record),
     ImportConflictError (a conflict under "error"; MissingReferenceError, a subclass, for a
     record referencing one that is neither in the bundle nor in the database), IntegrityError or
-    StoreError (the database failed: locked, full, corrupt); in every case nothing was
-    written. `progress(records_done, bytes_done)` is called after each frame;
-    `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
-    bundle `name` when given (the file a temporary bundle was converted from). An encrypted
-    bundle is opened with `options.identities`; nothing is committed before its whole stream
-    has authenticated (the reader reaches the source's end before the last batch is done).
-    `options.signature` says whom to trust; a signature it refuses (a SignatureError) is
-    refused before the database is touched.
+    StoreError (the database failed: locked, full, corrupt); in every case the database is left
+    as it was (see the module docstring). `progress(records_done, bytes_done)` is called after
+    each frame; `on_manifest(manifest)` once the manifest is valid, before any write. Messages
+    name the bundle `name` when given (the file a temporary bundle was converted from). An
+    encrypted bundle is opened with `options.identities`; should its stream fail to authenticate
+    at the end, what was applied is undone. `options.signature` says whom to trust; a signature
+    it refuses (a SignatureError) is refused before the database is touched.
     """
     check_strategy(conflict)
     with open_reader(src, options=options, name=name) as reader:
-        label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:
             on_manifest(manifest)
-        counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
-        redirects: dict[str, str] = {}
+        run = _Run(reader, manifest, conflict, dry_run, progress)
+        if conn.private or not _file_of(conn):
+            return _in_one_transaction(conn, run)
+        if dry_run:
+            with _private_copy(conn) as copy:
+                return _in_one_transaction(copy, run)
+        return _live(conn, run)
+
+
+@dataclass
+class _Run:
+    """One import: what it reads, how, and what happened so far."""
+
+    reader: BundleReader
+    manifest: Manifest
+    conflict: ConflictStrategy
+    dry_run: bool
+    progress: ProgressCallback | None
+
+    def __post_init__(self) -> None:
+        self.label = self.reader.label
+        self.counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
+        self.redirects: dict[str, str] = {}
+        self.where = self.label
+
+    def enter(self, entity: str) -> None:
+        """The frames that follow are of `entity`: messages name its member."""
+        self.where = f"{self.label}: {ENTITY_MEMBERS[entity]}"
+
+    def redirect(self, records: list[Record]) -> list[Record]:
+        """The frame's pins on summaries skipped in favour of another go to that one."""
+        if not self.redirects:
+            return records
+        return [_redirected(r, self.redirects) if isinstance(r, Pin) else r for r in records]
+
+    @contextmanager
+    def naming(self) -> Iterator[None]:
+        """A record error raised inside names the member it is in."""
         try:
-            with foreign_keys_checked_after(conn) as deferred, write_transaction(conn):
-                repeated = _RepeatedIds(conn)
-                with bulk_load(conn, references_checked_after=deferred) as insert_first:
-                    for entity, records in reader.batches(progress):
-                        where = f"{label}: {ENTITY_MEMBERS[entity]}"
-                        results = _import_frame(
-                            conn, records, conflict, counts, where, redirects, insert_first
-                        )
-                        repeated.check(entity, results, where)
-                integrity = verify_import_integrity(conn)
-                if deferred and not integrity.ok:
-                    _refuse_dangling(conn, label)
-                report = ImportReport(
-                    label, manifest, conflict, dry_run, counts, integrity, reader.signer
+            yield
+        except RecordError as exc:
+            raise RecordError(
+                f"{self.where}: {exc}", entity=exc.entity, record_id=exc.record_id
+            ) from None
+
+    def take(self, results: Sequence[ImportEntityResult]) -> None:
+        """Count results; an error fails the import. A summary skipped in favour of its
+        capsule's stored summary is remembered, so that the bundle's pins on it follow it (and
+        none dangles)."""
+        for result in results:
+            if result.error is not None and result.missing:
+                raise MissingReferenceError(
+                    f"{self.where}: {result.error}",
+                    entity=result.entity,
+                    record_id=result.id,
+                    missing=result.missing,
                 )
-                if not integrity.ok:
-                    message = _integrity_message(label, integrity)
-                    raise IntegrityError(message, problems=integrity.problems)
-                if dry_run:
-                    raise _RollBack(report)
-        except _RollBack as rollback:
-            return rollback.report
-        except (sqlite3.DatabaseError, TransactionLost) as exc:  # rolled back: nothing written
-            # TransactionLost: SQLite rolled back by itself; the error that made it may be in
-            # the context, unless the code that met it went on (and so met TransactionLost).
-            cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
-            name = getattr(conn, "path", "") or "database"
-            detail = (
-                describe_error(cause)
-                if isinstance(cause, sqlite3.DatabaseError)
-                else "SQLite rolled the transaction back after an error (a full disk, an I/O "
-                "error or a corrupt database)"
-            )
-            raise StoreError(f"{name}: import failed, nothing written: {detail}") from None
+            if result.error is not None:
+                raise ImportConflictError(
+                    f"{self.where}: {result.error}", entity=result.entity, record_id=result.id
+                )
+            if result.kept_id is not None:
+                self.redirects[result.id] = result.kept_id
+            entity_counts = self.counts[result.entity]
+            assert result.outcome is not None
+            setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
+
+    def report(self, integrity: IntegrityReport) -> ImportReport:
+        report = ImportReport(
+            self.label,
+            self.manifest,
+            self.conflict,
+            self.dry_run,
+            self.counts,
+            integrity,
+            self.reader.signer,
+        )
+        if not integrity.ok:
+            message = _integrity_message(self.label, integrity)
+            raise IntegrityError(message, problems=integrity.problems)
+        return report
+
+
+def _in_one_transaction(conn: KindlingConnection, run: _Run) -> ImportReport:
+    """Import in one write transaction: for a database nobody else can reach."""
+    try:
+        with foreign_keys_checked_after(conn) as deferred, write_transaction(conn):
+            before = {
+                entity: conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {entity}").fetchone()[0]
+                for entity in ENTITY_TYPES
+            }
+            repeated = _RepeatedIds(conn, lambda entity, rowid: rowid > before[entity])
+            with bulk_load(conn, references_checked_after=deferred) as insert_first:
+                for entity, records in run.reader.batches(run.progress):
+                    run.enter(entity)
+                    with run.naming():
+                        results = _batch(conn, run.redirect(records), run, insert_first)
+                        run.take(results)
+                        repeated.check(entity, results)
+            integrity = verify_import_integrity(conn)
+            if deferred and not integrity.ok:
+                _refuse_dangling(conn, run.label)
+            report = run.report(integrity)
+            if run.dry_run:
+                raise _RollBack(report)
+    except _RollBack as rollback:
+        return rollback.report
+    except (sqlite3.DatabaseError, TransactionLost) as exc:  # rolled back: nothing written
+        raise _store_error(conn, exc, "nothing written") from None
     return report
 
 
-def _import_frame(
-    conn: KindlingConnection,
-    records: list[Record],
-    conflict: ConflictStrategy,
-    counts: dict[str, EntityCounts],
-    where: str,
-    redirects: dict[str, str],
-    insert_first: frozenset[type],
+def _batch(
+    conn: KindlingConnection, records: list[Record], run: _Run, insert_first: frozenset[type]
 ) -> list[ImportEntityResult]:
-    """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
-    summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
-    if redirects and isinstance(records[0], Pin):
-        pins = cast("list[Pin]", records)  # a frame holds records of one entity
-        records = [_redirected(pin, redirects) for pin in pins]
     try:
-        results = import_batch(conn, records, conflict, insert_first=insert_first)
-    except RecordError as exc:
+        return import_batch(conn, records, run.conflict, insert_first=insert_first)
+    finally:
         _transaction_alive(conn)
-        raise RecordError(f"{where}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
-    # A write error the importer met and went past (a full disk) may have made SQLite roll back
-    # everything: the records that follow would then seem to miss what they reference.
-    _transaction_alive(conn)
-    for result in results:
-        if result.missing:
-            raise MissingReferenceError(
-                f"{where}: {result.error}",
-                entity=result.entity,
-                record_id=result.id,
-                missing=result.missing,
-            )
-        if result.error is not None:
-            raise ImportConflictError(
-                f"{where}: {result.error}", entity=result.entity, record_id=result.id
-            )
-        if result.kept_id is not None:
-            redirects[result.id] = result.kept_id
-        entity_counts = counts[result.entity]
-        assert result.outcome is not None  # set whenever `error` is not
-        setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
-    return results
+
+
+def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
+    """Import into a database in use, in short journaled transactions (module docstring).
+
+    Three threads: this one writes; one reads the bundle and decides its records (`PlanAhead`,
+    with a read-only connection of its own); one copies the write-ahead log into the database
+    after each step (`Checkpointer`), having first checked that the database is not damaged."""
+    path = _file_of(conn)
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    try:
+        recover(conn)  # before anything is decided against what it would undo
+    except (sqlite3.DatabaseError, TransactionLost) as exc:
+        raise _store_error(conn, exc, "nothing written") from None
+    with ThreadPoolExecutor(1, thread_name_prefix="kindling-check") as pool:
+        damage = pool.submit(_damage, path, timeout)
+        frames = run.reader.batches(run.progress)
+        planner = PlanAhead(path, frames, run.conflict, run.redirect, busy_timeout_ms=timeout)
+        try:
+            items = planner.items()
+            first = next(items)
+            if first[0] == "failed":  # nothing to write before it
+                _write(None, run, planner, iter([first]))
+            problem = damage.result()
+            if problem is not None:
+                raise StoreError(f"{conn.path or path}: {problem}; nothing written")
+        except BaseException:
+            planner.close()
+            raise
+    with _live_settings(conn):
+        try:
+            journal = Journal.begin(conn, run.label)
+        except BaseException as exc:
+            planner.close()
+            if isinstance(exc, sqlite3.DatabaseError | TransactionLost):
+                raise _store_error(conn, exc, "nothing written") from None
+            raise
+        checkpointer = Checkpointer(path, timeout)
+        writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
+        try:
+            try:
+                _write(writer, run, planner, itertools.chain([first], items))
+                with snapshot(conn):  # one state, whatever others commit meanwhile
+                    integrity = verify_import_integrity(conn)
+                report = run.report(integrity)
+                journal.commit()
+            finally:
+                planner.close()
+                checkpointer.close()
+        except BaseException as failure:
+            _undo(conn, journal, failure)
+            raise
+    try:
+        journal.end()
+    except (sqlite3.DatabaseError, TransactionLost) as exc:
+        raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
+    return report
+
+
+def _taker(conn: KindlingConnection, run: _Run) -> Take:
+    """What the writer calls with each step's results, inside its transaction: count them, fail
+    on an error, and find ids the bundle holds twice (the journal says which rows it inserted)."""
+    inserted: dict[str, list[tuple[int, int]]] = {entity: [] for entity in ENTITY_TYPES}
+    repeated = _RepeatedIds(conn, lambda entity, rowid: _within(inserted[entity], rowid))
+
+    def take(results: list[ImportEntityResult], runs: list[tuple[str, int, int]]) -> None:
+        for table, first, last in runs:
+            if table in inserted:
+                bisect.insort(inserted[table], (first, last))
+        run.take(results)
+        if results:
+            repeated.check(results[0].entity, results)
+
+    return take
+
+
+@contextmanager
+def _live_settings(conn: KindlingConnection) -> Iterator[None]:
+    """The importing connection's settings while it writes in steps, restored afterwards.
+
+    Statement journals in memory (each multi-row INSERT keeps one; in a file it would be
+    created and deleted for every statement) unless the connection holds TEMP objects, which a
+    change of `temp_store` deletes; a larger page cache; no auto-checkpoint (the Checkpointer's
+    job)."""
+    names = ["cache_size", "wal_autocheckpoint"]
+    if not conn.execute("SELECT count(*) FROM temp.sqlite_master").fetchone()[0]:
+        names.append("temp_store")
+    saved = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+    if "temp_store" in saved:
+        conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute(f"PRAGMA cache_size = -{_LIVE_CACHE_KIB}")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            for name, value in saved.items():
+                conn.execute(f"PRAGMA {name} = {value}")
+
+
+def _write(writer: Writer | None, run: _Run, planner: PlanAhead, items: Iterator[Item]) -> None:
+    """Write what the planner decided, in order; raise what it met, where it met it."""
+    for item in items:
+        if item[0] == "failed":
+            if item[1]:
+                run.enter(item[1])
+            if item[3]:  # deciding met it: name the member (reading names it already)
+                with run.naming():
+                    raise item[2]
+            raise item[2]
+        assert writer is not None
+        with run.naming():
+            if item[0] == "frame":
+                run.enter(item[1])
+                writer.add(item[2])
+            elif item[0] == "entity done":
+                writer.flush()  # before the next entity: what it references, pins' redirects
+                planner.entity_done()
+            else:
+                writer.flush()
+
+
+def _file_of(conn: KindlingConnection) -> str:
+    """The database's file, for the import's other connections ("" for one in memory)."""
+    return str(conn.execute("PRAGMA database_list").fetchone()[2] or "")
+
+
+def _damage(path: str, busy_timeout_ms: int) -> str | None:
+    """What is wrong with the database (the first problem `PRAGMA quick_check` finds), or None.
+    Nothing is written into a damaged database: steps committed before the damage showed would
+    be undone, but writing there at all may spread it. One pass over every page, on a
+    connection of its own, while the import starts reading."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        (problem,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return describe_error(exc)
+    finally:
+        conn.close()
+    return None if problem == "ok" else f"database is corrupt ({problem})"
+
+
+def _within(runs: list[tuple[int, int]], rowid: int) -> bool:
+    at = bisect.bisect_right(runs, (rowid, float("inf")))
+    return at > 0 and runs[at - 1][0] <= rowid <= runs[at - 1][1]
+
+
+def _undo(conn: KindlingConnection, journal: Journal, failure: BaseException) -> None:
+    """Undo a failed import; a database failure becomes a StoreError saying what is left."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.DatabaseError):  # undoing needs room on a full disk:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # let the write-ahead log start over
+        journal.undo()
+        journal.end()
+    except (sqlite3.DatabaseError, TransactionLost, StoreError) as exc:
+        detail = describe_error(exc) if isinstance(exc, sqlite3.DatabaseError) else str(exc)
+        name = conn.path or "database"
+        raise StoreError(
+            f"{name}: import failed ({_cause(failure)}), and undoing it failed too ({detail}): "
+            f"the database holds part of the import until `kindling-bundle recover --db "
+            f"{name}` succeeds"
+        ) from None
+    if isinstance(failure, sqlite3.DatabaseError | TransactionLost):
+        raise _store_error(conn, failure, "nothing written") from None
+
+
+def _cause(failure: BaseException) -> str:
+    if isinstance(failure, sqlite3.DatabaseError):
+        return describe_error(failure)
+    return str(failure) or type(failure).__name__
+
+
+def _store_error(conn: KindlingConnection, exc: BaseException, outcome: str) -> StoreError:
+    # TransactionLost: SQLite rolled back by itself; the error that made it may be in the
+    # context, unless the code that met it went on (and so met TransactionLost).
+    cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
+    detail = (
+        describe_error(cause)
+        if isinstance(cause, sqlite3.DatabaseError)
+        else "SQLite rolled the transaction back after an error (a full disk, an I/O "
+        "error or a corrupt database)"
+    )
+    return StoreError(f"{conn.path or 'database'}: import failed, {outcome}: {detail}")
+
+
+@contextmanager
+def _private_copy(conn: KindlingConnection) -> Iterator[KindlingConnection]:
+    """A copy of the database (as of one moment, taken while others write) that nobody else
+    can reach, beside it (where there is room for it), removed afterwards. An import that did
+    not finish is undone in the copy."""
+    folder = Path(conn.path).parent if conn.path else None
+    with tempfile.TemporaryDirectory(prefix=".kindling-dry-run-", dir=folder) as temporary:
+        path = Path(temporary) / "copy.db"
+        target = sqlite3.connect(path)
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
+        copy = open_store(path)
+        try:
+            copy.path = conn.path
+            recover(copy)
+            copy.private = True
+            yield copy
+        finally:
+            copy.close()
 
 
 def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
@@ -237,29 +502,28 @@ def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
 
 
 def _transaction_alive(conn: KindlingConnection) -> None:
+    # A write error the importer met and went past (a full disk) may have made SQLite roll back
+    # everything: the records that follow would then seem to miss what they reference.
     if not conn.in_transaction:
-        raise TransactionLost(f"{getattr(conn, 'path', '') or 'database'}: transaction lost")
+        raise TransactionLost(f"{conn.path or 'database'}: transaction lost")
 
 
 class _RepeatedIds:
     """Finds an id that appears twice within one entity of the bundle.
 
     Holding every id would cost memory in proportion to the bundle. Instead: a record that meets
-    no stored row is inserted, and a later copy of it meets the row it made, whose rowid is
-    above the largest the table held when the import began (SQLite gives a new row the largest
-    rowid plus one). So only the ids of records that met rows stored before the import (or no
-    row: a summary skipped in favour of another) are remembered. An import into an empty
-    database remembers none, and costs nothing while every record is inserted."""
+    no stored row is inserted, and a later copy of it meets the row it made, which this import
+    inserted (`inserted(entity, rowid)`: from the undo journal, or in one transaction, a rowid
+    above the largest the table held when it began). So only the ids of records that met rows
+    stored before the import (or no row: a summary skipped in favour of another) are
+    remembered. An import into an empty database remembers none."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, inserted: Callable[[str, int], bool]):
         self._conn = conn
-        self._before = {
-            entity: conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {entity}").fetchone()[0]
-            for entity in ENTITY_TYPES
-        }
+        self._inserted = inserted
         self._met: dict[str, set[str]] = {entity: set() for entity in ENTITY_TYPES}
 
-    def check(self, entity: str, results: Sequence[ImportEntityResult], where: str) -> None:
+    def check(self, entity: str, results: Sequence[ImportEntityResult]) -> None:
         met = [result.id for result in results if result.outcome != "inserted"]
         if not met:
             return
@@ -273,9 +537,9 @@ class _RepeatedIds:
         seen = self._met[entity]
         for record_id in met:
             rowid = rowids.get(record_id)
-            if (rowid is not None and rowid > self._before[entity]) or record_id in seen:
+            if (rowid is not None and self._inserted(entity, rowid)) or record_id in seen:
                 raise RecordError(
-                    f"{where}: {SINGULAR[entity]} {record_id} appears more than once",
+                    f"{SINGULAR[entity]} {record_id} appears more than once",
                     entity=entity,
                     record_id=record_id,
                 )

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kindling_bundle.db.bulk import bulk_load
 from kindling_bundle.db.connection import KindlingConnection, create_store, write_transaction
-from kindling_bundle.db.importer import bulk_load
 from kindling_bundle.db.sample.realistic import RealisticText
 from kindling_bundle.db.sample.small_vocabulary import SmallVocabularyText
 from kindling_bundle.db.writes import (

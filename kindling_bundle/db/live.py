@@ -1,0 +1,457 @@
+"""Importing into a database in use: decided outside the write lock, written in short steps.
+
+Kindling's writers wait at most 5 s for SQLite's write lock. So an import into a database that
+exists never holds it for long: records are looked up and decided by the conflict rules in a
+read transaction (which never blocks a writer), then written in write transactions that each
+hold the lock about `pacing.TARGET_SECONDS`, sized by the time the last ones took. Every change
+is journaled (`db.journal`) in the same transaction, so the whole import can be undone.
+
+A decision taken outside the lock can be stale by the time it is written: another writer, or an
+earlier record of the same import still waiting to be written, may have changed what the record
+meets. So only two kinds of decision are written as taken: "nothing to write" (unchanged,
+skipped: true at the moment it was read, which is a moment during the import), and "insert",
+which the database's own constraints check again (a stored id, a missing observation or
+capsule, a capsule's second summary), and a pin's target, looked up again in the transaction.
+Whatever the database refuses, every overwrite, and every record that might depend on another
+of its run, is imported inside the transaction by `import_record`: looked up, decided and
+written at once. The results are therefore those of importing the records one by one in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kindling_bundle.db.conflicts import ImportEntityResult, decide
+from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
+from kindling_bundle.db.importer import import_record, insert_held
+from kindling_bundle.db.journal import Journal
+from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
+from kindling_bundle.db.pacing import Pace
+from kindling_bundle.db.rows import (
+    CAPSULE_COLUMNS,
+    OBSERVATION_COLUMNS,
+    PIN_COLUMNS,
+    SUMMARY_COLUMNS,
+)
+from kindling_bundle.records import (
+    Capsule,
+    ConflictStrategy,
+    Observation,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
+
+ROWS_PER_STATEMENT = 32
+"""Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
+whole statement instead of writing a tiny segment after each row's statement."""
+
+Take = Callable[[list[ImportEntityResult], list[tuple[str, int, int]]], None]
+"""Called inside each write transaction with its records' results, in order, and the runs of
+rowids it inserted; raising rolls the transaction back."""
+
+
+@dataclass
+class Planned:
+    """A record and what to do with it, decided outside the write lock."""
+
+    record: Record
+    write: Literal["insert", "exact", "none"]
+    """insert: write `values` as a new row; exact: import it inside the transaction; none:
+    `result` says what happened (nothing to write)."""
+    result: ImportEntityResult | None = None
+    values: tuple[Any, ...] = ()
+
+
+def plan(
+    conn: sqlite3.Connection, records: Sequence[Record], conflict: ConflictStrategy
+) -> list[Planned]:
+    """Decide a run of records of one type from one look-up (one read snapshot: it never
+    blocks a writer). See the module docstring for which decisions are kept."""
+    independent = independent_prefix(records)
+    conn.execute("BEGIN")
+    try:
+        held = look_up(conn, records[:independent])
+    finally:
+        conn.execute("COMMIT")
+    planned: list[Planned] = []
+    for record, found in zip(records, held, strict=False):
+        result, write = decide(entity_of(record), record.id, found.found, conflict)
+        if write == "none":
+            planned.append(Planned(record, "none", result))
+        elif write == "insert":
+            planned.append(Planned(record, "insert", values=found.values))
+        else:
+            planned.append(Planned(record, "exact"))
+        if found.holder is not None:  # replacing it changes what later summaries meet
+            break
+    planned.extend(Planned(record, "exact") for record in records[len(planned) :])
+    return planned
+
+
+def _rows(planned: Planned) -> int:
+    """The rows a record writes, the unit steps are sized in."""
+    record = planned.record
+    return 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
+
+
+class Writer:
+    """Writes planned records, in foreign-key order, in short journaled transactions."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        conflict: ConflictStrategy,
+        journal: Journal,
+        take: Take,
+        after_step: Callable[[], None] = lambda: None,
+    ):
+        self.conn = conn
+        self.conflict = conflict
+        self.journal = journal
+        self.take = take
+        self.after_step = after_step
+        self._paces: dict[type, Pace] = {}
+        self._stage = _Stage(conn)
+        self._pending: list[Planned] = []
+        self._pending_rows = 0
+
+    @property
+    def longest(self) -> float:
+        """The longest any step held the write lock so far, in seconds."""
+        return max((pace.longest for pace in self._paces.values()), default=0.0)
+
+    def add(self, planned: list[Planned]) -> None:
+        """Queue planned records of one entity (after those of the entities they reference),
+        and write what is due."""
+        self._pending.extend(planned)
+        self._pending_rows += sum(map(_rows, planned))
+        if any(p.result is not None and p.result.error is not None for p in planned):
+            self.flush()  # fails at the first error, after what comes before it
+        while self._pending and self._pending_rows >= self._pace().size:
+            self._write_step()
+
+    def flush(self) -> None:
+        """Write everything queued."""
+        while self._pending:
+            self._write_step()
+
+    def _pace(self) -> Pace:
+        """Each entity's steps are sized apart: a capsule's row is a capsule and its links."""
+        kind = type(self._pending[0].record)
+        if kind not in self._paces:
+            self._paces[kind] = Pace()
+        return self._paces[kind]
+
+    def _write_step(self) -> None:
+        pace = self._pace()
+        rows = taken = 0
+        while taken < len(self._pending) and (rows < pace.size or not taken):
+            rows += _rows(self._pending[taken])
+            taken += 1
+        chunk = self._pending[:taken]
+        staged = self._stage.put(chunk)  # binding every value, before the lock is taken
+        with pace.transaction(self.conn) as step:
+            seq = self.journal.last_seq()
+            results = self._write(chunk, staged)
+            self.take(results, self.journal.inserted_since(seq))
+            step.count = rows
+        self._stage.clear()
+        del self._pending[:taken]
+        self._pending_rows -= rows
+        self.after_step()
+
+    def _write(
+        self, chunk: list[Planned], staged: dict[int, tuple[int, int, int, int]]
+    ) -> list[ImportEntityResult]:
+        results: list[ImportEntityResult] = []
+        start = 0
+        while start < len(chunk):
+            item = chunk[start]
+            if item.write == "insert":
+                end = start + 1
+                while end < len(chunk) and chunk[end].write == "insert":
+                    end += 1
+                results.extend(self._insert_staged(chunk[start:end], staged[start]))
+                start = end
+                continue
+            if item.write == "exact":
+                results.append(import_record(self.conn, item.record, self.conflict))
+            else:
+                assert item.result is not None
+                results.append(item.result)
+            start += 1
+        return results
+
+    def _insert_staged(
+        self, group: list[Planned], staged: tuple[int, int, int, int]
+    ) -> list[ImportEntityResult]:
+        """Insert a run of records decided new with one INSERT ... SELECT from where they were
+        staged (Kindling's FTS trigger fills one pending index for the whole statement); if the
+        database refuses it, insert them a few at a time, and those refused one by one."""
+        records = [item.record for item in group]
+        pins = [record for record in records if isinstance(record, Pin)]
+        if pins:  # no constraint checks a pin's target: look again
+            there = present_targets(self.conn, pins)
+            if any((p.target_type, p.target_id) not in there for p in pins):
+                return [import_record(self.conn, record, self.conflict) for record in records]
+        atomic: AbstractContextManager[None] = nullcontext()
+        if isinstance(records[0], Capsule):  # two statements: the capsules, then their links
+            atomic = savepoint(self.conn, "kindling_live")
+        try:
+            with atomic:
+                self._stage.insert(type(records[0]), staged)
+        except sqlite3.IntegrityError:
+            results: list[ImportEntityResult] = []
+            for first in range(0, len(group), ROWS_PER_STATEMENT):
+                results.extend(self._insert(group[first : first + ROWS_PER_STATEMENT]))
+            return results
+        entity = entity_of(records[0])
+        return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+
+    def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:
+        """Insert records decided new, in one statement; if the database refuses them (or a pin's
+        target is gone), import them one by one instead."""
+        records = [item.record for item in group]
+        pins = [record for record in records if isinstance(record, Pin)]
+        if pins:  # no constraint checks a pin's target: look again
+            there = present_targets(self.conn, pins)
+            if any((p.target_type, p.target_id) not in there for p in pins):
+                return [import_record(self.conn, record, self.conflict) for record in records]
+        atomic: AbstractContextManager[None] = nullcontext()
+        if isinstance(records[0], Capsule):
+            atomic = savepoint(self.conn, "kindling_live")
+        try:
+            with atomic:  # a capsule is two statements: its row, then its links
+                insert_held(
+                    self.conn, records, [item.values for item in group], per_statement=len(group)
+                )
+        except sqlite3.IntegrityError:
+            return [import_record(self.conn, record, self.conflict) for record in records]
+        entity = entity_of(records[0])
+        return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+
+
+_TABLES: dict[type, str] = {
+    Observation: "observations",
+    Capsule: "capsules",
+    Summary: "summaries",
+    Pin: "pins",
+}
+_LINK_COLUMNS = "capsule_id, observation_id, seq"
+
+
+class _Stage:
+    """Rows bound into TEMP tables before a step takes the write lock.
+
+    Binding every value of a step is Python work; done here, in this connection's own temporary
+    database (in memory), it is done without the write lock, and the step then moves each run
+    of new records with one INSERT ... SELECT. The TEMP tables have no column types, so the
+    values reach the real tables exactly as if bound to them."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._made: set[str] = set()
+
+    def put(self, chunk: list[Planned]) -> dict[int, tuple[int, int, int, int]]:
+        """Stage each run of records decided new; by the index of its first record, the rowids
+        its rows (and, for capsules, its links) take in the staging tables."""
+        staged: dict[int, tuple[int, int, int, int]] = {}
+        start = 0
+        self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
+        try:
+            while start < len(chunk):
+                if chunk[start].write != "insert":
+                    start += 1
+                    continue
+                end = start + 1
+                while end < len(chunk) and chunk[end].write == "insert":
+                    end += 1
+                run = chunk[start:end]
+                table = _TABLES[type(run[0].record)]
+                rows = self._put(table, [item.values for item in run])
+                links = (0, -1)
+                capsules = [item.record for item in run if isinstance(item.record, Capsule)]
+                if capsules:
+                    links = self._put(
+                        "capsule_observations",
+                        [
+                            (c.id, o, seq)
+                            for c in capsules
+                            for seq, o in enumerate(c.observation_ids)
+                        ],
+                    )
+                staged[start] = (*rows, *links)
+                start = end
+        finally:
+            self.conn.execute("COMMIT")
+        return staged
+
+    def _put(self, table: str, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        name = f"kindling_stage_{table}"
+        width = len(_STAGED_COLUMNS[table].split(","))
+        if name not in self._made:
+            columns = ", ".join(f"c{i}" for i in range(width))
+            self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+            self._made.add(name)
+        first = self.conn.execute(f"SELECT coalesce(max(rowid), 0) + 1 FROM temp.{name}")
+        low = int(first.fetchone()[0])
+        self.conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})", rows)
+        return low, low + len(rows) - 1
+
+    def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
+        """Move one staged run into the real table (and a capsule's links into theirs)."""
+        table = _TABLES[kind]
+        self._move(table, staged[0], staged[1])
+        if kind is Capsule and staged[3] >= staged[2]:
+            self._move("capsule_observations", staged[2], staged[3])
+
+    def _move(self, table: str, low: int, high: int) -> None:
+        columns = _STAGED_COLUMNS[table]
+        width = len(columns.split(","))
+        values = ", ".join(f"c{i}" for i in range(width))
+        self.conn.execute(
+            f"INSERT INTO main.{table} ({columns}) SELECT {values} "
+            f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
+            (low, high),
+        )
+
+    def clear(self) -> None:
+        """Empty the staging tables (after a step)."""
+        self.conn.execute("BEGIN")
+        try:
+            for name in self._made:
+                self.conn.execute(f"DELETE FROM temp.{name}")
+        finally:
+            self.conn.execute("COMMIT")
+
+
+_STAGED_COLUMNS = {
+    "observations": OBSERVATION_COLUMNS,
+    "capsules": CAPSULE_COLUMNS,
+    "summaries": SUMMARY_COLUMNS,
+    "pins": PIN_COLUMNS,
+    "capsule_observations": _LINK_COLUMNS,
+}
+
+
+class _Cancelled(Exception):
+    """The writer stopped: the planning thread ends."""
+
+
+Item = (
+    tuple[Literal["frame"], str, list[Planned]]
+    | tuple[Literal["entity done"], str]
+    | tuple[Literal["failed"], str, BaseException, bool]
+    | tuple[Literal["end"]]
+)
+
+
+class PlanAhead:
+    """Reads and decides records in a thread of its own, ahead of the writer.
+
+    The thread consumes `frames` (for a bundle: decompressing, decoding and checking it), passes
+    each through `prepare` and decides it by `plan` on its own read-only connection to the
+    database at `path`, while the writer's thread writes what was decided before: the writer's
+    SQLite work runs without Python's global lock. At each new entity it stops until
+    `entity_done()`: an entity's records are decided against what the ones before wrote.
+    `items()` yields, in order: ("frame", entity, planned), ("entity done", entity) before each
+    new entity, ("failed", entity, exception, while_deciding) for what the thread met (damage,
+    an invalid record; `while_deciding` if deciding raised it, not reading), or ("end",) after
+    the last frame."""
+
+    def __init__(
+        self,
+        path: str,
+        frames: Iterator[tuple[str, list[Record]]],
+        conflict: ConflictStrategy,
+        prepare: Callable[[list[Record]], list[Record]],
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        ahead: int = 8,
+    ):
+        self._busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.Queue[Item] = queue.Queue(maxsize=ahead)
+        self._resume = threading.Event()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(path, frames, conflict, prepare), name="kindling-plan"
+        )
+        self._thread.start()
+
+    def items(self) -> Iterator[Item]:
+        """What the thread produced, in order, up to and including "end" or "failed"."""
+        while True:
+            item = self._queue.get()
+            yield item
+            if item[0] in ("end", "failed"):
+                return
+
+    def entity_done(self) -> None:
+        """Everything of the entity before is written: decide the next one."""
+        self._resume.set()
+
+    def close(self) -> None:
+        """Stop the thread (wherever it is) and wait for it."""
+        self._cancel.set()
+        self._resume.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: Item) -> None:
+        while not self._cancel.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.05)
+                return
+        raise _Cancelled
+
+    def _run(
+        self,
+        path: str,
+        frames: Iterator[tuple[str, list[Record]]],
+        conflict: ConflictStrategy,
+        prepare: Callable[[list[Record]], list[Record]],
+    ) -> None:
+        entity = ""
+        deciding = False
+        try:
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(_Cancelled):
+                self._put(("failed", entity, exc, True))
+            return
+        try:
+            conn.isolation_level = None
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            for next_entity, records in frames:
+                if next_entity != entity:
+                    if entity:
+                        self._put(("entity done", entity))
+                        self._resume.wait()
+                        self._resume.clear()
+                        if self._cancel.is_set():
+                            raise _Cancelled
+                    entity = next_entity
+                deciding = True
+                planned = plan(conn, prepare(records), conflict)
+                deciding = False
+                self._put(("frame", entity, planned))
+            self._put(("end",))
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # handed to the writer, which raises it in order
+            with contextlib.suppress(_Cancelled):
+                self._put(("failed", entity, exc, deciding))
+        finally:
+            conn.close()

@@ -1,0 +1,120 @@
+"""Short write transactions, sized by how long the last ones held the write lock.
+
+Kindling's own writers wait at most 5 s for SQLite's write lock, then lose their write. Work on a
+database in use (an import, undoing one, removing its journal) therefore goes in steps, each one
+write transaction, sized so that each holds the lock about TARGET_SECONDS: the size of the next
+step follows the time per unit the last steps took, as machines and rows differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from kindling_bundle.db.connection import write_transaction
+
+TARGET_SECONDS = 0.25
+"""How long one step should hold the write lock."""
+
+
+@dataclass
+class Step:
+    """One step: how many units it may take (`size`), and how many it took (`count`)."""
+
+    size: int
+    count: int = 0
+
+
+class Pace:
+    """Sizes steps of a repeated job so that each holds the write lock about `target` seconds.
+
+    Starts at `first` units; then each size is what the recent time per unit allows, at most
+    double the previous one (a step that was fast by luck must not make the next one long)."""
+
+    def __init__(
+        self,
+        *,
+        target: float = TARGET_SECONDS,
+        first: int = 256,
+        least: int = 16,
+        most: int = 50_000,
+    ):
+        self.target = target
+        self.size = first
+        self.least = least
+        self.most = most
+        self._per_unit: float | None = None
+        self.longest = 0.0
+        """The longest any step held the lock, in seconds."""
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection) -> Iterator[Step]:
+        """One step in one write transaction (BEGIN IMMEDIATE ... COMMIT), timed from the moment
+        the lock is held to the end of the commit."""
+        step = Step(self.size)
+        with write_transaction(conn):
+            started = time.perf_counter()
+            yield step
+        self._learn(step.count, time.perf_counter() - started)
+
+    def _learn(self, count: int, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+        if count <= 0:
+            return
+        per_unit = seconds / count
+        if self._per_unit is None:
+            self._per_unit = per_unit
+        else:  # recent steps weigh most; one odd step moves the size only part of the way
+            self._per_unit = 0.5 * self._per_unit + 0.5 * per_unit
+        wanted = int(self.target / max(self._per_unit, 1e-7))
+        self.size = max(self.least, min(self.most, wanted, 2 * max(self.size, count)))
+
+
+class Checkpointer:
+    """Copies the write-ahead log back into the database from a thread of its own.
+
+    Each write step appends the pages it changed to the write-ahead log, and someone must copy
+    them into the database file before the log can start over. The committing connection would
+    do it at once (SQLite's auto-checkpoint), in the import's own thread; this thread does it on
+    its own connection instead, while the import goes on reading and deciding the next records.
+    It checkpoints PASSIVE (never waiting for, nor blocking, a reader or writer) right after each
+    step, so that the log stays short and a Kindling writer committing meanwhile finds little or
+    nothing left to copy. Turn the importing connection's auto-checkpoint off while it runs."""
+
+    def __init__(self, path: str, busy_timeout_ms: int):
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._due = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="kindling-checkpoint", daemon=True)
+        self._thread.start()
+
+    def after_step(self) -> None:
+        """A step committed: copy what it wrote."""
+        self._due.set()
+
+    def close(self) -> None:
+        """Copy what is left, and end the thread."""
+        self._stop = True
+        self._due.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            while True:
+                self._due.wait()
+                self._due.clear()
+                stop = self._stop
+                with contextlib.suppress(sqlite3.Error):  # a later one, or Kindling's, will do
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if stop:
+                    return
+        finally:
+            conn.close()
