@@ -292,16 +292,13 @@ class Journal:
     def inserted_since(self, seq: int) -> list[tuple[str, int, int]]:
         """(table, first rowid, last rowid) of the rows inserted after journal entry `seq`: runs
         of consecutive rowids (one import's rows in one transaction are nearly always one)."""
-        runs: list[tuple[str, int, int]] = []
-        for table, rowid in self.conn.execute(
-            f"SELECT tbl, row FROM {UNDO_TABLE} WHERE seq > ? AND op = 'insert' ORDER BY tbl, row",
+        rows = self.conn.execute(
+            "SELECT tbl, min(row), max(row) FROM (SELECT tbl, row, "
+            "row - row_number() OVER (PARTITION BY tbl ORDER BY row) AS run "
+            f"FROM {UNDO_TABLE} WHERE seq > ? AND op = 'insert') GROUP BY tbl, run",
             (seq,),
-        ):
-            if runs and runs[-1][0] == table and runs[-1][2] == rowid - 1:
-                runs[-1] = (table, runs[-1][1], rowid)
-            else:
-                runs.append((table, rowid, rowid))
-        return runs
+        )
+        return [(str(table), int(first), int(last)) for table, first, last in rows]
 
     def last_seq(self) -> int:
         """The newest journal entry (0 for none): entries after it are the ones to come."""

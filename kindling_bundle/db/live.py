@@ -34,7 +34,7 @@ from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.importer import import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
-from kindling_bundle.db.pacing import Pace
+from kindling_bundle.db.pacing import Pace, Turns
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
     OBSERVATION_COLUMNS,
@@ -121,6 +121,7 @@ class Writer:
         self.take = take
         self.after_step = after_step
         self._paces: dict[type, Pace] = {}
+        self._turns = Turns()
         self._stage = _Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0
@@ -149,7 +150,7 @@ class Writer:
         """Each entity's steps are sized apart: a capsule's row is a capsule and its links."""
         kind = type(self._pending[0].record)
         if kind not in self._paces:
-            self._paces[kind] = Pace()
+            self._paces[kind] = Pace(turns=self._turns)
         return self._paces[kind]
 
     def _write_step(self) -> None:

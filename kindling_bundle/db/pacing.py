@@ -4,6 +4,12 @@ Kindling's own writers wait at most 5 s for SQLite's write lock, then lose their
 database in use (an import, undoing one, removing its journal) therefore goes in steps, each one
 write transaction, sized so that each holds the lock about TARGET_SECONDS: the size of the next
 step follows the time per unit the last steps took, as machines and rows differ.
+
+Short steps are not enough: a writer waiting for the lock does not queue, it sleeps and tries
+again (SQLite's busy handler: after its first few tries, every 100 ms), so steps that follow each
+other closely can take the lock again and again before it wakes. While other writers are about
+(another connection committed lately), `Turns` leaves the lock free for GAP_SECONDS between two
+steps: long enough for a sleeping writer's next try.
 """
 
 from __future__ import annotations
@@ -18,8 +24,42 @@ from dataclasses import dataclass
 
 from kindling_bundle.db.connection import write_transaction
 
-TARGET_SECONDS = 0.25
+TARGET_SECONDS = 0.3
 """How long one step should hold the write lock."""
+GAP_SECONDS = 0.11
+"""How long the lock stays free between two steps while others write: more than the 100 ms
+SQLite's busy handler sleeps between two tries."""
+OTHERS_RECENTLY_SECONDS = 5.0
+"""Another connection that committed within this long is taken to be writing still."""
+
+
+class Turns:
+    """Leaves the write lock free between two steps for long enough that a writer waiting for
+    it gets it, while other connections are writing (module docstring); one per connection."""
+
+    def __init__(self) -> None:
+        self._ended: float | None = None
+        self._version: int | None = None
+        self._others_at = float("-inf")
+
+    def wait(self, conn: sqlite3.Connection) -> None:
+        """Before a step: let another writer in first, if there is one about."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]  # changed by others' commits
+        now = time.monotonic()
+        if self._version is not None and version != self._version:
+            self._others_at = now
+        if self._ended is None or now - self._others_at > OTHERS_RECENTLY_SECONDS:
+            return
+        while now < self._ended + GAP_SECONDS:
+            time.sleep(min(0.01, self._ended + GAP_SECONDS - now))
+            now = time.monotonic()
+            if conn.execute("PRAGMA data_version").fetchone()[0] != version:
+                return  # it had its turn
+
+    def ended(self, conn: sqlite3.Connection) -> None:
+        """After a step's commit."""
+        self._version = conn.execute("PRAGMA data_version").fetchone()[0]
+        self._ended = time.monotonic()
 
 
 @dataclass
@@ -43,7 +83,9 @@ class Pace:
         first: int = 256,
         least: int = 16,
         most: int = 50_000,
+        turns: Turns | None = None,
     ):
+        self.turns = turns or Turns()
         self.target = target
         self.size = first
         self.least = least
@@ -57,10 +99,12 @@ class Pace:
         """One step in one write transaction (BEGIN IMMEDIATE ... COMMIT), timed from the moment
         the lock is held to the end of the commit."""
         step = Step(self.size)
+        self.turns.wait(conn)
         with write_transaction(conn):
             started = time.perf_counter()
             yield step
         self._learn(step.count, time.perf_counter() - started)
+        self.turns.ended(conn)
 
     def _learn(self, count: int, seconds: float) -> None:
         self.longest = max(self.longest, seconds)

@@ -320,7 +320,7 @@ def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
             try:
                 _write(writer, run, planner, itertools.chain([first], items))
                 with snapshot(conn):  # one state, whatever others commit meanwhile
-                    integrity = verify_import_integrity(conn)
+                    integrity = verify_import_integrity(conn, quick_check=False)  # ran first
                 report = run.report(integrity)
                 journal.commit()
             finally:
