@@ -21,6 +21,8 @@ from kindling_bundle.records import ENTITY_TYPES
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
 FORMAT_MAJOR = 1
+INCREMENT_MAJOR = 2
+"""Incremental bundles (format.increment): full bundles stay version 1.0."""
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
@@ -174,10 +176,16 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     match = _VERSION.match(version) if isinstance(version, str) else None
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
-    if int(match.group(1)) != FORMAT_MAJOR:
+    major = int(match.group(1))
+    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 14)
+        from kindling_bundle.format.increment import decode_increment_manifest
+
+        return decode_increment_manifest(data, where)
+    if major != FORMAT_MAJOR:
         raise BundleError(
             f"{where}: format version {version} is not supported: this tool reads "
-            f"{FORMAT_MAJOR}.x bundles; use a kindling-bundle that reads version {version}"
+            f"{FORMAT_MAJOR}.x bundles and {INCREMENT_MAJOR}.x increments; use a "
+            f"kindling-bundle that reads version {version}"
         )
     try:
         manifest = _manifest_decoder.decode(data)

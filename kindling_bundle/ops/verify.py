@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.format.increment import rules_for
 from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
@@ -41,7 +42,6 @@ from kindling_bundle.format.reader import (
     source_label,
 )
 from kindling_bundle.format.record_frames import RecordDecoder
-from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
 from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
 from kindling_bundle.records import ENTITY_TYPES, Record
@@ -148,7 +148,9 @@ class _Verifier:
     def run(self, on_manifest: Callable[[Manifest], None] | None, parallel: bool) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
         expected = {entry.entity: entry.records for entry in manifest.entities}
-        self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__, expected=expected)
+        self.rules = rules_for(  # an increment's records may refer to its base (section 14)
+            manifest, "the bundle", trusted=self.complete.__getitem__, expected=expected
+        )
         observations = expected.get("observations", 0)
         if parallel and observations >= PARALLEL_MIN_ROWS and parallel_available():
             self.helper = FrameHelper()  # forked before any thread of ours starts

@@ -47,6 +47,11 @@ from kindling_bundle.db.export import (
     snapshot,
 )
 from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.format.increment import (
+    INCREMENT_MEMBERS,
+    IncrementHeader,
+    increment_manifest,
+)
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
@@ -198,6 +203,7 @@ def write_bundle_from_records(
     *,
     source_generation: int | None = None,
     progress: ProgressCallback | None = None,
+    increment: IncrementHeader | None = None,
 ) -> Manifest:
     """Write a bundle from record streams that do not come from a database (convert, merge).
 
@@ -206,17 +212,24 @@ def write_bundle_from_records(
     the other in foreign-key order, so they may be lazy. `opts.filter` is only recorded in the
     manifest; `source_generation` is the Kindling schema generation the records came from, if
     known. The caller is responsible for referential closure.
+
+    With `increment` (ops.increment), the bundle is an incremental one (format version 2.0):
+    `streams` may also hold "tombstones" (Tombstone records, written first), and the manifest
+    names the base and the snapshot's counts.
     """
-    unknown = set(streams) - set(ENTITY_MEMBERS)
+    names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
+    unknown = set(streams) - set(names)
     if unknown:
         raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
     with _spool(dest, label) as spool:
-        members = _encode_entities(spool, streams, label, _Progress(progress))
+        members = _encode_entities(spool, streams, label, _Progress(progress), names)
         entries = [member.entry for member in members]
         manifest = _manifest(created_at, source_generation, opts.filter, entries)
+        if increment is not None:
+            manifest = increment_manifest(manifest, increment.base, increment.state)
         _write_archive(dest, label, members, manifest, opts.level)
     return manifest
 
@@ -309,11 +322,13 @@ def _encode_entities(
     streams: Mapping[str, Iterable[Record]],
     label: str,
     progress: _Progress,
+    names: Mapping[str, str] = ENTITY_MEMBERS,
 ) -> list[_Spooled]:
-    """Encode each entity's frames into the spool, in FK order."""
+    """Encode each member's frames into the spool, in member order (`names`: FK order, or an
+    increment's, tombstones first)."""
     return [
-        _finished(_entity_steps(spool, entity, streams.get(entity, ()), label, progress))
-        for entity in ENTITY_MEMBERS
+        _finished(_entity_steps(spool, entity, streams.get(entity, ()), label, progress, names))
+        for entity in names
     ]
 
 
@@ -323,6 +338,7 @@ def _entity_steps(
     stream: Iterable[Record],
     label: str,
     progress: _Progress,
+    names: Mapping[str, str] = ENTITY_MEMBERS,
 ) -> Generator[None, None, _Spooled]:
     """One member's frames into the spool, hashed and counted, pausing every STEP_RECORDS
     records (so that parallel.encoder can take it a step of a millisecond or two at a time, and
@@ -354,7 +370,7 @@ def _entity_steps(
             break
         batch = []
         yield
-    member = ENTITY_MEMBERS[entity]
+    member = names[entity]
     entry = EntityEntry(
         entity=entity, member=member, records=count, bytes=size, sha256=sha256.hexdigest()
     )
