@@ -314,6 +314,7 @@ def check_link(previous: Link, link: Link, position: int, full: Link) -> None:
             )
         return
     wanted = depth_of(previous.manifest) + 1
+    after = f"increment {wanted - 1}" if wanted > 1 else "the full bundle"
     if base.full_sha256 != full.sha256:
         reason = (
             f"belongs to another chain (its full bundle is {short(base.full_sha256)}, this "
@@ -322,14 +323,13 @@ def check_link(previous: Link, link: Link, position: int, full: Link) -> None:
     elif base.depth > wanted:
         missing = base.depth - wanted
         reason = (
-            f"is increment {base.depth} of the chain but follows increment {wanted - 1}: "
+            f"is increment {base.depth} of the chain but follows {after}: "
             f"{missing} link{'s' if missing > 1 else ''} missing before it (its base is "
             f"{short(base.sha256)}, created {iso_time(base.created_at)})"
         )
     elif base.depth < wanted:
         reason = (
-            f"is increment {base.depth} of the chain but comes after increment {wanted - 1}: "
-            "out of order"
+            f"is increment {base.depth} of the chain but comes after {after}: out of order"
         )
     else:
         reason = (

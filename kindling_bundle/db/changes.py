@@ -1,0 +1,325 @@
+"""What changed in a database since a snapshot, told by content: the database side of increments.
+
+A record's *content hash* is a 64-bit BLAKE2b digest of its row as the database stores it: the
+values of every column in `db.rows` order (the JSON columns as their stored text, the
+denormalized scope columns included), and for a capsule also its observation ids in `seq` order.
+A record read from a bundle hashes the same way through `rows.*_values`, which give back the row
+Kindling stores for it, byte for byte. Neither timestamps nor rowids decide anything: merges and
+imports add records with old timestamps, and VACUUM may renumber rowids.
+
+Equal hashes mean equal rows (up to a 2^-64 chance per record); a row stored in a form Kindling
+would not write (JSON text with spaces, say) hashes unlike the same record read back from a
+bundle, so it counts as changed and travels again: never wrong, only larger. The *id hash* is the
+same digest of the id alone; both are stable across processes and machines, so a snapshot's
+hashes can be kept between runs (ops.state's cache).
+
+`scan` reads one entity's rows once, in rowid order (no sort), and compares each with the
+snapshot's hashes: memory is the snapshot's arrays, one flag per record of it, and the rowids of
+the rows that changed. `changed_records` then reads those rows again, in export order, as
+records, within the same read snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from kindling_bundle.db.connection import describe_error
+from kindling_bundle.db.rows import (
+    CAPSULE_COLUMNS,
+    CAPSULE_SELECT,
+    OBSERVATION_COLUMNS,
+    OBSERVATION_SELECT,
+    PIN_COLUMNS,
+    PIN_SELECT,
+    SUMMARY_COLUMNS,
+    SUMMARY_SELECT,
+    capsule_from_row,
+    capsule_values,
+    observation_from_row,
+    observation_values,
+    pin_from_row,
+    pin_values,
+    summary_from_row,
+    summary_values,
+)
+from kindling_bundle.errors import RecordError, StoreError
+from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary
+
+Hashes = npt.NDArray[np.uint64]
+
+FETCH_ROWS = 1024
+
+_encode = msgspec.msgpack.Encoder().encode
+_blake2b = hashlib.blake2b
+_LINK_IDS = msgspec.json.Decoder(list[str])
+
+
+def digests(values: Sequence[bytes]) -> Hashes:
+    """The 64-bit BLAKE2b digest of each value, as one array."""
+    joined = b"".join([_blake2b(value, digest_size=8).digest() for value in values])
+    return np.frombuffer(joined, dtype="<u8").astype(np.uint64, copy=False)
+
+
+def id_hashes(ids: Sequence[str]) -> Hashes:
+    """The id hash of each id."""
+    return digests([value.encode("utf-8", "surrogatepass") for value in ids])
+
+
+def row_hashes(rows: Sequence[tuple[Any, ...]]) -> Hashes:
+    """The content hash of each row (column values, a capsule's links last)."""
+    return digests([_encode(row) for row in rows])
+
+
+def _observation_row(record: Observation) -> tuple[Any, ...]:
+    return observation_values(record)
+
+
+def _capsule_row(record: Capsule) -> tuple[Any, ...]:
+    return (*capsule_values(record), record.observation_ids)
+
+
+def _summary_row(record: Summary) -> tuple[Any, ...]:
+    return summary_values(record)
+
+
+def _pin_row(record: Pin) -> tuple[Any, ...]:
+    return pin_values(record)
+
+
+RECORD_ROWS: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+    "observations": _observation_row,
+    "capsules": _capsule_row,
+    "summaries": _summary_row,
+    "pins": _pin_row,
+}
+"""The row a record is stored as, per entity, in the form `scan` hashes."""
+
+
+def record_hashes(entity: str, records: Sequence[Record]) -> tuple[Hashes, Hashes]:
+    """(id hashes, content hashes) of records of one entity, as their rows would hash."""
+    to_row = RECORD_ROWS[entity]
+    return id_hashes([r.id for r in records]), row_hashes([to_row(r) for r in records])
+
+
+# As db.export reads them: a link whose id is not text (a BLOB) becomes null.
+_LINKS = (
+    "(SELECT json_group_array(CASE WHEN typeof(observation_id) = 'text' THEN observation_id END) "
+    "FROM (SELECT observation_id FROM capsule_observations WHERE capsule_id = c.id ORDER BY seq))"
+)
+
+_SCAN_SQL = {
+    "observations": f"SELECT rowid, {OBSERVATION_COLUMNS} FROM observations",
+    "capsules": f"SELECT c.rowid, {CAPSULE_COLUMNS}, {_LINKS} FROM capsules c",
+    "summaries": f"SELECT rowid, {SUMMARY_COLUMNS} FROM summaries",
+    "pins": f"SELECT rowid, {PIN_COLUMNS} FROM pins",
+}
+
+
+@dataclass
+class EntityState:
+    """One entity of a snapshot as hashes: id hashes in ascending order, and the content hash
+    of the record with each id. Where the ids themselves are kept (ops.state's cache), `starts`
+    and `lengths` say where each one's UTF-8 bytes are in `names`."""
+
+    ids: Hashes
+    contents: Hashes
+    starts: npt.NDArray[np.int64] | None = None
+    lengths: npt.NDArray[np.uint32] | None = None
+    names: Any = None
+    """A bytes-like object (a memory map) holding the ids."""
+
+    @classmethod
+    def empty(cls) -> EntityState:
+        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def name(self, index: int) -> str | None:
+        """The id at `index`, where the ids are kept."""
+        if self.starts is None or self.lengths is None or self.names is None:
+            return None
+        start = int(self.starts[index])
+        return bytes(self.names[start : start + int(self.lengths[index])]).decode(
+            "utf-8", "surrogatepass"
+        )
+
+
+@dataclass
+class EntityChanges:
+    """What `scan` found for one entity."""
+
+    entity: str
+    count: int
+    """Records the database holds."""
+    changed: npt.NDArray[np.int64]
+    """Rowids of the rows that are new or differ from the snapshot."""
+    deleted: Hashes
+    """Id hashes of the snapshot's records the database no longer holds."""
+    state: EntityState | None = None
+    """With a `names` sink: every row's hashes (the database's own snapshot, for the next
+    increment), `starts` and `lengths` locating each id in what was written to the sink."""
+
+
+def _row_values(entity: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A scanned row (rowid first) as the values its record's row hash is taken over."""
+    if entity == "capsules":
+
+        def capsule(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            try:
+                links = _LINK_IDS.decode(row[-1])
+            except msgspec.ValidationError:
+                links = msgspec.json.decode(row[-1])  # not all text: hashes unlike any record
+            return (*row[1:-1], links)
+
+        return capsule
+    return lambda row: row[1:]
+
+
+def scan(
+    conn: sqlite3.Connection,
+    entity: str,
+    base: EntityState,
+    *,
+    names: BinaryIO | None = None,
+    names_at: int = 0,
+) -> EntityChanges:
+    """Compare every row of `entity` with the snapshot `base`. With `names` (a file, at offset
+    `names_at`), also keep every row's hashes and write its id there: the database's own
+    snapshot. Run it inside a read snapshot."""
+    label = getattr(conn, "path", "") or "database"
+    values = _row_values(entity)
+    seen = np.zeros(len(base), dtype=bool)
+    last = len(base) - 1
+    changed: list[npt.NDArray[np.int64]] = []
+    kept: list[tuple[Hashes, Hashes, npt.NDArray[np.uint32]]] = []
+    count = 0
+    try:
+        cursor = conn.execute(_SCAN_SQL[entity])
+        try:
+            while rows := cursor.fetchmany(FETCH_ROWS):
+                count += len(rows)
+                encoded = [row[1].encode("utf-8", "surrogatepass") for row in rows]
+                idh = digests(encoded)
+                contents = row_hashes([values(row) for row in rows])
+                rowids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+                if last >= 0:
+                    at = np.minimum(np.searchsorted(base.ids, idh), last)
+                    found = base.ids[at] == idh
+                    seen[at[found]] = True
+                    same = found & (base.contents[at] == contents)
+                    if not same.all():
+                        changed.append(rowids[~same])
+                else:
+                    changed.append(rowids)
+                if names is not None:
+                    names.write(b"".join(encoded))
+                    lengths = np.fromiter(map(len, encoded), np.uint32, len(encoded))
+                    kept.append((idh, contents, lengths))
+        finally:
+            cursor.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot read {entity}: {describe_error(exc)}") from None
+    result = EntityChanges(
+        entity,
+        count,
+        np.concatenate(changed) if changed else np.empty(0, np.int64),
+        base.ids[~seen],
+    )
+    if names is not None:
+        result.state = _sorted_state(kept, names_at)
+    return result
+
+
+def _sorted_state(
+    kept: list[tuple[Hashes, Hashes, npt.NDArray[np.uint32]]], names_at: int
+) -> EntityState:
+    if not kept:
+        empty = EntityState.empty()
+        empty.starts, empty.lengths = np.empty(0, np.int64), np.empty(0, np.uint32)
+        return empty
+    ids = np.concatenate([k[0] for k in kept])
+    contents = np.concatenate([k[1] for k in kept])
+    lengths = np.concatenate([k[2] for k in kept])
+    starts = np.empty(len(lengths), np.int64)
+    starts[0] = names_at
+    np.cumsum(lengths[:-1], out=starts[1:])
+    starts[1:] += names_at
+    order = np.argsort(ids, kind="stable")
+    return EntityState(ids[order], contents[order], starts[order], lengths[order])
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+_CHANGED_SQL = {
+    "observations": (
+        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        "WHERE o.rowid IN (SELECT value FROM json_each(?)) ORDER BY o.ts, o.id"
+    ),
+    "capsules": (
+        f"SELECT {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c "
+        "WHERE c.rowid IN (SELECT value FROM json_each(?)) ORDER BY c.opened_at, c.id"
+    ),
+    "summaries": (
+        f"SELECT {_prefixed('s', SUMMARY_SELECT)} FROM summaries s "
+        "WHERE s.rowid IN (SELECT value FROM json_each(?)) ORDER BY s.created_at, s.id"
+    ),
+    "pins": (
+        f"SELECT {_prefixed('p', PIN_SELECT)} FROM pins p "
+        "WHERE p.rowid IN (SELECT value FROM json_each(?)) ORDER BY p.created_at, p.id"
+    ),
+}
+
+
+def _capsule_record(row: tuple[Any, ...]) -> Capsule:
+    try:
+        links = _LINK_IDS.decode(row[-1])
+    except msgspec.ValidationError:
+        raise RecordError(
+            f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
+            "not text",
+            entity="capsules",
+            record_id=row[0],
+        ) from None
+    return capsule_from_row(row, links)
+
+
+_FROM_ROW: dict[str, Callable[[tuple[Any, ...]], Record]] = {
+    "observations": observation_from_row,
+    "capsules": _capsule_record,
+    "summaries": summary_from_row,
+    "pins": pin_from_row,
+}
+
+
+def changed_records(
+    conn: sqlite3.Connection, entity: str, rowids: npt.NDArray[np.int64]
+) -> Iterator[Record]:
+    """The records of these rows, in export order (spec section 6.3), read lazily."""
+    if not len(rowids):
+        return
+    label = getattr(conn, "path", "") or "database"
+    from_row = _FROM_ROW[entity]
+    wanted = msgspec.json.encode(rowids.tolist()).decode()
+    try:
+        cursor = conn.execute(_CHANGED_SQL[entity], (wanted,))
+        try:
+            while rows := cursor.fetchmany(FETCH_ROWS):
+                for row in rows:
+                    yield from_row(row)
+        finally:
+            cursor.close()
+    except RecordError as exc:
+        raise RecordError(f"{label}: {exc}", entity=exc.entity, record_id=exc.record_id) from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot export {entity}: {describe_error(exc)}") from None

@@ -1,0 +1,649 @@
+"""Incremental bundles: computing one from a database, applying one (or a chain) to a database,
+and verifying a chain (spec section 14).
+
+Computing (`write_increment`): the base's snapshot as hashes (ops.state: from the local cache,
+else read from its chain), one pass over the database comparing every row's content hash
+(db.changes.scan), then the changed rows read again in export order and written, with a tombstone
+for each record of the base that is gone, through the bundle writer. Memory: 16 bytes a record of
+the base, one flag a record, the rowids that changed.
+
+Applying (`apply_increments`, `restore_chain`): every link is checked before anything is written
+(each file's SHA-256 against the next increment's base, their order and their chain), and the
+database is checked to hold the first increment's base (its record counts). Then, in one write
+transaction, each increment in order: its tombstones deleted (pins, summaries, capsules,
+observations), its records written over the stored ones in place (db.importer's overwrite, which
+keeps rowids and never fires ON DELETE CASCADE). A record already stored exactly as the increment
+has it, a tombstone for a record that is not stored, or record counts that differ from the
+increment's `state` mean the database did not hold the base: the transaction is rolled back. The
+database's integrity report runs once, after the last increment, before the commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from kindling_bundle.db.changes import EntityChanges, EntityState, changed_records, scan
+from kindling_bundle.db.connection import (
+    KindlingConnection,
+    TransactionLost,
+    describe_error,
+    write_transaction,
+)
+from kindling_bundle.db.export import snapshot
+from kindling_bundle.db.importer import DATA_TABLES, import_batch
+from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.errors import (
+    BundleError,
+    ImportConflictError,
+    IntegrityError,
+    KindlingBundleError,
+    StoreError,
+)
+from kindling_bundle.format.increment import (
+    DELETION_ORDER,
+    BaseInfo,
+    HashingReader,
+    IncrementHeader,
+    IncrementManifest,
+    IncrementRules,
+    Link,
+    StateCounts,
+    check_applies_to,
+    check_chain,
+    check_link,
+    file_sha256,
+)
+from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleReader, read_manifest
+from kindling_bundle.io.storage import STDIO, is_url, open_source
+from kindling_bundle.ops.restore import ImportReport, import_bundle
+from kindling_bundle.ops.state import (
+    BundleRef,
+    PendingCache,
+    SnapshotState,
+    find_names,
+    load_cached,
+    read_chain,
+)
+from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle
+from kindling_bundle.ops.write import write_bundle_from_records as _write_records
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, TOMBSTONES, Record, Tombstone
+
+# --- naming the bundles of a chain ----------------------------------------------------------
+
+
+def bundle_ref(
+    target: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    sha256: str | None = None,
+) -> BundleRef:
+    """A bundle of a chain given as a path or URL (standard input cannot be one: a chain's
+    bundles may be read twice)."""
+    if target == STDIO:
+        raise BundleError("a bundle of a chain, or a base, cannot come from standard input")
+    opener = functools.partial(open_source, target, storage_options=storage_options)
+    return BundleRef(target, opener, sha256)
+
+
+def hashed(ref: BundleRef) -> BundleRef:
+    """The ref with its SHA-256, read now if it was not known (a local file is hashed where it
+    lies; a URL is read through once), so that a wrong link is refused before anything is
+    written."""
+    if ref.sha256 is not None:
+        return ref
+    if not is_url(ref.label):
+        try:
+            return BundleRef(ref.label, ref.open, file_sha256(ref.label))
+        except OSError as exc:
+            raise BundleError(f"{ref.label}: cannot open: {exc.strerror}") from None
+    with ref.open() as stream:
+        hashing = HashingReader(stream)
+        while hashing.read(1 << 20):
+            pass
+    return BundleRef(ref.label, ref.open, hashing.hexdigest())
+
+
+def read_links(refs: Sequence[BundleRef]) -> list[Link]:
+    """Each ref's manifest (only the first member is read), with its known SHA-256."""
+    links = []
+    for ref in refs:
+        with ref.open() as stream:
+            links.append(Link(ref.label, ref.sha256 or "", read_manifest(stream)))
+    return links
+
+
+# --- computing an increment -----------------------------------------------------------------
+
+
+def base_snapshot(base: Sequence[BundleRef]) -> SnapshotState:
+    """The snapshot the chain `base` makes, as hashes: from the cache when its last bundle's
+    SHA-256 is known and cached, else read from the chain."""
+    if base and base[-1].sha256 is not None:
+        cached = load_cached(base[-1].sha256)
+        if cached is not None:
+            return cached
+    return read_chain(base)
+
+
+def write_increment(
+    conn: KindlingConnection,
+    dest: BundleDestination,
+    base: Sequence[BundleRef] | SnapshotState,
+    opts: BundleOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cache: PendingCache | None = None,
+) -> IncrementManifest:
+    """Write an increment of the database `conn` on `base` to `dest` (a path or a writable
+    stream): the records new or changed since the base's snapshot and a tombstone for each of
+    its records that is gone, all read from one snapshot of the database.
+
+    `base` is the chain of the base (its full bundle, then its increments in order; where the
+    cache holds the last one's hashes, only that one is needed), or its snapshot already read.
+    `cache`: where to keep this snapshot's hashes (`PendingCache.keep` once the bundle is
+    published, under its SHA-256). Returns the manifest."""
+    opts = opts or BundleOptions()
+    if opts.filter.filtered:
+        raise ValueError("an increment covers the whole database: it cannot be filtered")
+    state = base if isinstance(base, SnapshotState) else base_snapshot(base)
+    with snapshot(conn):
+        changes = _scan_all(conn, state.entities, cache)
+        names = _deleted_names(changes, state, base)
+        header = IncrementHeader(
+            BaseInfo(
+                sha256=state.link.sha256,
+                created_at=state.link.created_at,
+                full_sha256=state.full_sha256,
+                depth=state.depth + 1,
+                records=StateCounts.of(state.counts()),
+            ),
+            {entity: change.count for entity, change in changes.items()},
+        )
+        streams: dict[str, Iterator[Record] | list[Tombstone]] = {
+            TOMBSTONES: _tombstones(names)
+        }
+        for entity, change in changes.items():
+            streams[entity] = changed_records(conn, entity, change.changed)
+        manifest = _write_records(
+            dest,
+            streams,  # type: ignore[arg-type]
+            opts,
+            source_generation=getattr(conn, "generation", None),
+            progress=progress,
+            increment=header,
+        )
+    assert isinstance(manifest, IncrementManifest)
+    return manifest
+
+
+def write_full(
+    conn: KindlingConnection,
+    dest: BundleDestination,
+    opts: BundleOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cache: PendingCache | None = None,
+) -> Manifest:
+    """`write_bundle` of the whole database, keeping the hashes of the same snapshot in `cache`
+    (so that the next increment reads no bundle)."""
+    opts = opts or BundleOptions()
+    if opts.filter.filtered:
+        raise ValueError("a chain's full bundle covers the whole database: it cannot be filtered")
+    with snapshot(conn):
+        if cache is not None:
+            empty = dict.fromkeys(ENTITY_TYPES, EntityState.empty())
+            _scan_all(conn, empty, cache)
+        return write_bundle(conn, dest, opts, progress=progress)
+
+
+def _scan_all(
+    conn: KindlingConnection, base: Mapping[str, EntityState], cache: PendingCache | None
+) -> dict[str, EntityChanges]:
+    changes = {}
+    for entity in ENTITY_TYPES:
+        if cache is None:
+            changes[entity] = scan(conn, entity, base[entity])
+            continue
+        at = cache.names.tell()
+        change = scan(conn, entity, base[entity], names=cache.names, names_at=at)
+        assert change.state is not None
+        cache.add(entity, change.state)
+        changes[entity] = change
+    return changes
+
+
+def _deleted_names(
+    changes: Mapping[str, EntityChanges],
+    state: SnapshotState,
+    base: Sequence[BundleRef] | SnapshotState,
+) -> dict[str, list[str]]:
+    """The ids of the base's records that are gone: from the cache, else from the chain."""
+    names: dict[str, list[str]] = {}
+    wanted = {}
+    for entity, change in changes.items():
+        if not len(change.deleted):
+            continue
+        entity_state = state.entities[entity]
+        if entity_state.starts is not None:
+            at = np.searchsorted(entity_state.ids, change.deleted)
+            names[entity] = [entity_state.name(int(i)) or "" for i in at]
+        else:
+            wanted[entity] = change.deleted
+    if wanted:
+        if isinstance(base, SnapshotState):
+            raise BundleError(
+                f"{state.link.label}: the ids of records deleted since it are not at hand"
+            )
+        names.update(find_names(base, wanted))
+    return names
+
+
+def _tombstones(names: Mapping[str, list[str]]) -> list[Tombstone]:
+    """Tombstones in their member's order: by entity (DELETION_ORDER), then by id's bytes."""
+    tombstones: list[Tombstone] = []
+    for entity in DELETION_ORDER:
+        ordered = sorted(names.get(entity, ()), key=lambda i: i.encode("utf-8", "surrogatepass"))
+        tombstones.extend(Tombstone(entity=entity, id=i) for i in ordered)  # type: ignore[arg-type]
+    return tombstones
+
+
+# --- applying increments --------------------------------------------------------------------
+
+
+@dataclass
+class ChangeCounts:
+    """What applying increments did to one entity."""
+
+    inserted: int = 0
+    overwritten: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class ChainReport:
+    """The outcome of applying increments (after a full bundle, for a restore)."""
+
+    database: str
+    links: list[Link]
+    counts: dict[str, ChangeCounts]
+    integrity: IntegrityReport
+    dry_run: bool = False
+    full: ImportReport | None = None
+    """The full bundle's import, when the chain started with one."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "dry_run": self.dry_run,
+            "committed": not self.dry_run,
+            "links": [_link_dict(link) for link in self.links],
+            "counts": {entity: asdict(counts) for entity, counts in self.counts.items()},
+            "full": self.full.to_dict() if self.full is not None else None,
+            "integrity": self.integrity.to_dict(),
+        }
+
+
+def _link_dict(link: Link) -> dict[str, Any]:
+    return {
+        "bundle": link.label,
+        "sha256": link.sha256,
+        "increment": link.increment,
+        "manifest": link.manifest.to_dict(),
+    }
+
+
+class _RollBack(Exception):
+    def __init__(self, report: ChainReport):
+        super().__init__("dry run")
+        self.report = report
+
+
+def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        entity: conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0]
+        for entity in ENTITY_TYPES
+    }
+
+
+def prepare_chain(refs: Sequence[BundleRef], *, full: bool) -> tuple[list[BundleRef], list[Link]]:
+    """Hash every bundle and read every manifest, then check the links: a chain that starts with
+    a full bundle (`full`), or increments each on the one before. Nothing has been written
+    when this refuses a link (the BundleError names it)."""
+    refs = [hashed(ref) for ref in refs]
+    links = read_links(refs)
+    if full:
+        check_chain(links)
+        return refs, links
+    for position, link in enumerate(links, 1):
+        if not link.increment:
+            raise BundleError(
+                f"link {position}, {link.describe()}: is a full bundle; to restore a chain, "
+                "give its full bundle first and import it into an empty database"
+            )
+        if position > 1:
+            check_link(links[position - 2], link, position, _full_of(links[0]))
+    return refs, links
+
+
+def _full_of(link: Link) -> Link:
+    """A stand-in for the full bundle of `link`'s chain (only its SHA-256 is compared)."""
+    manifest = link.manifest
+    assert isinstance(manifest, IncrementManifest)
+    return Link("its full bundle", manifest.base.full_sha256, manifest)
+
+
+def apply_increments(
+    conn: KindlingConnection,
+    refs: Sequence[BundleRef],
+    *,
+    dry_run: bool = False,
+    prepared: list[Link] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ChainReport:
+    """Apply increments, in order, onto a database that holds the first one's base: all of them
+    or nothing (one write transaction). Raises BundleError (a wrong link, damage, a database that
+    does not hold the base), ImportConflictError, IntegrityError or StoreError; in every case
+    nothing was written. `prepared`: the links `prepare_chain` returned for `refs`."""
+    if prepared is None:
+        refs, prepared = prepare_chain(refs, full=False)
+    label = getattr(conn, "path", "") or "database"
+    counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
+    try:
+        with write_transaction(conn):
+            stored = _counts(conn)
+            check_applies_to(prepared[0], stored, label)
+            for ref, link in zip(refs, prepared, strict=True):
+                _apply_one(conn, ref, link, stored, counts, progress)
+            integrity = verify_import_integrity(conn)
+            report = ChainReport(label, list(prepared), counts, integrity, dry_run)
+            if not integrity.ok:
+                listed = "; ".join(
+                    f"{p.kind} {p.entity} {p.id}: {p.detail}" for p in integrity.problems[:3]
+                )
+                raise IntegrityError(
+                    f"{prepared[-1].label}: applying rolled back, the database would fail its "
+                    f"integrity check: {listed}"
+                )
+            if dry_run:
+                raise _RollBack(report)
+    except _RollBack as rollback:
+        return rollback.report
+    except (sqlite3.DatabaseError, TransactionLost) as exc:
+        cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
+        detail = (
+            describe_error(cause)
+            if isinstance(cause, sqlite3.DatabaseError)
+            else "SQLite rolled the transaction back after an error"
+        )
+        raise StoreError(f"{label}: applying failed, nothing written: {detail}") from None
+    return report
+
+
+def _apply_one(
+    conn: sqlite3.Connection,
+    ref: BundleRef,
+    link: Link,
+    stored: dict[str, int],
+    counts: dict[str, ChangeCounts],
+    progress: ProgressCallback | None,
+) -> None:
+    """Apply one increment inside the caller's transaction, checking it as it streams."""
+    manifest = link.manifest
+    assert isinstance(manifest, IncrementManifest)
+    with ref.open() as raw:
+        stream = HashingReader(raw)
+        with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
+            if reader.read_manifest() != manifest:
+                raise BundleError(f"{ref.label}: changed while it was being read")
+            expected = {entry.entity: entry.records for entry in manifest.entities}
+            rules = IncrementRules("the increment", expected=expected)
+            for entity, records in reader.batches(progress, increments=True):
+                where = f"{ref.label}: {ENTITY_MEMBERS.get(entity, f'{entity}.msgpack')}"
+                _check_rules(rules, records, where)
+                if entity == TOMBSTONES:
+                    _delete(conn, records, where, stored, counts)  # type: ignore[arg-type]
+                else:
+                    _write(conn, entity, records, where, stored, counts)
+        digest = stream.hexdigest()
+    if digest != link.sha256:
+        raise BundleError(
+            f"{ref.label}: its SHA-256 is now {digest}, not {link.sha256} as when its links "
+            "were checked (the file changed)"
+        )
+    expected_state = manifest.state.as_dict()
+    if stored != expected_state:
+        raise BundleError(
+            f"{link.describe()}: the database holds {stored} records after applying it, the "
+            f"increment says {expected_state}: the database did not hold its base"
+        )
+
+
+def _check_rules(rules: IncrementRules, records: Sequence[Any], where: str) -> None:
+    if rules.clear_run(records):
+        rules.add_run(records)
+        return
+    for record in records:
+        for breach in rules.check(record):
+            if not breach.warning:
+                raise BundleError(f"{where}: {breach.text}")
+        rules.add(record)
+
+
+def _delete(
+    conn: sqlite3.Connection,
+    tombstones: Sequence[Tombstone],
+    where: str,
+    stored: dict[str, int],
+    counts: dict[str, ChangeCounts],
+) -> None:
+    """Delete the records of a frame of tombstones (they come in deletion order)."""
+    start = 0
+    while start < len(tombstones):
+        entity = tombstones[start].entity
+        end = start
+        while end < len(tombstones) and tombstones[end].entity == entity:
+            end += 1
+        ids = [t.id for t in tombstones[start:end]]
+        _delete_ids(conn, entity, ids, where)
+        stored[entity] -= len(ids)
+        counts[entity].deleted += len(ids)
+        start = end
+
+
+_FTS = {"observations": "observations_fts", "summaries": "summaries_fts"}
+
+
+def _delete_ids(conn: sqlite3.Connection, entity: str, ids: list[str], where: str) -> None:
+    wanted = msgspec.json.encode(ids).decode()
+    present = {
+        value
+        for (value,) in conn.execute(
+            f"SELECT j.value FROM json_each(?) AS j WHERE EXISTS "
+            f"(SELECT 1 FROM {entity} AS t WHERE t.id = j.value)",
+            (wanted,),
+        )
+    }
+    for record_id in ids:
+        if record_id not in present:
+            raise ImportConflictError(
+                f"{where}: tombstone for {SINGULAR[entity]} {record_id}: the database does not "
+                "hold it, so it does not hold this increment's base",
+                entity=entity,
+                record_id=record_id,
+            )
+    fts = _FTS.get(entity)
+    if fts is not None:
+        # Kindling's delete trigger removes the row's index entry; a row without one (a
+        # redacted observation) gets it first: deleting an absent entry corrupts FTS5.
+        conn.execute(
+            f"INSERT INTO {fts}(rowid, content) SELECT t.rowid, t.content FROM {entity} AS t "
+            f"WHERE t.id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+            f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
+            (wanted,),
+        )
+    conn.execute(f"DELETE FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", (wanted,))
+
+
+def _write(
+    conn: sqlite3.Connection,
+    entity: str,
+    records: list[Record],
+    where: str,
+    stored: dict[str, int],
+    counts: dict[str, ChangeCounts],
+) -> None:
+    """Write an increment's records over the stored ones (in place), or insert them."""
+    for result in import_batch(conn, records, "overwrite"):
+        if result.error is not None:
+            raise ImportConflictError(
+                f"{where}: {result.error}", entity=result.entity, record_id=result.id
+            )
+        if result.outcome == "unchanged":
+            raise ImportConflictError(
+                f"{where}: {SINGULAR[entity]} {result.id} is stored exactly as this increment "
+                "has it, so the database does not hold its base (was it applied already?)",
+                entity=entity,
+                record_id=result.id,
+            )
+        if result.outcome == "inserted":
+            stored[entity] += 1
+            counts[entity].inserted += 1
+        else:
+            counts[entity].overwritten += 1
+
+
+def restore_chain(
+    conn: KindlingConnection,
+    refs: Sequence[BundleRef],
+    *,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+) -> ChainReport:
+    """Restore the snapshot of a chain (a full bundle, then its increments in order) into an
+    empty database. Every link is checked before anything is written. The full bundle is
+    imported (import_bundle), then the increments applied in a second transaction: into a
+    database that does not exist yet, build it with `create_store`, which publishes it only
+    if both succeed."""
+    refs, links = prepare_chain(refs, full=True)
+    label = getattr(conn, "path", "") or "database"
+    filled = [table for table in DATA_TABLES if conn.execute(f"SELECT 1 FROM {table}").fetchone()]
+    if filled:
+        raise StoreError(
+            f"{label}: restoring a chain needs an empty database; this one holds "
+            f"{', '.join(filled)}"
+        )
+    full = _import_full(conn, refs[0], links[0], dry_run, progress, on_manifest)
+    if len(refs) == 1 or dry_run:
+        integrity = full.integrity
+        counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
+        return ChainReport(label, links, counts, integrity, dry_run, full)
+    report = apply_increments(conn, refs[1:], prepared=links[1:], progress=progress)
+    report.links = links
+    report.full = full
+    return report
+
+
+def _import_full(
+    conn: KindlingConnection,
+    ref: BundleRef,
+    link: Link,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    on_manifest: Callable[[Manifest], None] | None,
+) -> ImportReport:
+    with ref.open() as raw:
+        stream = HashingReader(raw)
+        report = import_bundle(
+            conn,
+            stream,  # type: ignore[arg-type]
+            conflict="error",
+            dry_run=dry_run,
+            progress=progress,
+            on_manifest=on_manifest,
+            name=ref.label,
+        )
+        digest = stream.hexdigest()
+    if digest != link.sha256:
+        raise BundleError(
+            f"{ref.label}: its SHA-256 is now {digest}, not {link.sha256} as when its links "
+            "were checked (the file changed)"
+        )
+    return report
+
+
+# --- verifying a chain ----------------------------------------------------------------------
+
+
+@dataclass
+class ChainVerifyReport:
+    """Each bundle's own report (and the SHA-256 of what was read of it), and what is wrong
+    with the links between them."""
+
+    reports: list[VerifyReport] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    link_problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.link_problems and all(report.ok for report in self.reports)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "bundles": [
+                {**report.to_dict(), "sha256": digest}
+                for report, digest in zip(self.reports, self.digests, strict=True)
+            ],
+            "link_problems": self.link_problems,
+        }
+
+
+def verify_chain(refs: Sequence[BundleRef]) -> ChainVerifyReport:
+    """Verify each bundle of a chain completely (as `verify_bundle`), and the links between
+    them: each increment's base is the bundle before it, in the same chain, and only the first
+    bundle may be a full one (a chain may also be increments alone, each on the one before).
+    Never raises for a bad bundle."""
+    result = ChainVerifyReport()
+    previous: Link | None = None
+    full: Link | None = None
+    for position, ref in enumerate(refs, 1):
+        report, digest = _verify_one(ref)
+        result.reports.append(report)
+        result.digests.append(digest)
+        if report.manifest is None or not report.ok:
+            result.link_problems.append(
+                f"link {position}, {ref.label}: not a valid bundle, so its links are not checked"
+            )
+            previous = None
+            continue
+        link = Link(ref.label, digest, report.manifest)
+        if full is None:
+            full = _full_of(link) if link.increment else link
+        if previous is not None:
+            try:
+                check_link(previous, link, position, full)
+            except BundleError as exc:
+                result.link_problems.append(str(exc))
+        previous = link
+    return result
+
+
+def _verify_one(ref: BundleRef) -> tuple[VerifyReport, str]:
+    try:
+        with ref.open() as raw:
+            stream = HashingReader(raw)
+            report = verify_bundle(stream)  # type: ignore[arg-type]
+    except KindlingBundleError as exc:  # the file cannot be opened or read at all
+        return VerifyReport(ref.label, problems=[str(exc)], problem_count=1), ""
+    report.source = ref.label
+    return report, stream.hexdigest()
