@@ -23,6 +23,7 @@ import click
 
 from kindling_bundle import __version__
 from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.format.increment import is_increment
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import read_manifest
 from kindling_bundle.io.progress import Progress
@@ -253,6 +254,15 @@ def _progress(label: str, out: Output) -> Progress:
     show_default=True,
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="PREV",
+    help="Write an increment: only what changed since the bundle PREV (a path or URL). If PREV "
+    "is itself an increment, repeat --base for its chain in order (full bundle first), unless "
+    "PREV sits in an archive folder.",
+)
 @click.argument("out_target", metavar="OUT")
 @storage_options
 @common_options
@@ -267,6 +277,7 @@ def export(
     level: int,
     created_at: int | None,
     out_format: str,
+    bases: tuple[str, ...],
     out_target: str,
     out: Output,
     storage_options: dict[str, Any],
@@ -279,6 +290,9 @@ def export(
 
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+
+    With --base, OUT is an increment: the records new or changed since PREV and tombstones
+    for those gone; `import` applies it onto a database holding PREV's state.
     """
     from kindling_bundle.db.connection import open_store
     from kindling_bundle.db.export import ExportStreamOptions
@@ -300,6 +314,18 @@ def export(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     db_path = db or default_db()
+    if bases:
+        if selection.filtered or out_format != "bundle":
+            raise click.UsageError("--base writes an increment of the whole database, as a bundle")
+        return export_increment(
+            db_path,
+            bases,
+            out_target,
+            created_at=created_at,
+            level=level,
+            out=out,
+            storage_options=storage_options,
+        )
     conn = open_store(db_path, readonly=True)
     progress = _progress("export", out)
     if progress.enabled and not selection.filtered:  # a whole export: the total is known
@@ -371,7 +397,7 @@ def export(
     help="Kindling JSON input: leave out capsule links, summaries and pins that name records "
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
-@click.argument("in_target", metavar="IN")
+@click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
 @storage_options
 @common_options
 def import_(
@@ -379,7 +405,7 @@ def import_(
     conflict: str,
     dry_run: bool,
     drop_dangling: bool,
-    in_target: str,
+    in_targets: tuple[str, ...],
     out: Output,
     storage_options: dict[str, Any],
 ) -> None:
@@ -387,12 +413,23 @@ def import_(
 
     IN may also be a Kindling JSON export (told by its content), imported the same way.
 
+    An incremental bundle is applied onto a database that holds its base's state. Several INs
+    are a chain: a full bundle then its increments in order (restored into an empty or new
+    database), or increments each on the one before; every link is checked before anything
+    is written. --conflict does not apply to increments.
+
     The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
     error, integrity problem) the database is left exactly as it was.
     """
+    from kindling_bundle.ops.increment import peek_manifest
     from kindling_bundle.ops.restore import import_bundle
 
     db_path = db or default_db()
+    if len(in_targets) > 1:
+        return import_chain(
+            db_path, in_targets, dry_run=dry_run, out=out, storage_options=storage_options
+        )
+    (in_target,) = in_targets
     progress = _progress("import", out)
 
     def on_manifest(manifest: Manifest) -> None:
@@ -401,6 +438,18 @@ def import_(
     dangling = None
     with open_source(in_target, storage_options=storage_options) as stream:
         kind, stream = peek_format(stream)
+        if kind != "kindling-json":
+            manifest, stream = peek_manifest(stream, _source_name(in_target))
+            if is_increment(manifest):
+                return import_increment(
+                    db_path,
+                    stream,
+                    manifest,
+                    in_target,
+                    dry_run=dry_run,
+                    out=out,
+                    storage_options=storage_options,
+                )
         with _target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
@@ -467,16 +516,22 @@ def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnectio
 
 
 @cli.command()
-@click.argument("in_target", metavar="IN")
+@click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
 @storage_options
 @common_options
-def verify(in_target: str, out: Output, storage_options: dict[str, Any]) -> None:
+def verify(in_targets: tuple[str, ...], out: Output, storage_options: dict[str, Any]) -> None:
     """Check a bundle (a path, - or a URL) completely, without any database: every byte, hash,
     count and reference.
 
     IN may also be a Kindling JSON export (told by its content): every record, id and
     reference is checked. Prints each problem found, or that IN is valid; exits 1 if it is not.
+
+    An increment alone is checked as far as it can be (its references may point into its
+    base). Several INs are a chain: each bundle is checked, and so is each link.
     """
+    if len(in_targets) > 1:
+        return verify_bundles(in_targets, out, storage_options)
+    (in_target,) = in_targets
     progress = _progress("verify", out)
 
     def on_manifest(manifest: Manifest) -> None:
@@ -735,6 +790,19 @@ def _source_name(target: str) -> str | None:
 
 class _Failed(KindlingBundleError):
     """The command did its job and found the input bad (exit 1); details were printed."""
+
+
+# The archive commands, and the increment side of export, import and verify (issue 21).
+from kindling_bundle.cli_archive import (  # noqa: E402 - they use the helpers above
+    ARCHIVE_COMMANDS,
+    export_increment,
+    import_chain,
+    import_increment,
+    verify_bundles,
+)
+
+for _command in ARCHIVE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
