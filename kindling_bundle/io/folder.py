@@ -1,13 +1,14 @@
 """A folder of files on a local disk or under a URL prefix (`s3://bucket/prefix/`, any fsspec
 URL): what an archive of bundles is kept in (ops.archive).
 
-Files appear whole or not at all. A new local file is written under a temporary name in the
-folder (`.kbundle-XXXXXXXX.tmp`), fsynced and then linked under its final name, which is only
-known once it is complete (an archive names a bundle by its SHA-256); a file already there is
-never replaced. A new remote file is written to a local temporary file first, then uploaded
-whole (io.storage: a multipart upload completed only at the end), so an interrupted upload
-leaves nothing under the prefix. Reading streams (io.storage.open_source). Failures are
-StorageErrors naming the folder or file.
+Files appear whole or not at all. A new local file is written in the folder without a name
+(Linux O_TMPFILE; elsewhere as `.kbundle-XXXXXXXX.tmp`), fsynced, and then linked under its
+final name, which is only known once it is complete (an archive names a bundle by its SHA-256);
+a file already there is never replaced. A process killed before that leaves nothing behind
+(elsewhere than Linux, the temporary file). A new remote file is written to a local temporary
+file first (unnamed as well), then uploaded whole (io.storage: a multipart upload completed
+only at the end), so an interrupted upload leaves nothing under the prefix. Reading streams
+(io.storage.open_source). Failures are StorageErrors naming the folder or file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kindling_bundle.io.storage import (
     _filesystem,
     _local_path,
     _translated,
+    _unnamed_file,
     fsync_folder,
     open_destination,
     open_source,
@@ -47,12 +49,16 @@ class FileInfo:
 class NewFile:
     """A file being written (`stream`); `publish(name)` makes it appear in the folder."""
 
-    def __init__(self, folder: Folder, stream: BinaryIO, path: Path):
+    def __init__(self, folder: Folder, stream: BinaryIO, path: Path | None):
         self._folder = folder
         self.stream = stream
-        self.path = path
-        """The local file that holds what was written (in the folder, or a temporary one)."""
+        self._path = path
         self.published: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """A path to what was written (for an unnamed file, through /proc)."""
+        return self._path or Path(f"/proc/self/fd/{self.stream.fileno()}")
 
     def publish(self, name: str) -> None:
         self.stream.flush()
@@ -115,25 +121,39 @@ class Folder:
     @contextlib.contextmanager
     def new_file(self) -> Iterator[NewFile]:
         """A file to write; it appears only if `publish` is called before the block ends."""
+        path: Path | None = None
         if self.local is not None:
             with _translated("write", self.url, remote=False):
                 self.local.mkdir(parents=True, exist_ok=True)
-                fd, temporary = tempfile.mkstemp(dir=self.local, prefix=".kbundle-", suffix=".tmp")
+                fd = _unnamed_file(self.local, readable=True)
+                if fd is None:
+                    fd, temporary = tempfile.mkstemp(
+                        dir=self.local, prefix=".kbundle-", suffix=".tmp"
+                    )
+                    path = Path(temporary)
         else:
-            fd, temporary = tempfile.mkstemp(prefix=".kbundle-", suffix=".tmp")
-        path = Path(temporary)
+            fd = _unnamed_file(Path(tempfile.gettempdir()), readable=True)
+            if fd is None:
+                fd, temporary = tempfile.mkstemp(prefix=".kbundle-", suffix=".tmp")
+                path = Path(temporary)
         try:
             with os.fdopen(fd, "w+b") as stream:
                 yield NewFile(self, stream, path)
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _publish(self, new: NewFile, name: str) -> None:
         target = self.join(name)
         if self.local is not None:
             with _translated("write", target, remote=False):
-                os.link(new.path, self.local / name)  # never replaces: fails if it exists
+                folder = os.open(self.local, os.O_RDONLY)
+                try:  # never replaces: fails if the name exists (dst_dir_fd: linkat(), which
+                    # can follow /proc's link to an unnamed file)
+                    os.link(new.path, name, dst_dir_fd=folder)
+                finally:
+                    os.close(folder)
             fsync_folder(self.local)
             return
         new.stream.seek(0)
