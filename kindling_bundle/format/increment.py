@@ -232,7 +232,7 @@ class IncrementRules(RecordRules):
 
     def add(self, record: Record | Tombstone) -> None:
         if isinstance(record, Tombstone):
-            self._last = max(self._last or (-1, b""), tombstone_key(record))
+            self._last = tombstone_key(record)  # each is compared with the one before
             self._deleted[record.entity].add(hash(record.id))
             self._deleting.add(record.entity)
             return

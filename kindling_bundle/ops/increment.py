@@ -117,9 +117,12 @@ def hashed(ref: BundleRef) -> BundleRef:
 def read_links(refs: Sequence[BundleRef]) -> list[Link]:
     """Each ref's manifest (only the first member is read), with its known SHA-256."""
     links = []
-    for ref in refs:
-        with ref.open() as stream:
-            links.append(Link(ref.label, ref.sha256 or "", read_manifest(stream)))
+    for position, ref in enumerate(refs, 1):
+        try:
+            with ref.open() as stream:
+                links.append(Link(ref.label, ref.sha256 or "", read_manifest(stream)))
+        except BundleError as exc:
+            raise BundleError(f"link {position}, {exc}") from None
     return links
 
 
