@@ -1,15 +1,15 @@
 """What changed in a database since a snapshot, told by content: the database side of increments.
 
-A record's *content hash* is a 64-bit BLAKE2b digest of its row as the database stores it: the
-values of every column in `db.rows` order (the JSON columns as their stored text, the
-denormalized scope columns included), and for a capsule also its observation ids in `seq` order.
-A record read from a bundle hashes the same way through `rows.*_values`, which give back the row
-Kindling stores for it, byte for byte. Neither timestamps nor rowids decide anything: merges and
-imports add records with old timestamps, and VACUUM may renumber rowids.
+A record's *content hash* is a 64-bit BLAKE2b digest of its canonical encoding: the MessagePack
+array of its fields in the order of spec section 6.2 (a capsule's observation ids in `seq` order
+included), as a bundle's record decodes them. A row is hashed the same way: its JSON columns
+decoded, its `redacted` flag a boolean. Neither timestamps nor rowids decide anything: merges and
+imports add records with old timestamps, and VACUUM may renumber rowids. The denormalized scope
+columns are not content: a restore derives them from `scopeIds`, as Kindling does.
 
-Equal hashes mean equal rows (up to a 2^-64 chance per record); a row stored in a form Kindling
-would not write (JSON text with spaces, say) hashes unlike the same record read back from a
-bundle, so it counts as changed and travels again: never wrong, only larger. The *id hash* is the
+Equal hashes mean equal records (up to a 2^-64 chance per record). A row a bundle could not carry
+as it is (JSON text that does not decode the way Kindling's reader decodes it) hashes unlike any
+record, so it counts as changed and travels again: never wrong, only larger. The *id hash* is the
 same digest of the id alone; both are stable across processes and machines, so a snapshot's
 hashes can be kept between runs (ops.state's cache).
 
@@ -33,25 +33,17 @@ import numpy.typing as npt
 
 from kindling_bundle.db.connection import describe_error
 from kindling_bundle.db.rows import (
-    CAPSULE_COLUMNS,
     CAPSULE_SELECT,
-    OBSERVATION_COLUMNS,
     OBSERVATION_SELECT,
-    PIN_COLUMNS,
     PIN_SELECT,
-    SUMMARY_COLUMNS,
     SUMMARY_SELECT,
     capsule_from_row,
-    capsule_values,
     observation_from_row,
-    observation_values,
     pin_from_row,
-    pin_values,
     summary_from_row,
-    summary_values,
 )
 from kindling_bundle.errors import RecordError, StoreError
-from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary
+from kindling_bundle.records import Capsule, Record
 
 Hashes = npt.NDArray[np.uint64]
 
@@ -74,39 +66,22 @@ def id_hashes(ids: Sequence[str]) -> Hashes:
 
 
 def row_hashes(rows: Sequence[tuple[Any, ...]]) -> Hashes:
-    """The content hash of each row (column values, a capsule's links last)."""
+    """The content hash of each record, given as its fields in spec order."""
     return digests([_encode(row) for row in rows])
 
 
-def _observation_row(record: Observation) -> tuple[Any, ...]:
-    return observation_values(record)
+RECORD_FIELDS: Callable[[Record], tuple[Any, ...]] = msgspec.structs.astuple
+"""A record's fields in spec order: what its content hash is taken over."""
 
 
-def _capsule_row(record: Capsule) -> tuple[Any, ...]:
-    return (*capsule_values(record), record.observation_ids)
+def record_hashes(records: Sequence[Record]) -> tuple[Hashes, Hashes]:
+    """(id hashes, content hashes) of records."""
+    fields = RECORD_FIELDS
+    return id_hashes([r.id for r in records]), row_hashes([fields(r) for r in records])
 
 
-def _summary_row(record: Summary) -> tuple[Any, ...]:
-    return summary_values(record)
-
-
-def _pin_row(record: Pin) -> tuple[Any, ...]:
-    return pin_values(record)
-
-
-RECORD_ROWS: dict[str, Callable[[Any], tuple[Any, ...]]] = {
-    "observations": _observation_row,
-    "capsules": _capsule_row,
-    "summaries": _summary_row,
-    "pins": _pin_row,
-}
-"""The row a record is stored as, per entity, in the form `scan` hashes."""
-
-
-def record_hashes(entity: str, records: Sequence[Record]) -> tuple[Hashes, Hashes]:
-    """(id hashes, content hashes) of records of one entity, as their rows would hash."""
-    to_row = RECORD_ROWS[entity]
-    return id_hashes([r.id for r in records]), row_hashes([to_row(r) for r in records])
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
 # As db.export reads them: a link whose id is not text (a BLOB) becomes null.
@@ -116,10 +91,10 @@ _LINKS = (
 )
 
 _SCAN_SQL = {
-    "observations": f"SELECT rowid, {OBSERVATION_COLUMNS} FROM observations",
-    "capsules": f"SELECT c.rowid, {CAPSULE_COLUMNS}, {_LINKS} FROM capsules c",
-    "summaries": f"SELECT rowid, {SUMMARY_COLUMNS} FROM summaries",
-    "pins": f"SELECT rowid, {PIN_COLUMNS} FROM pins",
+    "observations": f"SELECT rowid, {OBSERVATION_SELECT} FROM observations",
+    "capsules": f"SELECT c.rowid, {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c",
+    "summaries": f"SELECT rowid, {SUMMARY_SELECT} FROM summaries",
+    "pins": f"SELECT rowid, {PIN_SELECT} FROM pins",
 }
 
 
@@ -169,19 +144,45 @@ class EntityChanges:
     increment), `starts` and `lengths` locating each id in what was written to the sink."""
 
 
-def _row_values(entity: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """A scanned row (rowid first) as the values its record's row hash is taken over."""
-    if entity == "capsules":
+_json = msgspec.json.Decoder()
 
-        def capsule(row: tuple[Any, ...]) -> tuple[Any, ...]:
-            try:
-                links = _LINK_IDS.decode(row[-1])
-            except msgspec.ValidationError:
-                links = msgspec.json.decode(row[-1])  # not all text: hashes unlike any record
-            return (*row[1:-1], links)
 
-        return capsule
-    return lambda row: row[1:]
+def _decoded(text: Any) -> Any:
+    """A JSON column as a record holds it; anything else as it is (then it hashes unlike any
+    record, and exporting the row says what is wrong with it)."""
+    try:
+        return _json.decode(text)
+    except (msgspec.DecodeError, TypeError):
+        return ("not JSON", text)
+
+
+def _observation_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, oid, kind, content, provenance, ts, scope, redacted = row
+    return (oid, kind, content, _decoded(provenance), ts, _decoded(scope), bool(redacted))
+
+
+def _capsule_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, cid, kind, intent, status, opened, closed, scope, links = row
+    return (cid, kind, intent, status, opened, closed, _decoded(scope), _decoded(links))
+
+
+def _summary_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, sid, capsule, content, confidence, created, evidence = row
+    return (sid, capsule, content, confidence, created, _decoded(evidence))
+
+
+def _pin_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, pid, kind, target, reason, created, expires, scope = row
+    return (pid, kind, target, reason, created, expires, _decoded(scope))
+
+
+_ROW_FIELDS: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {
+    "observations": _observation_fields,
+    "capsules": _capsule_fields,
+    "summaries": _summary_fields,
+    "pins": _pin_fields,
+}
+"""A scanned row (rowid first) as its record's fields in spec order."""
 
 
 def scan(
@@ -196,7 +197,7 @@ def scan(
     `names_at`), also keep every row's hashes and write its id there: the database's own
     snapshot. Run it inside a read snapshot."""
     label = getattr(conn, "path", "") or "database"
-    values = _row_values(entity)
+    values = _ROW_FIELDS[entity]
     seen = np.zeros(len(base), dtype=bool)
     last = len(base) - 1
     changed: list[npt.NDArray[np.int64]] = []
@@ -255,10 +256,6 @@ def _sorted_state(
     starts[1:] += names_at
     order = np.argsort(ids, kind="stable")
     return EntityState(ids[order], contents[order], starts[order], lengths[order])
-
-
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
 _CHANGED_SQL = {

@@ -24,8 +24,10 @@ import contextlib
 import functools
 import io
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
@@ -50,6 +52,7 @@ from kindling_bundle.errors import (
 )
 from kindling_bundle.format.increment import (
     DELETION_ORDER,
+    INCREMENT_MEMBERS,
     BaseInfo,
     HashingReader,
     IncrementHeader,
@@ -61,6 +64,7 @@ from kindling_bundle.format.increment import (
     check_chain,
     check_link,
     file_sha256,
+    state_of,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, read_manifest
@@ -535,10 +539,14 @@ def restore_chain(
     on_manifest: Callable[[Manifest], None] | None = None,
 ) -> ChainReport:
     """Restore the snapshot of a chain (a full bundle, then its increments in order) into an
-    empty database. Every link is checked before anything is written. The full bundle is
-    imported (import_bundle), then the increments applied in a second transaction: into a
-    database that does not exist yet, build it with `create_store`, which publishes it only
-    if both succeed."""
+    empty database, all or nothing (one import). Every link is checked before anything is
+    written.
+
+    The chain is first merged into one full bundle of the snapshot, in a temporary file: each
+    record as the last link that wrote it has it, none that a later link deleted. That bundle is
+    then imported as any other (import_bundle, in one transaction, its integrity checked), so a
+    restore costs an import of the final state plus reading the chain once more; applying each
+    increment in turn would instead index every intermediate version."""
     refs, links = prepare_chain(refs, full=True)
     label = getattr(conn, "path", "") or "database"
     filled = [table for table in DATA_TABLES if conn.execute(f"SELECT 1 FROM {table}").fetchone()]
@@ -547,15 +555,143 @@ def restore_chain(
             f"{label}: restoring a chain needs an empty database; this one holds "
             f"{', '.join(filled)}"
         )
-    full = _import_full(conn, refs[0], links[0], dry_run, progress, on_manifest)
-    if len(refs) == 1 or dry_run:
-        integrity = full.integrity
+    if len(refs) == 1:
+        full = _import_full(conn, refs[0], links[0], dry_run, progress, on_manifest)
         counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
-        return ChainReport(label, links, counts, integrity, dry_run, full)
-    report = apply_increments(conn, refs[1:], prepared=links[1:], progress=progress)
-    report.links = links
-    report.full = full
-    return report
+        return ChainReport(label, links, counts, full.integrity, dry_run, full)
+    with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
+        merged = Path(folder) / "snapshot.kbundle"
+        counts = _merge_chain(refs, links, merged)
+        full = import_bundle(
+            conn,
+            merged,
+            conflict="error",
+            dry_run=dry_run,
+            progress=progress,
+            on_manifest=on_manifest,
+            name=refs[-1].label,
+        )
+    for entity, imported in full.counts.items():
+        counts[entity].inserted = imported.inserted
+    return ChainReport(label, links, counts, full.integrity, dry_run, full)
+
+
+class _Member:
+    """A bundle read member by member, in order (several are read side by side)."""
+
+    def __init__(self, reader: BundleReader):
+        self._batches = reader.batches(increments=True)
+        self._ahead: tuple[str, list[Any]] | None = None
+
+    def records(self, entity: str) -> Iterator[list[Any]]:
+        """The batches of `entity`'s member; members before it are skipped."""
+        order = list(INCREMENT_MEMBERS)
+        while True:
+            if self._ahead is None:
+                self._ahead = next(self._batches, None)
+                if self._ahead is None:
+                    return
+            name, records = self._ahead
+            if order.index(name) > order.index(entity):
+                return  # the next member's: kept for its turn
+            self._ahead = None
+            if name == entity:
+                yield records
+
+    def finish(self) -> None:
+        """Read to the end (the reader checks the last member, the archive's end, the hash)."""
+        if self._ahead is None:
+            for _ in self._batches:
+                pass
+
+
+def _merge_chain(
+    refs: Sequence[BundleRef], links: Sequence[Link], dest: Path
+) -> dict[str, ChangeCounts]:
+    """Write the chain's snapshot to `dest` as one full bundle (records of later links win,
+    deleted records are left out); every link is read completely and its SHA-256 checked. What
+    was left out, per entity: earlier versions of records written again (`overwritten`), and
+    records whose last word is a tombstone (`deleted`)."""
+    last, deleted = _last_writes(refs, links)
+    counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
+
+    def merged(entity: str, members: list[_Member]) -> Iterator[Record]:
+        latest = last[entity]
+        for position, member in enumerate(members):
+            for records in member.records(entity):
+                for record in records:
+                    key = hash(record.id)
+                    if latest.get(key, 0) > position:  # a later link writes or deletes it
+                        if key not in deleted[entity]:
+                            counts[entity].overwritten += 1
+                        continue
+                    yield record
+
+    with contextlib.ExitStack() as stack:
+        hashing = []
+        members = []
+        for ref in refs:
+            stream = HashingReader(stack.enter_context(ref.open()))
+            reader = BundleReader(stream, name=ref.label)  # type: ignore[arg-type]
+            stack.enter_context(reader)
+            hashing.append(stream)
+            members.append(_Member(reader))
+        streams = {entity: merged(entity, members) for entity in ENTITY_TYPES}
+        final = links[-1].manifest
+        manifest = _write_records(
+            dest,
+            streams,
+            BundleOptions(created_at=final.created_at, level=1),
+            source_generation=final.source.schema_generation,
+        )
+        for member in members:
+            member.finish()
+        for stream, link in zip(hashing, links, strict=True):
+            if stream.hexdigest() != link.sha256:
+                raise BundleError(
+                    f"{link.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} "
+                    "as when its links were checked (the file changed)"
+                )
+    made = {entry.entity: entry.records for entry in manifest.entities}
+    expected = state_of(final).as_dict()
+    if made != expected:
+        raise BundleError(
+            f"{links[-1].describe()}: its chain makes a snapshot of {made} records, the "
+            f"increment says {expected} (a damaged chain)"
+        )
+    for entity, tombstones in deleted.items():
+        counts[entity].deleted = len(tombstones)
+    return counts
+
+
+def _last_writes(
+    refs: Sequence[BundleRef], links: Sequence[Link]
+) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
+    """For each entity, the (in-process) hash of every id an increment writes or deletes, with
+    the position of the last link that does; and the ids whose last word is a tombstone."""
+    last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
+    deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+    for position in range(1, len(refs)):
+        ref, link = refs[position], links[position]
+        with ref.open() as raw:
+            stream = HashingReader(raw)
+            with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
+                for entity, records in reader.batches(increments=True):
+                    for record in records:
+                        gone = isinstance(record, Tombstone)
+                        target = record.entity if isinstance(record, Tombstone) else entity
+                        key = hash(record.id)
+                        last[target][key] = position
+                        if gone:
+                            deleted[target].add(key)
+                        else:
+                            deleted[target].discard(key)
+            if stream.hexdigest() != link.sha256:
+                raise BundleError(
+                    f"{ref.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} "
+                    "as when its links were checked (the file changed)"
+                )
+    return last, deleted
 
 
 def _import_full(

@@ -127,7 +127,7 @@ def _apply(
                 assert isinstance(tombstone, Tombstone)
                 deleted[tombstone.entity].append(tombstone.id)
         else:
-            parts[entity].append(record_hashes(entity, records))
+            parts[entity].append(record_hashes(records))
     where = f"link {position}, {link.label}"
     result: dict[str, EntityState] = {}
     for entity in ENTITY_TYPES:
