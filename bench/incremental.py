@@ -170,7 +170,7 @@ def work_day(db: Path, day: int, n: int) -> tuple[int, int]:
     return new_observations + 2 * sessions, changed
 
 
-_WORDS = ["the", "agent", "ran", "tests", "parser", "module", "found", "failing", "case", "tokenizer", "config", "cache"]
+_WORDS = "the agent ran tests parser module found failing case tokenizer config cache".split()
 
 
 def total_records(db: Path) -> int:
@@ -306,7 +306,7 @@ def report(results: list[Result], runs: int, elapsed: float) -> str:
         "| command | " + " | ".join(f"{r.observations:,}" for r in results) + " | met |",
         "|---|" + "---:|" * len(results) + ":---:|",
     ]
-    for name in ("export --base", "backup", "restore chain"):
+    for name in ("backup full", "export --base", "backup", "restore chain"):
         peaks = [r.peaks[name] for r in results]
         lines.append(
             f"| {name} | " + " | ".join(f"{p:.0f} MB" for p in peaks) + " | "

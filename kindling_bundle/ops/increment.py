@@ -226,6 +226,7 @@ def _scan_all(
         change = scan(conn, entity, base[entity], names=cache.names, names_at=at)
         assert change.state is not None
         cache.add(entity, change.state)
+        change.state = None  # on disk now: not held while the bundle is written
         changes[entity] = change
     return changes
 

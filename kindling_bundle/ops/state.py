@@ -304,23 +304,24 @@ class PendingCache:
         self.root = folder
         self.path = Path(tempfile.mkdtemp(dir=folder, prefix=".pending-"))
         self.names: BinaryIO = (self.path / "names.bin").open("wb")
-        self.states: dict[str, EntityState] = {}
+        self.counts: dict[str, int] = {}
 
     def add(self, entity: str, state: EntityState) -> None:
-        self.states[entity] = state
+        """Write one entity's hashes now (the caller need not hold them while it writes the
+        bundle)."""
+        for part in ("ids", "contents", "starts", "lengths"):
+            np.save(self.path / f"{entity}.{part}.npy", getattr(state, part))
+        self.counts[entity] = len(state)
 
     def keep(self, sha256: str, manifest: Any, full_sha256: str) -> None:
         """File the hashes under `sha256`, the bundle just published."""
         self.names.close()
-        for entity, state in self.states.items():
-            for part in ("ids", "contents", "starts", "lengths"):
-                np.save(self.path / f"{entity}.{part}.npy", getattr(state, part))
         meta = _Meta(
             version=_CACHE_VERSION,
             sha256=sha256,
             full_sha256=full_sha256,
             manifest=manifest.to_dict(),
-            counts={entity: len(state) for entity, state in self.states.items()},
+            counts=self.counts,
         )
         (self.path / "meta.json").write_bytes(msgspec.json.encode(meta))
         target = self.root / sha256
