@@ -170,7 +170,20 @@ def work_day(db: Path, day: int, n: int) -> tuple[int, int]:
     return new_observations + 2 * sessions, changed
 
 
-_WORDS = "the agent ran tests parser module found failing case tokenizer config cache".split()
+_WORDS = [
+    "the",
+    "agent",
+    "ran",
+    "tests",
+    "parser",
+    "module",
+    "found",
+    "failing",
+    "case",
+    "tokenizer",
+    "config",
+    "cache",
+]
 
 
 def total_records(db: Path) -> int:
