@@ -291,6 +291,9 @@ def main() -> None:
     runs = dict.fromkeys(sorted(args.sizes), args.runs)
     results = [bench_size(n, r, args.cache, work) for n, r in runs.items()]
     write_report(report(results, runs, time.perf_counter() - started), args.output)
+    import incremental  # issue 21: increments and the archive, in a section of their own
+
+    incremental.run(args.sizes, min(args.runs, 3), args.cache, args.output)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,8 @@ def verify_bundles(targets: tuple[str, ...], out: Output, storage_options: dict[
     type=EpochMs(),
     help="The snapshot's time [default: $SOURCE_DATE_EPOCH, else now]; after the latest's.",
 )
+# --recipient and --sign-key (issues 18 and 19) will be options here, passed through
+# ops.archive.backup to ops.archive._write_snapshot, where the bundle's bytes leave.
 @storage_options
 @common_options
 def backup(

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kindling_bundle.errors import StorageError
 from kindling_bundle.io.storage import (
     HEAD_BLOCK_SIZE,
     STREAM_BLOCK_SIZE,
@@ -168,8 +167,3 @@ class Folder:
             return
         with _translated("delete", target):
             self._fs.rm_file(f"{self._root}/{name}")
-
-    def require(self) -> None:
-        """Refuse a folder that does not exist (for commands that only read)."""
-        if self.local is not None and not self.local.is_dir():
-            raise StorageError(f"{self.url}: no such folder")
