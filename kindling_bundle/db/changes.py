@@ -111,10 +111,6 @@ class EntityState:
     names: Any = None
     """A bytes-like object (a memory map) holding the ids."""
 
-    @classmethod
-    def empty(cls) -> EntityState:
-        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64))
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -188,20 +184,20 @@ _ROW_FIELDS: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {
 def scan(
     conn: sqlite3.Connection,
     entity: str,
-    base: EntityState,
+    base: EntityState | None,
     *,
     names: BinaryIO | None = None,
     names_at: int = 0,
 ) -> EntityChanges:
-    """Compare every row of `entity` with the snapshot `base`. With `names` (a file, at offset
-    `names_at`), also keep every row's hashes and write its id there: the database's own
-    snapshot. Run it inside a read snapshot."""
+    """Compare every row of `entity` with the snapshot `base` (None: compare nothing, as for a
+    full bundle). With `names` (a file, at offset `names_at`), also keep every row's hashes and
+    write its id there: the database's own snapshot. Run it inside a read snapshot."""
     label = getattr(conn, "path", "") or "database"
     values = _ROW_FIELDS[entity]
-    seen = np.zeros(len(base), dtype=bool)
-    last = len(base) - 1
+    known = base if base is not None and len(base) else None
+    seen = np.zeros(len(known) if known is not None else 0, dtype=bool)
     changed: list[npt.NDArray[np.int64]] = []
-    kept: list[tuple[Hashes, Hashes, npt.NDArray[np.uint32]]] = []
+    kept = _Kept(conn, entity, names_at) if names is not None else None
     count = 0
     try:
         cursor = conn.execute(_SCAN_SQL[entity])
@@ -211,20 +207,19 @@ def scan(
                 encoded = [row[1].encode("utf-8", "surrogatepass") for row in rows]
                 idh = digests(encoded)
                 contents = row_hashes([values(row) for row in rows])
-                rowids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
-                if last >= 0:
-                    at = np.minimum(np.searchsorted(base.ids, idh), last)
-                    found = base.ids[at] == idh
+                if known is not None:
+                    at = np.minimum(np.searchsorted(known.ids, idh), len(known) - 1)
+                    found = known.ids[at] == idh
                     seen[at[found]] = True
-                    same = found & (base.contents[at] == contents)
+                    same = found & (known.contents[at] == contents)
                     if not same.all():
+                        rowids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
                         changed.append(rowids[~same])
-                else:
-                    changed.append(rowids)
-                if names is not None:
+                elif base is not None:
+                    changed.append(np.fromiter((row[0] for row in rows), np.int64, len(rows)))
+                if kept is not None and names is not None:
                     names.write(b"".join(encoded))
-                    lengths = np.fromiter(map(len, encoded), np.uint32, len(encoded))
-                    kept.append((idh, contents, lengths))
+                    kept.add(idh, contents, encoded)
         finally:
             cursor.close()
     except sqlite3.Error as exc:
@@ -233,29 +228,46 @@ def scan(
         entity,
         count,
         np.concatenate(changed) if changed else np.empty(0, np.int64),
-        base.ids[~seen],
+        known.ids[~seen] if known is not None else np.empty(0, np.uint64),
     )
-    if names is not None:
-        result.state = _sorted_state(kept, names_at)
+    if kept is not None:
+        result.state = kept.sorted(count)
     return result
 
 
-def _sorted_state(
-    kept: list[tuple[Hashes, Hashes, npt.NDArray[np.uint32]]], names_at: int
-) -> EntityState:
-    if not kept:
-        empty = EntityState.empty()
-        empty.starts, empty.lengths = np.empty(0, np.int64), np.empty(0, np.uint32)
-        return empty
-    ids = np.concatenate([k[0] for k in kept])
-    contents = np.concatenate([k[1] for k in kept])
-    lengths = np.concatenate([k[2] for k in kept])
-    starts = np.empty(len(lengths), np.int64)
-    starts[0] = names_at
-    np.cumsum(lengths[:-1], out=starts[1:])
-    starts[1:] += names_at
-    order = np.argsort(ids, kind="stable")
-    return EntityState(ids[order], contents[order], starts[order], lengths[order])
+class _Kept:
+    """Every row's hashes and where its id went, in arrays sized once (the table's count, read
+    in the same snapshot), then sorted by id hash an array at a time: a few bytes a record."""
+
+    def __init__(self, conn: sqlite3.Connection, entity: str, names_at: int):
+        (rows,) = conn.execute(f"SELECT count(*) FROM {entity}").fetchone()
+        self.ids = np.empty(rows, np.uint64)
+        self.contents = np.empty(rows, np.uint64)
+        self.lengths = np.empty(rows, np.uint32)
+        self.at = 0
+        self.names_at = names_at
+
+    def add(self, ids: Hashes, contents: Hashes, encoded: Sequence[bytes]) -> None:
+        end = self.at + len(ids)
+        if end > len(self.ids):  # cannot happen inside one read snapshot
+            raise StoreError("the table grew while it was read")
+        self.ids[self.at : end] = ids
+        self.contents[self.at : end] = contents
+        self.lengths[self.at : end] = np.fromiter(map(len, encoded), np.uint32, len(encoded))
+        self.at = end
+
+    def sorted(self, count: int) -> EntityState:
+        if count != self.at or count != len(self.ids):
+            raise StoreError("the table changed while it was read")
+        starts = np.empty(count, np.int64)
+        if count:
+            starts[0] = self.names_at
+            np.cumsum(self.lengths[:-1], out=starts[1:])
+            starts[1:] += self.names_at
+        order = np.argsort(self.ids, kind="stable")
+        for array in (self.ids, self.contents, starts, self.lengths):
+            array[:] = array[order]  # one temporary copy at a time
+        return EntityState(self.ids, self.contents, starts, self.lengths)
 
 
 _CHANGED_SQL = {

@@ -209,13 +209,12 @@ def write_full(
         raise ValueError("a chain's full bundle covers the whole database: it cannot be filtered")
     with snapshot(conn):
         if cache is not None:
-            empty = dict.fromkeys(ENTITY_TYPES, EntityState.empty())
-            _scan_all(conn, empty, cache)
+            _scan_all(conn, dict.fromkeys(ENTITY_TYPES), cache)
         return write_bundle(conn, dest, opts, progress=progress)
 
 
 def _scan_all(
-    conn: KindlingConnection, base: Mapping[str, EntityState], cache: PendingCache | None
+    conn: KindlingConnection, base: Mapping[str, EntityState | None], cache: PendingCache | None
 ) -> dict[str, EntityChanges]:
     changes = {}
     for entity in ENTITY_TYPES:
