@@ -115,31 +115,36 @@ def _apply(
     entities: dict[str, EntityState], reader: BundleReader, link: Link, position: int
 ) -> dict[str, EntityState]:
     """The snapshot after this link: a full bundle's records, or the base's with an increment's
-    tombstones and records applied."""
+    tombstones and records applied. Arrays are sized once from the manifest's counts and sorted
+    in place, and the base's arrays are let go as soon as the new ones are built."""
     manifest = link.manifest
-    increment = isinstance(manifest, IncrementManifest)
     expected = {entry.entity: entry.records for entry in manifest.entities}
-    parts: dict[str, list[tuple[Hashes, Hashes]]] = {entity: [] for entity in ENTITY_TYPES}
+    written = {
+        entity: (np.empty(expected[entity], np.uint64), np.empty(expected[entity], np.uint64))
+        for entity in ENTITY_TYPES
+    }
+    filled = dict.fromkeys(ENTITY_TYPES, 0)
     deleted: dict[str, list[str]] = {entity: [] for entity in ENTITY_TYPES}
     for entity, records in reader.batches(increments=True):
         if entity == TOMBSTONES:
             for tombstone in records:
                 assert isinstance(tombstone, Tombstone)
                 deleted[tombstone.entity].append(tombstone.id)
-        else:
-            parts[entity].append(record_hashes(records))
+            continue
+        ids, contents = record_hashes(records)
+        at = filled[entity]  # the reader refuses a member holding more than its count
+        written[entity][0][at : at + len(ids)] = ids
+        written[entity][1][at : at + len(ids)] = contents
+        filled[entity] = at + len(ids)
     where = f"link {position}, {link.label}"
     result: dict[str, EntityState] = {}
     for entity in ENTITY_TYPES:
-        ids = np.concatenate([p[0] for p in parts[entity]] or [np.empty(0, np.uint64)])
-        contents = np.concatenate([p[1] for p in parts[entity]] or [np.empty(0, np.uint64)])
-        if len(ids) != expected[entity]:  # the reader counted them: cannot differ
-            raise BundleError(f"{where}: {ENTITY_MEMBERS[entity]}: miscounted records")
-        written = _sorted(ids, contents, where, entity)
-        if not increment:
-            result[entity] = written
+        ids, contents = written.pop(entity)
+        _sort(ids, contents, where, entity)
+        if not isinstance(manifest, IncrementManifest):
+            result[entity] = EntityState(ids, contents)
             continue
-        base = entities[entity]
+        base = entities.pop(entity)
         gone = id_hashes(deleted[entity])
         missing = len(gone) - int(np.isin(gone, base.ids).sum())
         if missing:
@@ -147,13 +152,12 @@ def _apply(
                 f"{where}: deletes {missing} {entity} that its base does not hold (a damaged "
                 "chain, or a link that is not built on the one before)"
             )
-        keep = ~np.isin(base.ids, np.concatenate([gone, written.ids]))
-        result[entity] = _sorted(
-            np.concatenate([base.ids[keep], written.ids]),
-            np.concatenate([base.contents[keep], written.contents]),
-            where,
-            entity,
-        )
+        keep = ~np.isin(base.ids, np.concatenate([gone, ids]))
+        merged_ids = np.concatenate([base.ids[keep], ids])
+        merged_contents = np.concatenate([base.contents[keep], contents])
+        del base, keep
+        _sort(merged_ids, merged_contents, where, entity)
+        result[entity] = EntityState(merged_ids, merged_contents)
     counts = {entity: len(state) for entity, state in result.items()}
     if counts != state_of(manifest).as_dict():
         raise BundleError(
@@ -164,12 +168,13 @@ def _apply(
     return result
 
 
-def _sorted(ids: Hashes, contents: Hashes, where: str, entity: str) -> EntityState:
+def _sort(ids: Hashes, contents: Hashes, where: str, entity: str) -> None:
+    """Sort both arrays by id hash, in place; refuse an id that appears twice."""
     order = np.argsort(ids, kind="stable")
-    state = EntityState(ids[order], contents[order])
-    if len(state.ids) > 1 and bool((state.ids[1:] == state.ids[:-1]).any()):
+    ids[:] = ids[order]
+    contents[:] = contents[order]
+    if len(ids) > 1 and bool((ids[1:] == ids[:-1]).any()):
         raise BundleError(f"{where}: {ENTITY_MEMBERS[entity]}: an id appears more than once")
-    return state
 
 
 def find_names(refs: Sequence[BundleRef], wanted: Mapping[str, Hashes]) -> dict[str, list[str]]:
