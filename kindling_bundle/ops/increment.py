@@ -146,7 +146,7 @@ def base_snapshot(base: Sequence[BundleRef]) -> SnapshotState:
 def write_increment(
     conn: KindlingConnection,
     dest: BundleDestination,
-    base: Sequence[BundleRef] | SnapshotState,
+    base: Sequence[BundleRef],
     opts: BundleOptions | None = None,
     *,
     progress: ProgressCallback | None = None,
@@ -157,13 +157,13 @@ def write_increment(
     its records that is gone, all read from one snapshot of the database.
 
     `base` is the chain of the base (its full bundle, then its increments in order; where the
-    cache holds the last one's hashes, only that one is needed), or its snapshot already read.
+    cache holds the last one's hashes, only that one is needed).
     `cache`: where to keep this snapshot's hashes (`PendingCache.keep` once the bundle is
     published, under its SHA-256). Returns the manifest."""
     opts = opts or BundleOptions()
     if opts.filter.filtered:
         raise ValueError("an increment covers the whole database: it cannot be filtered")
-    state = base if isinstance(base, SnapshotState) else base_snapshot(base)
+    state = base_snapshot(base)
     with snapshot(conn):
         changes = _scan_all(conn, state.entities, cache)
         names = _deleted_names(changes, state, base)
@@ -231,9 +231,7 @@ def _scan_all(
 
 
 def _deleted_names(
-    changes: Mapping[str, EntityChanges],
-    state: SnapshotState,
-    base: Sequence[BundleRef] | SnapshotState,
+    changes: Mapping[str, EntityChanges], state: SnapshotState, base: Sequence[BundleRef]
 ) -> dict[str, list[str]]:
     """The ids of the base's records that are gone: from the cache, else from the chain."""
     names: dict[str, list[str]] = {}
@@ -248,10 +246,6 @@ def _deleted_names(
         else:
             wanted[entity] = change.deleted
     if wanted:
-        if isinstance(base, SnapshotState):
-            raise BundleError(
-                f"{state.link.label}: the ids of records deleted since it are not at hand"
-            )
         names.update(find_names(base, wanted))
     return names
 
