@@ -431,3 +431,25 @@ def test_an_increment_may_refer_to_records_of_its_base() -> None:
     )
     assert verify_bundle(io.BytesIO(out.getvalue())).ok
 
+
+
+def test_the_chain_read_beside_the_scan_gives_the_same_increment_and_errors(
+    chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a cache, a second process reads the base's chain while the database is scanned
+    (for chains of FORK_MIN_BYTES or more; here every chain)."""
+    from kindling_bundle.ops import state
+
+    monkeypatch.setenv("KINDLING_BUNDLE_CACHE", "off")
+    links = [chain["full"], chain["inc1"], chain["inc2"]]
+    mutate(chain["db"], 3)
+    inline, forked = tmp_path / "inline.kbundle", tmp_path / "forked.kbundle"
+    monkeypatch.setattr(state, "FORK_MIN_BYTES", 1 << 60)
+    increment(chain["db"], inline, *links, step=3)
+    monkeypatch.setattr(state, "FORK_MIN_BYTES", 0)
+    increment(chain["db"], forked, *links, step=3)
+    assert forked.read_bytes() == inline.read_bytes()
+
+    with pytest.raises(BundleError, match=r"^link 2, .*inc2\.kbundle .*1 link missing"):
+        increment(chain["db"], tmp_path / "never.kbundle", chain["full"], chain["inc2"], step=3)
+    assert not (tmp_path / "never.kbundle").exists()

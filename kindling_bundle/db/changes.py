@@ -181,6 +181,17 @@ _ROW_FIELDS: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {
 """A scanned row (rowid first) as its record's fields in spec order."""
 
 
+def match(base: EntityState, ids: Hashes, contents: Hashes, seen: npt.NDArray[np.bool_]) -> Any:
+    """Which of these records the snapshot `base` holds exactly as they are; marks in `seen`
+    (one flag a record of `base`) those it holds at all."""
+    if not len(base):
+        return np.zeros(len(ids), dtype=bool)
+    at = np.minimum(np.searchsorted(base.ids, ids), len(base) - 1)
+    found = base.ids[at] == ids
+    seen[at[found]] = True
+    return found & (base.contents[at] == contents)
+
+
 def scan(
     conn: sqlite3.Connection,
     entity: str,
@@ -189,71 +200,115 @@ def scan(
     names: BinaryIO | None = None,
     names_at: int = 0,
 ) -> EntityChanges:
-    """Compare every row of `entity` with the snapshot `base` (None: compare nothing, as for a
-    full bundle). With `names` (a file, at offset `names_at`), also keep every row's hashes and
-    write its id there: the database's own snapshot. Run it inside a read snapshot."""
-    label = getattr(conn, "path", "") or "database"
-    values = _ROW_FIELDS[entity]
-    known = base if base is not None and len(base) else None
-    seen = np.zeros(len(known) if known is not None else 0, dtype=bool)
+    """Compare every row of `entity` with the snapshot `base` as it is read (None: compare
+    nothing, as for a full bundle). With `names` (a file, at offset `names_at`), also keep every
+    row's hashes and write its id there: the database's own snapshot. Run it inside a read
+    snapshot."""
+    seen = np.zeros(len(base) if base is not None else 0, dtype=bool)
     changed: list[npt.NDArray[np.int64]] = []
-    kept = _Kept(conn, entity, names_at) if names is not None else None
+    kept = _Kept(conn, entity, names_at, rowids=False) if names is not None else None
     count = 0
-    try:
-        cursor = conn.execute(_SCAN_SQL[entity])
-        try:
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                count += len(rows)
-                encoded = [row[1].encode("utf-8", "surrogatepass") for row in rows]
-                idh = digests(encoded)
-                contents = row_hashes([values(row) for row in rows])
-                if known is not None:
-                    at = np.minimum(np.searchsorted(known.ids, idh), len(known) - 1)
-                    found = known.ids[at] == idh
-                    seen[at[found]] = True
-                    same = found & (known.contents[at] == contents)
-                    if not same.all():
-                        rowids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
-                        changed.append(rowids[~same])
-                elif base is not None:
-                    changed.append(np.fromiter((row[0] for row in rows), np.int64, len(rows)))
-                if kept is not None and names is not None:
-                    names.write(b"".join(encoded))
-                    kept.add(idh, contents, encoded)
-        finally:
-            cursor.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"{label}: cannot read {entity}: {describe_error(exc)}") from None
+    for rows, encoded, ids, contents in _hashed_rows(conn, entity):
+        count += len(rows)
+        if base is not None:
+            same = match(base, ids, contents, seen)
+            if not same.all():
+                rowids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+                changed.append(rowids[~same])
+        if kept is not None and names is not None:
+            names.write(b"".join(encoded))
+            kept.add(rows, ids, contents, encoded)
     result = EntityChanges(
         entity,
         count,
         np.concatenate(changed) if changed else np.empty(0, np.int64),
-        known.ids[~seen] if known is not None else np.empty(0, np.uint64),
+        base.ids[~seen] if base is not None else np.empty(0, np.uint64),
     )
     if kept is not None:
         result.state = kept.sorted(count)
     return result
 
 
-class _Kept:
-    """Every row's hashes and where its id went, in arrays sized once (the table's count, read
-    in the same snapshot), then sorted by id hash an array at a time: a few bytes a record."""
+def collect(
+    conn: sqlite3.Connection, entity: str, *, names: BinaryIO | None = None, names_at: int = 0
+) -> Collected:
+    """Every row's hashes and rowid, to compare with a snapshot that is not at hand yet (being
+    read in another process): arrays sized once, sorted by id hash. With `names`, as `scan`."""
+    kept = _Kept(conn, entity, names_at, rowids=True)
+    count = 0
+    for rows, encoded, ids, contents in _hashed_rows(conn, entity):
+        count += len(rows)
+        if names is not None:
+            names.write(b"".join(encoded))
+        kept.add(rows, ids, contents, encoded)
+    state = kept.sorted(count)
+    assert kept.rowids is not None
+    return Collected(entity, state, kept.rowids, names is not None)
 
-    def __init__(self, conn: sqlite3.Connection, entity: str, names_at: int):
+
+@dataclass
+class Collected:
+    """What `collect` read of one entity: every row's hashes (sorted by id hash) and rowid."""
+
+    entity: str
+    state: EntityState
+    rowids: npt.NDArray[np.int64]
+    named: bool
+
+    def compare(self, base: EntityState) -> EntityChanges:
+        """What `scan` against `base` would have found."""
+        seen = np.zeros(len(base), dtype=bool)
+        same = match(base, self.state.ids, self.state.contents, seen)
+        changes = EntityChanges(self.entity, len(self.state), self.rowids[~same], base.ids[~seen])
+        if self.named:
+            changes.state = self.state
+        return changes
+
+
+def _hashed_rows(
+    conn: sqlite3.Connection, entity: str
+) -> Iterator[tuple[list[tuple[Any, ...]], list[bytes], Hashes, Hashes]]:
+    """The entity's rows FETCH_ROWS at a time, with their ids' UTF-8 bytes, id hashes and content
+    hashes; a database failure is a StoreError naming it."""
+    label = getattr(conn, "path", "") or "database"
+    values = _ROW_FIELDS[entity]
+    try:
+        cursor = conn.execute(_SCAN_SQL[entity])
+        try:
+            while rows := cursor.fetchmany(FETCH_ROWS):
+                encoded = [row[1].encode("utf-8", "surrogatepass") for row in rows]
+                yield rows, encoded, digests(encoded), row_hashes([values(row) for row in rows])
+        finally:
+            cursor.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot read {entity}: {describe_error(exc)}") from None
+
+
+class _Kept:
+    """Every row's hashes and where its id went (and on request its rowid), in arrays sized once
+    (the table's count, read in the same snapshot), then sorted by id hash an array at a time: a
+    few bytes a record."""
+
+    def __init__(self, conn: sqlite3.Connection, entity: str, names_at: int, *, rowids: bool):
         (rows,) = conn.execute(f"SELECT count(*) FROM {entity}").fetchone()
         self.ids = np.empty(rows, np.uint64)
         self.contents = np.empty(rows, np.uint64)
         self.lengths = np.empty(rows, np.uint32)
+        self.rowids = np.empty(rows, np.int64) if rowids else None
         self.at = 0
         self.names_at = names_at
 
-    def add(self, ids: Hashes, contents: Hashes, encoded: Sequence[bytes]) -> None:
+    def add(
+        self, rows: list[tuple[Any, ...]], ids: Hashes, contents: Hashes, encoded: list[bytes]
+    ) -> None:
         end = self.at + len(ids)
         if end > len(self.ids):  # cannot happen inside one read snapshot
             raise StoreError("the table grew while it was read")
         self.ids[self.at : end] = ids
         self.contents[self.at : end] = contents
         self.lengths[self.at : end] = np.fromiter(map(len, encoded), np.uint32, len(encoded))
+        if self.rowids is not None:
+            self.rowids[self.at : end] = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         self.at = end
 
     def sorted(self, count: int) -> EntityState:
@@ -265,7 +320,10 @@ class _Kept:
             np.cumsum(self.lengths[:-1], out=starts[1:])
             starts[1:] += self.names_at
         order = np.argsort(self.ids, kind="stable")
-        for array in (self.ids, self.contents, starts, self.lengths):
+        arrays = [self.ids, self.contents, starts, self.lengths]
+        if self.rowids is not None:
+            arrays.append(self.rowids)
+        for array in arrays:
             array[:] = array[order]  # one temporary copy at a time
         return EntityState(self.ids, self.contents, starts, self.lengths)
 

@@ -33,7 +33,14 @@ from typing import Any, BinaryIO
 import msgspec
 import numpy as np
 
-from kindling_bundle.db.changes import EntityChanges, EntityState, changed_records, scan
+from kindling_bundle.db.changes import (
+    Collected,
+    EntityChanges,
+    EntityState,
+    changed_records,
+    collect,
+    scan,
+)
 from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
@@ -77,6 +84,7 @@ from kindling_bundle.ops.state import (
     find_names,
     load_cached,
     read_chain,
+    start_reading,
 )
 from kindling_bundle.ops.verify import VerifyReport, verify_bundle
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle
@@ -133,14 +141,11 @@ def read_links(refs: Sequence[BundleRef]) -> list[Link]:
 # --- computing an increment -----------------------------------------------------------------
 
 
-def base_snapshot(base: Sequence[BundleRef]) -> SnapshotState:
-    """The snapshot the chain `base` makes, as hashes: from the cache when its last bundle's
-    SHA-256 is known and cached, else read from the chain."""
+def _cached_state(base: Sequence[BundleRef]) -> SnapshotState | None:
+    """The base's snapshot from the cache, when its last bundle's SHA-256 is known and cached."""
     if base and base[-1].sha256 is not None:
-        cached = load_cached(base[-1].sha256)
-        if cached is not None:
-            return cached
-    return read_chain(base)
+        return load_cached(base[-1].sha256)
+    return None
 
 
 def write_increment(
@@ -157,39 +162,68 @@ def write_increment(
     its records that is gone, all read from one snapshot of the database.
 
     `base` is the chain of the base (its full bundle, then its increments in order; where the
-    cache holds the last one's hashes, only that one is needed).
+    cache holds the last one's hashes, only that one is needed). Without the cache, the chain is
+    read in a second process while this one reads the database, where the platform allows.
     `cache`: where to keep this snapshot's hashes (`PendingCache.keep` once the bundle is
     published, under its SHA-256). Returns the manifest."""
     opts = opts or BundleOptions()
     if opts.filter.filtered:
         raise ValueError("an increment covers the whole database: it cannot be filtered")
-    state = base_snapshot(base)
-    with snapshot(conn):
-        changes = _scan_all(conn, state.entities, cache)
-        names = _deleted_names(changes, state, base)
-        header = IncrementHeader(
-            BaseInfo(
-                sha256=state.link.sha256,
-                created_at=state.link.created_at,
-                full_sha256=state.full_sha256,
-                depth=state.depth + 1,
-                records=StateCounts.of(state.counts()),
-            ),
-            {entity: change.count for entity, change in changes.items()},
-        )
-        streams: dict[str, Iterator[Record] | list[Tombstone]] = {
-            TOMBSTONES: _tombstones(names)
-        }
-        for entity, change in changes.items():
-            streams[entity] = changed_records(conn, entity, change.changed)
-        manifest = _write_records(
-            dest,
-            streams,  # type: ignore[arg-type]
-            opts,
-            source_generation=getattr(conn, "generation", None),
-            progress=progress,
-            increment=header,
-        )
+    state = _cached_state(base)
+    reading = start_reading(base) if state is None else None
+    try:
+        if state is None and reading is None:
+            state = read_chain(base)
+        with snapshot(conn):
+            if state is not None:
+                changes = _scan_all(conn, state.entities, cache)
+            else:
+                assert reading is not None
+                collected = _collect_all(conn, cache)
+                state = reading.result()
+                changes = {
+                    entity: found.compare(state.entities[entity])
+                    for entity, found in collected.items()
+                }
+                del collected
+            names = _deleted_names(changes, state, base)
+            manifest = _write_increment(conn, dest, state, changes, names, opts, progress)
+    finally:
+        if reading is not None:
+            reading.close()
+    return manifest
+
+
+def _write_increment(
+    conn: KindlingConnection,
+    dest: BundleDestination,
+    state: SnapshotState,
+    changes: Mapping[str, EntityChanges],
+    names: Mapping[str, list[str]],
+    opts: BundleOptions,
+    progress: ProgressCallback | None,
+) -> IncrementManifest:
+    header = IncrementHeader(
+        BaseInfo(
+            sha256=state.link.sha256,
+            created_at=state.link.created_at,
+            full_sha256=state.full_sha256,
+            depth=state.depth + 1,
+            records=StateCounts.of(state.counts()),
+        ),
+        {entity: change.count for entity, change in changes.items()},
+    )
+    streams: dict[str, Iterator[Record] | list[Tombstone]] = {TOMBSTONES: _tombstones(names)}
+    for entity, change in changes.items():
+        streams[entity] = changed_records(conn, entity, change.changed)
+    manifest = _write_records(
+        dest,
+        streams,  # type: ignore[arg-type]
+        opts,
+        source_generation=getattr(conn, "generation", None),
+        progress=progress,
+        increment=header,
+    )
     assert isinstance(manifest, IncrementManifest)
     return manifest
 
@@ -228,6 +262,22 @@ def _scan_all(
         change.state = None  # on disk now: not held while the bundle is written
         changes[entity] = change
     return changes
+
+
+def _collect_all(conn: KindlingConnection, cache: PendingCache | None) -> dict[str, Collected]:
+    """Every entity's rows as hashes, to compare once the base's snapshot arrives; the cache
+    gets this snapshot's hashes as each entity is read (and the ids' places are let go)."""
+    collected = {}
+    for entity in ENTITY_TYPES:
+        if cache is None:
+            collected[entity] = collect(conn, entity)
+            continue
+        found = collect(conn, entity, names=cache.names, names_at=cache.names.tell())
+        cache.add(entity, found.state)
+        found.state.starts = found.state.lengths = None
+        found.named = False
+        collected[entity] = found
+    return collected
 
 
 def _deleted_names(
@@ -554,8 +604,7 @@ def restore_chain(
         counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
         return ChainReport(label, links, counts, full.integrity, dry_run, full)
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
-        merged = Path(folder) / "snapshot.kbundle"
-        counts = _merge_chain(refs, links, merged)
+        merged, counts = _merge_chain(refs, links, Path(folder))
         full = import_bundle(
             conn,
             merged,
@@ -600,52 +649,64 @@ class _Member:
 
 
 def _merge_chain(
-    refs: Sequence[BundleRef], links: Sequence[Link], dest: Path
-) -> dict[str, ChangeCounts]:
-    """Write the chain's snapshot to `dest` as one full bundle (records of later links win,
-    deleted records are left out); every link is read completely and its SHA-256 checked. What
-    was left out, per entity: earlier versions of records written again (`overwritten`), and
+    refs: Sequence[BundleRef], links: Sequence[Link], folder: Path
+) -> tuple[Path, dict[str, ChangeCounts]]:
+    """Write the chain's snapshot into `folder` as one full bundle (records of later links win,
+    deleted records are left out); every link is read completely and its SHA-256 checked. The
+    increments (small) are copied into `folder` first, hash-checked, and read from there: a
+    bucket is read once, and what is merged is what was checked. Returns the bundle, and what
+    was left out per entity: earlier versions of records written again (`overwritten`), and
     records whose last word is a tombstone (`deleted`)."""
-    last, deleted = _last_writes(refs, links)
+    copies = [
+        _local_copy(refs[position], links[position], folder, position + 1)
+        for position in range(1, len(refs))
+    ]
+    last, deleted = _last_writes(copies)
     counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
+    order = list(INCREMENT_MEMBERS)
 
-    def merged(entity: str, members: list[_Member]) -> Iterator[Record]:
+    def kept(entity: str, position: int, batches: Iterator[list[Any]]) -> Iterator[Record]:
         latest = last[entity]
-        for position, member in enumerate(members):
-            for records in member.records(entity):
-                for record in records:
-                    key = hash(record.id)
-                    if latest.get(key, 0) > position:  # a later link writes or deletes it
-                        if key not in deleted[entity]:
-                            counts[entity].overwritten += 1
-                        continue
-                    yield record
+        for records in batches:
+            for record in records:
+                key = hash(record.id)
+                if latest.get(key, 0) > position:  # a later link writes or deletes it
+                    if key not in deleted[entity]:
+                        counts[entity].overwritten += 1
+                    continue
+                yield record
 
-    with contextlib.ExitStack() as stack:
-        hashing = []
-        members = []
-        for ref in refs:
-            stream = HashingReader(stack.enter_context(ref.open()))
-            reader = BundleReader(stream, name=ref.label)  # type: ignore[arg-type]
-            stack.enter_context(reader)
-            hashing.append(stream)
-            members.append(_Member(reader))
-        streams = {entity: merged(entity, members) for entity in ENTITY_TYPES}
-        final = links[-1].manifest
-        manifest = _write_records(
-            dest,
-            streams,
-            BundleOptions(created_at=final.created_at, level=1),
-            source_generation=final.source.schema_generation,
-        )
-        for member in members:
-            member.finish()
-        for stream, link in zip(hashing, links, strict=True):
-            if stream.hexdigest() != link.sha256:
-                raise BundleError(
-                    f"{link.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} "
-                    "as when its links were checked (the file changed)"
-                )
+    def member(copy: Path, entity: str) -> Iterator[list[Any]]:
+        with BundleReader(copy) as reader:
+            for name, records in reader.batches(increments=True):
+                if name == entity:
+                    yield records
+                elif order.index(name) > order.index(entity):
+                    return
+
+    def merged(entity: str, full: _Member) -> Iterator[Record]:
+        yield from kept(entity, 0, full.records(entity))
+        for position, copy in enumerate(copies, 1):
+            yield from kept(entity, position, member(copy, entity))
+
+    dest = folder / "snapshot.kbundle"
+    final = links[-1].manifest
+    with refs[0].open() as raw:
+        stream = HashingReader(raw)
+        with BundleReader(stream, name=refs[0].label) as reader:  # type: ignore[arg-type]
+            full = _Member(reader)
+            manifest = _write_records(
+                dest,
+                {entity: merged(entity, full) for entity in ENTITY_TYPES},
+                BundleOptions(created_at=final.created_at, level=1),
+                source_generation=final.source.schema_generation,
+            )
+            full.finish()
+        if stream.hexdigest() != links[0].sha256:
+            raise BundleError(
+                f"{refs[0].label}: its SHA-256 is now {stream.hexdigest()}, not "
+                f"{links[0].sha256} as when its links were checked (the file changed)"
+            )
     made = {entry.entity: entry.records for entry in manifest.entities}
     expected = state_of(final).as_dict()
     if made != expected:
@@ -655,36 +716,42 @@ def _merge_chain(
         )
     for entity, tombstones in deleted.items():
         counts[entity].deleted = len(tombstones)
-    return counts
+    return dest, counts
 
 
-def _last_writes(
-    refs: Sequence[BundleRef], links: Sequence[Link]
-) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
+def _local_copy(ref: BundleRef, link: Link, folder: Path, position: int) -> Path:
+    """A copy of a link in `folder`, whose SHA-256 is checked against the one its link has."""
+    copy = folder / f"link-{position}.kbundle"
+    with ref.open() as raw, copy.open("wb") as out:
+        stream = HashingReader(raw)
+        while data := stream.read(1 << 20):
+            out.write(data)
+    if stream.hexdigest() != link.sha256:
+        raise BundleError(
+            f"{ref.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} as when "
+            "its links were checked (the file changed)"
+        )
+    return copy
+
+
+def _last_writes(copies: Sequence[Path]) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
     """For each entity, the (in-process) hash of every id an increment writes or deletes, with
-    the position of the last link that does; and the ids whose last word is a tombstone."""
+    the position of the last link that does (the full bundle is 0); and the ids whose last word
+    is a tombstone. Each increment is read completely (every check of the reader)."""
     last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
     deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
-    for position in range(1, len(refs)):
-        ref, link = refs[position], links[position]
-        with ref.open() as raw:
-            stream = HashingReader(raw)
-            with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
-                for entity, records in reader.batches(increments=True):
-                    for record in records:
-                        gone = isinstance(record, Tombstone)
-                        target = record.entity if isinstance(record, Tombstone) else entity
-                        key = hash(record.id)
-                        last[target][key] = position
-                        if gone:
-                            deleted[target].add(key)
-                        else:
-                            deleted[target].discard(key)
-            if stream.hexdigest() != link.sha256:
-                raise BundleError(
-                    f"{ref.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} "
-                    "as when its links were checked (the file changed)"
-                )
+    for position, copy in enumerate(copies, 1):
+        with BundleReader(copy) as reader:
+            for entity, records in reader.batches(increments=True):
+                for record in records:
+                    gone = isinstance(record, Tombstone)
+                    target = record.entity if isinstance(record, Tombstone) else entity
+                    key = hash(record.id)
+                    last[target][key] = position
+                    if gone:
+                        deleted[target].add(key)
+                    else:
+                        deleted[target].discard(key)
     return last, deleted
 
 

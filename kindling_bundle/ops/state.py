@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 
 from kindling_bundle.db.changes import EntityState, Hashes, id_hashes, record_hashes
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.increment import (
     HashingReader,
     IncrementManifest,
@@ -363,3 +363,107 @@ def _prune(root: Path) -> None:
         with contextlib.suppress(OSError):
             if pending.stat().st_mtime < time.time() - 86400:
                 shutil.rmtree(pending, ignore_errors=True)
+
+
+# --- reading a chain beside the database scan -------------------------------------------------
+
+FORK_MIN_BYTES = 4 << 20
+"""Chains smaller than this are read in this process: a second one would cost more than it saves."""
+
+
+class ChainReading:
+    """`read_chain` in a forked child, while this process scans the database: on two cores the
+    two halves of computing an increment without a cache overlap. The child sends the snapshot's
+    hashes back through a pipe (16 bytes a record), or its error."""
+
+    def __init__(self, refs: Sequence[BundleRef]):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_read_in_child, args=(refs, send), daemon=True)
+        self._process.start()
+        send.close()
+
+    def result(self) -> SnapshotState:
+        """The snapshot's hashes (waiting for the child); its error, raised here."""
+        try:
+            head = msgspec.json.decode(self._receive.recv_bytes())
+            if head["error"] is not None:
+                raise _error(head["error"], head["message"])
+            manifest = decode_manifest(msgspec.json.encode(head["manifest"]), head["label"])
+            entities = {}
+            for entity in ENTITY_TYPES:
+                ids = np.frombuffer(self._receive.recv_bytes(), dtype=np.uint64)
+                contents = np.frombuffer(self._receive.recv_bytes(), dtype=np.uint64)
+                entities[entity] = EntityState(ids, contents)
+        except EOFError:
+            self._process.join()
+            raise BundleError(
+                f"reading the base's chain in a second process failed (exit code "
+                f"{self._process.exitcode})"
+            ) from None
+        return SnapshotState(entities, Link(head["label"], head["sha256"], manifest), head["full"])
+
+    def close(self) -> None:
+        self._receive.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def _read_in_child(refs: Sequence[BundleRef], send: Any) -> None:
+    try:
+        try:
+            state = read_chain(refs)
+        except Exception as exc:  # sent to the parent, which raises it in its own words
+            send.send_bytes(
+                msgspec.json.encode({"error": type(exc).__name__, "message": str(exc)})
+            )
+            return
+        send.send_bytes(
+            msgspec.json.encode(
+                {
+                    "error": None,
+                    "label": state.link.label,
+                    "sha256": state.link.sha256,
+                    "full": state.full_sha256,
+                    "manifest": state.link.manifest.to_dict(),
+                }
+            )
+        )
+        for entity in ENTITY_TYPES:
+            send.send_bytes(state.entities[entity].ids.tobytes())
+            send.send_bytes(state.entities[entity].contents.tobytes())
+    finally:
+        send.close()
+
+
+def _error(kind: str, message: str) -> KindlingBundleError:
+    """The child's error as this process would have raised it (same class where it is one of
+    ours: every failure of ours is one line, whichever process met it)."""
+    import kindling_bundle.errors as errors
+
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, KindlingBundleError):
+        try:
+            return cls(message)
+        except TypeError:  # a class that wants more than a message
+            return BundleError(message)
+    return BundleError(f"reading the base's chain failed: {kind}: {message}")
+
+
+def start_reading(refs: Sequence[BundleRef]) -> ChainReading | None:
+    """Read the chain in a second process where that is possible and worth it (Linux, local
+    files, a chain of at least FORK_MIN_BYTES), else None."""
+    from kindling_bundle.parallel.forking import parallel_available
+
+    if not parallel_available():
+        return None
+    try:
+        size = sum(os.path.getsize(ref.label) for ref in refs)
+    except OSError:  # a URL, or not there: read here, where errors are met in order
+        return None
+    if size < FORK_MIN_BYTES:
+        return None
+    return ChainReading(refs)
