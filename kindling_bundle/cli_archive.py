@@ -154,17 +154,12 @@ def import_chain(
     )
 
     refs = [bundle_ref(target, storage_options) for target in targets]
-    links_from_full = _starts_with_full(refs[0])
-    refs, links = prepare_chain(refs, full=links_from_full)
-    if links_from_full:
-        # A chain restores into an empty database, so a dry run may as well fill a throwaway one.
-        scratch = dry_run or not db_path.exists()
-        target = _fresh_database(db_path, dry_run) if scratch else _target_database(db_path, False)
-        with target as conn:
-            report = restore_chain(conn, refs)
-        report.dry_run = dry_run
-    else:
-        with _target_database(db_path, dry_run) as conn:
+    from_full = _starts_with_full(refs[0])
+    refs, links = prepare_chain(refs, full=from_full)
+    with _target_database(db_path, dry_run) as conn:
+        if from_full:
+            report = restore_chain(conn, refs, dry_run=dry_run, prepared=links)
+        else:
             report = apply_increments(conn, refs, dry_run=dry_run, prepared=links)
     _print_chain(out, report, db_path, dry_run)
 
@@ -174,15 +169,6 @@ def _starts_with_full(ref: Any) -> bool:
 
     with ref.open() as stream:
         return not isinstance(read_manifest(stream), IncrementManifest)
-
-
-def _fresh_database(db_path: Path, dry_run: bool) -> Any:
-    """A new database at `db_path`, or (dry run) a throwaway one."""
-    from kindling_bundle.db.connection import create_store
-
-    if not dry_run:
-        return create_store(db_path)
-    return _target_database(Path(f"{db_path}.does-not-exist"), True)
 
 
 def _print_chain(out: Output, report: ChainReport, db_path: Path, dry_run: bool) -> None:

@@ -415,6 +415,10 @@ def test_cli_export_base_import_and_verify_a_chain(
     assert "link 2, " in line and "1 link missing before it" in line
 
     restored_db = tmp_path / "restored.db"
+    done = run_cli("import", "--dry-run", "--db", restored_db, full, inc1, inc2, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "would apply link 3: " in done.stdout.decode()
+    assert not restored_db.exists()
     done = run_cli("import", "--db", restored_db, full, inc1, inc2, env=env)
     assert done.returncode == 0, done.stderr
     assert table_rows(restored_db) == table_rows(sample_copy)

@@ -279,7 +279,10 @@ def _plan(
         return None, "the archive has no snapshot yet"
     if full_every == 0:
         return None, "every backup is a full bundle (--full-every 0)"
-    depth = depth_of(archive.manifest(latest))
+    try:
+        depth = depth_of(archive.manifest(latest))
+    except KindlingBundleError as exc:
+        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}"
     if depth >= full_every:
         return None, f"the latest chain has {depth} increments (--full-every {full_every})"
     reason = f"increment {depth + 1} on {latest.id}"

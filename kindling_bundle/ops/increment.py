@@ -579,19 +579,22 @@ def restore_chain(
     refs: Sequence[BundleRef],
     *,
     dry_run: bool = False,
+    prepared: list[Link] | None = None,
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
 ) -> ChainReport:
     """Restore the snapshot of a chain (a full bundle, then its increments in order) into an
     empty database, all or nothing (one import). Every link is checked before anything is
-    written.
+    written. `prepared`: the links `prepare_chain(refs, full=True)` returned for `refs`.
 
     The chain is first merged into one full bundle of the snapshot, in a temporary file: each
     record as the last link that wrote it has it, none that a later link deleted. That bundle is
     then imported as any other (import_bundle, in one transaction, its integrity checked), so a
     restore costs an import of the final state plus reading the chain once more; applying each
     increment in turn would instead index every intermediate version."""
-    refs, links = prepare_chain(refs, full=True)
+    if prepared is None:
+        refs, prepared = prepare_chain(refs, full=True)
+    links = prepared
     label = getattr(conn, "path", "") or "database"
     filled = [table for table in DATA_TABLES if conn.execute(f"SELECT 1 FROM {table}").fetchone()]
     if filled:
