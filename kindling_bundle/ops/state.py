@@ -245,8 +245,8 @@ _CACHE_VERSION = 1
 
 def cache_folder() -> Path | None:
     """Where snapshot hashes are cached, or None when the cache is off."""
-    setting = os.environ.get("KINDLING_BUNDLE_CACHE")
-    if setting is not None and setting.strip().lower() in ("off", "0", "no", "false", ""):
+    setting = (os.environ.get("KINDLING_BUNDLE_CACHE") or "").strip()
+    if setting.lower() in ("off", "0", "no", "false"):
         return None
     if setting:
         return Path(setting).expanduser()
