@@ -208,7 +208,7 @@ def counts(db: Path) -> list[int]:
 def bench_size(n: int, runs: int, cache: Path, work: Path) -> Result:
     cli = str(common.CLI)
     result = Result(n)
-    source = common.sample_database(n, cache)
+    source = common.sample_database("realistic", n, cache).path
     db = work / "incremental.db"
     common.remove_database(db)
     shutil.copy(source, db)

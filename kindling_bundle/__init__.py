@@ -29,74 +29,145 @@ from kindling_bundle.db.importer import (
 from kindling_bundle.db.integrity import IntegrityProblem, IntegrityReport, verify_import_integrity
 from kindling_bundle.db.sample import generate_sample
 from kindling_bundle.errors import (
+    AllowedSignersError,
+    BadSignatureError,
     BundleError,
+    BundleValidationError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    MalformedSignatureError,
+    MissingReferenceError,
     RecordError,
+    SignatureError,
+    SignatureNamespaceError,
+    SignerNotValidError,
+    SigningKeyError,
     StorageError,
     StoreError,
+    UnknownSignerError,
+    UnsignedBundleError,
+    UnsupportedVersionError,
 )
+from kindling_bundle.format.increment import IncrementManifest
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
+from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
     KindlingJsonInfo,
     KindlingJsonReader,
+    open_kindling_json,
+    verify_kindling_json,
+)
+from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.archive import (
+    Archive,
+    BackupReport,
+    ForgetReport,
+    SnapshotInfo,
+    backup,
+    forget,
+    list_snapshots,
+    restore,
+)
+from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
     export_kindling_json,
     import_kindling_json,
     kindling_json_to_bundle,
-    open_kindling_json,
-    verify_kindling_json,
-    write_kindling_json,
 )
-from kindling_bundle.ops.merge import (
-    DiffReport,
-    MergeReport,
-    diff_datasets,
-    merge_datasets,
-    open_dataset,
+from kindling_bundle.ops.datasets import open_dataset
+from kindling_bundle.ops.increment import (
+    ChainReport,
+    ChainVerifyReport,
+    apply_increments,
+    bundle_ref,
+    restore_chain,
+    verify_chain,
+    write_increment,
 )
+from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
+from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
-from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.retention import Policy
+from kindling_bundle.ops.state import BundleRef
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
-from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
+from kindling_bundle.records import (
+    Capsule,
+    ConflictStrategy,
+    Observation,
+    Pin,
+    Summary,
+    Tombstone,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AllowedSigners",
+    "AllowedSignersError",
+    "Archive",
+    "BackupReport",
+    "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
+    "BundleRef",
+    "BundleValidationError",
     "Capsule",
+    "ChainReport",
+    "ChainVerifyReport",
     "ConflictStrategy",
     "DanglingReport",
     "DiffReport",
     "EntityCounts",
     "ExportStreamOptions",
+    "ForgetReport",
     "ImportConflictError",
     "ImportEntityResult",
     "ImportReport",
+    "IncrementManifest",
     "IntegrityError",
     "IntegrityProblem",
     "IntegrityReport",
     "KindlingBundleError",
     "KindlingJsonInfo",
     "KindlingJsonReader",
+    "MalformedSignatureError",
     "Manifest",
     "MergeReport",
+    "MissingReferenceError",
     "Observation",
     "Outcome",
     "Pin",
+    "Policy",
     "ProgressCallback",
     "RecordError",
+    "SignatureError",
+    "SignatureNamespaceError",
+    "SignatureOptions",
+    "Signer",
+    "SignerNotValidError",
+    "SigningKey",
+    "SigningKeyError",
+    "SnapshotInfo",
     "StorageError",
     "StoreError",
     "Summary",
+    "Tombstone",
+    "UnknownSignerError",
+    "UnsignedBundleError",
+    "UnsupportedVersionError",
+    "VerifyProblem",
     "VerifyReport",
     "__version__",
+    "apply_increments",
+    "backup",
+    "bundle_ref",
     "bundle_to_kindling_json",
     "diff_datasets",
     "export_capsules",
@@ -104,6 +175,7 @@ __all__ = [
     "export_observations",
     "export_pins",
     "export_summaries",
+    "forget",
     "generate_sample",
     "import_batch",
     "import_bundle",
@@ -114,17 +186,23 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "list_snapshots",
+    "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",
     "open_kindling_json",
     "open_store",
     "read_manifest",
+    "restore",
+    "restore_chain",
     "snapshot",
     "verify_bundle",
+    "verify_chain",
     "verify_import_integrity",
     "verify_kindling_json",
     "write_bundle",
     "write_bundle_from_records",
+    "write_increment",
     "write_kindling_json",
 ]

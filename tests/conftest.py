@@ -61,9 +61,11 @@ def new_store(db_path: Path):
 
 @pytest.fixture(scope="session")
 def sample_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small realistic sample database, made once; copy it before writing to it."""
+    """A small sample database, made once; copy it before writing to it. Its text is the word
+    salad the tests that use it were written against (searched words, member sizes);
+    test_sample_text.py and the CLI journey cover the realistic text."""
     path = tmp_path_factory.mktemp("sample") / "sample.db"
-    generate_sample(path, observations=1500, seed=7)
+    generate_sample(path, observations=1500, seed=7, text="small-vocabulary")
     return path
 
 

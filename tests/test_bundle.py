@@ -177,7 +177,7 @@ def problems_of(data: bytes) -> list[str]:
     report = verify_bundle(io.BytesIO(data))
     assert not report.ok
     assert report.problem_count == len(report.problems)
-    return report.problems
+    return report.messages
 
 
 # --- the file on disk ----------------------------------------------------------------------------
@@ -607,7 +607,7 @@ def test_verify_checks_references_and_ids_inside_the_bundle(tmp_path: Path) -> N
     )
     report = verify_bundle(path)
     where = f"{path}: "
-    assert report.problems == [
+    assert report.messages == [
         where + "observations.msgpack: observation o1 appears more than once",
         where + "capsules.msgpack: capsule c1: linked observation o9 is not in the bundle",
         where + "capsules.msgpack: capsule c2 lists observation o1 more than once",
@@ -616,7 +616,7 @@ def test_verify_checks_references_and_ids_inside_the_bundle(tmp_path: Path) -> N
         where + "pins.msgpack: pin p1: target observation o5 is not in the bundle",
         where + "pins.msgpack: pin p2: target summary s9 is not in the bundle",
     ]
-    assert report.warnings == [
+    assert report.warning_messages == [
         where + "summaries.msgpack: summary s3: evidence observation o8 is not in the bundle"
     ]
 
@@ -761,7 +761,7 @@ def test_filtered_bundles_are_always_referentially_closed(sample_conn, tmp_path:
         "pins": export_pins(sample_conn, window),
     }
     write_bundle_from_records(tmp_path / "bare.kbundle", streams)
-    problems = verify_bundle(tmp_path / "bare.kbundle").problems
+    problems = verify_bundle(tmp_path / "bare.kbundle").messages
     assert any("not in the bundle" in p for p in problems)
 
 

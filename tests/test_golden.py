@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,15 @@ import msgspec
 import pytest
 import zstandard
 
-from kindling_bundle import BundleOptions, import_bundle, open_store, verify_bundle, write_bundle
+from kindling_bundle import (
+    AllowedSigners,
+    BundleOptions,
+    SignatureOptions,
+    import_bundle,
+    open_store,
+    verify_bundle,
+    write_bundle,
+)
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 
@@ -37,10 +46,11 @@ def tar_of(bundle: bytes) -> bytes:
 
 
 def test_every_vector_is_stored() -> None:
-    assert NAMES == ["full", "filtered", "empty"]
+    assert NAMES == ["full", "filtered", "empty", "signed"]
     for name in NAMES:
         for suffix in (".kbundle", ".manifest.json", ".records.json"):
             assert (VECTORS_DIR / f"{name}{suffix}").is_file(), f"{name}{suffix} missing"
+    assert (VECTORS_DIR / "signed.manifest.sig").is_file()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,6 +73,8 @@ def test_stored_manifest_and_records_match_the_bundle(name: str) -> None:
     with tarfile.open(fileobj=io.BytesIO(tar_of(bundle)), mode="r:") as tar:
         members = {info.name: tar.extractfile(info).read() for info in tar.getmembers()}
     assert members["manifest.json"] == (VECTORS_DIR / f"{name}.manifest.json").read_bytes()
+    signature = VECTORS_DIR / f"{name}.manifest.sig"
+    assert members.get("manifest.sig") == (signature.read_bytes() if signature.exists() else None)
     manifest = json.loads(members["manifest.json"])
     expected = json.loads((VECTORS_DIR / f"{name}.records.json").read_bytes())
     for entry in manifest["entities"]:
@@ -108,6 +120,38 @@ def test_vector_verifies_and_restores_to_the_same_bundle(name: str, tmp_path: Pa
     assert [
         (e["entity"], e["records"], e["sha256"]) for e in json.loads(_manifest(again))["entities"]
     ] == [(e["entity"], e["records"], e["sha256"]) for e in stored_manifest["entities"]]
+
+
+def test_signed_vector_is_full_signed_and_openssh_agrees() -> None:
+    full = json.loads((VECTORS_DIR / "full.manifest.json").read_bytes())
+    signed_bytes = (VECTORS_DIR / "signed.manifest.json").read_bytes()
+    assert json.loads(signed_bytes) == {**full, "formatVersion": "1.1"}
+    names = [info.name for info in _members(VECTORS_DIR / "signed.kbundle")]
+    assert names[:2] == ["manifest.json", "manifest.sig"]
+    assert names[2:] == [info.name for info in _members(VECTORS_DIR / "full.kbundle")][1:]
+
+    signers = VECTORS_DIR / "allowed_signers"
+    done = subprocess.run(
+        [
+            *("ssh-keygen", "-Y", "verify", "-f", str(signers), "-n", "kindling-bundle"),
+            *("-I", "test-vector@kindling-bundle.invalid"),
+            *("-s", str(VECTORS_DIR / "signed.manifest.sig")),
+        ],
+        input=signed_bytes,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0 and b"Good" in done.stdout, done.stderr
+    trust = SignatureOptions(AllowedSigners.load(signers), require_signature=True)
+    report = verify_bundle(VECTORS_DIR / "signed.kbundle", signature=trust)
+    assert report.ok, report.problems
+    assert report.signer is not None
+    assert report.signer.principals == ("test-vector@kindling-bundle.invalid",)
+
+
+def _members(bundle: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(tar_of(bundle.read_bytes())), mode="r:") as tar:
+        return tar.getmembers()
 
 
 def _manifest(bundle: Path) -> bytes:

@@ -59,7 +59,7 @@ from kindling_bundle.format.zstd_frames import (
     AHEAD_FEED_BLOCKS,
     FEED_BLOCKS,
     READ_AHEAD,
-    FrameReader,
+    ZstdFrameReader,
 )
 from kindling_bundle.records import Observation
 
@@ -496,7 +496,7 @@ CASES: list[tuple[str, Build, str, str | None]] = [
         None,
     ),
     (
-        "manifest-v2-without-base",  # 2.x is an increment (spec section 14): it names its base
+        "manifest-v2-without-base",  # 2.x is an increment (spec section 15): it names its base
         _manifest(lambda m: m.update(formatVersion="2.0")),
         "missing required field `base`",
         None,
@@ -729,7 +729,7 @@ def test_verify_and_import_refuse_it_and_the_database_is_untouched(
     data = build()
     report = verify_bundle(io.BytesIO(data))
     assert not report.ok
-    assert any(verify_says in problem for problem in report.problems), report.problems
+    assert any(verify_says in problem for problem in report.messages), report.messages
 
     target = _copy(target_template, tmp_path / "t.db")
     before = dump_tables(target)
@@ -1086,10 +1086,12 @@ def test_a_bad_busy_timeout_setting_is_one_line(
 
 
 def test_the_spec_states_the_limits_the_code_enforces() -> None:
-    """spec/bundle-format.md section 13.1 names each limit's constant; the numbers must agree."""
+    """spec/bundle-format.md sections 13.1 and 13.2 name each limit's constant; the numbers must
+    agree."""
     from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
     from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
     from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES
+    from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES
 
     spec = (VECTORS.parent / "bundle-format.md").read_text()
     rows = {
@@ -1099,6 +1101,7 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     }
     for constant, value in {
         "MAX_MANIFEST_BYTES": MAX_MANIFEST_BYTES,
+        "MAX_SIGNATURE_BYTES": MAX_SIGNATURE_BYTES,
         "MAX_FRAME_BYTES": MAX_FRAME_BYTES,
         "MAX_FRAME_VALUES": MAX_FRAME_VALUES,
         "MAX_NESTING_DEPTH": MAX_NESTING_DEPTH,
@@ -1131,7 +1134,7 @@ class _Trickle(io.RawIOBase):
 
 
 def _decompressed(source: io.RawIOBase | io.BytesIO) -> bytes:
-    reader = FrameReader(source, "vector")  # type: ignore[arg-type]
+    reader = ZstdFrameReader(source, "vector")  # type: ignore[arg-type]
     parts = []
     while chunk := reader.read(4096):
         parts.append(chunk)
@@ -1150,7 +1153,7 @@ def test_reading_a_bomb_holds_about_one_megabyte_at_a_time() -> None:
     """Each call decompresses whole blocks, at most FEED_BLOCKS of them (128 KiB out each), so
     64 MiB of zeros from 2 KiB of RLE blocks never sits in memory at once."""
     frame = zstd_frame(zero_blocks(64 << 20))
-    reader = FrameReader(io.BytesIO(frame), "bomb")  # type: ignore[arg-type]
+    reader = ZstdFrameReader(io.BytesIO(frame), "bomb")  # type: ignore[arg-type]
     tracemalloc.start()
     try:
         total = 0

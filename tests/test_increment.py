@@ -1,4 +1,4 @@
-"""Incremental bundles (issue 21, spec section 14): what an increment holds, how it is applied,
+"""Incremental bundles (issue 21, spec section 15): what an increment holds, how it is applied,
 and every way a chain can be wrong being refused before anything is written."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from kindling_bundle.format.increment import (
     StateCounts,
     file_sha256,
 )
-from kindling_bundle.kindling_json.reader import bundle_to_kindling_json
+from kindling_bundle.ops.convert import bundle_to_kindling_json
 from kindling_bundle.ops.increment import (
     apply_increments,
     bundle_ref,
@@ -378,15 +378,16 @@ def test_verify_checks_an_increment_alone_and_a_chain_with_its_links(
     broken = verify_chain(refs(chain["full"], chain["inc2"]))
     assert all(r.ok for r in broken.reports)
     assert len(broken.link_problems) == 1
-    assert broken.link_problems[0].startswith("link 2, ")
-    assert "1 link missing before it" in broken.link_problems[0]
+    problem = broken.link_problems[0]
+    assert problem.kind == "chain-link"
+    assert problem.source == str(chain["inc2"])
+    assert problem.detail.startswith("link 2, ")
+    assert "1 link missing before it" in problem.detail
 
 
 def _handmade_increment(tombstones: list[Tombstone], observations: list[Observation]) -> bytes:
     sha = hashlib.sha256(b"base").hexdigest()
-    base = BaseInfo(
-        sha256=sha, created_at=1, full_sha256=sha, depth=1, records=StateCounts.of({})
-    )
+    base = BaseInfo(sha256=sha, created_at=1, full_sha256=sha, depth=1, records=StateCounts.of({}))
     out = io.BytesIO()
     write_bundle_from_records(
         out,
@@ -408,8 +409,9 @@ def test_verify_reports_tombstones_out_of_order_repeated_or_also_written() -> No
         ],
         [obs],
     )
-    problems = verify_bundle(io.BytesIO(data)).problems
-    assert problems == [
+    report = verify_bundle(io.BytesIO(data))
+    assert [p.kind for p in report.problems] == ["order", "repeated-id", "deleted-and-written"]
+    assert report.messages == [
         "<stream>: tombstones.msgpack: tombstone for pin p1 is out of order (tombstones go by "
         "entity: pins, summaries, capsules, observations, then by id)",
         "<stream>: tombstones.msgpack: tombstone for pin p1 appears more than once",
@@ -430,7 +432,6 @@ def test_an_increment_may_refer_to_records_of_its_base() -> None:
         out, {"pins": [pin]}, BundleOptions(created_at=T0), increment=IncrementHeader(base, {})
     )
     assert verify_bundle(io.BytesIO(out.getvalue())).ok
-
 
 
 def test_the_chain_read_beside_the_scan_gives_the_same_increment_and_errors(

@@ -28,20 +28,22 @@ from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
+from kindling_bundle.io.sniff import peek_format
 from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
     KindlingJsonReader,
+    open_kindling_json,
+    verify_kindling_json,
+)
+from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
-    entity_streams,
     export_kindling_json,
     import_kindling_json,
     kindling_json_to_bundle,
-    open_kindling_json,
-    peek_format,
-    verify_kindling_json,
-    write_kindling_json,
 )
+from kindling_bundle.ops.datasets import entity_streams
 from kindling_bundle.ops.merge import diff_datasets, merge_datasets
+from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES, Capsule, Observation, Pin, Summary
 
@@ -180,7 +182,8 @@ def test_reads_from_a_pipe_after_detecting_the_format():
         (b"\x28\xb5\x2f\xfd\x00", "bundle"),
         (b'\n  {"bundleVersion"', "kindling-json"),
         (b'\xef\xbb\xbf{"a"', "kindling-json"),
-        (b"SQLite format 3\x00", None),
+        (b"SQLite format 3\x00", "database"),
+        (b"SQLite format", None),
         (b"", None),
     ],
 )
@@ -507,12 +510,12 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     assert verify_kindling_json(FULL).ok
     report = verify_kindling_json(DEFAULT)
     assert not report.ok
-    assert [p.removeprefix(f"{DEFAULT}: ") for p in report.problems] == [
+    assert [p.removeprefix(f"{DEFAULT}: ") for p in report.messages] == [
         "capsule cap-s1: linked observation obs-05 is not in the file",
         "capsule cap-s2: linked observation obs-10 is not in the file",
         "pin pin-redacted: target observation obs-10 is not in the file",
     ]
-    assert any("evidence observation obs-05" in w for w in report.warnings)
+    assert any("evidence observation obs-05" in w for w in report.warning_messages)
 
     document = load_ordered(FULL)
     observations = document["dataset"]["observations"]
@@ -523,7 +526,7 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
         {**document["dataset"]["summaries"][0], "id": "sum-twice"}
     )
     report = verify_kindling_json(write_json(tmp_path / "bad.json", document))
-    problems = " | ".join(report.problems)
+    problems = " | ".join(report.messages)
     assert report.problem_count == 4, problems
     assert "observations[2] (id obs-03): field kind" in problems
     assert "observations[4] (id obs-05): field ts" in problems
@@ -533,7 +536,7 @@ def test_verify_reports_every_problem_of_a_json_export(tmp_path: Path):
     truncated = tmp_path / "cut.json"
     truncated.write_bytes(FULL.read_bytes()[:-10])
     report = verify_kindling_json(truncated)
-    assert not report.ok and "JSON ends early" in report.problems[-1]
+    assert not report.ok and "JSON ends early" in report.messages[-1]
 
 
 # -- diff ------------------------------------------------------------------------------------
@@ -757,7 +760,7 @@ def test_what_verify_refuses_no_conversion_or_merge_writes(tmp_path: Path, run_c
     twice = f"lists observation {capsule.observation_ids[0]} more than once"
     for path, expected in [(linked_twice, twice), (id_twice, "obs-01 appears more than once")]:
         report = verify_kindling_json(path)
-        assert not report.ok and any(expected in p for p in report.problems), report.problems
+        assert not report.ok and any(expected in p for p in report.messages), report.messages
         bundle = tmp_path / "out.kbundle"
         with pytest.raises(RecordError, match=expected):
             kindling_json_to_bundle(path, bundle)

@@ -1,17 +1,18 @@
-"""A large export encodes its observations in a second process; the bundle must not change.
+"""A large export encodes part of its observations in a second process; the bundle must not change.
 
-kindling_bundle.parallel.encoder forks a child that turns rows into records, checks and
-encodes them while this process reads SQLite. Here the size threshold is lowered so the small
-sample takes that path: the bytes, the errors and the clean-up must be those of in-process
-encoding.
+kindling_bundle.parallel.encoder forks a child that reads and encodes the first part of a whole
+export's observations while this process encodes the rest. `workers=2` makes the small sample
+take that path: the bytes, the errors and the clean-up must be those of one process.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kindling_bundle import (
@@ -24,57 +25,39 @@ from kindling_bundle import (
     write_bundle,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.errors import BundleError
-from kindling_bundle.ops import write
-from kindling_bundle.parallel import encoder, forking
-from kindling_bundle.parallel.encoder import ChildEncoder
+from kindling_bundle.errors import BundleError, StoreError
+from kindling_bundle.parallel import choose_workers, encoder, forking
 
 pytestmark = pytest.mark.skipif(
-    not forking.parallel_available(), reason="the encoder process needs fork (Linux)"
+    not forking.fork_is_safe(), reason="the encoder process needs fork (Linux, two CPUs)"
 )
 
 
-@pytest.fixture(params=["split", "roomy pipe", "full pipe"])
-def children(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every export takes a child path; the list counts the children started (1) and the
-    batches of rows this process encoded itself (0).
-
-    "split": a child reads and encodes the first part of the observations itself (a whole
-    export). The others are what happens when it cannot share the snapshot (or the export is
-    filtered): rows are sent to the child. With a full pipe (one page) that child never has room
-    for a batch: this process encodes the other members, then observations too."""
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the children started (one 1 each)."""
+    assert threading.active_count() == 1, (
+        f"a thread left by an earlier test: {threading.enumerate()}"
+    )
     started: list[int] = []
-    child = encoder.ReadingChild if request.param == "split" else ChildEncoder
-    start = child.__init__
+    start = encoder.SplitChild.__init__
 
     def counted(self, *args, **kwargs):
         started.append(1)
         start(self, *args, **kwargs)
 
-    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(child, "__init__", counted)
-    if request.param != "split":
-        monkeypatch.setattr(write._Witness, "unchanged", lambda self: False)
-    if request.param == "full pipe":
-        monkeypatch.setattr(forking, "PIPE_BYTES", 1)
-        here = ChildEncoder._encoded_here
-
-        def counted_here(self, batch):
-            started.append(0)  # a batch encoded here, not by the child
-            return here(self, batch)
-
-        monkeypatch.setattr(ChildEncoder, "_encoded_here", counted_here)
+    monkeypatch.setattr(encoder.SplitChild, "__init__", counted)
     return started
 
 
-def _export(db: Path, dest: Path, parallel: bool) -> tuple[list, bytes | None]:
+def _export(db: Path, dest: Path, workers: int | str) -> tuple[list, bytes]:
     conn = open_store(db, readonly=True)
     progress: list = []
     try:
         write_bundle(
             conn,
             dest,
-            BundleOptions(created_at=1767225600000, parallel=parallel),
+            BundleOptions(created_at=1767225600000, workers=workers),
             progress=lambda records, size: progress.append((records, size)),
         )
     finally:
@@ -83,12 +66,52 @@ def _export(db: Path, dest: Path, parallel: bool) -> tuple[list, bytes | None]:
 
 
 def test_the_child_writes_the_same_bundle(sample_db: Path, tmp_path: Path, children) -> None:
-    progress, parallel = _export(sample_db, tmp_path / "parallel.kbundle", parallel=True)
-    assert children[0] == 1 and len(children) in (1, 3)  # 1500 rows: two batches here, or none
-    reference_progress, reference = _export(sample_db, tmp_path / "inline.kbundle", False)
+    progress, parallel = _export(sample_db, tmp_path / "parallel.kbundle", workers=2)
+    assert children == [1]
+    reference_progress, reference = _export(sample_db, tmp_path / "inline.kbundle", workers=1)
     assert children.count(1) == 1
     assert parallel == reference
     assert progress[-1] == reference_progress[-1]  # every record and byte counted
+
+
+def test_auto_keeps_a_small_export_in_one_process(
+    sample_db: Path, tmp_path: Path, children
+) -> None:
+    _, auto = _export(sample_db, tmp_path / "auto.kbundle", workers="auto")
+    assert children == []
+    assert choose_workers("auto", 1_000_000) == 2 and choose_workers(1, 1_000_000) == 1
+    _, reference = _export(sample_db, tmp_path / "inline.kbundle", workers=1)
+    assert auto == reference
+
+
+def test_no_fork_while_another_thread_runs(sample_db: Path, tmp_path: Path, children) -> None:
+    """A thread of the caller's (or fsspec's I/O thread, for an s3:// destination) would be
+    copied into a forked child in whatever state its locks were: the export stays here."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        _, alone = _export(sample_db, tmp_path / "threaded.kbundle", workers=2)
+    finally:
+        release.set()
+        other.join()
+    assert children == []
+    _, forked = _export(sample_db, tmp_path / "forked.kbundle", workers=2)
+    assert children == [1] and alone == forked
+
+
+def test_no_fork_with_one_usable_cpu(
+    sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    _export(sample_db, tmp_path / "one.kbundle", workers=2)
+    assert children == []
+
+
+def test_workers_must_be_auto_or_a_whole_number() -> None:
+    for wrong in (0, -1, True, 1.5, "many", None):
+        with pytest.raises(ValueError, match="workers must be"):
+            BundleOptions(workers=wrong)  # type: ignore[arg-type]
 
 
 def test_a_bad_row_is_named_as_in_process(sample_copy: Path, tmp_path: Path, children) -> None:
@@ -99,49 +122,48 @@ def test_a_bad_row_is_named_as_in_process(sample_copy: Path, tmp_path: Path, chi
     )
     parallel, alone = _errors(sample_copy, tmp_path)
     assert parallel == alone
-    assert parallel[0].startswith(f"{sample_copy}: observation {bad}: column provenance")
-    assert parallel[2] == bad
+    assert parallel[1].startswith(f"{sample_copy}: observation {bad}: column provenance")
+    assert parallel[3] == bad
 
 
 def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
     sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reading_child = encoder._reading_child
+    split_child = encoder._split_child
 
     def dies_once_started(*args):  # in the child: it has its snapshot, then dies
         *first, commands, reports = args
 
         class Commands:
-            def recv(self):
-                if (command := commands.recv()) == "start":
-                    os._exit(9)
-                return command
+            def recv_bytes(self):
+                commands.recv_bytes()  # the word to start
+                os._exit(9)
 
-        reading_child(*first, Commands(), reports)
+        split_child(*first, Commands(), reports)
 
-    monkeypatch.setattr(encoder, "_reading_child", dies_once_started)
-    monkeypatch.setattr(encoder, "_child", lambda *args: os._exit(9))
+    monkeypatch.setattr(encoder, "_split_child", dies_once_started)
     dest = tmp_path / "out.kbundle"
     with pytest.raises(BundleError, match="encoding process ended without a word"):
-        _export(sample_db, dest, parallel=True)
+        _export(sample_db, dest, workers=2)
+    assert children == [1]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_reading_child_that_cannot_start_leaves_the_work_to_the_other_way(
+def test_a_child_that_cannot_start_leaves_the_work_to_this_process(
     sample_db: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(encoder, "_reading_child", lambda *args: os._exit(9))
-    _, parallel = _export(sample_db, tmp_path / "parallel.kbundle", parallel=True)
-    _, reference = _export(sample_db, tmp_path / "inline.kbundle", parallel=False)
+    monkeypatch.setattr(encoder, "_split_child", lambda *args: os._exit(9))
+    _, parallel = _export(sample_db, tmp_path / "parallel.kbundle", workers=2)
+    _, reference = _export(sample_db, tmp_path / "inline.kbundle", workers=1)
+    assert children == [1]
     assert parallel == reference
 
 
 def test_an_export_inside_the_callers_transaction_reads_every_row_in_it(
-    sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample_copy: Path, tmp_path: Path, children
 ) -> None:
     """A caller's transaction may have begun before commits that a child's new connection would
-    see: then the rows come from the caller's snapshot, through the pipe."""
-    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
+    see: then every row is read here, from the caller's snapshot."""
     conn = open_store(sample_copy, readonly=True)
     try:
         with snapshot(conn):
@@ -150,45 +172,36 @@ def test_an_export_inside_the_callers_transaction_reads_every_row_in_it(
             db.execute("UPDATE observations SET content = 'changed'")
             db.commit()
             db.close()
-            write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1))
+            write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1, workers=2))
     finally:
         conn.close()
     records = open_bundle(tmp_path / "out.kbundle").records()
     assert [o.content for o in records if isinstance(o, Observation)] == before
+    assert children == []
 
 
-def test_a_commit_during_the_start_sends_rows_instead(
-    sample_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_commit_during_the_start_keeps_the_export_in_one_process(
+    sample_copy: Path, tmp_path: Path, children, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit between the export's snapshot and the reading child's: the child would see
-    another state, so it is stopped and this process reads every row (the snapshot's)."""
-    monkeypatch.setattr("kindling_bundle.ops.write.PARALLEL_MIN_ROWS", 0)
-    sent_rows: list[int] = []
-    start = ChildEncoder.__init__
+    """A commit between the export's snapshot and the child's: the child would see another
+    state, so it is stopped and this process reads every row (the snapshot's)."""
+    conn = open_store(sample_copy, readonly=True)
+    before = [o.content for o in export_observations(conn)]
+    shares = encoder.SplitChild.shares
 
-    def counted(self, *args, **kwargs):
-        sent_rows.append(1)
-        start(self, *args, **kwargs)
-
-    monkeypatch.setattr(ChildEncoder, "__init__", counted)
-    ready = encoder.ReadingChild.ready
-
-    def commit_meanwhile(self) -> bool:
+    def commit_meanwhile(self, witness) -> bool:
         db = sqlite3.connect(sample_copy)
         db.execute("UPDATE observations SET content = 'changed' WHERE rowid = 1")
         db.commit()
         db.close()
-        return ready(self)
+        return shares(self, witness)
 
-    conn = open_store(sample_copy, readonly=True)
+    monkeypatch.setattr(encoder.SplitChild, "shares", commit_meanwhile)
     try:
-        with snapshot(conn):  # the state before the commit
-            before = [o.content for o in export_observations(conn)]
-            monkeypatch.setattr(encoder.ReadingChild, "ready", commit_meanwhile)
-            write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1))
+        write_bundle(conn, tmp_path / "out.kbundle", BundleOptions(created_at=1, workers=2))
     finally:
         conn.close()
-    assert sent_rows == [1]
+    assert children == [1]
     exported = [
         o.content
         for o in open_bundle(tmp_path / "out.kbundle").records()
@@ -206,15 +219,17 @@ def _break(db_path: Path, sql: str, select: str) -> str:
     return bad
 
 
-def _errors(db: Path, tmp_path: Path) -> list[tuple[str, str | None, str | None]]:
-    messages = []
-    for parallel in (True, False):
-        dest = tmp_path / f"{parallel}.kbundle"
+def _errors(db: Path, tmp_path: Path) -> list[tuple[type, str, str | None, str | None]]:
+    """The error of an export with a child, then of one without: class, message, entity, id."""
+    errors = []
+    for workers in (2, 1):
+        dest = tmp_path / f"{workers}.kbundle"
         with pytest.raises(RecordError) as caught:
-            _export(db, dest, parallel)
+            _export(db, dest, workers)
         assert not dest.exists()
-        messages.append((str(caught.value), caught.value.entity, caught.value.record_id))
-    return messages
+        error = caught.value
+        errors.append((type(error), str(error), error.entity, error.record_id))
+    return errors
 
 
 def test_a_bad_capsule_encoded_beside_the_child_is_named_as_in_process(
@@ -228,19 +243,56 @@ def test_a_bad_capsule_encoded_beside_the_child_is_named_as_in_process(
     parallel, alone = _errors(sample_copy, tmp_path)
     assert children.count(1) == 1
     assert parallel == alone
-    assert parallel[1:] == ("capsule", bad)
+    assert parallel[2:] == ("capsule", bad)
     assert [p for p in tmp_path.iterdir() if not p.name.startswith("copy.db")] == []
 
 
+@pytest.mark.parametrize("rowid", [1, 1500])  # in the child's part, and in this process's
 def test_the_childs_error_comes_first_as_in_foreign_key_order(
-    sample_copy: Path, tmp_path: Path, children
+    sample_copy: Path, tmp_path: Path, children, rowid: int
 ) -> None:
     _break(sample_copy, "UPDATE capsules SET scope_ids = '[1' WHERE rowid = 3", "SELECT 1")
     bad = _break(
         sample_copy,
-        "UPDATE observations SET scope_ids = 'nope' WHERE rowid = 1000",
-        "SELECT id FROM observations WHERE rowid = 1000",
+        f"UPDATE observations SET scope_ids = 'nope' WHERE rowid = {rowid}",
+        f"SELECT id FROM observations WHERE rowid = {rowid}",
     )
     parallel, alone = _errors(sample_copy, tmp_path)
     assert parallel == alone
-    assert parallel[1:] == ("observation", bad)
+    assert parallel[0] is RecordError and parallel[2:] == ("observation", bad)
+
+
+def test_the_cli_takes_workers_for_export_and_verify(
+    sample_db: Path, tmp_path: Path, run_cli
+) -> None:
+    bundles = []
+    for workers in ("1", "2", "auto"):
+        dest = tmp_path / f"{workers}.kbundle"
+        done = run_cli("export", "--db", sample_db, "--created-at", 0, "--workers", workers, dest)
+        assert done.returncode == 0, done.stderr
+        bundles.append(dest.read_bytes())
+        verified = run_cli("verify", "--workers", workers, dest)
+        assert verified.returncode == 0 and b"valid" in verified.stdout, verified.stderr
+    assert bundles[0] == bundles[1] == bundles[2]
+    for command in ("export", "verify"):
+        for wrong in ("0", "many"):
+            args = ("--db", sample_db) if command == "export" else ()
+            refused = run_cli(command, *args, "--workers", wrong, tmp_path / "2.kbundle")
+            assert refused.returncode == 2 and b"--workers" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RecordError(
+            "db: observation o1: column ts is not an integer", entity="observation", record_id="o1"
+        ),
+        StoreError("db: cannot export observations: database disk image is malformed"),
+        BundleError("out.kbundle: cannot write the spool file: No space left on device"),
+    ],
+)
+def test_a_childs_error_crosses_as_the_same_class_and_message(error: Exception) -> None:
+    sent = msgspec.msgpack.encode(encoder._Failed.of(error))
+    raised = msgspec.msgpack.decode(sent, type=encoder._Failed).exception()
+    assert type(raised) is type(error) and str(raised) == str(error)
+    assert vars(raised) == vars(error)  # a RecordError's entity and record id too

@@ -1,13 +1,14 @@
 """Verify decodes some observation frames in a second process; the report must not change.
 
 kindling_bundle.parallel.decoder forks a child that decodes and checks the frames it is
-handed, answering with id hashes (or "not clean"). Here the size threshold is lowered so small
-bundles take that path: every problem, in the same words and order, whichever process met it.
+handed, answering with their ids (or "not clean"). `workers=2` makes small bundles take that
+path: every problem, in the same words and order, whichever process met it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,28 +17,30 @@ import msgspec
 import pytest
 from hostile_tar import Parts, frame, records_frame
 
-from kindling_bundle.ops import verify
+from kindling_bundle import Observation, open_bundle
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.parallel import decoder, forking
 
 pytestmark = pytest.mark.skipif(
-    not forking.parallel_available(), reason="the decoder process needs fork (Linux)"
+    not forking.fork_is_safe(), reason="the decoder process needs fork (Linux, two CPUs)"
 )
 
 
 @pytest.fixture
 def handed_over(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every verify takes the helper path; the list counts the frames handed to the child."""
+    """The list counts the frames handed to the child (1), or kept here (0)."""
+    assert threading.active_count() == 1, (
+        f"a thread left by an earlier test: {threading.enumerate()}"
+    )
     submitted: list[int] = []
-    submit = decoder.FrameHelper.submit
+    submit = decoder.DecoderChild._submit
 
-    def counted(self: decoder.FrameHelper, payload: bytes) -> bool:
+    def counted(self: decoder.DecoderChild, payload: bytes) -> bool:
         handed = submit(self, payload)
         submitted.append(int(handed))
         return handed
 
-    monkeypatch.setattr(verify, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(decoder.FrameHelper, "submit", counted)
+    monkeypatch.setattr(decoder.DecoderChild, "_submit", counted)
     return submitted
 
 
@@ -83,8 +86,8 @@ def _frames(damage: dict[int, Any]) -> tuple[list[bytes], int]:
 
 def _reports(path: Path) -> tuple[dict, dict]:
     return (
-        verify_bundle(path, parallel=True).to_dict(),
-        verify_bundle(path, parallel=False).to_dict(),
+        verify_bundle(path, workers=2).to_dict(),
+        verify_bundle(path, workers=1).to_dict(),
     )
 
 
@@ -123,7 +126,7 @@ def test_every_problem_is_reported_in_the_same_words_and_order(
     path = _bundle(tmp_path, frames, count)
     parallel, alone = _reports(path)
     assert parallel == alone
-    problems = "\n".join(parallel["problems"])
+    problems = "\n".join(problem["message"] for problem in parallel["problems"])
     for expected in (
         "observation obs-00100 appears more than once",
         "telepathy",
@@ -143,7 +146,7 @@ def test_a_child_that_dies_costs_only_speed(
     monkeypatch.setattr(decoder, "_child", lambda *_: os._exit(3))
     parallel, alone = _reports(path)
     assert parallel == alone
-    assert "bogus" in "\n".join(parallel["problems"])
+    assert "bogus" in "\n".join(problem["message"] for problem in parallel["problems"])
 
 
 def test_frames_of_every_size_share_a_small_ring_without_overwriting(
@@ -167,14 +170,15 @@ def test_frames_of_every_size_share_a_small_ring_without_overwriting(
             return super().decode_all(payload, first_index)
 
     monkeypatch.setattr(decoder, "RecordDecoder", Slow)
-    answers: list[list[int] | None] = []
-    answer = decoder.FrameHelper.answer
+    answers: list[list[str] | None] = []
+    receive = decoder.DecoderChild._receive
 
-    def recorded(self: decoder.FrameHelper) -> list[int] | None:
-        answers.append(answer(self))
-        return answers[-1]
+    def recorded(self: decoder.DecoderChild) -> Any:
+        answer = receive(self)
+        answers.append(answer.ids if isinstance(answer, decoder._Clean) else None)
+        return answer
 
-    monkeypatch.setattr(decoder.FrameHelper, "answer", recorded)
+    monkeypatch.setattr(decoder.DecoderChild, "_receive", recorded)
     path = _bundle(tmp_path, frames, count)
     parallel, alone = _reports(path)
     assert parallel == alone
@@ -182,3 +186,7 @@ def test_frames_of_every_size_share_a_small_ring_without_overwriting(
     assert 10 <= sum(handed_over) < len(handed_over)  # handed over, and some found no room
     assert max(map(len, frames)) > ring // 2
     assert len(answers) == sum(handed_over) and None not in answers  # every frame arrived whole
+    answered = [record_id for ids in answers for record_id in ids or []]  # ids, not hashes
+    with open_bundle(path) as reader:
+        in_bundle = [r.id for r in reader.records() if isinstance(r, Observation)]
+    assert [i for i in in_bundle if i in set(answered)] == answered and len(answered) > 100

@@ -39,7 +39,7 @@ with `open_store(path, readonly=True)`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_SELECT,
     PIN_SELECT,
     SUMMARY_SELECT,
+    Row,
     capsule_from_row,
     observation_from_row,
     pin_from_row,
@@ -141,21 +142,10 @@ def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def export_observations(
     conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
-) -> Iterator[Observation]:
+) -> Generator[Observation, None, None]:
     """Observations in (ts, id) order, redacted ones included and marked."""
     sql, params = _observations_query(opts)
     return _stream(conn, "observations", sql, params, observation_from_row)
-
-
-def export_observation_row_batches(
-    conn: sqlite3.Connection, opts: ExportStreamOptions, size: int
-) -> Iterator[list[tuple]]:
-    """The rows behind `export_observations`, `size` at a time (fetched in one call each), not
-    yet records (`rows.observation_from_row` makes each one a record), for an encoder in another
-    process. A row that is not a valid record is an error only when converted: name it with
-    `label_error`, as the records stream does."""
-    sql, params = _observations_query(opts)
-    return _records(conn, "observations", sql, params, lambda cursor: _batches(cursor, size))
 
 
 SplitKey = tuple[int, str]
@@ -180,12 +170,15 @@ def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
     return ts, oid
 
 
-def observations_before_sql(key: SplitKey) -> tuple[str, dict[str, Any]]:
-    """The statement for a whole export's observations before `key` (export order)."""
-    return _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+def export_observations_before(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
+    """A whole export's observations before `key` (export order)."""
+    sql, params = _split_sql(key, "o.ts <= :split_ts AND (o.ts < :split_ts OR o.id < :split_id)")
+    return _stream(conn, "observations", sql, params, observation_from_row)
 
 
-def export_observations_from(conn: sqlite3.Connection, key: SplitKey) -> Iterator[Observation]:
+def export_observations_from(
+    conn: sqlite3.Connection, key: SplitKey
+) -> Generator[Observation, None, None]:
     """A whole export's observations from `key` on (export order)."""
     sql, params = _split_sql(key, "o.ts >= :split_ts AND (o.ts > :split_ts OR o.id >= :split_id)")
     return _stream(conn, "observations", sql, params, observation_from_row)
@@ -200,11 +193,6 @@ def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
     return sql, {"split_ts": key[0], "split_id": key[1]}
 
 
-def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
-    while batch := cursor.fetchmany(size):
-        yield batch
-
-
 def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:
     query = _Query(opts)
     sql = (
@@ -216,12 +204,12 @@ def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]
 
 def export_capsules(
     conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
-) -> Iterator[Capsule]:
+) -> Generator[Capsule, None, None]:
     """Capsules in (opened_at, id) order, each with all its observation ids in `seq` order.
 
     One statement: each capsule's links come back as one JSON array that SQLite builds from an
     index seek (an aggregate over a subquery with ORDER BY, which SQLite never flattens, so the
-    order holds). At 268,555 links that took 0.12 s against 0.22 s for a Python row per link.
+    order holds). That is faster than a Python row per link (b145d33 in bench/RESULTS.md).
     """
     query = _Query(opts)
     sql = (
@@ -239,7 +227,7 @@ _LINKS = (
 _LINK_IDS = msgspec.json.Decoder(list[str])
 
 
-def _capsule_from_row(row: tuple) -> Capsule:
+def _capsule_from_row(row: Row) -> Capsule:
     """A row of `SELECT {CAPSULE_SELECT}, {_LINKS}` as a record."""
     try:
         observation_ids = _LINK_IDS.decode(row[-1])
@@ -255,7 +243,7 @@ def _capsule_from_row(row: tuple) -> Capsule:
 
 def export_summaries(
     conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
-) -> Iterator[Summary]:
+) -> Generator[Summary, None, None]:
     """Summaries in (created_at, id) order; the scope filter applies through their capsule."""
     query = _Query(opts)
     sql = (
@@ -265,7 +253,9 @@ def export_summaries(
     return _stream(conn, "summaries", sql, query.params, summary_from_row)
 
 
-def export_pins(conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL) -> Iterator[Pin]:
+def export_pins(
+    conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL
+) -> Generator[Pin, None, None]:
     """Pins in (created_at, id) order, filtered on their own scope and created_at."""
     query = _Query(opts)
     sql = (
@@ -275,7 +265,9 @@ def export_pins(conn: sqlite3.Connection, opts: ExportStreamOptions = _ALL) -> I
     return _stream(conn, "pins", sql, query.params, pin_from_row)
 
 
-ENTITY_EXPORTS: dict[str, Callable[[sqlite3.Connection, ExportStreamOptions], Iterator[Record]]] = {
+ENTITY_EXPORTS: dict[
+    str, Callable[[sqlite3.Connection, ExportStreamOptions], Generator[Record, None, None]]
+] = {
     "observations": export_observations,
     "capsules": export_capsules,
     "summaries": export_summaries,
@@ -387,8 +379,8 @@ def _stream(
     entity: str,
     sql: str,
     params: dict[str, Any],
-    from_row: Callable[[tuple], T],
-) -> Iterator[T]:
+    from_row: Callable[[Row], T],
+) -> Generator[T, None, None]:
     return _records(conn, entity, sql, params, lambda cursor: map(from_row, cursor))
 
 
@@ -398,7 +390,7 @@ def _records(
     sql: str,
     params: dict[str, Any],
     produce: Callable[[sqlite3.Cursor], Iterator[T]],
-) -> Iterator[T]:
+) -> Generator[T, None, None]:
     """Run a statement lazily (once the first item is asked for), finalize it when the stream
     ends or is abandoned (a pending statement would pin its read snapshot), and turn database and
     row errors into one-line errors that name the file. `produce` reads the statement's cursor.

@@ -2,7 +2,8 @@
 
 Each `import_*` function is atomic on its own (a savepoint) and composes inside a caller's
 transaction. A result whose `error` is set means nothing of that record was written; the caller
-(the bundle restore) turns it into ImportConflictError and rolls back its transaction.
+(the bundle restore) turns it into ImportConflictError (MissingReferenceError when `missing` is
+set) and rolls back its transaction.
 
 Outcomes, per record:
 - no stored row with that id: `inserted`;
@@ -94,6 +95,8 @@ class ImportEntityResult:
     id: str
     outcome: Outcome | None  # None when error is set
     error: str | None = None
+    missing: tuple[str, ...] = ()
+    """With `error`: the ids of the missing records the record references, if that is why."""
     kept_id: str | None = None
     """Set when a record was skipped in favour of a stored record with another id (a capsule's
     other summary): references to this record should go to `kept_id` instead."""
@@ -181,8 +184,11 @@ def _settled(
     return None
 
 
-def _failed(entity: str, record_id: str, reason: str) -> ImportEntityResult:
-    return ImportEntityResult(entity, record_id, None, f"{SINGULAR[entity]} {record_id}: {reason}")
+def _failed(
+    entity: str, record_id: str, reason: str, missing: Sequence[str] = ()
+) -> ImportEntityResult:
+    message = f"{SINGULAR[entity]} {record_id}: {reason}"
+    return ImportEntityResult(entity, record_id, None, message, tuple(missing))
 
 
 @contextmanager
@@ -258,13 +264,15 @@ def import_observation(
     return ImportEntityResult("observations", obs.id, "overwritten")
 
 
-def _link_problem(conn: sqlite3.Connection, capsule: Capsule) -> str | None:
+def _link_problem(conn: sqlite3.Connection, capsule: Capsule) -> ImportEntityResult | None:
     """Why the capsule's links cannot be written, or None."""
     twice = first_repeated(capsule.observation_ids)
     if twice is not None:
-        return f"lists observation {twice} more than once"
+        return _failed("capsules", capsule.id, f"lists observation {twice} more than once")
     missing = _absent_observations(conn, capsule.observation_ids)
-    return _missing_links_problem(missing) if missing else None
+    if missing:
+        return _failed("capsules", capsule.id, _missing_links_problem(missing), missing)
+    return None
 
 
 def _missing_links_problem(missing: Sequence[str]) -> str:
@@ -293,7 +301,7 @@ def import_capsule(
     values = capsule_values(capsule)
     problem = _link_problem(conn, capsule)
     if problem is not None:
-        return _failed("capsules", capsule.id, problem)
+        return problem
     stored = conn.execute(
         f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = ?", (capsule.id,)
     ).fetchone()
@@ -330,7 +338,7 @@ def import_summary(
     values = summary_values(summary)
     sid, cid = summary.id, summary.capsule_id
     if conn.execute("SELECT 1 FROM capsules WHERE id = ?", (cid,)).fetchone() is None:
-        return _failed("summaries", sid, f"capsule {cid} does not exist")
+        return _failed("summaries", sid, f"capsule {cid} does not exist", [cid])
     select = f"SELECT rowid, {SUMMARY_COLUMNS} FROM summaries"
     stored = conn.execute(f"{select} WHERE id = ?", (sid,)).fetchone()
     holder = conn.execute(f"{select} WHERE capsule_id = ? AND id != ?", (cid, sid)).fetchone()
@@ -386,7 +394,8 @@ def import_pin(
     values = pin_values(pin)
     table = _target_table(pin)
     if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (pin.target_id,)).fetchone() is None:
-        return _failed("pins", pin.id, f"target {pin.target_type} {pin.target_id} does not exist")
+        target = f"{pin.target_type} {pin.target_id}"
+        return _failed("pins", pin.id, f"target {target} does not exist", [pin.target_id])
     stored = conn.execute(f"SELECT {PIN_COLUMNS} FROM pins WHERE id = ?", (pin.id,)).fetchone()
     if stored is None:
         with _atomic(conn, "pins", pin.id):
@@ -516,7 +525,8 @@ def _insert_unguarded(
         insert(conn, pending)
     except (sqlite3.IntegrityError, RecordError):
         stored = conn.execute(f"SELECT count(*) FROM {table} WHERE rowid > ?", (before,))
-        return stored.fetchone()[0]
+        count: int = stored.fetchone()[0]
+        return count
     return len(pending)
 
 
@@ -613,8 +623,8 @@ _FTS_INDEXED = {
 
 _BULK_CACHE_KIB = 32 << 10
 """SQLite page cache while loading (the default is 2 MiB), so that the primary key indexes,
-written in random order (UUID ids), are not re-read from the file for every insert. At a
-million observations 64 MiB was no faster, 16 MiB slower; peak memory grows with it."""
+written in random order (UUID ids), are not re-read from the file for every insert. Larger was
+no faster, smaller slower (bench/RESULTS.md); peak memory grows with it."""
 _SORT_CACHE_KIB = 4 << 10
 """The page cache while the indexes are re-created: SQLite's sorter may buffer as much as the
 page cache holds before it spills to a temporary file, so the two would otherwise add up."""
@@ -622,8 +632,8 @@ page cache holds before it spills to a temporary file, so the two would otherwis
 
 _FTS_HASH_BYTES = 16 << 20
 """FTS5's pending index while indexing a load (default 1 MiB; at every fill it is written out as
-a segment, and segments are merged again and again): at a million observations 8.6 s -> 7.0 s
-for 6 MB more memory; 64 MiB saved 0.6 s more but cost 60 MB."""
+a segment, and segments are merged again and again); larger saved a little more time for much
+more memory (bench/RESULTS.md)."""
 _SORT_THREADS = max(1, min(4, os.cpu_count() or 1))
 """Threads SQLite's sorter may use to re-create the indexes (PRAGMA threads; default none)."""
 
@@ -654,9 +664,9 @@ def foreign_keys_checked_after(conn: sqlite3.Connection) -> Iterator[bool]:
     enforces them, with every data table empty), and turns it back on at the end. Then pass
     `references_checked_after=True` to `bulk_load`, and before committing call
     `first_dangling_reference` whenever the integrity report is not clean: a missing reference
-    fails the import with the message importing record by record would have given. At a
-    million observations, the 1.3 million link rows' two lookups each cost 5 s of 43 s; the
-    integrity check proves the same keys with ordered index scans in well under one.
+    fails the import with the message importing record by record would have given. The link
+    rows' two lookups each were a large part of a big import (3013920 in bench/RESULTS.md); the
+    integrity check proves the same keys with ordered index scans in a fraction of that.
     """
     if (
         conn.in_transaction
@@ -687,13 +697,15 @@ def first_dangling_reference(conn: sqlite3.Connection) -> ImportEntityResult | N
             capsule,
         )
         missing = _absent_observations(conn, [oid for (oid,) in linked])
-        return _failed("capsules", capsule[0], _missing_links_problem(missing))
+        return _failed("capsules", capsule[0], _missing_links_problem(missing), missing)
     summary = conn.execute(
         "SELECT id, capsule_id FROM summaries AS s WHERE NOT EXISTS "
         "(SELECT 1 FROM capsules AS c WHERE c.id = s.capsule_id) ORDER BY rowid LIMIT 1"
     ).fetchone()
     if summary is not None:
-        return _failed("summaries", summary[0], f"capsule {summary[1]} does not exist")
+        return _failed(
+            "summaries", summary[0], f"capsule {summary[1]} does not exist", [summary[1]]
+        )
     return None
 
 
@@ -717,7 +729,7 @@ def bulk_load(
     by sorting once beats keeping it ordered through a million random inserts, and Kindling's
     FTS insert triggers index one row per statement while FTS5 writes its pending index out at
     every statement's savepoint: a large load became many tiny segments merged again and again
-    (at 200,000 observations, 13 s of a 27 s import). Instead every row the triggers would have
+    (d9a0714 in bench/RESULTS.md). Instead every row the triggers would have
     indexed (redacted observations left out) is indexed by one INSERT ... SELECT in rowid order,
     so the index holds the same entries as the trigger path (same rows, tokens, positions and
     statistics; segments may be laid out differently). Anything that reached an index during

@@ -146,8 +146,8 @@ _KINDLING_FOREIGN_KEYS = {
 
 def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
     """A fast proof that `PRAGMA foreign_key_check` would report nothing, when the foreign keys
-    are Kindling's own. The pragma looks up each child row's parents in rowid order: at a
-    million observations, 1.3 million random lookups of UUIDs (3 to 5 s). Here each child
+    are Kindling's own. The pragma looks up each child row's parents in rowid order: a random
+    lookup of a UUID for every link row (bench/RESULTS.md, 4d6f9c9). Here each child
     column is read from an index that orders it, so the parent lookups walk the parent key in
     order. False means "maybe": the pragma then runs and says what exactly is wrong."""
     tables = [

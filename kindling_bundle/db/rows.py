@@ -32,6 +32,11 @@ PIN_COLUMNS = (
     "agent_id, user_id"
 )
 
+Row = tuple[Any, ...]
+"""A row as sqlite3 returns it: what each column holds is up to the statement."""
+Values = tuple[str | int | float | None, ...]
+"""The parameters of one INSERT or UPDATE, in the order of one of the *_COLUMNS above."""
+
 # The SELECT lists that `*_from_row` expects (the denormalized columns are not read back).
 OBSERVATION_SELECT = "id, kind, content, provenance, ts, scope_ids, redacted"
 CAPSULE_SELECT = "id, type, intent, status, opened_at, closed_at, scope_ids"
@@ -64,11 +69,11 @@ def _dumps(value: Any, entity: str, record_id: str, field: str) -> str:
 _SCOPE_KEYS = tuple(DENORMALIZED_SCOPE_KEYS)
 
 
-def _scope_columns(scope_ids: dict[str, str]) -> tuple[Any, ...]:
+def _scope_columns(scope_ids: dict[str, str]) -> tuple[str | None, ...]:
     return tuple(map(scope_ids.get, _SCOPE_KEYS))
 
 
-def observation_from_row(row: tuple) -> Observation:
+def observation_from_row(row: Row) -> Observation:
     """A row of `SELECT {OBSERVATION_SELECT}` as a record."""
     oid = row[0]
     return Observation(
@@ -82,7 +87,7 @@ def observation_from_row(row: tuple) -> Observation:
     )
 
 
-def observation_values(obs: Observation) -> tuple:
+def observation_values(obs: Observation) -> Values:
     """Values for every column of `observations`, in OBSERVATION_COLUMNS order."""
     return (
         obs.id,
@@ -96,7 +101,7 @@ def observation_values(obs: Observation) -> tuple:
     )
 
 
-def capsule_from_row(row: tuple, observation_ids: list[str]) -> Capsule:
+def capsule_from_row(row: Row, observation_ids: list[str]) -> Capsule:
     """A row of `SELECT {CAPSULE_SELECT}` and its ordered links as a record."""
     cid = row[0]
     return Capsule(
@@ -111,7 +116,7 @@ def capsule_from_row(row: tuple, observation_ids: list[str]) -> Capsule:
     )
 
 
-def capsule_values(capsule: Capsule) -> tuple:
+def capsule_values(capsule: Capsule) -> Values:
     """Values for every column of `capsules`, in CAPSULE_COLUMNS order."""
     return (
         capsule.id,
@@ -125,7 +130,7 @@ def capsule_values(capsule: Capsule) -> tuple:
     )
 
 
-def summary_from_row(row: tuple) -> Summary:
+def summary_from_row(row: Row) -> Summary:
     """A row of `SELECT {SUMMARY_SELECT}` as a record."""
     sid = row[0]
     return Summary(
@@ -138,7 +143,7 @@ def summary_from_row(row: tuple) -> Summary:
     )
 
 
-def summary_values(summary: Summary) -> tuple:
+def summary_values(summary: Summary) -> Values:
     """Values for every column of `summaries`, in SUMMARY_COLUMNS order."""
     return (
         summary.id,
@@ -150,7 +155,7 @@ def summary_values(summary: Summary) -> tuple:
     )
 
 
-def pin_from_row(row: tuple) -> Pin:
+def pin_from_row(row: Row) -> Pin:
     """A row of `SELECT {PIN_SELECT}` as a record."""
     pid = row[0]
     return Pin(
@@ -164,7 +169,7 @@ def pin_from_row(row: tuple) -> Pin:
     )
 
 
-def pin_values(pin: Pin) -> tuple:
+def pin_values(pin: Pin) -> Values:
     """Values for every column of `pins`, in PIN_COLUMNS order."""
     return (
         pin.id,

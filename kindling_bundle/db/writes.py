@@ -65,7 +65,7 @@ def close_capsule(conn: sqlite3.Connection, capsule_id: str, closed_at: int) -> 
 def attach_observation(conn: sqlite3.Connection, capsule_id: str, observation_id: str) -> int:
     """Append an observation to a capsule with the next `seq`; returns that seq."""
     with savepoint(conn):
-        seq = conn.execute(
+        seq: int = conn.execute(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM capsule_observations WHERE capsule_id = ?",
             (capsule_id,),
         ).fetchone()[0]

@@ -1,9 +1,9 @@
-"""A set of 64-bit id hashes that costs about 10 bytes a member once it is large.
+"""A set of 64-bit id hashes that costs a few bytes a member once it is large.
 
-Checking a stream's record rules in one pass needs every id seen so far (rules.RecordRules). In a
-Python set each member costs 60-80 bytes (an int object and its share of the table), so verifying
-1,000,000 observations took 130 MB against 65 MB for 200,000, and the cyclic garbage collector
-walked the whole set at every full collection (about 1 s of a 5 s verify).
+Checking a stream's record rules in one pass needs every id seen so far
+(`format.stream_rules.RecordRules`). In a Python set each member is an int object plus its share
+of the table, so verify's memory grew with the bundle, and the cyclic garbage collector walked the
+whole set at every full collection (bench/RESULTS.md has the figures before and after).
 
 `HashSet` keeps the newest members in a small Python set (`young`, at most YOUNG_MAX members: C
 speed for the set operations the rules use) and, each time that fills, merges it into one sorted
@@ -21,20 +21,20 @@ from collections.abc import Iterable
 from typing import Any
 
 YOUNG_MAX = 1 << 14
-"""Members kept in the Python set before they are merged into the sorted array (~1 MB). Half of
-what it was, with BITMAP_BITS halved too: verifying 1,000,000 observations peaked at 78-80 MB
-instead of 84-85 MB, in as much time (the merges, twice as many, are a memmove each)."""
+"""Members kept in the Python set before they are merged into the sorted array. Halved, with
+BITMAP_BITS, in d924522: less peak memory in as much time (the merges, twice as many, are a
+memmove each; bench/RESULTS.md)."""
 
 SET_ONLY_MAX = 1 << 18
 """A set expected to hold at most this many members stays a Python set (see `HashSet`): about
-where its memory (a 2^19-slot table, 8 MB, and an int object a member, 8 MB) reaches that of
-importing NumPy (~15 MB) and the array. Verifying 200,000 observations (221,722 ids) peaked at
-72 MB either way, and took 0.08 s less in sets (no import, no merges)."""
+where its memory (a 2^19-slot table and an int object a member) reaches that of importing NumPy
+and the array, so small bundles are checked faster (no import, no merges) in as much memory
+(bench/RESULTS.md)."""
 
 
 BITMAP_BITS = 8
-"""At least this many bitmap bits a member of `old` (1-2 bytes): 6-12% of new ids are marked,
-and only those are looked up in the array."""
+"""At least this many bitmap bits a member of `old` (1-2 bytes): only the few new ids whose
+bit is marked are looked up in the array."""
 
 
 class HashSet:
@@ -47,8 +47,9 @@ class HashSet:
     __slots__ = ("_bits", "_count", "_old", "_young", "_young_max")
 
     def __init__(self, expected: int | None = None) -> None:
-        small = expected is not None and expected <= SET_ONLY_MAX
-        self._young_max = max(expected + 1, YOUNG_MAX) if small else YOUNG_MAX
+        self._young_max = YOUNG_MAX
+        if expected is not None and expected <= SET_ONLY_MAX:  # small: all in the set
+            self._young_max = max(expected + 1, YOUNG_MAX)
         self._young: set[int] = set()
         self._old: Any = None  # a NumPy int64 buffer; its first _count members sorted
         self._count = 0

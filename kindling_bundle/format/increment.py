@@ -1,4 +1,4 @@
-"""Incremental bundles (spec section 14): the manifest of an increment, its tombstones, the rules
+"""Incremental bundles (spec section 15): the manifest of an increment, its tombstones, the rules
 its records keep, and the checks that link an increment to its base.
 
 An increment holds the records that are new or changed since its base, and a tombstone for each
@@ -32,6 +32,8 @@ from kindling_bundle.records import (
 )
 
 INCREMENT_VERSION = "2.0"
+SIGNED_INCREMENT_VERSION = "2.1"
+"""A signed increment: as 1.1 is to 1.0, a `manifest.sig` member follows the manifest."""
 INCREMENT_MAJOR = 2
 TOMBSTONES_MEMBER = f"{TOMBSTONES}.msgpack"
 INCREMENT_MEMBERS: dict[str, str] = {TOMBSTONES: TOMBSTONES_MEMBER, **ENTITY_MEMBERS}
@@ -137,9 +139,11 @@ def is_increment(manifest: Manifest) -> bool:
 def increment_manifest(
     manifest: Manifest, base: BaseInfo, state: Mapping[str, int]
 ) -> IncrementManifest:
-    """The increment's manifest from the one the writer built for its members."""
+    """The increment's manifest from the one the writer built for its members (signed if that
+    one says it is: the minor version tells, in both majors)."""
     fields = {f: getattr(manifest, f) for f in manifest.__struct_fields__}
-    fields["format_version"] = INCREMENT_VERSION
+    signed = manifest.minor_version >= 1
+    fields["format_version"] = SIGNED_INCREMENT_VERSION if signed else INCREMENT_VERSION
     return IncrementManifest(**fields, base=base, state=StateCounts.of(state))
 
 
@@ -274,9 +278,7 @@ class Link:
         return isinstance(self.manifest, IncrementManifest)
 
     def describe(self) -> str:
-        kind = (
-            f"increment {depth_of(self.manifest)}" if self.increment else "full bundle"
-        )
+        kind = f"increment {depth_of(self.manifest)}" if self.increment else "full bundle"
         return f"{self.label} ({kind}, {short(self.sha256)}, created {iso_time(self.created_at)})"
 
     @property
@@ -328,9 +330,7 @@ def check_link(previous: Link, link: Link, position: int, full: Link) -> None:
             f"{short(base.sha256)}, created {iso_time(base.created_at)})"
         )
     elif base.depth < wanted:
-        reason = (
-            f"is increment {base.depth} of the chain but comes after {after}: out of order"
-        )
+        reason = f"is increment {base.depth} of the chain but comes after {after}: out of order"
     else:
         reason = (
             f"its base is {short(base.sha256)} (created {iso_time(base.created_at)}), not the "
@@ -403,4 +403,3 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     written, so a wrong link is refused up front)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-

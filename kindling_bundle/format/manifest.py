@@ -15,17 +15,21 @@ from typing import Annotated, Any
 
 import msgspec
 
-from kindling_bundle.errors import BundleError
+from kindling_bundle.errors import BundleError, UnsupportedVersionError
 from kindling_bundle.records import ENTITY_TYPES
 
 FORMAT_NAME = "kindling-bundle"
 FORMAT_VERSION = "1.0"
+SIGNED_FORMAT_VERSION = "1.1"
+"""What a signed bundle's manifest says: a 1.1 bundle carries SIGNATURE_MEMBER."""
 FORMAT_MAJOR = 1
 INCREMENT_MAJOR = 2
 """Incremental bundles (format.increment): full bundles stay version 1.0."""
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
+"""Format 1.1: the SSH signature over the manifest's bytes, the member right after it."""
 ENTITY_MEMBERS: dict[str, str] = {entity: f"{entity}.msgpack" for entity in ENTITY_TYPES}
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -40,7 +44,7 @@ FRAME_RECORDS = 1024
 
 MAX_FRAME_VALUES = 1 << 21
 """The most MessagePack values (containers, keys and elements all count) a frame may hold.
-Decoding makes a Python object of each, up to ~70 times the bytes it took (an empty map is one
+Decoding makes a Python object of each, many times the bytes it took (an empty map is one
 byte), so this bounds a frame's decoded size where MAX_FRAME_BYTES alone would allow gigabytes.
 Only frames longer than this many bytes can exceed it, so only those are counted."""
 
@@ -106,6 +110,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     entities: list[EntityEntry]
 
     @property
+    def minor_version(self) -> int:
+        """MINOR of `format_version` (decode_manifest checked it is MAJOR.MINOR)."""
+        return int(self.format_version.split(".")[1])
+
+    @property
     def total_records(self) -> int:
         return sum(entry.records for entry in self.entities)
 
@@ -122,7 +131,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as JSON-ready builtins, with its wire (camelCase) names."""
-        return msgspec.to_builtins(self)
+        wire: dict[str, Any] = msgspec.to_builtins(self)
+        return wire
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -177,12 +187,12 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
     major = int(match.group(1))
-    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 14)
+    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 15)
         from kindling_bundle.format.increment import decode_increment_manifest
 
         return decode_increment_manifest(data, where)
     if major != FORMAT_MAJOR:
-        raise BundleError(
+        raise UnsupportedVersionError(
             f"{where}: format version {version} is not supported: this tool reads "
             f"{FORMAT_MAJOR}.x bundles and {INCREMENT_MAJOR}.x increments; use a "
             f"kindling-bundle that reads version {version}"
@@ -203,6 +213,15 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
 
 
 _PATH = re.compile(r" - at `\$(?:\[(\d+)\])?\.?([^`]*)`$")
+
+
+def validation_field(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field msgspec's error is about (`provenance` for `$.provenance.a`), or
+    None when it is about the value as a whole."""
+    match = _PATH.search(str(exc))
+    if match is None:
+        return None
+    return re.split(r"[.\[]", match.group(2))[0] or None
 
 
 def describe_validation(exc: msgspec.ValidationError) -> str:

@@ -9,6 +9,10 @@ MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompress
 hold a byte more than the manifest's members, their tar headers and the end of the archive
 (`declared_archive_bytes`). Nothing is ever written to disk: member names are compared with the
 names a bundle holds, never used as paths.
+
+A signed bundle's signature member (`format.signature`) is read and checked with the manifest,
+before anything else: no record is read, let alone yielded, from a bundle whose signature is
+refused.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import (
+    BundleError,
+    MalformedSignatureError,
+    RecordError,
+    UnsignedBundleError,
+)
 from kindling_bundle.format.increment import IncrementManifest
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
@@ -30,14 +39,22 @@ from kindling_bundle.format.manifest import (
     MAX_FRAME_BYTES,
     MAX_FRAME_VALUES,
     MAX_MANIFEST_BYTES,
+    SIGNATURE_MEMBER,
+    SIGNED_FORMAT_VERSION,
     EntityEntry,
     Manifest,
     ProgressCallback,
     decode_manifest,
 )
 from kindling_bundle.format.record_frames import RecordDecoder, count_values
+from kindling_bundle.format.signature import (
+    SignatureOptions,
+    signature_allowed,
+    signature_required,
+)
 from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
-from kindling_bundle.format.zstd_frames import FrameReader
+from kindling_bundle.format.zstd_frames import ZstdFrameReader
+from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES, Signer
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO
@@ -53,6 +70,10 @@ def source_label(src: BundleSource) -> str:
 
 class FramingError(BundleError):
     """A member's frames cannot be split (the rest of the stream may still be readable)."""
+
+
+_SIGNATURE_ROOM = BLOCK + MAX_SIGNATURE_BYTES + (-MAX_SIGNATURE_BYTES % BLOCK)
+"""The most decompressed bytes a signature member may take, header and padding included."""
 
 
 def declared_archive_bytes(manifest: Manifest) -> int:
@@ -71,12 +92,12 @@ class Hasher(Protocol):
 class Sha256Thread:
     """SHA-256 of each member's data, computed in a thread of its own.
 
-    Hashing is a tenth of the work of checking a bundle's records (0.4 s of 4.7 s at 1,000,000
-    observations) and hashlib releases the GIL for large updates, so on a second core it costs
-    the reading thread only a hand-over per read. The hand-over queue is bounded: if hashing ever
-    fell behind, reading waits rather than holding more than a few frames. Small updates (a
-    frame's 4-byte length) wait for the next large one: each hand-over costs a turn of the GIL
-    for both threads."""
+    Hashing is a small but real part of the work of checking a bundle's records
+    (bench/RESULTS.md), and hashlib releases the GIL for large updates, so on a second core it
+    costs the reading thread only a hand-over per read. The hand-over queue is bounded: if
+    hashing ever fell behind, reading waits rather than holding more than a few frames. Small
+    updates (a frame's 4-byte length) wait for the next large one: each hand-over costs a turn
+    of the GIL for both threads."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=4)
@@ -124,7 +145,7 @@ _HAND_OVER_BYTES = 4096
 class MemberData:
     """The data of one member: bounded reads that are hashed as they go (in `sha256`'s thread)."""
 
-    def __init__(self, zstd: FrameReader, header: MemberHeader, where: str, sha256: Hasher):
+    def __init__(self, zstd: ZstdFrameReader, header: MemberHeader, where: str, sha256: Hasher):
         self._zstd = zstd
         self.header = header
         self.where = where
@@ -134,7 +155,7 @@ class MemberData:
 
     def read(self, n: int, what: str) -> bytes | memoryview:
         """Exactly `n` bytes of this member (the caller checked `remaining`), without a copy
-        where possible (FrameReader.read_view)."""
+        where possible (ZstdFrameReader.read_view)."""
         data = self._zstd.read_exact_view(n, f"{self.where} ({what})")
         self._sha256.update(data)
         self.remaining -= n
@@ -192,10 +213,21 @@ class BundleReader:
     """One forward pass over a bundle; use as a context manager (closes files it opened).
 
     Messages name the bundle `name` when given (a file the bundle was made from), else as
-    `source_label` does."""
+    `source_label` does. `signature` says whom to trust (default: check a signature if there is
+    one, accept an unsigned bundle); `signer` is who signed, once the manifest is read."""
 
-    def __init__(self, src: BundleSource, *, name: str | None = None):
+    def __init__(
+        self,
+        src: BundleSource,
+        *,
+        name: str | None = None,
+        signature: SignatureOptions | None = None,
+    ):
         self.label = name or source_label(src)
+        self._trust = signature or SignatureOptions()
+        self.signer: Signer | None = None
+        self._peeked: tuple[MemberHeader | None] | None = None
+        """A header read after the manifest that was not a signature member's."""
         if isinstance(src, str | os.PathLike):
             try:
                 # Closed by close(): the reader owns it for its whole life.
@@ -205,7 +237,7 @@ class BundleReader:
             self._owned = True
         else:
             self._file, self._owned = src, False
-        self.zstd = FrameReader(self._file, self.label)
+        self.zstd = ZstdFrameReader(self._file, self.label)
         self.manifest: Manifest | None = None
         self._sha256: Sha256Thread | None = None
 
@@ -224,7 +256,9 @@ class BundleReader:
             self._file.close()
 
     def read_manifest(self) -> Manifest:
-        """Read the first member, which must be the manifest, and validate it."""
+        """Read the first member, which must be the manifest, and validate it; then the
+        signature member if there is one, and check the signature against `signature`'s policy
+        (a SignatureError if refused)."""
         header = self.next_member()
         if header is None:
             raise BundleError(f"{self.label}: empty archive, no {MANIFEST_MEMBER}")
@@ -241,12 +275,49 @@ class BundleReader:
         member = MemberData(self.zstd, header, f"{self.label}: {MANIFEST_MEMBER}", hashlib.sha256())
         data = bytes(member.read(header.size, "manifest"))
         member.close()
-        self.manifest = decode_manifest(data, self.label)
-        self.zstd.limit = self.zstd.decompressed_bytes + declared_archive_bytes(self.manifest)
-        return self.manifest
+        manifest = decode_manifest(data, self.label)
+        start, declared = self.zstd.decompressed_bytes, declared_archive_bytes(manifest)
+        signature = None
+        if signature_allowed(manifest):  # a 1.0 bundle is read as it always was
+            self.zstd.limit = start + declared + _SIGNATURE_ROOM
+            signature = self._read_signature(manifest)
+        self.zstd.limit = (start if signature is None else self.zstd.decompressed_bytes) + declared
+        source = self.label if signature is None else f"{self.label}: {SIGNATURE_MEMBER}"
+        self.signer = self._trust.check(data, signature, source)
+        self.manifest = manifest  # only now: a manifest whose signature is refused is not one
+        return manifest
+
+    def _read_signature(self, manifest: Manifest) -> bytes | None:
+        """The signature member's bytes, or None (then the header read is kept for
+        next_member). Refused: one larger than any signature (before reading it), and none
+        where the manifest says the bundle is signed."""
+        header = self.next_member()
+        version = manifest.format_version
+        if header is None or header.name != SIGNATURE_MEMBER:
+            self._peeked = (header,)
+            if signature_required(manifest):
+                raise UnsignedBundleError(
+                    f"{self.label}: {SIGNATURE_MEMBER} is missing, but the manifest (format "
+                    f"{version}) says the bundle is signed: the signature was removed"
+                )
+            return None
+        where = f"{self.label}: {SIGNATURE_MEMBER}"
+        if header.size > MAX_SIGNATURE_BYTES:
+            raise MalformedSignatureError(
+                f"{where}: {header.size} bytes, more than a signature may be "
+                f"({MAX_SIGNATURE_BYTES})"
+            )
+        member = MemberData(self.zstd, header, where, hashlib.sha256())  # no thread yet
+        signature = bytes(member.read(header.size, "signature"))
+        member.close()
+        return signature
 
     def next_member(self) -> MemberHeader | None:
         """The next member's header, or None at the end-of-archive marker."""
+        if self._peeked is not None:
+            (header,) = self._peeked
+            self._peeked = None
+            return header
         header = parse_header(self.zstd.read_exact(BLOCK, "a tar header"), self.label)
         if header is None:
             second = self.zstd.read_exact(BLOCK, "the end-of-archive marker")
@@ -267,6 +338,9 @@ class BundleReader:
         if padding.count(0) != len(padding):
             raise BundleError(f"{self.label}: unexpected data after the end of the tar archive")
         self.zstd.finish()
+        if self._sha256 is not None:  # every member is hashed: no thread outlives the reading
+            self._sha256.close()
+            self._sha256 = None
 
     def batches(
         self, progress: ProgressCallback | None = None, *, increments: bool = False
@@ -328,7 +402,7 @@ class BundleReader:
             raise BundleError(f"{self.label}: unexpected member {header.name!r} after the last one")
         self.finish()
 
-    def records(self, progress: ProgressCallback | None = None) -> Iterator[Record]:
+    def records(self, progress: ProgressCallback | None = None) -> Generator[Record, None, None]:
         """Every record in bundle order, with the checks of `batches`."""
         for _, records in self.batches(progress):
             yield from records
@@ -336,6 +410,8 @@ class BundleReader:
     def _check_header(self, header: MemberHeader | None, entry: EntityEntry) -> None:
         if header is None:
             raise BundleError(f"{self.label}: member {entry.member} is missing")
+        if header.name == SIGNATURE_MEMBER:
+            raise BundleError(misplaced_signature(self.label))
         if header.name != entry.member:
             known = header.name == MANIFEST_MEMBER or header.name in ENTITY_MEMBERS.values()
             kind = "out of order or repeated" if known else "unknown"
@@ -349,12 +425,28 @@ class BundleReader:
             )
 
 
-def open_bundle(src: BundleSource, *, name: str | None = None) -> BundleReader:
-    """A reader over a bundle, its manifest already read and validated.
+MISPLACED_SIGNATURE = (
+    f"unexpected {SIGNATURE_MEMBER}: a signature member may only follow the "
+    f"manifest, once, in a signed (format {SIGNED_FORMAT_VERSION}) bundle"
+)
+"""The refusal of a signature member anywhere but right after a signed bundle's manifest
+(a second one, one further on, one in a 1.0 bundle)."""
+
+
+def misplaced_signature(label: str) -> str:
+    """MISPLACED_SIGNATURE, naming the bundle."""
+    return f"{label}: {MISPLACED_SIGNATURE}"
+
+
+def open_bundle(
+    src: BundleSource, *, name: str | None = None, signature: SignatureOptions | None = None
+) -> BundleReader:
+    """A reader over a bundle, its manifest already read and validated, and its signature
+    checked (`signature`: whom to trust; `reader.signer`: who signed, None if unsigned).
 
     Use it as a context manager; iterate `batches()` or `records()` to stream every record with
     every check applied. Works on non-seekable streams (one forward pass)."""
-    reader = BundleReader(src, name=name)
+    reader = BundleReader(src, name=name, signature=signature)
     try:
         reader.read_manifest()
     except BaseException:
@@ -363,9 +455,10 @@ def open_bundle(src: BundleSource, *, name: str | None = None) -> BundleReader:
     return reader
 
 
-def read_manifest(src: BundleSource) -> Manifest:
-    """The manifest of a bundle, reading only the first member (never the entity data).
+def read_manifest(src: BundleSource, *, signature: SignatureOptions | None = None) -> Manifest:
+    """The manifest of a bundle, reading only the first member and the signature member (never
+    the entity data); a signature is checked as `open_bundle` checks it.
 
     From a stream, this consumes the stream's first bytes."""
-    with BundleReader(src) as reader:
+    with BundleReader(src, signature=signature) as reader:
         return reader.read_manifest()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -28,6 +28,7 @@ from kindling_bundle.format.manifest import (
     MAX_FRAME_VALUES,
     MAX_NESTING_DEPTH,
     describe_validation,
+    validation_field,
 )
 from kindling_bundle.records import (
     ENTITY_TYPES,
@@ -228,7 +229,9 @@ class RecordDecoder:
     def __init__(self, entity: str):
         self.entity = entity
         record_type = _MEMBER_TYPES[entity]
+        self._batch: msgspec.msgpack.Decoder[list[Record]]
         self._batch = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._one: msgspec.msgpack.Decoder[Record]
         self._one = msgspec.msgpack.Decoder(record_type)
         self._raw = msgspec.msgpack.Decoder()
         self._encoder = msgspec.msgpack.Encoder()
@@ -254,12 +257,13 @@ class RecordDecoder:
         else:
             if self.entity != "observations":
                 return records, []
-            bad = provenance_problems(records)
+            bad = provenance_problems(cast("list[Observation]", records))  # as the entity says
             if not bad:
                 return records, []
             refused = {index for index, _ in bad}
             return [r for i, r in enumerate(records) if i not in refused], [
-                self._record_error(first_index + i, records[i].id, problem) for i, problem in bad
+                self._record_error(first_index + i, records[i].id, problem, "provenance")
+                for i, problem in bad
             ]
         try:
             raw = self._raw.decode(payload)
@@ -276,15 +280,16 @@ class RecordDecoder:
             try:
                 record = self._one.decode(self._encoder.encode(item))
             except (msgspec.ValidationError, TypeError, OverflowError, RecursionError) as exc:
-                problems.append(self._record_error(index, record_id, self._describe(exc)))
+                field = validation_field(exc) if isinstance(exc, msgspec.ValidationError) else None
+                problems.append(self._record_error(index, record_id, self._describe(exc), field))
                 continue
             problem = (
-                provenance_problem(record.provenance) if self.entity == "observations" else None
+                provenance_problem(record.provenance) if isinstance(record, Observation) else None
             )
             if problem is None:
                 records.append(record)
             else:
-                problems.append(self._record_error(index, record.id, problem))
+                problems.append(self._record_error(index, record.id, problem, "provenance"))
         return records, problems
 
     @staticmethod
@@ -295,9 +300,13 @@ class RecordDecoder:
             return "nests values too deeply to be decoded"
         return str(exc)
 
-    def _record_error(self, index: int, record_id: Any, detail: str) -> RecordError:
+    def _record_error(
+        self, index: int, record_id: Any, detail: str, field: str | None
+    ) -> RecordError:
         if not isinstance(record_id, str):
             record_id = None
         singular = _MEMBER_SINGULAR[self.entity]
         name = f"{singular} {record_id}" if record_id else f"record #{index}"
-        return RecordError(f"{name}: {detail}", entity=self.entity, record_id=record_id)
+        return RecordError(
+            f"{name}: {detail}", entity=self.entity, record_id=record_id, field=field
+        )

@@ -9,11 +9,10 @@ report lists them as warnings too.
 
 `RecordRules` is the one checker: bundle verify and JSON verify report what it finds; conversions,
 merges and bundle-to-JSON refuse it (or, for dangling references, drop them on request), through
-`kindling_json.ReferenceGuard`. So whatever one of them writes, the others accept, and import
+`ops.references.ReferenceGuard`. So whatever one of them writes, the others accept, and import
 (which enforces the same rules against the database) takes it.
 
-Memory: the 64-bit hash of every id seen, about 10 bytes a record once there are many
-(kindling_bundle.format.hashset).
+Memory: the 64-bit hash of every id seen (`format.hashset`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
-from typing import Literal
+from typing import Literal, cast
 
 from kindling_bundle.format.hashset import SET_ONLY_MAX, HashSet
 from kindling_bundle.records import (
@@ -111,8 +110,7 @@ class RecordRules:
         if hash(record.id) in self._ids[entity]:
             text = f"{SINGULAR[entity]} {record.id} appears more than once"
             breaches.append(Breach(entity, record.id, "repeated-id", text))
-        kind = type(record)
-        if kind is Capsule:
+        if type(record) is Capsule:
             twice = first_repeated(record.observation_ids)
             if twice is not None:
                 text = f"capsule {record.id} lists observation {twice} more than once"
@@ -129,7 +127,7 @@ class RecordRules:
                     )
                 text = f"capsule {record.id}: {what} not in {self.place}"
                 breaches.append(Breach(entity, record.id, "dangling", text, tuple(missing)))
-        elif kind is Summary:
+        elif type(record) is Summary:
             capsule = record.capsule_id
             if self._missing("capsules", [capsule]):
                 text = f"summary {record.id}: capsule {capsule} is not in {self.place}"
@@ -142,7 +140,7 @@ class RecordRules:
             for ref in self._missing("observations", record.evidence_refs):
                 text = f"summary {record.id}: evidence observation {ref} is not in {self.place}"
                 breaches.append(Breach(entity, record.id, "evidence", text, (ref,)))
-        elif kind is Pin:
+        elif type(record) is Pin:
             target = "observations" if record.target_type == "observation" else "summaries"
             if self._missing(target, [record.target_id]):
                 text = (
@@ -178,8 +176,9 @@ class RecordRules:
                 and self._present("observations", chain.from_iterable(map(_EVIDENCE, records)))
             )
         if kind is Pin:
-            on_observations = [p.target_id for p in records if p.target_type == "observation"]
-            on_summaries = [p.target_id for p in records if p.target_type != "observation"]
+            pins = cast("Sequence[Pin]", records)  # a run of one type, as `kinds` says
+            on_observations = [p.target_id for p in pins if p.target_type == "observation"]
+            on_summaries = [p.target_id for p in pins if p.target_type != "observation"]
             return self._present("observations", on_observations) and self._present(
                 "summaries", on_summaries
             )
@@ -188,7 +187,7 @@ class RecordRules:
     def clear_new_ids(self, entity: str, hashes: list[int]) -> bool:
         """True if these id hashes (of a run of the entity's records) are distinct and new. For
         observations, which reference nothing, that is all `clear_run` asks, so a process that
-        decoded them elsewhere need only send their hashes (parallel.decoder); then
+        decoded them elsewhere need only send their ids (parallel.decoder), hashed here; then
         `add_ids` adds them."""
         return len(set(hashes)) == len(hashes) and self._ids[entity].isdisjoint(hashes)
 
@@ -204,9 +203,8 @@ class RecordRules:
 
     def add(self, record: Record) -> None:
         """Count the record as present: later references to it resolve, its id is taken."""
-        kind = type(record)
         self._ids[entity_of(record)].add(hash(record.id))
-        if kind is Summary:
+        if type(record) is Summary:
             self._summarised.add(hash(record.capsule_id))
 
     def _present(self, entity: str, wanted: Iterable[str]) -> bool:

@@ -5,16 +5,16 @@ Writing: zstd's multi-threaded mode produces the same bytes for any number of wo
 bundles are always written multi-threaded; the worker count only changes the speed. Frame
 checksums are on; the content size is not written (it is unknown while streaming).
 
-Reading: `FrameReader` decompresses exactly one zstd frame and refuses anything else. zstandard's
-`stream_reader` returns short output without an error on a truncated stream, so the reader feeds a
-`decompressobj` itself and checks that the frame really ended (`eof`) and that nothing follows it,
-neither in the same frame's input nor in the source. Input is fed in small slices so that one
-call cannot expand into an unbounded amount of memory, and only as much as the consumer asks for
-is decompressed. The slices follow the frame's blocks: every zstd block decompresses to at most
-128 KiB (RFC 8878, Block_Maximum_Size), so the reader walks the 3-byte block headers and feeds
-at most FEED_BLOCKS blocks per call (at most 1 MiB out; 4 MiB once reading ahead). Where the block
-layout cannot be read (damage), it falls back to 1 KiB slices (zstd expands at most ~32768x: at
-most 32 MiB), and zstd reports the damage.
+Reading: `ZstdFrameReader` decompresses exactly one zstd frame and refuses anything else.
+zstandard's `stream_reader` returns short output without an error on a truncated stream, so the
+reader feeds a `decompressobj` itself and checks that the frame really ended (`eof`) and that
+nothing follows it, neither in the same frame's input nor in the source. Input is fed in small
+slices so that one call cannot expand into an unbounded amount of memory, and only as much as the
+consumer asks for is decompressed. The slices follow the frame's blocks: every zstd block
+decompresses to at most 128 KiB (RFC 8878, Block_Maximum_Size), so the reader walks the 3-byte
+block headers and feeds at most FEED_BLOCKS blocks per call (at most 1 MiB out; 4 MiB once reading
+ahead). Where the block layout cannot be read (damage), it falls back to 1 KiB slices (zstd expands
+at most 32,768 times: at most 32 MiB), and zstd reports the damage.
 
 Once the manifest has been read, `start_read_ahead` moves decompression into a thread that stays
 at most READ_AHEAD pieces (4 MiB each at most) ahead of the consumer: zstd releases the GIL, so it
@@ -55,8 +55,7 @@ _READ_BYTES = 64 << 10
 _AHEAD_READ_BYTES = 256 << 10
 """Source reads by the read-ahead thread, which feeds AHEAD_FEED_BLOCKS blocks per call (at most
 4 MiB out): each call gives up the GIL, and getting it back can take the consumer's whole switch
-interval (5 ms), so calls are few and large. At 200,000 observations, verify took 0.90 s with
-1 MiB pieces and 0.74-0.80 s with 4 MiB ones; larger reads than these changed nothing but memory."""
+interval, so calls are few and large (the piece sizes tried are in bench/RESULTS.md)."""
 _FEED_BYTES = 1 << 10
 FEED_BLOCKS = 8
 AHEAD_FEED_BLOCKS = 32
@@ -81,7 +80,7 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
     )
 
 
-class FrameReader:
+class ZstdFrameReader:
     """Reads the decompressed bytes of the single zstd frame that must make up `source`."""
 
     def __init__(self, source: BinaryIO, label: str):
@@ -169,7 +168,7 @@ class FrameReader:
     def read_view(self, n: int) -> bytes | memoryview:
         """As `read`, but without a copy where the bytes lie in one piece of output: a read-only
         view that keeps that piece (at most 4 MiB) alive as long as it is held. A bundle's
-        frames are read this way: copying them out cost verify ~5% of its time."""
+        frames are read this way (72e2a27 in bench/RESULTS.md)."""
         if self.limit is not None and self.decompressed_bytes + n > self.limit:
             n = self._up_to_limit()
         while self._available < n and self._decompress_more():

@@ -323,7 +323,8 @@ def _filesystem(
     if private:
         options["skip_instance_cache"] = True
     try:
-        return fsspec.core.url_to_fs(url, **options)
+        found: tuple[Any, str] = fsspec.core.url_to_fs(url, **options)
+        return found
     except ImportError as exc:
         raise StorageError(
             f"{url}: {scheme}:// URLs need a package that is not installed: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -29,7 +30,7 @@ def loads(text: str) -> Any:
         raise ValueError(str(exc)) from None
     try:
         # MessagePack holds exactly the integers kept as integers below; encoding is a C-level
-        # probe for the others (0.15 us a value, where the pattern search costs 0.7-1.8 us).
+        # probe for the others, much cheaper than searching the text for wide digits.
         _msgpack_probe.encode(value)
     except OverflowError:
         return _wide_ints_as_floats(value)
@@ -113,7 +114,7 @@ def _has_float(value: Any) -> bool:
     return any(_has_float(item) for item in items if type(item) in _CONTAINERS)
 
 
-def _write(value: Any):
+def _write(value: Any) -> Iterator[str]:
     kind = type(value)
     if kind is str:
         yield _string(value)

@@ -5,7 +5,7 @@ An archive is nothing but bundles in one folder (io.folder), each named
     kindling-<createdAt as YYYYMMDDTHHMMSS.mmmZ>-<full|incr>-<SHA-256 of the file>.kbundle
 
 so that names sort by time, and a listing alone tells each snapshot's time, kind and identity.
-An increment's manifest names its base by SHA-256 (spec section 14), so a snapshot's chain is
+An increment's manifest names its base by SHA-256 (spec section 15), so a snapshot's chain is
 found by following those names back to a full bundle, and every link is checked before a byte of
 a restore is written. Files that do not match the pattern are not the archive's and are left
 alone. There is no index to keep consistent: a backup adds one file, forget removes some.
@@ -16,9 +16,10 @@ latest snapshot. It publishes the bundle only once complete (io.folder), so an i
 leaves the archive as it was. `forget` deletes only bundles no kept snapshot needs, newest first,
 so an interrupted forget never leaves an increment without its base.
 
-Encryption and signatures (issues 18 and 19) will wrap the bundle bytes at exactly two places:
-`_write_snapshot`, where a backup's bytes leave for the archive, and `Archive.ref`, where a
-snapshot's bytes come back; `backup --recipient/--sign-key` will be passed through the first.
+A backup may be signed (`sign_key`: its full bundles are 1.1, its increments 2.1), and a signed
+snapshot's signature is checked wherever it is read. Encryption (issue 18) will wrap the bundle
+bytes at exactly two places: `_write_snapshot`, where a backup's bytes leave for the archive,
+and `Archive.ref`, where a snapshot's bytes come back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from kindling_bundle.format.increment import (
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import read_manifest
 from kindling_bundle.io.folder import FileInfo, Folder
+from kindling_bundle.io.ssh_signature import SigningKey
 from kindling_bundle.io.storage import is_url
 from kindling_bundle.ops.increment import (
     ChainReport,
@@ -57,9 +59,7 @@ from kindling_bundle.ops.write import BundleOptions, resolve_created_at
 
 DEFAULT_FULL_EVERY = 7
 
-_NAME = re.compile(
-    r"^kindling-(\d{8}T\d{6}\.\d{3}Z)-(full|incr)-([0-9a-f]{64})\.kbundle$"
-)
+_NAME = re.compile(r"^kindling-(\d{8}T\d{6}\.\d{3}Z)-(full|incr)-([0-9a-f]{64})\.kbundle$")
 _TIME_FORMAT = "%Y%m%dT%H%M%S"
 
 
@@ -237,16 +237,17 @@ def backup(
     level: int = 3,
     created_at: int | None = None,
     progress: ProgressCallback | None = None,
+    sign_key: SigningKey | None = None,
 ) -> BackupReport:
     """Add the database's current state to the archive as its next snapshot (module docstring).
 
     `full_every`: the most increments a chain may have (0: every backup is a full bundle).
     `created_at`: the snapshot's time (epoch ms; default $SOURCE_DATE_EPOCH, else now), which
-    must be after the latest snapshot's."""
+    must be after the latest snapshot's. `sign_key`: sign the snapshot's bundle."""
     if isinstance(full_every, bool) or not isinstance(full_every, int) or full_every < 0:
         raise ValueError(f"full_every must be a whole number >= 0, got {full_every!r}")
     created = resolve_created_at(created_at)
-    opts = BundleOptions(created_at=created, level=level)
+    opts = BundleOptions(created_at=created, level=level, sign_key=sign_key)
     catalogue = archive.snapshots()
     latest = catalogue[-1] if catalogue else None
     if latest is not None and created <= latest.created_at:
@@ -304,7 +305,7 @@ def _write_snapshot(
     cache: Any,
 ) -> tuple[Snapshot, Manifest]:
     """Write the bundle, then publish it under its name. The one place where a backup's bytes
-    leave for the archive (encryption and a signature will be applied here)."""
+    leave for the archive (signed by the writer as `opts` says; encryption will apply here)."""
     with archive.folder.new_file() as new:
         manifest: Manifest
         if chain is None:

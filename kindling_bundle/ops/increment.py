@@ -1,5 +1,5 @@
 """Incremental bundles: computing one from a database, applying one (or a chain) to a database,
-and verifying a chain (spec section 14).
+and verifying a chain (spec section 15).
 
 Computing (`write_increment`): the base's snapshot as hashes (ops.state: from the local cache,
 else read from its chain), one pass over the database comparing every row's content hash
@@ -55,6 +55,7 @@ from kindling_bundle.errors import (
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
+    SignatureError,
     StoreError,
 )
 from kindling_bundle.format.increment import (
@@ -75,6 +76,8 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, read_manifest
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
 from kindling_bundle.io.storage import STDIO, is_url, open_source
 from kindling_bundle.ops.restore import ImportReport, import_bundle
 from kindling_bundle.ops.state import (
@@ -86,7 +89,7 @@ from kindling_bundle.ops.state import (
     read_chain,
     start_reading,
 )
-from kindling_bundle.ops.verify import VerifyReport, verify_bundle
+from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle
 from kindling_bundle.ops.write import write_bundle_from_records as _write_records
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, TOMBSTONES, Record, Tombstone
@@ -792,11 +795,12 @@ def _import_full(
 @dataclass
 class ChainVerifyReport:
     """Each bundle's own report (and the SHA-256 of what was read of it), and what is wrong
-    with the links between them."""
+    with the links between them (problems of kind `chain-link`, the bundle at fault their
+    source)."""
 
     reports: list[VerifyReport] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
-    link_problems: list[str] = field(default_factory=list)
+    link_problems: list[VerifyProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -809,26 +813,27 @@ class ChainVerifyReport:
                 {**report.to_dict(), "sha256": digest}
                 for report, digest in zip(self.reports, self.digests, strict=True)
             ],
-            "link_problems": self.link_problems,
+            "link_problems": [problem.to_dict() for problem in self.link_problems],
         }
 
 
-def verify_chain(refs: Sequence[BundleRef]) -> ChainVerifyReport:
-    """Verify each bundle of a chain completely (as `verify_bundle`), and the links between
-    them: each increment's base is the bundle before it, in the same chain, and only the first
-    bundle may be a full one (a chain may also be increments alone, each on the one before).
-    Never raises for a bad bundle."""
+def verify_chain(
+    refs: Sequence[BundleRef], *, signature: SignatureOptions | None = None
+) -> ChainVerifyReport:
+    """Verify each bundle of a chain completely (as `verify_bundle`, its signature as
+    `signature` says), and the links between them: each increment's base is the bundle before
+    it, in the same chain, and only the first bundle may be a full one (a chain may also be
+    increments alone, each on the one before). Never raises for a bad bundle."""
     result = ChainVerifyReport()
     previous: Link | None = None
     full: Link | None = None
     for position, ref in enumerate(refs, 1):
-        report, digest = _verify_one(ref)
+        report, digest = _verify_one(ref, signature)
         result.reports.append(report)
         result.digests.append(digest)
         if report.manifest is None or not report.ok:
-            result.link_problems.append(
-                f"link {position}, {ref.label}: not a valid bundle, so its links are not checked"
-            )
+            detail = f"link {position}: not a valid bundle, so its links are not checked"
+            result.link_problems.append(VerifyProblem("chain-link", ref.label, detail))
             previous = None
             continue
         link = Link(ref.label, digest, report.manifest)
@@ -838,18 +843,24 @@ def verify_chain(refs: Sequence[BundleRef]) -> ChainVerifyReport:
             try:
                 check_link(previous, link, position, full)
             except BundleError as exc:
-                result.link_problems.append(str(exc))
+                detail = str(exc).removeprefix(f"{ref.label}: ")
+                result.link_problems.append(VerifyProblem("chain-link", ref.label, detail))
         previous = link
     return result
 
 
-def _verify_one(ref: BundleRef) -> tuple[VerifyReport, str]:
+def _verify_one(ref: BundleRef, signature: SignatureOptions | None) -> tuple[VerifyReport, str]:
     try:
         with ref.open() as raw:
             stream = HashingReader(raw)
-            report = verify_bundle(stream)  # type: ignore[arg-type]
+            report = verify_bundle(stream, signature=signature)  # type: ignore[arg-type]
     except KindlingBundleError as exc:  # the file cannot be opened or read at all
-        return VerifyReport(ref.label, problems=[str(exc)], problem_count=1), ""
+        report = VerifyReport(ref.label)
+        if isinstance(exc, BundleError | SignatureError):
+            report.failed(exc)
+        else:
+            report.problem("unreadable", str(exc).removeprefix(f"{ref.label}: "))
+        return report, ""
     report.source = ref.label
     return report, stream.hexdigest()
 

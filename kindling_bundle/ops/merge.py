@@ -1,8 +1,7 @@
 """Compare and merge datasets: any mix of bundles, Kindling JSON exports and Kindling databases.
 
-A dataset source is a path; what it holds is told by its first bytes (zstd magic: a bundle;
-`{`: a Kindling JSON export; the SQLite header: a Kindling database, read from one snapshot
-and never changed). Every source is read as one foreign-key-ordered record stream.
+A dataset source is a path to any of them (`ops.datasets`), read as one foreign-key-ordered
+record stream.
 
 Content identity: two records with the same id are the same when their canonical MessagePack
 encodings (the bundle's own encoding of the record Struct: field order fixed, JSON values in
@@ -10,8 +9,7 @@ their stored key order) have the same BLAKE2b-128 digest. So "same" means what a
 store byte for byte, whatever file the record came from.
 
 diff: one pass over each side. Memory: one entry per record of A and per record added in B
-(an id string, a 16-byte digest and a dict slot): measured at about 220 bytes per record with
-36-character ids, some 220 MB for a million records.
+(an id string, a 16-byte digest and a dict slot; measured in bench/RESULTS.md).
 
 merge: two passes over every input. The first indexes every record (id -> digest, and where
 its winning occurrence is) and applies the `conflict` strategy to records with the same id
@@ -23,16 +21,15 @@ entity by entity, merging the inputs by Kindling's export order ((ts, id) for ob
 export order when the inputs are. An input that reads differently the second time (a database
 written to in between) is detected (record counts and the digests of kept records) and the
 merge fails, naming it. Memory: one packed 24-byte entry, its id and a dict slot per
-distinct record, measured at about 330 bytes per record with 36-character ids (330 MB for a
-million records).
+distinct record (measured in bench/RESULTS.md).
 
 A capsule has at most one summary: two summaries (different ids) of the same capsule in the
 union are a conflict on that capsule, settled by the same strategy; pins on the summary left out
 are moved to the one kept (as an overwriting import does), so no pin is lost or left dangling.
 
 Record rules: the winners are checked as they are written, by the checker verify uses
-(`format.stream_rules`, through kindling_json.ReferenceGuard), so references are closed over
-the union, not each input: an input that is not closed (a Kindling JSON export without its
+(`format.stream_rules`, through `ops.references.ReferenceGuard`), so references are closed
+over the union, not each input: an input that is not closed (a Kindling JSON export without its
 redacted observations) is fine when another input holds what it names. A reference that no input
 can satisfy is an error, or with `drop_dangling` is left out and counted; a capsule that lists an
 observation twice is an error. The result always verifies and imports.
@@ -43,37 +40,34 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.connection import SQLITE_MAGIC, open_store
-from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.db.importer import ConflictStrategy, check_strategy
+from kindling_bundle.db.importer import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.reader import open_bundle
-from kindling_bundle.kindling_json.reader import (
-    DanglingReport,
-    ReferenceGuard,
-    detect_format,
-    entity_streams,
-    open_kindling_json,
-)
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
+from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin, Record, Summary, entity_of
-
-DatasetSource = str | os.PathLike[str]
-DatasetFormat = Literal["bundle", "kindling-json", "database"]
+from kindling_bundle.records import (
+    ENTITY_TYPES,
+    SINGULAR,
+    ConflictStrategy,
+    Pin,
+    Record,
+    Summary,
+    entity_of,
+)
 
 _LISTED_IDS = 5
 
 # Kindling's export order per entity; the id makes it total.
-_ORDER: dict[str, Callable[[Any], tuple]] = {
+_ORDER: dict[str, Callable[[Any], tuple[int, str]]] = {
     "observations": lambda r: (r.ts, r.id),
     "capsules": lambda r: (r.opened_at, r.id),
     "summaries": lambda r: (r.created_at, r.id),
@@ -91,64 +85,6 @@ class _Digester:
     def __call__(self, record: Record) -> bytes:
         self._encoder.encode_into(record, self._buffer)
         return hashlib.blake2b(self._buffer, digest_size=16).digest()
-
-
-# -- sources ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    """An open dataset source: what it is, and its records (single use, foreign-key order)."""
-
-    name: str
-    format: DatasetFormat
-    records: Iterator[Record]
-
-
-def source_format(src: DatasetSource) -> DatasetFormat:
-    """What a path holds, told by its first bytes; BundleError when it is none of them."""
-    name = os.fspath(src)
-    try:
-        with open(src, "rb") as handle:
-            head = handle.read(65536)
-    except OSError as exc:
-        raise BundleError(f"{name}: cannot open: {exc.strerror}") from None
-    if head.startswith(SQLITE_MAGIC):
-        return "database"
-    kind = detect_format(head)
-    if kind is None:
-        raise BundleError(
-            f"{name}: not a bundle, a Kindling JSON export or a Kindling database "
-            "(by its first bytes)"
-        )
-    return kind
-
-
-@contextmanager
-def open_dataset(src: DatasetSource, *, spool_dir: str | None = None) -> Iterator[Dataset]:
-    """Open a bundle, Kindling JSON export or Kindling database (read-only) as records.
-
-    On exit the record stream is closed before its source, even when it was left half read."""
-    name = os.fspath(src)
-    kind = source_format(src)
-    with ExitStack() as stack:
-        if kind == "bundle":
-            records = stack.enter_context(open_bundle(src)).records()
-        elif kind == "kindling-json":
-            records = stack.enter_context(open_kindling_json(src, spool_dir=spool_dir)).records()
-        else:
-            conn = open_store(src, readonly=True)
-            stack.callback(conn.close)
-            stack.enter_context(snapshot(conn))
-            records = _database_records(conn)
-        stack.callback(records.close)
-        yield Dataset(name, kind, records)
-
-
-def _database_records(conn: sqlite3.Connection) -> Iterator[Record]:
-    opts = ExportStreamOptions()
-    for export in ENTITY_EXPORTS.values():
-        yield from export(conn, opts)
 
 
 # -- diff ------------------------------------------------------------------------------------
@@ -233,12 +169,17 @@ def diff_records(
 
 
 def diff_datasets(
-    a: DatasetSource, b: DatasetSource, *, spool_dir: str | None = None
+    a: DatasetSource,
+    b: DatasetSource,
+    *,
+    spool_dir: str | None = None,
+    signature: SignatureOptions | None = None,
 ) -> DiffReport:
-    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database)."""
+    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); a bundle's
+    signature is checked against `signature` (see `open_dataset`)."""
     with (
-        open_dataset(a, spool_dir=spool_dir) as left,
-        open_dataset(b, spool_dir=spool_dir) as right,
+        open_dataset(a, spool_dir=spool_dir, signature=signature) as left,
+        open_dataset(b, spool_dir=spool_dir, signature=signature) as right,
     ):
         return diff_records(left.records, right.records, a_name=left.name, b_name=right.name)
 
@@ -316,8 +257,10 @@ class _Merger:
         conflict: ConflictStrategy,
         drop_dangling: bool,
         spool_dir: str | None,
+        signature: SignatureOptions | None,
     ):
         self.sources = list(sources)
+        self.signature = signature
         self.names = [os.fspath(src) for src in self.sources]
         self.conflict = conflict
         self.spool_dir = spool_dir
@@ -339,7 +282,7 @@ class _Merger:
     def build_index(self) -> None:
         digest = _Digester()
         for source, src in enumerate(self.sources):
-            with open_dataset(src, spool_dir=self.spool_dir) as dataset:
+            with open_dataset(src, spool_dir=self.spool_dir, signature=self.signature) as dataset:
                 ordinals = dict.fromkeys(ENTITY_TYPES, 0)
                 for record in dataset.records:
                     entity = entity_of(record)
@@ -410,14 +353,18 @@ class _Merger:
     def write(self, dest: BundleDestination, opts: BundleOptions) -> Manifest:
         with ExitStack() as stack:
             datasets = [
-                stack.enter_context(open_dataset(src, spool_dir=self.spool_dir))
+                stack.enter_context(
+                    open_dataset(src, spool_dir=self.spool_dir, signature=self.signature)
+                )
                 for src in self.sources
             ]
             splitters = [entity_streams(dataset.records) for dataset in datasets]
             streams = {entity: self._winners(entity, splitters) for entity in ENTITY_TYPES}
             return write_bundle_from_records(dest, streams, opts)
 
-    def _winners(self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]):
+    def _winners(
+        self, entity: str, splitters: list[Iterator[tuple[str, Iterator[Record]]]]
+    ) -> Iterator[Record]:
         inputs = [
             _keyed(entity, source, next(splitter)[1]) for source, splitter in enumerate(splitters)
         ]
@@ -425,6 +372,7 @@ class _Merger:
         stats = self.report.entities[entity]
         digest = _Digester()
         seen = [0] * len(inputs)
+        record: Record | None  # None: left out by the guard
         for (_, source, ordinal), record in heapq.merge(*inputs):
             seen[source] += 1
             winner_id = record.id
@@ -455,7 +403,9 @@ class _Merger:
         )
 
 
-def _keyed(entity: str, source: int, stream: Iterator[Record]) -> Iterator[tuple[tuple, Record]]:
+def _keyed(
+    entity: str, source: int, stream: Iterator[Record]
+) -> Iterator[tuple[tuple[tuple[int, str], int, int], Record]]:
     """Records of one input with their merge key: export order, then input, then position."""
     key = _ORDER[entity]
     for ordinal, record in enumerate(stream):
@@ -471,17 +421,19 @@ def merge_datasets(
     created_at: int | None = None,
     level: int = 3,
     spool_dir: str | None = None,
+    signature: SignatureOptions | None = None,
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`; then nothing is left at a path destination.
+    `drop_dangling`, a SignatureError for an input `signature` refuses (see `open_dataset`);
+    then nothing is left at a path destination. The merged bundle is unsigned.
     """
     check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
-    merger = _Merger(sources, conflict, drop_dangling, spool_dir)
+    merger = _Merger(sources, conflict, drop_dangling, spool_dir, signature)
     merger.build_index()
     opts = BundleOptions(created_at=created_at, level=level)
     merger.report.manifest = merger.write(dest, opts)

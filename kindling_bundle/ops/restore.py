@@ -1,6 +1,7 @@
 """Restoring a bundle into a Kindling database: all of it, or nothing.
 
-The manifest is read and validated before the database is touched. Then one write transaction
+The manifest is read and validated, and a signature checked (`format.signature`), before the
+database is touched. Then one write transaction
 (BEGIN IMMEDIATE) replays the members in foreign-key order through the import primitives
 (`kindling_bundle.db.importer.import_batch`, one frame at a time), while the reader checks each
 member's count and SHA-256 as it streams and, after the last one, that the archive and the zstd
@@ -21,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -32,7 +33,6 @@ from kindling_bundle.db.connection import (
     write_transaction,
 )
 from kindling_bundle.db.importer import (
-    ConflictStrategy,
     ImportEntityResult,
     bulk_load,
     check_strategy,
@@ -41,10 +41,18 @@ from kindling_bundle.db.importer import (
     import_batch,
 )
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
-from kindling_bundle.errors import ImportConflictError, IntegrityError, RecordError, StoreError
+from kindling_bundle.errors import (
+    ImportConflictError,
+    IntegrityError,
+    MissingReferenceError,
+    RecordError,
+    StoreError,
+)
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader, BundleSource
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Pin
+from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
+from kindling_bundle.io.ssh_signature import Signer
+from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
 
@@ -73,6 +81,8 @@ class ImportReport:
     dry_run: bool
     counts: dict[str, EntityCounts]
     integrity: IntegrityReport
+    signer: Signer | None = None
+    """Who signed the bundle; None if it is unsigned."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for the CLI's --json."""
@@ -84,6 +94,7 @@ class ImportReport:
             "counts": {entity: asdict(counts) for entity, counts in self.counts.items()},
             "integrity": self.integrity.to_dict(),
             "manifest": self.manifest.to_dict(),
+            "signature": signature_to_dict(self.signer),
         }
 
 
@@ -104,20 +115,24 @@ def import_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     name: str | None = None,
+    signature: SignatureOptions | None = None,
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
     `conflict` decides what happens to a record whose id is stored with other content: "skip"
     keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
     BundleError (damaged or not a bundle), RecordError (an invalid record),
-    ImportConflictError (a conflict under "error", or a missing reference), IntegrityError or
+    ImportConflictError (a conflict under "error"; MissingReferenceError, a subclass, for a
+    record referencing one that is neither in the bundle nor in the database), IntegrityError or
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
-    bundle `name` when given (the file a temporary bundle was converted from).
+    bundle `name` when given (the file a temporary bundle was converted from). `signature`
+    says whom to trust; a signature it refuses (a SignatureError) is refused before the database
+    is touched.
     """
     check_strategy(conflict)
-    with BundleReader(src, name=name) as reader:
+    with BundleReader(src, name=name, signature=signature) as reader:
         label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:
@@ -137,9 +152,12 @@ def import_bundle(
                 integrity = verify_import_integrity(conn)
                 if deferred and not integrity.ok:
                     _refuse_dangling(conn, label)
-                report = ImportReport(label, manifest, conflict, dry_run, counts, integrity)
+                report = ImportReport(
+                    label, manifest, conflict, dry_run, counts, integrity, reader.signer
+                )
                 if not integrity.ok:
-                    raise IntegrityError(_integrity_message(label, integrity))
+                    message = _integrity_message(label, integrity)
+                    raise IntegrityError(message, problems=integrity.problems)
                 if dry_run:
                     raise _RollBack(report)
         except _RollBack as rollback:
@@ -161,7 +179,7 @@ def import_bundle(
 
 def _import_frame(
     conn: KindlingConnection,
-    records: list,
+    records: list[Record],
     conflict: ConflictStrategy,
     counts: dict[str, EntityCounts],
     where: str,
@@ -171,7 +189,8 @@ def _import_frame(
     """Import one frame; `redirects` maps summaries skipped in favour of their capsule's stored
     summary to that summary, so that the bundle's pins on them follow (and none dangles)."""
     if redirects and isinstance(records[0], Pin):
-        records = [_redirected(pin, redirects) for pin in records]
+        pins = cast("list[Pin]", records)  # a frame holds records of one entity
+        records = [_redirected(pin, redirects) for pin in pins]
     try:
         results = import_batch(conn, records, conflict, insert_first=insert_first)
     except RecordError as exc:
@@ -181,6 +200,13 @@ def _import_frame(
     # everything: the records that follow would then seem to miss what they reference.
     _transaction_alive(conn)
     for result in results:
+        if result.missing:
+            raise MissingReferenceError(
+                f"{where}: {result.error}",
+                entity=result.entity,
+                record_id=result.id,
+                missing=result.missing,
+            )
         if result.error is not None:
             raise ImportConflictError(
                 f"{where}: {result.error}", entity=result.entity, record_id=result.id
@@ -188,6 +214,7 @@ def _import_frame(
         if result.kept_id is not None:
             redirects[result.id] = result.kept_id
         entity_counts = counts[result.entity]
+        assert result.outcome is not None  # set whenever `error` is not
         setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
     return results
 
@@ -197,10 +224,11 @@ def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
     been missing."""
     failure = first_dangling_reference(conn)
     if failure is not None:
-        raise ImportConflictError(
+        raise MissingReferenceError(
             f"{label}: {ENTITY_MEMBERS[failure.entity]}: {failure.error}",
             entity=failure.entity,
             record_id=failure.id,
+            missing=failure.missing,
         )
 
 

@@ -89,7 +89,7 @@ def _check_sha(ref: BundleRef, actual: str) -> None:
 def read_chain(refs: Sequence[BundleRef]) -> SnapshotState:
     """The snapshot the chain `refs` (a full bundle, then its increments in order) makes, read
     and checked link by link: every bundle completely (hashes, counts, records), and each
-    increment against the bundle before it (section 14.3). A BundleError names the link."""
+    increment against the bundle before it (section 15.3). A BundleError names the link."""
     if not refs:
         raise ValueError("a chain has at least one bundle")
     entities: dict[str, EntityState] = {}
@@ -377,12 +377,12 @@ class ChainReading:
     hashes back through a pipe (16 bytes a record), or its error."""
 
     def __init__(self, refs: Sequence[BundleRef]):
-        import multiprocessing
+        from kindling_bundle.parallel.forking import pipe, start_child
 
-        context = multiprocessing.get_context("fork")
-        self._receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(target=_read_in_child, args=(refs, send), daemon=True)
-        self._process.start()
+        self._receive, send = pipe()
+        self._process = start_child(
+            _read_in_child, (refs, send), "kindling-bundle-chain", parent_ends=(self._receive,)
+        )
         send.close()
 
     def result(self) -> SnapshotState:
@@ -417,9 +417,7 @@ def _read_in_child(refs: Sequence[BundleRef], send: Any) -> None:
         try:
             state = read_chain(refs)
         except Exception as exc:  # sent to the parent, which raises it in its own words
-            send.send_bytes(
-                msgspec.json.encode({"error": type(exc).__name__, "message": str(exc)})
-            )
+            send.send_bytes(msgspec.json.encode({"error": type(exc).__name__, "message": str(exc)}))
             return
         send.send_bytes(
             msgspec.json.encode(
@@ -454,11 +452,11 @@ def _error(kind: str, message: str) -> KindlingBundleError:
 
 
 def start_reading(refs: Sequence[BundleRef]) -> ChainReading | None:
-    """Read the chain in a second process where that is possible and worth it (Linux, local
-    files, a chain of at least FORK_MIN_BYTES), else None."""
-    from kindling_bundle.parallel.forking import parallel_available
+    """Read the chain in a second process where that is safe and worth it (parallel.forking,
+    local files, a chain of at least FORK_MIN_BYTES), else None."""
+    from kindling_bundle.parallel.forking import fork_is_safe
 
-    if not parallel_available():
+    if not fork_is_safe():
         return None
     try:
         size = sum(os.path.getsize(ref.label) for ref in refs)

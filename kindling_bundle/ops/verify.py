@@ -14,27 +14,30 @@ rest of the stream unreadable (zstd corruption, truncation, a broken tar header)
 References to an entity are checked only if that entity's member was read, in order, without
 framing or decoding problems, so one damaged member does not drown the report in echoes.
 
-Memory: one frame, plus the 64-bit hash of every id seen, about 10 bytes a record once there are
-many (kindling_bundle.format.hashset); this is what resolving references in a single pass costs.
+A signed bundle's signature is checked first, against `SignatureOptions` (format.signature); a
+signature refused ends the pass there: nothing after an untrusted manifest is worth reporting.
+
+Memory: one frame, plus the 64-bit hash of every id seen (`format.hashset`); this is what
+resolving references in a single pass costs (measured in bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from kindling_bundle.errors import BundleError, RecordError
+from kindling_bundle.errors import BundleError, SignatureError
 from kindling_bundle.format.increment import rules_for
 from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
+    SIGNATURE_MEMBER,
     EntityEntry,
     Manifest,
     ProgressCallback,
 )
 from kindling_bundle.format.reader import (
+    MISPLACED_SIGNATURE,
     BundleReader,
     BundleSource,
     FramingError,
@@ -42,53 +45,11 @@ from kindling_bundle.format.reader import (
     source_label,
 )
 from kindling_bundle.format.record_frames import RecordDecoder
-from kindling_bundle.parallel.decoder import IN_FLIGHT, FrameHelper
-from kindling_bundle.parallel.forking import PARALLEL_MIN_ROWS, parallel_available
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
+from kindling_bundle.parallel import Workers, check_workers, choose_workers
+from kindling_bundle.parallel.decoder import Decoded, DecoderChild, Vouched, decode_here
 from kindling_bundle.records import ENTITY_TYPES, Record
-
-MAX_LISTED = 200
-"""Problems (and warnings) listed in a report; the counts include those left out."""
-
-
-@dataclass
-class VerifyReport:
-    """What verify found. `ok` means no problem at all (warnings allowed)."""
-
-    source: str
-    manifest: Manifest | None = None
-    problems: list[str] = field(default_factory=list)
-    problem_count: int = 0
-    warnings: list[str] = field(default_factory=list)
-    warning_count: int = 0
-    records: dict[str, int] = field(default_factory=dict)
-    """Records decoded and valid, per entity."""
-
-    @property
-    def ok(self) -> bool:
-        return self.problem_count == 0
-
-    def problem(self, text: str) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_LISTED:
-            self.problems.append(text)
-
-    def warning(self, text: str) -> None:
-        self.warning_count += 1
-        if len(self.warnings) < MAX_LISTED:
-            self.warnings.append(text)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form, for the CLI's --json."""
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "problems": self.problems,
-            "problem_count": self.problem_count,
-            "warnings": self.warnings,
-            "warning_count": self.warning_count,
-            "records": self.records,
-            "manifest": self.manifest.to_dict() if self.manifest else None,
-        }
 
 
 def verify_bundle(
@@ -96,29 +57,24 @@ def verify_bundle(
     *,
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
-    parallel: bool = True,
+    workers: Workers = "auto",
+    signature: SignatureOptions | None = None,
 ) -> VerifyReport:
-    """Check a bundle completely (see the module docstring); never raises for a bad bundle.
+    """Check a bundle completely (see the module docstring); never raises for a bad bundle,
+    nor for a signature `signature` refuses (both are problems in the report).
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
-    (e.g. to size a progress bar from `manifest.total_records`). `parallel`: decode some of a
-    large bundle's observation frames in a second process where the platform allows
-    (kindling_bundle.parallel.decoder); the report is the same either way."""
+    (e.g. to size a progress bar from `manifest.total_records`). `workers`: processes that
+    decode the observations (kindling_bundle.parallel.choose_workers); the report is the same
+    whatever the number."""
+    workers = check_workers(workers)
     report = VerifyReport(source=source_label(src))
     try:
-        with BundleReader(src) as reader:
-            _Verifier(reader, report, progress).run(on_manifest, parallel)
-    except BundleError as exc:
-        report.problem(str(exc))
+        with BundleReader(src, signature=signature) as reader:
+            _Verifier(reader, report, progress).run(on_manifest, workers)
+    except (BundleError, SignatureError) as exc:
+        report.failed(exc)
     return report
-
-
-Decoded = tuple[list[Record], list[RecordError | BundleError]]
-_Pending = tuple[bytes | memoryview, Decoded | None]
-"""A frame's payload, and its records and problems if decoded here (None: at the helper)."""
-
-MAX_PENDING = IN_FLIGHT + 2
-"""Frames read ahead of the oldest frame still at the helper, at most (their records in memory)."""
 
 
 @dataclass
@@ -126,7 +82,7 @@ class _Tally:
     """One member's running counts while its frames are applied in order."""
 
     decoder: RecordDecoder
-    where: str
+    member: str
     count: int = 0
     valid: int = 0
     clean: bool = True
@@ -137,28 +93,28 @@ class _Verifier:
         self, reader: BundleReader, report: VerifyReport, progress: ProgressCallback | None
     ):
         self.reader = reader
-        self.label = reader.label
         self.report = report
         self.progress = progress
         self.complete: dict[str, bool] = dict.fromkeys(ENTITY_TYPES, False)
         self.records_done = 0
         self.bytes_done = 0
-        self.helper: FrameHelper | None = None
+        self.child: DecoderChild | None = None
 
-    def run(self, on_manifest: Callable[[Manifest], None] | None, parallel: bool) -> None:
+    def run(self, on_manifest: Callable[[Manifest], None] | None, workers: Workers) -> None:
         manifest = self.report.manifest = self.reader.read_manifest()
+        self.report.signer = self.reader.signer
         expected = {entry.entity: entry.records for entry in manifest.entities}
-        self.rules = rules_for(  # an increment's records may refer to its base (section 14)
+        self.rules = rules_for(  # an increment's records may refer to its base (section 15)
             manifest, "the bundle", trusted=self.complete.__getitem__, expected=expected
         )
-        observations = expected.get("observations", 0)
-        if parallel and observations >= PARALLEL_MIN_ROWS and parallel_available():
-            self.helper = FrameHelper()  # forked before any thread of ours starts
+        # Forked before the reader starts its threads (read-ahead, SHA-256).
+        if choose_workers(workers, expected.get("observations", 0)) > 1:
+            self.child = DecoderChild()
         try:
             self._members(manifest, on_manifest)
         finally:
-            if self.helper is not None:
-                self.helper.close()
+            if self.child is not None:
+                self.child.close()
 
     def _members(self, manifest: Manifest, on_manifest: Callable[[Manifest], None] | None) -> None:
         self.reader.zstd.start_read_ahead()
@@ -169,11 +125,16 @@ class _Verifier:
         seen: list[str] = []
         while (header := self.reader.next_member()) is not None:
             member = self.reader.member(header)
+            if header.name == SIGNATURE_MEMBER:
+                self.report.problem("signature", MISPLACED_SIGNATURE)
+                member.close()
+                continue
             entry = entries.get(header.name)
             if entry is None or header.name in seen:
                 repeated = header.name in seen or header.name == MANIFEST_MEMBER
-                kind = "repeated" if repeated else "unknown"
-                self.report.problem(f"{self.label}: {kind} member {header.name!r}")
+                kind: ProblemKind = "repeated-member" if repeated else "unknown-member"
+                detail = f"{'repeated' if repeated else 'unknown'} member {header.name!r}"
+                self.report.problem(kind, detail, member=header.name)
                 member.close()
                 continue
             # In order: after every member seen so far that precedes it in the manifest (a
@@ -182,84 +143,80 @@ class _Verifier:
             in_order = latest is None or order.index(header.name) > order.index(latest)
             if not in_order:
                 self.report.problem(
-                    f"{self.label}: member {header.name} is out of order (after {latest})"
+                    "member-order",
+                    f"member {header.name} is out of order (after {latest})",
+                    member=header.name,
                 )
             seen.append(header.name)
             self._member(member, entry, in_order)
         for name in order:
             if name not in seen:
-                self.report.problem(f"{self.label}: member {name} is missing")
+                self.report.problem("member-missing", f"member {name} is missing", member=name)
         self.reader.finish()
 
     def _member(self, member: MemberData, entry: EntityEntry, in_order: bool) -> None:
-        where, entity = member.where, entry.entity
+        name, entity = entry.member, entry.entity
         if member.header.size != entry.bytes:
             self.report.problem(
-                f"{where}: holds {member.header.size} bytes, the manifest says {entry.bytes}"
+                "member-size",
+                f"holds {member.header.size} bytes, the manifest says {entry.bytes}",
+                member=name,
             )
-        tally = _Tally(RecordDecoder(entity), where)
-        helper = self.helper if entity == "observations" else None
-        pending: deque[_Pending] = deque()  # None: at the helper
-        try:
-            for payload in member.frames():
-                if helper is not None and helper.in_flight < IN_FLIGHT and helper.submit(payload):
-                    pending.append((payload, None))
-                else:
-                    pending.append((payload, tally.decoder.decode_all(payload)))
-                while pending and (
-                    len(pending) > MAX_PENDING
-                    or pending[0][1] is not None
-                    or (helper is not None and helper.answered())
-                ):
-                    self._apply(*pending.popleft(), tally)
-        except FramingError as exc:  # the rest of this member cannot be split into frames
-            self._apply_all(pending, tally)
-            self.report.problem(str(exc))
+        tally = _Tally(RecordDecoder(entity), name)
+        ended: list[BundleError] = []
+        payloads = _until_error(member.frames(), ended)
+        if self.child is not None and entity == "observations":
+            frames = self.child.frames(payloads, tally.decoder)
+        else:
+            frames = decode_here(payloads, tally.decoder)
+        for frame in frames:  # the frames before whatever ended the member are reported first
+            self._apply(frame, tally)
+        if ended and not isinstance(ended[0], FramingError):
+            raise ended[0]
+        if ended:  # the rest of this member cannot be split into frames
+            self.report.failed(ended[0], member=name)
             member.skip_rest()
             tally.clean = False
-        finally:  # the frames before whatever ended the member are reported first
-            self._apply_all(pending, tally)
         count, valid, clean = tally.count, tally.valid, tally.clean
         digest = member.close()  # None after a framing error: the rest was skipped unhashed
         if digest is not None and digest != entry.sha256:
             self.report.problem(
-                f"{where}: SHA-256 {digest} does not match the manifest's {entry.sha256}"
+                "member-sha256",
+                f"SHA-256 {digest} does not match the manifest's {entry.sha256}",
+                member=name,
             )
         if clean and count != entry.records:
             self.report.problem(
-                f"{where}: holds {count} records, the manifest says {entry.records}"
+                "member-count",
+                f"holds {count} records, the manifest says {entry.records}",
+                member=name,
             )
         self.report.records[entity] = valid
         self.complete[entity] = clean and in_order
 
-    def _apply_all(self, pending: deque[_Pending], tally: _Tally) -> None:
-        while pending:
-            self._apply(*pending.popleft(), tally)
-
-    def _apply(self, payload: bytes | memoryview, decoded: Decoded | None, tally: _Tally) -> None:
+    def _apply(self, frame: Decoded | Vouched, tally: _Tally) -> None:
         """Report one frame's problems and check its records, in member order."""
-        if decoded is None:  # at the helper: the id hashes of a clean frame, or None
-            assert self.helper is not None
-            hashes = self.helper.answer()
-            if hashes is not None:
-                tally.count += len(hashes)
-                tally.valid += len(hashes)
-                if self.rules.clear_new_ids(tally.decoder.entity, hashes):
-                    self.rules.add_ids(tally.decoder.entity, hashes)
-                else:
-                    self._check(tally.decoder.decode(payload), tally.where)
-                self._progress(len(hashes), payload)
-                return
-        if decoded is None or decoded[1]:  # (again) here, numbering records from the right index
-            decoded = tally.decoder.decode_all(payload, tally.count)
-        records, problems = decoded
+        entity = tally.decoder.entity
+        if isinstance(frame, Vouched):
+            hashes = list(map(hash, frame.ids))
+            tally.count += len(hashes)
+            tally.valid += len(hashes)
+            if self.rules.clear_new_ids(entity, hashes):
+                self.rules.add_ids(entity, hashes)
+            else:
+                self._check(tally.decoder.decode(frame.payload), tally.member)
+            self._progress(len(hashes), frame.payload)
+            return
+        records, problems = frame.records, frame.problems
+        if problems:  # decoded again, numbering records from their index in the member
+            records, problems = tally.decoder.decode_all(frame.payload, tally.count)
         for problem in problems:
-            self.report.problem(f"{tally.where}: {problem}")
+            self.report.invalid(problem, member=tally.member)
             tally.clean = False
         tally.count += len(records) + sum(1 for p in problems if not isinstance(p, BundleError))
         tally.valid += len(records)
-        self._check(records, tally.where)
-        self._progress(len(records), payload)
+        self._check(records, tally.member)
+        self._progress(len(records), frame.payload)
 
     def _progress(self, records: int, payload: bytes | memoryview) -> None:
         self.records_done += records
@@ -267,15 +224,23 @@ class _Verifier:
         if self.progress is not None:
             self.progress(self.records_done, self.bytes_done)
 
-    def _check(self, records: list[Record], where: str) -> None:
+    def _check(self, records: list[Record], member: str) -> None:
         rules = self.rules
         if rules.clear_run(records):
             rules.add_run(records)
             return
         for record in records:
             for breach in rules.check(record):
-                if breach.warning:
-                    self.report.warning(f"{where}: {breach.text}")
-                else:
-                    self.report.problem(f"{where}: {breach.text}")
+                self.report.breach(breach, member=member)
             rules.add(record)
+
+
+def _until_error(
+    frames: Iterator[bytes | memoryview], ended: list[BundleError]
+) -> Iterator[bytes | memoryview]:
+    """The frames, up to a BundleError that ends them, which goes into `ended` (so that the
+    frames before it, some maybe at the child, are applied before it is reported or raised)."""
+    try:
+        yield from frames
+    except BundleError as exc:
+        ended.append(exc)

@@ -1,20 +1,18 @@
-"""Decoding observation frames in a second process while this one decodes others (verify).
+"""Decoding a member's frames for verify: in this process, or partly in a forked child.
 
-Verify is bound by Python work per record on one core: at 1,000,000 observations decoding and
-checking the records took ~2.7 s of ~4.7 s. Here a forked child takes some of the observation
-frames: it decodes and checks them exactly as `RecordDecoder.decode_all` does in this process,
-and answers each with the hashes of its records' ids, which is all the record rules need of a
-clean run of observations (`RecordRules.clear_new_ids`). A frame with any problem is answered
-"not clean", and this process decodes it itself, so every message is the one it would have
-written alone. The child is forked before any thread starts (verify forks it right after the
-manifest), shares nothing but two pipes and a ring of shared memory, and leaves through
-`os._exit` (multiprocessing's fork start). It is used on Linux only, for at least
-forking.PARALLEL_MIN_ROWS observations; a child that dies costs only speed: its frames are
-decoded here.
+Verify is bound by Python work per record on one core, most of it decoding and validating
+records. `DecoderChild` takes some observation frames off this process: the child decodes and
+checks each exactly as `RecordDecoder.decode_all` does here and answers with its records' ids,
+which is all the record rules need of a clean run of observations
+(`RecordRules.clear_new_ids`). A frame with any problem is answered "not clean" and decoded here,
+so every message is the one this process would have written alone. A child that dies costs
+only speed: its frames are decoded here.
 
-Frames travel through the ring, not a pipe: a frame is copied once into shared memory and the
-pipe carries only where it is. Through a pipe, each frame was copied twice and the sender waited
-while the child's receiving thread waited for the GIL: 0.13 s of 0.7 s at 200,000 observations.
+Ids cross the process boundary as text: the rules hash them here, with this process's hash, so
+nothing depends on the child sharing its hash seed.
+
+Frames travel through a ring of shared memory that only this process writes: a frame is copied
+once, and the pipe carries only where it is.
 """
 
 from __future__ import annotations
@@ -22,66 +20,148 @@ from __future__ import annotations
 import contextlib
 import gc
 import mmap
-import multiprocessing
-import struct
-from array import array
 from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+import msgspec
+
+from kindling_bundle.errors import BundleError, RecordError
 from kindling_bundle.format.record_frames import RecordDecoder
+from kindling_bundle.parallel.forking import pipe, start_child
+from kindling_bundle.records import Record
+
+Payload = bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A frame decoded in this process: its valid records, and a problem per bad record (or one
+    for a frame that is no array of records)."""
+
+    payload: Payload
+    records: list[Record]
+    problems: list[RecordError | BundleError]
+
+
+@dataclass(frozen=True, slots=True)
+class Vouched:
+    """A frame the child decoded and found clean: the ids of its records, in order."""
+
+    payload: Payload
+    ids: list[str]
+
+
+def decode_here(payloads: Iterable[Payload], decoder: RecordDecoder) -> Iterator[Decoded]:
+    """Every frame decoded in this process, in order: the one-process way."""
+    for payload in payloads:
+        yield Decoded(payload, *decoder.decode_all(payload))
+
+
+class _Where(msgspec.Struct, array_like=True):
+    """To the child: a frame's place in the ring."""
+
+    start: int
+    size: int
+
+
+class _Clean(msgspec.Struct, tag=True, array_like=True):
+    """From the child: the frame is clean; its ids."""
+
+    ids: list[str]
+
+
+class _NotClean(msgspec.Struct, tag=True, array_like=True):
+    """From the child: decode the frame here, it has problems to report."""
+
 
 IN_FLIGHT = 4
 """Frames handed to the child and not yet answered, at most: the child finds the next frame
 waiting when it finishes one."""
 
-RING_BYTES = 4 << 20
-"""Shared memory for frames in flight: four of the usual 1024-record frames (~0.6 MiB). A frame
-that finds no room (one bigger than the ring, or while bigger ones are in flight) is decoded
-here. Only the pages used become resident."""
+MAX_PENDING = IN_FLIGHT + 2
+"""Frames read ahead of the oldest frame still at the child, at most (their records in memory)."""
 
-_WHERE = struct.Struct("<II")  # a frame's offset in the ring, and its length
-_CLEAN = b"\x01"
+RING_BYTES = 4 << 20
+"""Shared memory for frames in flight: four of the usual 1024-record frames and room to spare.
+A frame that finds no room (one bigger than the ring, or while bigger ones are in flight) is
+decoded here. Only the pages used become resident."""
+
 _ID = attrgetter("id")
 
 
-class FrameHelper:
-    """A child process that decodes observation frames on request, answering in order."""
+class DecoderChild:
+    """A forked child that decodes observation frames on request, answering in order."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        child_frames, self._frames = context.Pipe(duplex=False)
-        self._answers, child_answers = context.Pipe(duplex=False)
+        child_frames, self._frames = pipe()
+        self._answers, child_answers = pipe()
         self._ring = mmap.mmap(-1, RING_BYTES)  # anonymous and shared: the child sees writes
-        self._child = context.Process(
-            target=_child,
-            args=(child_frames, child_answers, self._ring),
-            name="kbundle-decoder",
-            daemon=True,
+        self._child = start_child(
+            _child,
+            (child_frames, child_answers, self._ring),
+            "kbundle-decoder",
+            parent_ends=(self._frames, self._answers),
         )
-        self._child.start()
         child_frames.close()
         child_answers.close()
         self._spans: deque[tuple[int, int]] = deque()  # (start, end) in the ring, oldest first
-        self.alive = True
+        self._where = msgspec.msgpack.Encoder()
+        self._answer = msgspec.msgpack.Decoder(_Clean | _NotClean)
+        self._alive = True
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._spans)
+    def frames(
+        self, payloads: Iterable[Payload], decoder: RecordDecoder
+    ) -> Iterator[Decoded | Vouched]:
+        """Every frame, in order: Vouched if the child found it clean, else Decoded here. A frame
+        is handed over while fewer than IN_FLIGHT are at the child and the ring has room; the
+        others are decoded here at once, while the child works."""
+        pending: deque[Decoded | Payload] = deque()  # a Payload is at the child
+        for payload in payloads:
+            if len(self._spans) < IN_FLIGHT and self._submit(payload):
+                pending.append(payload)
+            else:
+                pending.append(Decoded(payload, *decoder.decode_all(payload)))
+            while pending and (
+                len(pending) > MAX_PENDING or isinstance(pending[0], Decoded) or self._answered()
+            ):
+                yield self._in_order(pending.popleft(), decoder)
+        while pending:
+            yield self._in_order(pending.popleft(), decoder)
 
-    def submit(self, payload: bytes | memoryview) -> bool:
-        """Hand a frame's payload over; False if there is no room for it in the ring now, or if
-        the child is gone (decode it here)."""
-        start = self._room(len(payload)) if self.alive else None
+    def close(self) -> None:
+        self._frames.close()  # the end: the child exits
+        self._child.join(timeout=5)
+        if self._child.exitcode is None:
+            self._child.terminate()
+            self._child.join()
+        self._answers.close()
+        self._ring.close()
+
+    def _in_order(self, frame: Decoded | Payload, decoder: RecordDecoder) -> Decoded | Vouched:
+        if isinstance(frame, Decoded):
+            return frame
+        self._spans.popleft()
+        answer = self._receive()
+        if isinstance(answer, _Clean):
+            return Vouched(frame, answer.ids)
+        return Decoded(frame, *decoder.decode_all(frame))
+
+    def _submit(self, payload: Payload) -> bool:
+        """Hand a frame over; False if there is no room for it in the ring now, or if the child
+        is gone (decode it here)."""
+        start = self._room(len(payload)) if self._alive else None
         if start is None:
             return False
         end = start + len(payload)
         self._ring[start:end] = payload
         try:
-            # 8 bytes: never waits, so the child can always send answers that are not read yet
-            self._frames.send_bytes(_WHERE.pack(start, len(payload)))
+            # a few bytes: never waits, so the child can always send answers not read yet
+            self._frames.send_bytes(self._where.encode(_Where(start, len(payload))))
         except OSError:  # BrokenPipeError and the like: the child died
-            self.alive = False
+            self._alive = False
             return False
         self._spans.append((start, end))
         return True
@@ -97,51 +177,29 @@ class FrameHelper:
             return newest
         return 0 if size <= oldest else None
 
-    def answered(self) -> bool:
+    def _answered(self) -> bool:
         """True if the oldest frame handed over has its answer waiting (or never will)."""
-        return not self.alive or self._answers.poll()
+        return not self._alive or self._answers.poll()
 
-    def answer(self) -> list[int] | None:
-        """The id hashes of the oldest frame handed over, or None: decode it here (it is not
-        clean, or the child died)."""
-        self._spans.popleft()
-        if not self.alive:
-            return None
-        try:
-            data = self._answers.recv_bytes()
-        except (EOFError, OSError):
-            self.alive = False
-            return None
-        if data[:1] != _CLEAN:
-            return None
-        hashes = array("q")
-        hashes.frombytes(memoryview(data)[1:])
-        return hashes.tolist()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # a child that died needs no end marker
-            self._frames.send_bytes(b"")  # the end: the child exits
-        self._frames.close()
-        self._child.join(timeout=5)
-        if self._child.exitcode is None:
-            self._child.terminate()
-            self._child.join()
-        self._answers.close()
-        self._ring.close()
+    def _receive(self) -> _Clean | _NotClean:
+        if self._alive:
+            try:
+                return self._answer.decode(self._answers.recv_bytes())
+            except (EOFError, OSError):
+                self._alive = False
+        return _NotClean()
 
 
 def _child(frames: Any, answers: Any, ring: mmap.mmap) -> None:
-    """Decode and check each frame received until the end marker (or the parent is gone)."""
+    """Decode and check each frame received until the end (or until the parent is gone)."""
     gc.disable()  # nothing decoded here holds a cycle, and each frame is dropped after use
     decoder = RecordDecoder("observations")
     view = memoryview(ring)
-    try:
-        while where := frames.recv_bytes():
-            start, size = _WHERE.unpack(where)
-            records, problems = decoder.decode_all(view[start : start + size])
-            if problems:
-                answers.send_bytes(b"")
-            else:
-                answers.send_bytes(_CLEAN + array("q", map(hash, map(_ID, records))).tobytes())
-    except (EOFError, OSError):  # the parent is gone
-        return
+    where_of = msgspec.msgpack.Decoder(_Where)
+    encoder = msgspec.msgpack.Encoder()
+    with contextlib.suppress(EOFError, OSError):  # the end, or the parent is gone
+        while True:
+            where = where_of.decode(frames.recv_bytes())
+            records, problems = decoder.decode_all(view[where.start : where.start + where.size])
+            answer = _NotClean() if problems else _Clean(list(map(_ID, records)))
+            answers.send_bytes(encoder.encode(answer))

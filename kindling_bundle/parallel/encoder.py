@@ -1,32 +1,24 @@
-"""Encoding the observations member in a second process, while this one does the rest.
+"""Encoding a whole export's observations in two processes: the split.
 
-A whole export (no filter) splits the observations (ReadingChild, at the end of this module): a
-child with its own connection, on the same snapshot, reads and encodes the first part while this
-process encodes the rest and the other members; reading rows is no longer this process's alone.
-Otherwise (a filtered export, or when something was committed as the child started, so it
-could not share the snapshot) ChildEncoder is used, as described next.
+An export is bound by Python work per record on one core: reading rows, making records,
+checking and encoding them. In the split a forked child, with a connection of its own on the
+export's snapshot, reads and encodes the first CHILD_SHARE of the observations into a spool of
+its own, while this process reads and encodes the rest and then the other members into its
+spool. The split falls on a multiple of FRAME_RECORDS, so the frames are those of one pass and
+the bundle is byte for byte the one a single process writes.
 
-An export is bound by Python work per record, on one core: at 200,000 observations, reading the
-rows (SQLite and row tuples) took ~0.5 s and turning them into records, checking and encoding
-them ~1.1 s more. Here this process reads rows and hands them over, FRAME_RECORDS rows per
-message, to a forked child, which makes the records, checks and encodes them exactly as
-`FrameEncoder` does in-process (the same frames: batches have the same boundaries), writes the
-frames into the spool and hashes them. On two cores both halves run at once.
+The child's connection must see the export's snapshot. A second connection opened before the
+snapshot (`Witness`) tells whether anything was committed since; the child fixes its snapshot,
+says it is ready, and is told to start only if nothing was. Otherwise (or if the child cannot
+open the database) it is stopped before it has written anything, and the export runs in one
+process.
 
-The child has more to do per row than this process, so whenever it has no room for the next
-batch this process does something useful instead of waiting: a step of the `spare` work it was
-given (the writer encodes the other members, one frame a step), or, with none left, that batch
-itself, handing over the finished frames, which the child only hashes and writes in their place.
-
-The child is forked, so it shares the spool's file descriptor and needs no imports; it never
-touches the SQLite connection (forked SQLite handles must not be used) and leaves through
-`os._exit` (multiprocessing's fork start), so nothing of this process is finalized twice. It is
-used on Linux only (fork elsewhere is unsafe or missing), for exports of at least
-forking.PARALLEL_MIN_ROWS observations; otherwise, and whenever `parallel` is off, encoding stays
-here.
-A child that fails reports the error it met, raised here as it would have been in-process (and
-before an error of a later row met here); a child that dies is a BundleError; this process dying
-closes the pipe and the child exits.
+Errors come in foreign-key order, as in one process: the child's part comes first, so an error
+met here waits for the child's word, and the child's own error, if it met one, is raised instead:
+the same class and message as in one process (the child runs the same export stream and the
+same member loop). A child that dies is a BundleError. Messages between the processes are typed
+(msgspec Structs); each process writes only its own spool (the child reads this process's, to
+hash the whole member, only once it is complete).
 """
 
 from __future__ import annotations
@@ -34,353 +26,322 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import multiprocessing
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import msgspec
 
-from kindling_bundle.db.rows import observation_from_row
-from kindling_bundle.errors import BundleError, RecordError, StoreError
-from kindling_bundle.format.manifest import FRAME_RECORDS
-from kindling_bundle.format.record_frames import FrameEncoder
-from kindling_bundle.parallel.forking import pipe_has_room, widen_pipe
+from kindling_bundle.db.connection import KindlingConnection, open_store
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    SplitKey,
+    export_observations_before,
+    export_observations_from,
+    observation_split,
+    snapshot,
+)
+from kindling_bundle.errors import BundleError, KindlingBundleError, RecordError, StoreError
+from kindling_bundle.format.manifest import ENTITY_MEMBERS, FRAME_RECORDS, EntityEntry
+from kindling_bundle.ops.spool import (
+    Member,
+    Progress,
+    encode_member,
+    encode_members,
+    flush_spool,
+)
+from kindling_bundle.parallel.forking import pipe, start_child
+from kindling_bundle.records import Record
 
-_ROWS = b"R"  # then a MessagePack array of rows
-_FRAMES = b"F"  # then a 4-byte record count and the frames, encoded here
-_END = b""
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+CHILD_SHARE = 0.62
+"""Of a whole export's observations, the part the child reads and encodes: about what balances
+the work, since this process also encodes capsules, summaries and pins (bench/RESULTS.md)."""
+
+_READ_BYTES = 1 << 20
 
 
-class _Child:
-    """What both children share: the forked process, its reports (progress, then one last word)
-    and what that last word means. Subclasses start `_child` with a pipe `_commands` to it."""
+class Witness:
+    """A second connection that tells whether anything was committed since it was opened (a
+    connection's `PRAGMA data_version` does not move inside a read transaction, so the export's
+    own connection cannot tell)."""
 
-    _child: Any
-    _commands: Any
-    _reports_in: Any
+    def __init__(self, conn: KindlingConnection):
+        self._conn = conn
+        self._first = self._version()
 
-    def __init__(
-        self,
-        spool: BinaryIO,
-        on_error: Callable[[RecordError], RecordError],
-        progress: Callable[[int, int], None],
-    ):
-        spool.flush()  # the child appends at the shared file offset
-        self._spool = spool
-        self._on_error = on_error
-        self._progress = progress
-        self._result: tuple[Any, ...] | None = None
+    @classmethod
+    def for_split(cls, conn: KindlingConnection, selection: ExportStreamOptions) -> Witness | None:
+        """A witness for a split of this export, opened before its snapshot; None where there
+        can be no split: a filtered export, a caller's transaction (its snapshot may predate
+        commits a new connection would see), no database file, or one that cannot be opened."""
+        path = getattr(conn, "path", "")
+        if selection.filtered or conn.in_transaction:
+            return None
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        try:
+            return cls(open_store(path, readonly=True))
+        except (KindlingBundleError, sqlite3.Error):
+            return None
 
-    def pump(self) -> None:
-        """Pass on the progress reported so far, without waiting."""
-        while self._result is None and self._reports_in.poll():
-            self._take(self._receive())
+    def unchanged(self) -> bool:
+        return self._version() == self._first
 
     def close(self) -> None:
-        """Stop the child if it is still at work (after an error here, or if not started)."""
-        self._commands.close()
-        if self._result is None or self._result[0] != "done":
-            self._child.terminate()
-        self._child.join()
-        self._reports_in.close()
+        self._conn.close()
 
-    def _last_word(self) -> tuple[int, int, str]:
-        """Wait for the child's last report: (records, bytes, SHA-256), or the error it met."""
-        while self._result is None:
-            self._take(self._receive())
-        self._child.join()
-        self._spool.seek(0, os.SEEK_END)
-        return _outcome(self._result, self._on_error)
-
-    def _receive(self) -> tuple[Any, ...]:
-        try:
-            return self._reports_in.recv()
-        except EOFError:  # the child is gone without a last report
-            return ("died",)
-
-    def _take(self, report: tuple[Any, ...]) -> None:
-        if report[0] == "progress":
-            self._progress(report[1], report[2])
-        else:
-            self._result = report
+    def _version(self) -> int:
+        self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a fresh look
+        version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
 
-class ChildEncoder(_Child):
-    """Observation rows in, the observations member out: encoded by a forked child into the
-    spool (at the shared file offset, so nothing else may write to it until `finish`).
-
-    `send` hands the rows over (see the module docstring for `spare`); `pump` passes on the
-    child's progress without waiting; `finish` waits for the child's last word: (records, bytes,
-    SHA-256), or the error it met. `on_error` names a row that is not a valid record (as the
-    export stream would); `progress(records, bytes)` is called with the member's running totals.
-    """
-
-    def __init__(
-        self,
-        spool: BinaryIO,
-        on_error: Callable[[RecordError], RecordError],
-        progress: Callable[[int, int], None],
-    ):
-        super().__init__(spool, on_error, progress)
-        context = multiprocessing.get_context("fork")
-        child_rows, self._commands = context.Pipe(duplex=False)  # (receiving end, sending end)
-        self._reports_in, child_reports = context.Pipe(duplex=False)
-        self._child = context.Process(
-            target=_child,
-            args=(child_rows, child_reports, spool),
-            name="kbundle-encoder",
-            daemon=True,
-        )
-        self._child.start()
-        child_rows.close()
-        child_reports.close()
-        self._pipe_bytes = widen_pipe(self._commands.fileno())  # room for a batch of rows or two
-        self._rows = msgspec.msgpack.Encoder()
-        self._frames = FrameEncoder("observations")
-
-    def send(self, batches: Iterable[list[tuple]], spare: Iterator[object]) -> None:
-        """Hand every batch of rows over (FRAME_RECORDS rows each, the last maybe fewer: the
-        child frames each batch alone, so the frames are those of one FrameEncoder pass), then
-        the end marker; stops early if the child has stopped. While the child has no room for a
-        batch, take a step of `spare`, or with none left encode the batch here. A bad row met
-        here raises its error once the child has had its say about the rows before it."""
-        for batch in batches:
-            if not self._hand_over(batch, spare):
-                return
-        self._send(_END)
-
-    def raise_if_stopped(self) -> None:
-        """Raise the error the child stopped with, if it has stopped already."""
-        self.pump()
-        if self._result is not None:
-            _outcome(self._result, self._on_error)
-
-    def finish(self) -> tuple[int, int, str]:
-        """Wait for the child's last word: (records, bytes, SHA-256) of the member written."""
-        return self._last_word()
-
-    def _hand_over(self, batch: list[tuple], spare: Iterator[object]) -> bool:
-        data = _ROWS + self._rows.encode(batch)
-        while not pipe_has_room(self._commands.fileno(), self._pipe_bytes, len(data)):
-            if next(spare, _END) is _END:
-                data = self._encoded_here(batch)
-                break
-        return self._send(data)
-
-    def _encoded_here(self, batch: list[tuple]) -> bytes:
-        try:
-            records = list(map(observation_from_row, batch))
-        except RecordError as exc:
-            raise self._after_the_child(self._on_error(exc)) from None
-        try:
-            frames = list(self._frames.frames(records))
-        except RecordError as exc:
-            raise self._after_the_child(exc) from None
-        count = sum(records_in_frame for records_in_frame, _ in frames)
-        return b"".join([_FRAMES, count.to_bytes(4, "big"), *(frame for _, frame in frames)])
-
-    def _after_the_child(self, error: RecordError) -> RecordError:
-        """`error`, met here, once the child has written the rows before it: its own error, if it
-        met one, is raised instead (it comes first in the member)."""
-        self._send(_END)
-        self.finish()
-        return error
-
-    def _send(self, data: bytes) -> bool:
-        self.pump()  # drained before every send, so the child never blocks on reports
-        if self._result is not None:
-            return False
-        try:
-            self._commands.send_bytes(data)
-        except (BrokenPipeError, ConnectionResetError):  # the child stopped: its report says why
-            return False
-        return True
+class _Start(msgspec.Struct, tag=True):
+    """To the child: nothing was committed since its snapshot; encode."""
 
 
-def _outcome(
-    result: tuple[Any, ...] | None, on_error: Callable[[RecordError], RecordError]
-) -> tuple[int, int, str]:
-    if result is None or result[0] == "died":
-        raise BundleError("the encoding process ended without a word (killed?)")
-    kind, *detail = result
-    if kind == "done":
-        return detail[0], detail[1], detail[2]
-    if kind in ("row", "record"):
-        message, entity, record_id = detail
-        error = RecordError(message, entity=entity, record_id=record_id)
-        raise on_error(error) if kind == "row" else error
-    if kind == "os":
-        raise OSError(*detail)
-    if kind == "store":
-        raise StoreError(detail[0])
-    raise BundleError(f"the encoding process failed: {detail[0]}")
+class _Finish(msgspec.Struct, tag=True):
+    """To the child: this process's part is the first `side_bytes` of its spool; hash it."""
+
+    side_bytes: int
 
 
-class _Written:
-    """The member as a child writes it: frames into the spool, hashed and counted, each batch
-    reported to the parent."""
-
-    def __init__(self, spool: BinaryIO, reports_out: Any):
-        self._spool = spool
-        self._reports_out = reports_out
-        self._encoder = FrameEncoder("observations")
-        self.sha256 = hashlib.sha256()
-        self.count = self.size = 0
-
-    def rows(self, rows: list[Any]) -> bool:
-        """Make, check, encode and write the records of these rows; False if a row is not a
-        valid record (reported: the child stops there, as the export stream would)."""
-        try:
-            records = list(map(observation_from_row, rows))
-        except RecordError as exc:
-            self._reports_out.send(("row", str(exc), exc.entity, exc.record_id))
-            return False
-        for records_in_frame, frame in self._encoder.frames(records):
-            self.frames(frame, records_in_frame, report=False)
-        self._reports_out.send(("progress", self.count, self.size))
-        return True
-
-    def frames(self, frames: bytes | memoryview, records: int, *, report: bool = True) -> None:
-        self.sha256.update(frames)
-        self._spool.write(frames)
-        self.count += records
-        self.size += len(frames)
-        if report:
-            self._reports_out.send(("progress", self.count, self.size))
-
-    def done(self) -> None:
-        self._spool.flush()
-        self._reports_out.send(("done", self.count, self.size, self.sha256.hexdigest()))
+class _Ready(msgspec.Struct, tag=True):
+    """From the child: its snapshot is fixed."""
 
 
-def _failure(exc: BaseException, path: str = "") -> tuple[Any, ...]:
-    """A child's last report for an error that stopped it (see `_outcome`)."""
-    if isinstance(exc, RecordError):
-        return ("record", str(exc), exc.entity, exc.record_id)
-    if isinstance(exc, OSError):
-        return ("os", exc.errno, exc.strerror)
-    if isinstance(exc, sqlite3.Error):  # in the words of export._records
-        from kindling_bundle.db.connection import describe_error
+class _Encoded(msgspec.Struct, tag=True):
+    """From the child: its running totals, after each frame."""
 
-        reason = describe_error(exc)
-        reason = reason[:200] + "..." if len(reason) > 200 else reason
-        return ("store", f"{path}: cannot export observations: {reason}")
-    return ("failed", f"{type(exc).__name__}: {exc}")
+    records: int
+    bytes: int
 
 
-def _child(rows_out: Any, reports_out: Any, spool: BinaryIO) -> None:
-    """Make, check, encode and write records from the rows received (or write the frames
-    received), until the end marker (or until the parent is gone: then there is no one to
-    report to)."""
-    try:
-        gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
-        written = _Written(spool, reports_out)
-        rows = msgspec.msgpack.Decoder()
-        while data := rows_out.recv_bytes():
-            if data[:1] == _FRAMES:
-                written.frames(memoryview(data)[5:], int.from_bytes(data[1:5], "big"))
-            elif not written.rows(rows.decode(memoryview(data)[1:])):
-                return
-        written.done()
-    except EOFError:
-        return
-    except BaseException as exc:
-        reports_out.send(_failure(exc))
+class _Done(msgspec.Struct, tag=True):
+    """From the child: its part (records, bytes) and the SHA-256 of the whole member."""
+
+    records: int
+    bytes: int
+    sha256: str
 
 
-class ReadingChild(_Child):
-    """The first part of a whole export's observations, read and encoded by a forked child with
-    a connection of its own, while this process encodes the rest and the other members.
+class _Failed(msgspec.Struct, tag=True):
+    """From the child: the error that stopped it, to be raised here as it was raised there."""
 
-    Reading SQLite rows was half of this process's work, so the child reads its part itself:
-    `sql` and `params` select it (export.observations_before_sql). Its connection must see the
-    same snapshot as this process's: the child opens its statement and reports `ready`; the
-    caller then checks that nothing was committed meanwhile and says `start` (or `stop`). Frames
-    go into `spool` as ChildEncoder's do; `finish(side_bytes)` has the child hash the rest of the
-    member too (the first `side_bytes` of `side`, written here), for the member's SHA-256."""
+    error: Literal["RecordError", "StoreError", "BundleError"]
+    message: str
+    entity: str | None = None
+    record_id: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Failed:
+        if isinstance(exc, RecordError):
+            return cls("RecordError", str(exc), exc.entity, exc.record_id)
+        if isinstance(exc, StoreError):
+            return cls("StoreError", str(exc))
+        if isinstance(exc, BundleError):
+            return cls("BundleError", str(exc))
+        return cls("BundleError", f"the encoding process failed: {type(exc).__name__}: {exc}")
+
+    def exception(self) -> KindlingBundleError:
+        if self.error == "RecordError":
+            return RecordError(self.message, entity=self.entity, record_id=self.record_id)
+        return StoreError(self.message) if self.error == "StoreError" else BundleError(self.message)
+
+
+_FromChild = _Ready | _Encoded | _Done | _Failed
+
+
+class SplitChild:
+    """The child of a split, seen from this process: started on `key`, writing `spool`;
+    `on_progress(records, bytes)` gets its running totals (passed on by `poll` and `finish`).
+    `side` is this process's spool, which the child hashes once told its part is complete."""
 
     def __init__(
         self,
-        path: str,
-        sql: str,
-        params: dict[str, Any],
+        conn: KindlingConnection,
+        key: SplitKey,
+        label: str,
         spool: BinaryIO,
         side: BinaryIO,
-        on_error: Callable[[RecordError], RecordError],
-        progress: Callable[[int, int], None],
+        on_progress: Callable[[int, int], None],
     ):
-        super().__init__(spool, on_error, progress)
-        context = multiprocessing.get_context("fork")
-        child_commands, self._commands = context.Pipe(duplex=False)
-        self._reports_in, child_reports = context.Pipe(duplex=False)
-        self._child = context.Process(
-            target=_reading_child,
-            args=(path, sql, params, spool, side.fileno(), child_commands, child_reports),
-            name="kbundle-reader",
-            daemon=True,
+        self._reports, child_reports = pipe()
+        child_commands, self._commands = pipe()
+        self._spool = spool
+        self._child = start_child(
+            _split_child,
+            (conn.path, key, label, spool, side.fileno(), child_commands, child_reports),
+            "kbundle-encoder",
+            parent_ends=(self._reports, self._commands),
         )
-        self._child.start()
         child_commands.close()
         child_reports.close()
+        self._encode = msgspec.msgpack.Encoder()
+        self._decode = msgspec.msgpack.Decoder(_FromChild)
+        self._last: _Done | _Failed | None = None
+        self._on_progress = on_progress
+        self.key = key
 
-    def ready(self) -> bool:
-        """Wait until the child's statement has its snapshot: True; False if it stopped."""
-        report = self._receive()
-        if report[0] == "ready":
-            return True
-        self._result = report
-        return False
+    def __enter__(self) -> SplitChild:
+        return self
 
-    def start(self) -> None:
-        self._commands.send("start")
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def finish(self, side_bytes: int) -> tuple[int, int, str]:
-        """(records, bytes of its part, SHA-256 of the whole member), or the error it met."""
+    def shares(self, witness: Witness) -> bool:
+        """Wait until the child has its snapshot; tell it to start if it is this process's
+        (nothing was committed since the witness opened). False: it will write nothing."""
+        if not isinstance(self._receive(), _Ready) or not witness.unchanged():
+            return False
+        self._send(_Start())
+        return True
+
+    def poll(self) -> None:
+        """Pass on the progress reported so far, without waiting."""
+        while self._last is None and self._reports.poll():
+            self._take(self._receive())
+
+    def finish(self, side_bytes: int) -> _Done:
+        """The child's last word once it has hashed `side_bytes` of this process's spool; the
+        error it met is raised."""
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
-            self._commands.send(side_bytes)
-        return self._last_word()
+            self._send(_Finish(side_bytes))
+        while self._last is None:
+            self._take(self._receive())
+        if isinstance(self._last, _Failed):
+            raise self._last.exception()
+        return self._last
+
+    def close(self) -> None:
+        """Stop the child if it is still at work (after an error here, or if never started)."""
+        self._commands.close()
+        if not isinstance(self._last, _Done):
+            self._child.terminate()
+        self._child.join()
+        self._reports.close()
+
+    @property
+    def spool(self) -> BinaryIO:
+        return self._spool
+
+    def _send(self, message: _Start | _Finish) -> None:
+        self._commands.send_bytes(self._encode.encode(message))
+
+    def _receive(self) -> _FromChild:
+        try:
+            return self._decode.decode(self._reports.recv_bytes())
+        except EOFError:  # gone without a last word
+            return _Failed("BundleError", "the encoding process ended without a word (killed?)")
+
+    def _take(self, report: _FromChild) -> None:
+        if isinstance(report, _Encoded):
+            self._on_progress(report.records, report.bytes)
+        elif isinstance(report, _Done | _Failed):
+            self._last = report
 
 
-def _reading_child(
+def split_key(conn: KindlingConnection) -> SplitKey | None:
+    """Where a whole export's observations split (see CHILD_SHARE), or None for too few to
+    split. Inside the export's snapshot."""
+    (total,) = conn.execute("SELECT count(*) FROM observations").fetchone()
+    index = round(total * CHILD_SHARE / FRAME_RECORDS) * FRAME_RECORDS
+    return observation_split(conn, index) if 0 < index < total else None
+
+
+def encode_split(
+    conn: KindlingConnection,
+    child: SplitChild,
+    spool: BinaryIO,
+    label: str,
+    progress: Progress,
+) -> list[Member]:
+    """Every member, while `child` (started, sharing this snapshot) encodes the first part of
+    the observations: this process encodes the rest of them, then the other members."""
+    progress.watch = child.poll
+    others = [entity for entity in ENTITY_MEMBERS if entity != "observations"]
+    streams: dict[str, Iterator[Record]] = {
+        "observations": export_observations_from(conn, child.key)
+    }
+    streams |= {entity: ENTITY_EXPORTS[entity](conn, ExportStreamOptions()) for entity in others}
+    try:
+        rest, *members = encode_members(spool, streams, label, progress)
+    except KindlingBundleError:
+        child.finish(0)  # the child's own error comes first, if it met one
+        raise
+    finally:  # finalize unfinished streams while the connection is open, not at GC
+        for stream in streams.values():
+            stream.close()  # type: ignore[attr-defined]
+    flush_spool(spool, label)  # the child reads it
+    done = child.finish(rest.entry.bytes)
+    entry = EntityEntry(
+        entity="observations",
+        member=ENTITY_MEMBERS["observations"],
+        records=done.records + rest.entry.records,
+        bytes=done.bytes + rest.entry.bytes,
+        sha256=done.sha256,
+    )
+    pieces = ((child.spool, 0, done.bytes), *rest.pieces)
+    return [Member(entry, pieces), *members]
+
+
+def _split_child(
     path: str,
-    sql: str,
-    params: dict[str, Any],
+    key: SplitKey,
+    label: str,
     spool: BinaryIO,
     side: int,
     commands: Any,
-    reports_out: Any,
+    reports: Any,
 ) -> None:
-    """Open a connection, read and encode the rows `sql` selects, then hash the rest of the
-    member from `side` when told how long it is."""
-    from kindling_bundle.db.connection import open_store
+    """In the child: open the database, fix the snapshot and say so; when told to start, encode
+    the observations before `key` into `spool`, then hash this process's part from `side`."""
+    encoder = msgspec.msgpack.Encoder()
 
+    def report(message: _FromChild) -> None:
+        reports.send_bytes(encoder.encode(message))
+
+    totals = [0, 0]
+
+    def on_frame(records: int, size: int) -> None:
+        totals[0] += records
+        totals[1] += size
+        report(_Encoded(*totals))
+
+    gc.disable()  # rows and records hold no cycles, and each frame is dropped after use
     try:
-        gc.disable()  # rows and records hold no cycles, and each batch is dropped after use
         conn = open_store(path, readonly=True)
-        conn.execute("BEGIN")
-        cursor = conn.execute(sql, params)
-        batch = cursor.fetchmany(FRAME_RECORDS)  # the snapshot is fixed by the first read
-        reports_out.send(("ready",))
-        if commands.recv() != "start":
-            return
-        written = _Written(spool, reports_out)
-        while batch:
-            if not written.rows(batch):
-                return
-            batch = cursor.fetchmany(FRAME_RECORDS)
-        spool.flush()
-        remaining = commands.recv()
-        offset = 0
-        while offset < remaining:
-            chunk = os.pread(side, min(remaining - offset, 1 << 20), offset)
-            if not chunk:
-                raise OSError(5, "the second spool file ended early")
-            written.sha256.update(chunk)
-            offset += len(chunk)
-        written.done()
-    except EOFError:
+        with snapshot(conn):
+            report(_Ready())
+            msgspec.msgpack.decode(commands.recv_bytes(), type=_Start)  # or the end: stopped
+            sha256 = hashlib.sha256()
+            records = export_observations_before(conn, key)
+            part = encode_member(spool, "observations", records, label, on_frame, sha256)
+            flush_spool(spool, label)
+            finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
+            _hash_file(side, finish.side_bytes, sha256, label)
+            report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest()))
+    except (EOFError, BrokenPipeError):  # the parent stopped the child, or is gone
         return
     except BaseException as exc:
-        reports_out.send(_failure(exc, path))
+        with contextlib.suppress(OSError):  # unless the parent is gone meanwhile
+            report(_Failed.of(exc))
+
+
+def _hash_file(fd: int, size: int, sha256: _Hash, label: str) -> None:
+    """Hash the first `size` bytes of the file `fd` (read at offsets: no shared file position)."""
+    offset = 0
+    while offset < size:
+        try:
+            chunk = os.pread(fd, min(size - offset, _READ_BYTES), offset)
+        except OSError as exc:
+            raise BundleError(f"{label}: cannot read the spool file: {exc.strerror}") from None
+        if not chunk:
+            raise BundleError(f"{label}: the spool file ended early")
+        sha256.update(chunk)
+        offset += len(chunk)

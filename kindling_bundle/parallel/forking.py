@@ -1,46 +1,61 @@
-"""When a second process is worth forking, for export (parallel.encoder) and verify
-(parallel.decoder): on Linux, where fork is safe and cheap, and for enough observations to repay
-starting it. Kept apart from both so that verify imports none of export's modules (SQLite)."""
+"""Forking a worker process, in one place: when it is safe, and how.
+
+A forked child starts as a copy of this process with one thread, the one that forked. Any other
+thread's locks (fsspec's I/O thread of an `s3://` session, a caller's thread, our own SHA-256 or
+zstd threads) would be copied in whatever state they were, and a child that touches them can
+hang. So a child is forked only on Linux (fork elsewhere is missing or unsafe), only while this
+process runs no other thread, and only with two usable CPUs (on one, two processes take turns
+and gain nothing).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
+import os
 import sys
-
-from kindling_bundle.format.manifest import FRAME_RECORDS
-
-PARALLEL_MIN_ROWS = 16 * FRAME_RECORDS
-"""Below this many observations, starting a process costs more than it saves."""
-
-
-def parallel_available() -> bool:
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+import threading
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 
-PIPE_BYTES = 1 << 20
-"""The buffer asked for a pipe to a child (Linux's limit for unprivileged processes): a message
-sent while the child is busy is taken in whole instead of waiting for the child to read it."""
+def fork_is_safe() -> bool:
+    """True if a worker may be forked now (see the module docstring)."""
+    return (
+        sys.platform.startswith("linux")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and len(os.sched_getaffinity(0)) >= 2
+    )
 
 
-def widen_pipe(fd: int) -> int:
-    """Grow a pipe's buffer to PIPE_BYTES if allowed; its size in bytes, or 0 if unknown."""
-    import fcntl  # Linux only, as the children
+def start_child(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    name: str,
+    *,
+    parent_ends: tuple[Any, ...] = (),
+) -> BaseProcess:
+    """Fork a daemon child that runs `target(*args)` and leaves through `os._exit`
+    (multiprocessing's fork start), so nothing of this process is finalized twice. Callers
+    decide with `parallel.choose_workers` just before: with no other thread running, none can
+    start in between but ours.
 
-    for command, argument in ((fcntl.F_SETPIPE_SZ, PIPE_BYTES), (fcntl.F_GETPIPE_SZ, 0)):
-        with contextlib.suppress(OSError):
-            return fcntl.fcntl(fd, command, argument)
-    return 0
+    `parent_ends`: this process's ends of the pipes to the child. The child closes its copies
+    first, so that it reads the end of a pipe once this process closes its end, or dies."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_run, args=(target, args, parent_ends), name=name, daemon=True
+    )
+    child.start()
+    return child
 
 
-def pipe_has_room(fd: int, pipe_bytes: int, size: int) -> bool:
-    """True if a `size`-byte message (multiprocessing's send_bytes) fits in the pipe now, so
-    sending it cannot wait for the child to read: waiting is worse than doing the work here."""
-    import fcntl
-    import termios
+def _run(target: Callable[..., None], args: tuple[Any, ...], parent_ends: tuple[Any, ...]) -> None:
+    for end in parent_ends:
+        end.close()
+    target(*args)
 
-    try:
-        waiting = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
-    except OSError:
-        return False
-    return waiting + size + 4 <= pipe_bytes  # 4: send_bytes's length header
+
+def pipe() -> tuple[Any, Any]:
+    """A one-way pipe for messages to or from a child: (receiving end, sending end)."""
+    return multiprocessing.get_context("fork").Pipe(duplex=False)

@@ -4,15 +4,22 @@
 
 For each vector NAME this writes NAME.kbundle (the bundle), NAME.manifest.json (its first member)
 and NAME.records.json (every record of the bundle as JSON, in bundle order, for implementers
-checking their decoder). tests/test_golden.py rebuilds them and requires the same bytes, so a
-change to the writer that changes bundles cannot pass unnoticed. Regenerate only when the
-format changes intentionally, and say so in the commit and the changelog.
+checking their decoder); for a signed vector also NAME.manifest.sig (its signature member).
+tests/test_golden.py rebuilds them and requires the same bytes, so a change to the writer that
+changes bundles cannot pass unnoticed. Regenerate only when the format changes intentionally,
+and say so in the commit and the changelog.
 
 The dataset exercises every entity type and relationship: a capsule whose observation order is
 not time order, a workflow-node capsule, an open capsule, summaries (with and without
 evidence), pins on an observation and on a summary (one expiring, one without a reason), a
 redacted observation, equal timestamps (ordered by id), unicode, floats, nested provenance and
 a `taskId` scope.
+
+The `signed` vector is `full` signed (format 1.1) with test-signing-key, an ed25519 key made for
+this purpose and published here: it proves nothing about anyone, and no allowed_signers file
+outside the tests should ever list it. ed25519 signatures are deterministic, so the vector is
+reproducible; `allowed_signers` here lists the key, for checking the vector with
+`ssh-keygen -Y verify -f allowed_signers -I test-vector@kindling-bundle.invalid -n kindling-bundle`.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from kindling_bundle import (
     Observation,
     Pin,
     Summary,
+    load_signing_key,
     open_bundle,
     open_store,
     write_bundle,
@@ -49,6 +57,7 @@ from kindling_bundle.db.writes import (
 )
 
 HERE = Path(__file__).resolve().parent
+TEST_SIGNING_KEY = HERE / "test-signing-key"  # a published TEST key: never trust it
 CREATED_AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 TOOL_VERSION = "0.1.0"  # the tool version the vectors' manifests name, whatever the package's is
 
@@ -176,16 +185,18 @@ PINS = [
     ),
 ]
 
-VECTORS: dict[str, tuple[bool, ExportStreamOptions]] = {
-    # name: (fill the database with the dataset?, export filter)
-    "full": (True, ExportStreamOptions()),
+VECTORS: dict[str, tuple[bool, ExportStreamOptions, bool]] = {
+    # name: (fill the database with the dataset?, export filter, signed with the test key?)
+    "full": (True, ExportStreamOptions(), False),
     "filtered": (
         True,
         ExportStreamOptions(
             scope_ids={"sessionId": "sess-1"}, from_ts=T + 2500, include_references=True
         ),
+        False,
     ),
-    "empty": (False, ExportStreamOptions()),
+    "empty": (False, ExportStreamOptions(), False),
+    "signed": (True, ExportStreamOptions(), True),
 }
 
 
@@ -208,7 +219,8 @@ def fill(path: Path) -> None:
 
 def build(name: str, dest: Path) -> None:
     """Write vector `name` as a bundle at `dest`, exactly as the stored vector was made."""
-    filled, export_filter = VECTORS[name]
+    filled, export_filter, signed = VECTORS[name]
+    sign_key = load_signing_key(TEST_SIGNING_KEY) if signed else None
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "vector.db"
         if filled:
@@ -218,7 +230,8 @@ def build(name: str, dest: Path) -> None:
         conn = open_store(db, readonly=True)
         try:
             with mock.patch.object(kindling_bundle, "__version__", TOOL_VERSION):
-                write_bundle(conn, dest, BundleOptions(filter=export_filter, created_at=CREATED_AT))
+                opts = BundleOptions(filter=export_filter, created_at=CREATED_AT, sign_key=sign_key)
+                write_bundle(conn, dest, opts)
         finally:
             conn.close()
 
@@ -232,18 +245,20 @@ def records_json(bundle: Path) -> bytes:
     return json.dumps(out, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
-def manifest_json(bundle: Path) -> bytes:
-    """The manifest member's exact bytes (read with tarfile and zstandard)."""
+def member_bytes(bundle: Path, member: str) -> bytes:
+    """A member's exact bytes (read with tarfile and zstandard)."""
     tar_bytes = zstandard.ZstdDecompressor().decompressobj().decompress(bundle.read_bytes())
     with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-        return tar.extractfile("manifest.json").read()
+        return tar.extractfile(member).read()
 
 
 def main() -> int:
     for name in VECTORS:
         bundle = HERE / f"{name}.kbundle"
         build(name, bundle)
-        (HERE / f"{name}.manifest.json").write_bytes(manifest_json(bundle))
+        (HERE / f"{name}.manifest.json").write_bytes(member_bytes(bundle, "manifest.json"))
+        if VECTORS[name][2]:
+            (HERE / f"{name}.manifest.sig").write_bytes(member_bytes(bundle, "manifest.sig"))
         (HERE / f"{name}.records.json").write_bytes(records_json(bundle))
         print(f"wrote {bundle.relative_to(HERE.parent.parent)} ({bundle.stat().st_size} bytes)")
     return 0

@@ -1,9 +1,9 @@
 """The archive commands (`backup`, `snapshots`, `restore`, `forget`) and the increment side of
 `export --base`, `import` and `verify` with several bundles (issue 21).
 
-Kept apart from cli.py, which registers these commands and hands over to the functions below,
-so that the two can evolve separately; the helpers shared with every command (output, options,
-the target database) come from cli.py.
+`transfer` and `checks` hand over to the functions below when a bundle is an increment or there
+are several; the helpers shared with every command come from `output`, `options` and
+`transfer`.
 """
 
 from __future__ import annotations
@@ -13,27 +13,27 @@ from typing import Any, BinaryIO
 
 import click
 
-from kindling_bundle.cli import (
+from kindling_bundle.cli.options import (
     EpochMs,
-    Output,
-    _Failed,
-    _Hashing,
-    _print_integrity,
-    _progress,
-    _target_database,
     common_options,
     db_option,
     default_db,
     iso,
+    load_sign_key,
+    progress_for,
     storage_options,
 )
+from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
+from kindling_bundle.cli.transfer import Hashing, signing_key_to_dict, target_database
 from kindling_bundle.errors import StoreError
 from kindling_bundle.format.increment import IncrementManifest, Link, file_sha256, short
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_destination
 from kindling_bundle.ops.archive import DEFAULT_FULL_EVERY
 from kindling_bundle.ops.increment import ChainReport
 from kindling_bundle.ops.retention import Policy
+from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES
 
 # --- export --base ----------------------------------------------------------------------------
@@ -44,27 +44,25 @@ def export_increment(
     bases: tuple[str, ...],
     out_target: str,
     *,
-    created_at: int | None,
-    level: int,
+    opts: BundleOptions,
     out: Output,
     storage_options: dict[str, Any],
 ) -> None:
-    """`export --base PREV ... OUT`: write the increment of the database on PREV to OUT."""
+    """`export --base PREV ... OUT`: write the increment of the database on PREV to OUT
+    (signed when `opts.sign_key` is set)."""
     from kindling_bundle.db.connection import open_store
     from kindling_bundle.ops.archive import base_chain
     from kindling_bundle.ops.increment import write_increment
     from kindling_bundle.ops.state import pending_cache
-    from kindling_bundle.ops.write import BundleOptions
 
-    opts = BundleOptions(created_at=created_at, level=level)
     chain = base_chain(bases, storage_options)
     conn = open_store(db_path, readonly=True)
     cache = pending_cache()
-    progress = _progress("export", out)
+    progress = progress_for("export", out)
     try:
         if out_target == STDIO or is_url(out_target):
             with open_destination(out_target, storage_options=storage_options) as stream:
-                hashing: Any = _Hashing(stream)
+                hashing: Any = Hashing(stream)
                 manifest = write_increment(
                     conn, hashing, chain, opts, progress=progress, cache=cache
                 )
@@ -92,6 +90,9 @@ def export_increment(
         err=to_stderr,
     )
     out.line(f"bundle: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    key = opts.sign_key
+    if key is not None:
+        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
     out.result(
         {
             "database": str(db_path),
@@ -101,12 +102,24 @@ def export_increment(
             "format": "bundle",
             "counts": written,
             "manifest": manifest.to_dict(),
+            "signature": signing_key_to_dict(key),
         },
         err=to_stderr,
     )
 
 
 # --- import of increments and chains --------------------------------------------------------
+
+
+def refuse_trust_policy(signature: SignatureOptions, what: str) -> None:
+    """Importing increments and chains checks any signature they carry, but cannot yet hold
+    them to an allowed_signers file: refused, rather than importing what the policy would not."""
+    if signature.allowed_signers is not None or signature.require_signature:
+        raise click.UsageError(
+            f"--allowed-signers and --require-signature (or $KINDLING_BUNDLE_ALLOWED_SIGNERS) "
+            f"are not supported yet for importing {what}: check each bundle with "
+            "`verify --allowed-signers FILE` first, then import without them"
+        )
 
 
 def import_increment(
@@ -128,7 +141,7 @@ def import_increment(
     else:
         ref = bundle_ref(target, storage_options, sha256=None)
         prepared = None
-    with _target_database(db_path, dry_run) as conn:
+    with target_database(db_path, dry_run) as conn:
         if prepared is None:
             report = apply_increments(conn, [ref], dry_run=dry_run)
         else:
@@ -156,7 +169,7 @@ def import_chain(
     refs = [bundle_ref(target, storage_options) for target in targets]
     from_full = _starts_with_full(refs[0])
     refs, links = prepare_chain(refs, full=from_full)
-    with _target_database(db_path, dry_run) as conn:
+    with target_database(db_path, dry_run) as conn:
         if from_full:
             report = restore_chain(conn, refs, dry_run=dry_run, prepared=links)
         else:
@@ -182,7 +195,7 @@ def _print_chain(out: Output, report: ChainReport, db_path: Path, dry_run: bool)
         if report.full is not None:
             inserted += report.full.counts[entity].inserted
         out.line(f"  {entity:<14}{inserted:>10,}{counts.overwritten:>13,}{counts.deleted:>9,}")
-    _print_integrity(out, report.integrity)
+    print_integrity(out, report.integrity)
     out.result(report.to_dict())
 
 
@@ -199,26 +212,35 @@ def _describe(link: Link) -> str:
 # --- verify of several bundles ----------------------------------------------------------------
 
 
-def verify_bundles(targets: tuple[str, ...], out: Output, storage_options: dict[str, Any]) -> None:
-    """`verify IN1 IN2 ...`: each bundle completely, and the links of the chain they form."""
+def verify_bundles(
+    targets: tuple[str, ...],
+    out: Output,
+    storage_options: dict[str, Any],
+    signature: SignatureOptions | None = None,
+) -> None:
+    """`verify IN1 IN2 ...`: each bundle completely (its signature as `signature` says), and
+    the links of the chain they form."""
     from kindling_bundle.ops.increment import bundle_ref, verify_chain
 
-    result = verify_chain([bundle_ref(target, storage_options) for target in targets])
+    refs = [bundle_ref(target, storage_options) for target in targets]
+    result = verify_chain(refs, signature=signature)
     for report in result.reports:
         total = sum(report.records.values())
         if report.ok:
             out.line(f"{report.source}: valid ({total:,} records)")
-        for problem in report.problems:
-            named = problem.startswith(report.source)
-            out.line(problem if named else f"{report.source}: {problem}")
+            print_signature(out, report.signer)
+        for message in report.messages:
+            out.line(
+                message if message.startswith(report.source) else f"{report.source}: {message}"
+            )
     for problem in result.link_problems:
-        out.line(problem)
+        out.line(str(problem))
     if result.ok:
         out.line(f"chain of {len(targets)}: links valid")
     out.result(result.to_dict())
     if not result.ok:
-        problems = [p for r in result.reports for p in r.problems] + result.link_problems
-        raise _Failed(f"not a valid chain: {problems[0]} ({len(problems)} problems in all)")
+        problems = [*(p for r in result.reports for p in r.problems), *result.link_problems]
+        raise Failed(f"not a valid chain: {problems[0]} ({len(problems)} problems in all)")
 
 
 # --- the archive commands ---------------------------------------------------------------------
@@ -240,8 +262,14 @@ def verify_bundles(targets: tuple[str, ...], out: Output, storage_options: dict[
     type=EpochMs(),
     help="The snapshot's time [default: $SOURCE_DATE_EPOCH, else now]; after the latest's.",
 )
-# --recipient and --sign-key (issues 18 and 19) will be options here, passed through
-# ops.archive.backup to ops.archive._write_snapshot, where the bundle's bytes leave.
+@click.option(
+    "--sign-key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False),
+    help="Sign the snapshot with an SSH key, as `export --sign-key` does.",
+)
+# --recipient (issue 18) will be an option here, passed through ops.archive.backup to
+# ops.archive._write_snapshot, where the bundle's bytes leave.
 @storage_options
 @common_options
 def backup(
@@ -250,6 +278,7 @@ def backup(
     full_every: int,
     level: int,
     created_at: int | None,
+    sign_key: str | None,
     out: Output,
     storage_options: dict[str, Any],
 ) -> None:
@@ -261,10 +290,11 @@ def backup(
     from kindling_bundle.ops.archive import Archive
     from kindling_bundle.ops.archive import backup as run_backup
 
+    key = load_sign_key(sign_key) if sign_key is not None else None  # before any work
     db_path = db or default_db()
     archive = Archive(url, storage_options)
     conn = open_store(db_path, readonly=True)
-    progress = _progress("backup", out)
+    progress = progress_for("backup", out)
     try:
         report = run_backup(
             conn,
@@ -273,6 +303,7 @@ def backup(
             level=level,
             created_at=created_at,
             progress=progress,
+            sign_key=key,
         )
     finally:
         progress.close()
@@ -285,7 +316,16 @@ def backup(
         f"  {snap.kind}: {snap.size:,} bytes; "
         + ", ".join(f"{n:,} {entity}" for entity, n in written.items())
     )
-    out.result({**report.to_dict(), "written": written, "manifest": manifest.to_dict()})
+    if key is not None:
+        out.line(f"  signed with {key.key_type} key {key.fingerprint} ({key.path})")
+    out.result(
+        {
+            **report.to_dict(),
+            "written": written,
+            "manifest": manifest.to_dict(),
+            "signature": signing_key_to_dict(key),
+        }
+    )
 
 
 @click.command()
@@ -343,7 +383,7 @@ def restore(
     if db.exists():
         raise StoreError(f"{db}: already exists; restore makes a new database")
     archive = Archive(url, storage_options)
-    progress = _progress("restore", out)
+    progress = progress_for("restore", out)
     try:
         with create_store(db) as conn:
             snap, report = run_restore(archive, snapshot, conn, progress=progress)
@@ -394,4 +434,3 @@ def forget(
 
 
 ARCHIVE_COMMANDS = (backup, snapshots, restore, forget)
-

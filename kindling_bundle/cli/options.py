@@ -1,0 +1,202 @@
+"""Options and parameter types shared by the commands."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kindling_bundle.cli.output import Output
+from kindling_bundle.errors import SigningKeyError
+from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.io.progress import Progress
+from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
+from kindling_bundle.io.storage import STDIO, parse_storage_options
+from kindling_bundle.parallel import Workers
+
+ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
+"""A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--json, --quiet and --debug on every command; hands the command an `out` keyword."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+    @click.option("--debug", is_flag=True, help="Show a traceback on unexpected errors.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, as_json: bool, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+        click.get_current_context().meta["kindling_bundle.debug"] = debug
+        return func(*args, out=Output(as_json=as_json, quiet=quiet), **kwargs)
+
+    return wrapper
+
+
+def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage-option and --endpoint-url for bundles given as URLs; hands `storage_options`."""
+
+    @click.option(
+        "--storage-option",
+        "option_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="For a URL: an option of its storage backend, e.g. profile=backup or anon=true "
+        "(repeatable). Credentials also come from the environment and AWS config files.",
+    )
+    @click.option(
+        "--endpoint-url",
+        metavar="URL",
+        help="For an s3:// URL: an S3-compatible endpoint such as MinIO [default: "
+        "$AWS_ENDPOINT_URL, else AWS].",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, option_pairs: tuple[str, ...], endpoint_url: str | None, **kwargs: Any
+    ) -> Any:
+        try:
+            options = parse_storage_options(option_pairs)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--storage-option'") from None
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+        return func(*args, storage_options=options, **kwargs)
+
+    return wrapper
+
+
+def signature_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--allowed-signers and --require-signature on commands that read bundles; hands the
+    command a `signature` keyword (SignatureOptions), its allowed_signers file already parsed.
+
+    $KINDLING_BUNDLE_ALLOWED_SIGNERS names the file when --allowed-signers does not, and
+    requires a signature whenever it is set: a policy set once in a shell profile or CI."""
+
+    @click.option(
+        "--allowed-signers",
+        "allowed_signers",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="Whom to trust: an allowed_signers file as git and ssh-keygen use (principals, "
+        "namespaces=, valid-after, valid-before). A signed bundle's signer must be in it "
+        f"[default: ${ALLOWED_SIGNERS_ENV}].",
+    )
+    @click.option(
+        "--require-signature",
+        is_flag=True,
+        help="Refuse a bundle that is not signed by a key in the allowed_signers file (and any "
+        f"input that cannot be signed). Implied when ${ALLOWED_SIGNERS_ENV} is set.",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, allowed_signers: str | None, require_signature: bool, **kwargs: Any
+    ) -> Any:
+        from_env = os.environ.get(ALLOWED_SIGNERS_ENV) or None
+        path = allowed_signers or from_env
+        require = require_signature or from_env is not None
+        if require and path is None:
+            raise click.UsageError(
+                f"--require-signature needs --allowed-signers FILE (or ${ALLOWED_SIGNERS_ENV}): "
+                "a signature proves nothing without a list of whom to trust"
+            )
+        trust = AllowedSigners.load(path) if path is not None else None
+        signature = SignatureOptions(allowed_signers=trust, require_signature=require)
+        return func(*args, signature=signature, **kwargs)
+
+    return wrapper
+
+
+def load_sign_key(path: str) -> SigningKey:
+    """The key of `export --sign-key`, its passphrase (if it has one) asked on the terminal."""
+
+    def ask(name: str) -> str:
+        if not sys.stdin.isatty():
+            raise SigningKeyError(
+                f"{name}: the key is passphrase-protected and there is no terminal to ask for "
+                f"the passphrase (add the key to ssh-agent and give --sign-key {name}.pub)"
+            )
+        answer: str = click.prompt(
+            f"Passphrase for {name}", hide_input=True, err=True, default="", show_default=False
+        )
+        return answer
+
+    return load_signing_key(path, passphrase=ask)
+
+
+class EpochMs(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """Epoch milliseconds, or an ISO-8601 date/time (UTC unless it names an offset)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither epoch milliseconds nor an ISO-8601 date/time", param, ctx
+            )
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO-8601 UTC time, for people."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_db() -> Path:
+    """Where Kindling keeps its database: $KINDLING_DB, else ~/.kindling/kindling.db."""
+    return Path(os.environ.get("KINDLING_DB") or Path.home() / ".kindling" / "kindling.db")
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--db, defaulting as Kindling does: $KINDLING_DB, else ~/.kindling/kindling.db."""
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Kindling database [default: $KINDLING_DB, else ~/.kindling/kindling.db].",
+    )(func)
+
+
+def workers_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--workers auto|N: the processes that `what` (kindling_bundle.parallel.choose_workers)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> Workers:
+        if value == "auto":
+            return "auto"
+        number: int = click.IntRange(min=1)(value, param, ctx)
+        return number
+
+    return click.option(
+        "--workers",
+        default="auto",
+        show_default=True,
+        metavar="auto|N",
+        callback=parse,
+        help=f"Processes that {what}: auto (two for a large bundle, where forking is safe) or N.",
+    )
+
+
+def progress_for(label: str, out: Output) -> Progress:
+    return Progress(label, enabled=None if not out.quiet else False)
+
+
+def source_name(target: str) -> str | None:
+    """How messages name an input: as given, except standard input (its stream says <stdin>)."""
+    return None if target == STDIO else target

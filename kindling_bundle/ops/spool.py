@@ -1,0 +1,140 @@
+"""Members encoded into spool files before the archive is written (ops.write says why).
+
+`encode_member` is the one loop that turns an entity's records into a member's frames: the
+writer runs it for every member, and so does an export's worker process (parallel.encoder) for
+its part of the observations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from kindling_bundle.errors import BundleError
+from kindling_bundle.format.manifest import ENTITY_MEMBERS, EntityEntry, ProgressCallback
+from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.io.storage import check_local_destination
+from kindling_bundle.records import Record
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+Piece = tuple[BinaryIO, int, int]
+"""Where some of a member's bytes are: (spool, offset, size)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member encoded into spools: its manifest entry, and where its bytes are, in order."""
+
+    entry: EntityEntry
+    pieces: tuple[Piece, ...]
+
+
+@contextlib.contextmanager
+def spool_file(dest: str | os.PathLike[str] | BinaryIO, label: str) -> Iterator[BinaryIO]:
+    """An anonymous temporary file beside a path destination (same filesystem, and not a RAM
+    disk by accident), or in TMPDIR for a stream destination."""
+    directory = None
+    if isinstance(dest, str | os.PathLike):  # refused now, not after the records are encoded
+        check_local_destination(dest, label=label)
+        directory = Path(dest).parent
+    try:  # entered just below, outside this try (whose except is about creating it)
+        spool = tempfile.TemporaryFile(dir=directory, prefix=".kbundle-spool-")  # noqa: SIM115
+    except OSError as exc:
+        raise BundleError(f"{label}: cannot create a temporary file: {exc.strerror}") from None
+    with spool:
+        yield spool
+
+
+class Progress:
+    """Records and bytes encoded so far, over every member (a worker's too), for `progress`."""
+
+    def __init__(self, callback: ProgressCallback | None):
+        self._callback = callback
+        self._records = self._bytes = 0
+        self._worker_records = self._worker_bytes = 0
+        self.watch: Callable[[], None] | None = None
+        """Called at each frame encoded here: a worker's reports are taken then."""
+
+    def add(self, records: int, size: int) -> None:
+        self._records += records
+        self._bytes += size
+        if self.watch is not None:
+            self.watch()
+        self._report()
+
+    def worker(self, records: int, size: int) -> None:
+        """A worker's running totals."""
+        self._worker_records, self._worker_bytes = records, size
+        self._report()
+
+    def _report(self) -> None:
+        if self._callback is not None:
+            self._callback(self._records + self._worker_records, self._bytes + self._worker_bytes)
+
+
+def encode_member(
+    spool: BinaryIO,
+    entity: str,
+    records: Iterable[Record],
+    label: str,
+    on_frame: Callable[[int, int], None],
+    sha256: _Hash | None = None,
+    member: str | None = None,
+) -> Member:
+    """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
+    into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
+    `member` is the member's name where it is not the entity's (an increment's tombstones)."""
+    offset = spool.tell()
+    if sha256 is None:
+        sha256 = hashlib.sha256()
+    count = size = 0
+    for records_in_frame, frame in FrameEncoder(entity).frames(records):
+        sha256.update(frame)
+        try:
+            spool.write(frame)
+        except OSError as exc:
+            raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+        count += records_in_frame
+        size += len(frame)
+        on_frame(records_in_frame, len(frame))
+    entry = EntityEntry(
+        entity=entity,
+        member=member or ENTITY_MEMBERS[entity],
+        records=count,
+        bytes=size,
+        sha256=sha256.hexdigest(),
+    )
+    return Member(entry, ((spool, offset, size),))
+
+
+def flush_spool(spool: BinaryIO, label: str) -> None:
+    """Write out what the spool holds in its buffer (a full disk may show only now)."""
+    try:
+        spool.flush()
+    except OSError as exc:
+        raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+
+
+def encode_members(
+    spool: BinaryIO,
+    streams: Mapping[str, Iterable[Record]],
+    label: str,
+    progress: Progress,
+    names: Mapping[str, str] = ENTITY_MEMBERS,
+) -> list[Member]:
+    """Each member into the spool, one after the other, in the order of `names` (entity: member
+    name): foreign-key order, or an increment's, tombstones first."""
+    return [
+        encode_member(
+            spool, entity, streams.get(entity, ()), label, progress.add, member=names[entity]
+        )
+        for entity in names
+    ]

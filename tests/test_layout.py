@@ -1,0 +1,68 @@
+"""The package's layering and public API, as ARCHITECTURE.md states them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kindling_bundle
+
+PACKAGE = Path(kindling_bundle.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def test_the_bundle_format_layer_touches_no_database() -> None:
+    # io.ssh_signature is the one named exception: a 1.1 bundle's signature is part of the
+    # format, and checking it needs only `cryptography` (no SQLite, no program run).
+    allowed = (
+        "kindling_bundle.format",
+        "kindling_bundle.errors",
+        "kindling_bundle.records",
+        "kindling_bundle.io.ssh_signature",
+    )
+    for path in sorted((PACKAGE / "format").glob("*.py")):
+        for module in imported_modules(path):
+            assert module.split(".")[0] != "sqlite3", path.name
+            if module.startswith("kindling_bundle"):
+                assert module.startswith(allowed), (path.name, module)
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "cli" or path.name == "__main__.py":
+            continue
+        assert not any(m.startswith("kindling_bundle.cli") for m in imported_modules(path)), path
+
+
+def test_every_public_name_resolves_and_is_typed() -> None:
+    assert len(set(kindling_bundle.__all__)) == len(kindling_bundle.__all__)
+    for name in kindling_bundle.__all__:
+        assert getattr(kindling_bundle, name) is not None, name
+    assert (PACKAGE / "py.typed").is_file()
+
+
+def test_kindling_json_is_read_below_the_operations() -> None:
+    above = ("kindling_bundle.ops", "kindling_bundle.db", "kindling_bundle.parallel")
+    for path in sorted((PACKAGE / "kindling_json").glob("*.py")):
+        for module in imported_modules(path):
+            assert not module.startswith(above), (path.name, module)
+
+
+def test_only_the_sample_writer_touches_the_database() -> None:
+    """The sample's text profiles are pure: only generate.py writes the database."""
+    for path in sorted((PACKAGE / "db" / "sample").glob("*.py")):
+        if path.name in ("__init__.py", "generate.py"):
+            continue
+        for module in imported_modules(path):
+            assert module.split(".")[0] != "sqlite3", path.name
+            if module.startswith("kindling_bundle.db"):
+                assert module.startswith("kindling_bundle.db.sample."), (path.name, module)
