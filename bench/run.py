@@ -13,6 +13,8 @@ output and prose) at 200,000 and 1,000,000 observations, and the small-vocabular
            vs  `zstd -dc out.sql.zst | sqlite3 new.db`
 - verify:  `kindling-bundle verify out.kbundle`  vs  `zstd -dc out.kbundle | sha256sum`
 - size:    out.kbundle  vs  out.sql.zst
+- secrets: `export --scrub` and `scan DB` vs a plain `export` of the same database (issue 20), on
+           the realistic sample of each --scrub-sizes, and the rules' score on the labelled corpus
 
 Each timing is the median of the runs; the ratio is ours / baseline. Peak resident memory of
 each of our commands comes from the kernel (wait4's ru_maxrss of the child). Each dataset's
@@ -21,7 +23,8 @@ index, by fts5vocab) are reported with it. The results, with the machine and dat
 generated part of bench/RESULTS.md (between its markers).
 
     .venv/bin/python bench/run.py                        # the full benchmark
-    .venv/bin/python bench/run.py --sizes 20000 --small-sizes --output -   # a quick look
+    .venv/bin/python bench/run.py --sizes 20000 --small-sizes --scrub-sizes 20000 --output -
+    .venv/bin/python bench/run.py --encryption --sizes 200000  # encrypted vs plain (issue 18)
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ TARGETS = {
     "realistic": {"export": 0.7, "import": 0.8, "verify": 1.3, "size": 0.5},
     "small-vocabulary": {"export": 1.0, "import": 1.0, "verify": 2.0, "size": 1.0},
 }
+# issue 20: at most this many times a plain export; the corpus score, at least / at most
+SCRUB_TARGETS = {"export --scrub": 2.0, "scan": 1.5}
+CORPUS_RECALL, CORPUS_BENIGN_CHANGED = 0.98, 0.01
 MEMORY_LIMIT_MB = 150
 MEMORY_GROWTH = 1.2
 GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
@@ -103,8 +109,9 @@ class SizeResult:
         return TARGETS[self.dataset.text][op]
 
 
-def timed(argv: list[str], *, shell: bool = False) -> Run:
+def timed(argv: list[str], *, shell: bool = False, ok: tuple[int, ...] = (0,)) -> Run:
     """Run a command to completion: its wall time, and the peak RSS of its biggest process.
+    An exit code not in `ok` ends the benchmark.
 
     The peak comes from GNU time when installed, else from wait4. (A child's ru_maxrss counts
     from the fork, so through wait4 a small command reports at least this script's own RSS.)"""
@@ -118,7 +125,7 @@ def timed(argv: list[str], *, shell: bool = False) -> Run:
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        if proc.returncode not in ok:
             shown = argv[0] if shell else " ".join(argv)
             sys.exit(f"bench: `{shown}` failed ({proc.returncode}): {stderr.decode().strip()}")
         peak_kib = int(peak_file.read().split()[-1]) if GNU_TIME else usage.ru_maxrss
@@ -219,6 +226,137 @@ def bench_size(dataset: Dataset, runs: int, work: Path) -> SizeResult:
     return result
 
 
+@dataclass
+class ScrubResult:
+    dataset: Dataset
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def median(self, op: str) -> float:
+        return statistics.median(r.seconds for r in self.runs[op])
+
+    def ratio(self, op: str) -> float:
+        return self.median(op) / self.median("export")
+
+
+def bench_scrub(dataset: Dataset, runs: int, work: Path) -> ScrubResult:
+    """`export --scrub` and `scan` against a plain export of the same database, in turn
+    (scan exits 1 when it finds something, as it does on the realistic sample)."""
+    db, bundle = dataset.path, work / "scrub.kbundle"
+    warm(db)
+    commands = {
+        "export": [str(CLI), "export", "--quiet", "--db", str(db), str(bundle)],
+        "export --scrub": [str(CLI), "export", "--quiet", "--scrub", "--db", str(db), str(bundle)],
+        "scan": [str(CLI), "scan", "--quiet", str(db)],
+    }
+    result = ScrubResult(dataset, {op: [] for op in commands})
+    for i in range(runs):
+        order = list(commands.items())
+        for op, argv in order[i % len(order) :] + order[: i % len(order)]:
+            run = timed(argv, ok=(0, 1))
+            result.runs[op].append(run)
+            print(
+                f"bench: {dataset.label:>26} {op:<15} {run.seconds:7.2f} s {run.peak_mb:7.1f} MB",
+                flush=True,
+            )
+    bundle.unlink(missing_ok=True)
+    return result
+
+
+def scrub_report(results: list[ScrubResult]) -> list[str]:
+    """The secrets section: the corpus score, then each size's times against a plain export."""
+    from kindling_bundle.scrub import Scanner
+    from kindling_bundle.scrub.corpus import evaluate
+
+    scanner = Scanner.load()
+    score = evaluate(scanner)
+    lines = [
+        "",
+        f"Secrets (issue 20): the rules ({scanner.name} {scanner.version}) on the labelled corpus "
+        f"found {score.found} of {score.secrets} planted secrets ({score.recall:.1%}; target >= "
+        f"{CORPUS_RECALL:.0%}: {verdict(score.recall >= CORPUS_RECALL)}) and changed "
+        f"{score.flagged} of {score.benign} benign texts ({score.false_positive_rate:.2%}; "
+        f"target <= {CORPUS_BENIGN_CHANGED:.0%}: "
+        f"{verdict(score.false_positive_rate <= CORPUS_BENIGN_CHANGED)}).",
+    ]
+    if not results:
+        return lines
+    lines += [
+        "",
+        "| sample text | observations | command | time | plain export | ratio | target | met "
+        "| peak memory |",
+        "|---|---:|---|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for r in results:
+        for op, target in SCRUB_TARGETS.items():
+            ratio = r.ratio(op)
+            peak = max(run.peak_mb for run in r.runs[op])
+            lines.append(
+                f"| {r.dataset.text} | {r.dataset.observations:,} | {op} | {r.median(op):.2f} s "
+                f"| {r.median('export'):.2f} s | {ratio:.2f}x | <= {target:.1f}x "
+                f"| {verdict(ratio <= target)} | {peak:.0f} MB |"
+            )
+    return lines
+
+
+ENCRYPTION_TARGET = 1.15
+ENCRYPTION_BEGIN, ENCRYPTION_END = (
+    "<!-- bench:encryption:begin -->",
+    "<!-- bench:encryption:end -->",
+)
+
+
+def bench_encryption(n: int, runs: int, cache: Path, work: Path) -> list[str]:
+    """Encrypted export and verify against the same commands on the plain bundle (issue 18:
+    at most ENCRYPTION_TARGET times as long), to a key `age-keygen` makes for the run: table
+    rows for the report."""
+    db = sample_database(n, cache)
+    warm(db)
+    key = work / "age-key.txt"
+    key.unlink(missing_ok=True)
+    timed(["age-keygen", "-o", str(key)])
+    public = subprocess.run(["age-keygen", "-y", str(key)], capture_output=True, text=True)
+    plain, sealed = work / "plain.kbundle", work / "encrypted.kbundle"
+    export = [str(CLI), "export", "--quiet", "--db", str(db)]
+    commands = {
+        "export": (
+            lambda: timed([*export, str(plain)]),
+            lambda: timed([*export, "-r", public.stdout.strip(), str(sealed)]),
+        ),
+        "verify": (
+            lambda: timed([str(CLI), "verify", "--quiet", str(plain)]),
+            lambda: timed([str(CLI), "verify", "--quiet", "-i", str(key), str(sealed)]),
+        ),
+    }
+    rows = []
+    for op, (without, with_key) in commands.items():
+        times: dict[str, list[float]] = {"plain": [], "encrypted": []}
+        for i in range(runs):
+            order = [("plain", without), ("encrypted", with_key)]
+            for side, command in order if i % 2 == 0 else reversed(order):
+                times[side].append(command().seconds)
+                print(f"bench: {n:>9,} {op:<6} {side:<9} {times[side][-1]:7.2f} s", flush=True)
+        medians = {side: statistics.median(seconds) for side, seconds in times.items()}
+        ratio = medians["encrypted"] / medians["plain"]
+        rows.append(
+            f"| {n:,} | {op} | {medians['encrypted']:.2f} s | {medians['plain']:.2f} s | "
+            f"{ratio:.2f}x | <= {ENCRYPTION_TARGET:.2f}x | {verdict(ratio <= ENCRYPTION_TARGET)} |"
+        )
+    return rows
+
+
+def encryption_report(rows: list[str], runs: int) -> str:
+    header = "| observations | operation | encrypted | plain | encrypted / plain | target | met |"
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {runs} runs a side "
+        "(medians; the sides alternate).",
+        "",
+        header,
+        "|---:|---|---:|---:|---:|---:|:---:|",
+        *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def check_restored(source: Path, restored: Path) -> None:
     """The benchmark means nothing unless our import restored every row."""
     tables = ("observations", "capsules", "capsule_observations", "summaries", "pins")
@@ -256,7 +394,7 @@ def verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def report(results: list[SizeResult], runs: int, elapsed: float) -> str:
+def report(results: list[SizeResult], scrubs: list[ScrubResult], runs: int, elapsed: float) -> str:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Runs per dataset and side: {runs} (medians; ours and the baseline alternate). Whole "
@@ -310,20 +448,21 @@ def report(results: list[SizeResult], runs: int, elapsed: float) -> str:
             f"| {op} | " + " | ".join(f"{p:.0f} MB" for p in peaks) + f" | {growth:.2f}x | "
             f"{verdict(ok)} |"
         )
+    lines += scrub_report(scrubs)
     return "\n".join(lines) + "\n"
 
 
-def write_report(text: str, output: str) -> None:
+def write_report(text: str, output: str, begin: str = BEGIN, end: str = END) -> None:
     if output == "-":
         print(text)
         return
     path = Path(output)
-    previous = path.read_text() if path.exists() else f"# Benchmark results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in previous or END not in previous:
-        sys.exit(f"bench: {path} lacks the {BEGIN} ... {END} markers")
-    head, rest = previous.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    previous = path.read_text() if path.exists() else f"# Benchmark results\n\n{begin}\n{end}\n"
+    if begin not in previous or end not in previous:
+        sys.exit(f"bench: {path} lacks the {begin} ... {end} markers")
+    head, rest = previous.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}")
     print(f"bench: wrote {path}")
 
 
@@ -345,6 +484,14 @@ def main() -> None:
         "[default: 200000]",
     )
     parser.add_argument(
+        "--scrub-sizes",
+        type=int,
+        nargs="*",
+        default=[200_000],
+        help="observations of the realistic samples on which `export --scrub` and `scan` are "
+        "timed against a plain export (none: leave them out) [default: 200000]",
+    )
+    parser.add_argument(
         "--runs",
         type=int,
         default=5,
@@ -353,6 +500,11 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=BENCH / "cache")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"), help="or - for stdout")
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="only compare encrypted export and verify with plain ones (needs age-keygen)",
+    )
     args = parser.parse_args()
     for tool in ("sqlite3", "zstd", "sha256sum"):
         if shutil.which(tool) is None:
@@ -363,12 +515,26 @@ def main() -> None:
     work = args.cache / "work"
     work.mkdir(exist_ok=True)
     compile_bytecode()
+    if args.encryption:
+        rows = [
+            row
+            for n in sorted(args.sizes)
+            for row in bench_encryption(n, args.runs, args.cache, work)
+        ]
+        report_text = encryption_report(rows, args.runs)
+        write_report(report_text, args.output, ENCRYPTION_BEGIN, ENCRYPTION_END)
+        return
     started = time.perf_counter()
     wanted = [("realistic", n) for n in sorted(args.sizes)]
     wanted += [("small-vocabulary", n) for n in sorted(args.small_sizes)]
     datasets = [sample_database(text, n, args.cache) for text, n in wanted]
     results = [bench_size(dataset, args.runs, work) for dataset in datasets]
-    write_report(report(results, args.runs, time.perf_counter() - started), args.output)
+    scrubs = [
+        bench_scrub(sample_database("realistic", n, args.cache), args.runs, work)
+        for n in sorted(args.scrub_sizes)
+    ]
+    elapsed = time.perf_counter() - started
+    write_report(report(results, scrubs, args.runs, elapsed), args.output)
     import incremental  # issue 21: increments and the archive, in a section of their own
 
     incremental.run(args.sizes, min(args.runs, 3), args.cache, args.output)

@@ -2,8 +2,8 @@
 
 The public API. Layers (ARCHITECTURE.md): `format` (the bundle format alone), `kindling_json`
 (Kindling's JSON export format), `db` (everything that touches SQLite), `ops` (one job each,
-composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress)
-and `cli`.
+composed of those), `parallel` (optional worker processes), `io` (paths, streams, URLs, progress,
+the age envelope of encrypted bundles), `scrub` (secret rules and the scanner) and `cli`.
 """
 
 from kindling_bundle.db.connection import open_store
@@ -33,28 +33,46 @@ from kindling_bundle.errors import (
     BadSignatureError,
     BundleError,
     BundleValidationError,
+    CiphertextError,
+    EncryptionError,
+    IdentityError,
     ImportConflictError,
     IntegrityError,
     KindlingBundleError,
     MalformedSignatureError,
     MissingReferenceError,
+    NoIdentityError,
+    NoMatchingIdentityError,
+    RecipientError,
     RecordError,
+    RulesError,
     SignatureError,
     SignatureNamespaceError,
     SignerNotValidError,
     SigningKeyError,
     StorageError,
     StoreError,
+    TruncatedCiphertextError,
     UnknownSignerError,
     UnsignedBundleError,
     UnsupportedVersionError,
 )
 from kindling_bundle.format.increment import IncrementManifest
-from kindling_bundle.format.manifest import Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, open_bundle, read_manifest
+from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
+from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
-from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, SigningKey, load_signing_key
+from kindling_bundle.io.age import (
+    AgeHeader,
+    Identity,
+    Recipient,
+    load_identities,
+    parse_identities,
+    parse_recipient,
+    read_recipients_file,
+)
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sshsig import AllowedSigners, Signer, SigningKey, load_signing_key
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,
@@ -89,9 +107,11 @@ from kindling_bundle.ops.increment import (
     write_increment,
 )
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
+from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.retention import Policy
+from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.state import BundleRef
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
@@ -103,11 +123,13 @@ from kindling_bundle.records import (
     Summary,
     Tombstone,
 )
+from kindling_bundle.scrub import RecordFinding, Scanner, Scrubber
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENTITY_EXPORTS",
+    "AgeHeader",
     "AllowedSigners",
     "AllowedSignersError",
     "Archive",
@@ -121,12 +143,16 @@ __all__ = [
     "Capsule",
     "ChainReport",
     "ChainVerifyReport",
+    "CiphertextError",
     "ConflictStrategy",
     "DanglingReport",
     "DiffReport",
+    "EncryptionError",
     "EntityCounts",
     "ExportStreamOptions",
     "ForgetReport",
+    "Identity",
+    "IdentityError",
     "ImportConflictError",
     "ImportEntityResult",
     "ImportReport",
@@ -141,12 +167,23 @@ __all__ = [
     "Manifest",
     "MergeReport",
     "MissingReferenceError",
+    "NoIdentityError",
+    "NoMatchingIdentityError",
     "Observation",
     "Outcome",
     "Pin",
     "Policy",
     "ProgressCallback",
+    "ReadOptions",
+    "Recipient",
+    "RecipientError",
     "RecordError",
+    "RecordFinding",
+    "RulesError",
+    "ScanReport",
+    "Scanner",
+    "ScrubInfo",
+    "Scrubber",
     "SignatureError",
     "SignatureNamespaceError",
     "SignatureOptions",
@@ -159,6 +196,7 @@ __all__ = [
     "StoreError",
     "Summary",
     "Tombstone",
+    "TruncatedCiphertextError",
     "UnknownSignerError",
     "UnsignedBundleError",
     "UnsupportedVersionError",
@@ -187,15 +225,21 @@ __all__ = [
     "import_summary",
     "kindling_json_to_bundle",
     "list_snapshots",
+    "load_identities",
     "load_signing_key",
     "merge_datasets",
     "open_bundle",
     "open_dataset",
     "open_kindling_json",
     "open_store",
+    "parse_identities",
+    "parse_recipient",
     "read_manifest",
+    "read_recipients_file",
     "restore",
     "restore_chain",
+    "scan_database",
+    "scan_records",
     "snapshot",
     "verify_bundle",
     "verify_chain",

@@ -101,7 +101,7 @@ Record = Observation | Capsule | Summary | Pin
 
 
 class Tombstone(msgspec.Struct, kw_only=True, gc=False):
-    """A record an incremental bundle deletes (spec section 15): which entity, which id."""
+    """A record an incremental bundle deletes (spec section 16): which entity, which id."""
 
     entity: EntityName
     id: str

@@ -473,6 +473,43 @@ def test_cli_failures_are_one_line_and_leave_nothing(
     assert "colour" in line
 
 
+def test_cli_encrypted_backup_to_a_bucket_and_restore(
+    s3_server: S3Server, bucket: str, sample_db: Path, tmp_path: Path, run_cli
+):
+    """Encrypt to your own SSH key and archive to S3 (README's recipe), then restore."""
+    ssh = tmp_path / "id_ed25519"
+    made = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", ssh], capture_output=True
+    )
+    assert made.returncode == 0, made.stderr
+    url = f"s3://{bucket}/nightly/kindling.kbundle"
+    env = cli_env(s3_server)
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    stamp = ["--created-at", "1700000000000"]
+
+    args = ("-R", f"{ssh}.pub", *stamp, url, *endpoint)
+    done = run_cli("export", "--db", sample_db, *args, env=env)
+    assert done.returncode == 0, done.stderr
+    plain = tmp_path / "plain.kbundle"
+    assert run_cli("export", "--db", sample_db, *stamp, plain, env=env).returncode == 0
+    stored = s3_server.fs().cat(url)
+    assert stored.startswith(b"age-encryption.org/v1\n")
+    decrypted = subprocess.run(["age", "-d", "-i", ssh], input=stored, capture_output=True)
+    assert decrypted.stdout == plain.read_bytes()
+
+    done = run_cli("inspect", url, *endpoint, env=env)
+    assert done.returncode == 1
+    assert "encrypted: age, to 1 recipient (ssh-ed25519)" in done.stdout.decode()
+    done = run_cli("verify", "-i", ssh, url, *endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+
+    from_bucket, from_file = tmp_path / "from-bucket.db", tmp_path / "from-file.db"
+    done = run_cli("import", "--db", from_bucket, "-i", ssh, url, *endpoint, env=env)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("import", "--db", from_file, plain, env=env).returncode == 0
+    assert restored(from_bucket) == restored(from_file)
+
+
 # --- one clear line when it cannot work ----------------------------------------------------
 
 

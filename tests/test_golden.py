@@ -20,6 +20,7 @@ import zstandard
 from kindling_bundle import (
     AllowedSigners,
     BundleOptions,
+    ReadOptions,
     SignatureOptions,
     import_bundle,
     open_store,
@@ -143,7 +144,7 @@ def test_signed_vector_is_full_signed_and_openssh_agrees() -> None:
     )
     assert done.returncode == 0 and b"Good" in done.stdout, done.stderr
     trust = SignatureOptions(AllowedSigners.load(signers), require_signature=True)
-    report = verify_bundle(VECTORS_DIR / "signed.kbundle", signature=trust)
+    report = verify_bundle(VECTORS_DIR / "signed.kbundle", options=ReadOptions(signature=trust))
     assert report.ok, report.problems
     assert report.signer is not None
     assert report.signer.principals == ("test-vector@kindling-bundle.invalid",)

@@ -496,7 +496,7 @@ CASES: list[tuple[str, Build, str, str | None]] = [
         None,
     ),
     (
-        "manifest-v2-without-base",  # 2.x is an increment (spec section 15): it names its base
+        "manifest-v2-without-base",  # 2.x is an increment (spec section 16): it names its base
         _manifest(lambda m: m.update(formatVersion="2.0")),
         "missing required field `base`",
         None,
@@ -1091,7 +1091,7 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
     from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
     from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES
-    from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES
+    from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES
 
     spec = (VECTORS.parent / "bundle-format.md").read_text()
     rows = {

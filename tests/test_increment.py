@@ -1,4 +1,4 @@
-"""Incremental bundles (issue 21, spec section 15): what an increment holds, how it is applied,
+"""Incremental bundles (issue 21, spec section 16): what an increment holds, how it is applied,
 and every way a chain can be wrong being refused before anything is written."""
 
 from __future__ import annotations

@@ -21,17 +21,37 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_bundle_format_layer_touches_no_database() -> None:
-    # io.ssh_signature is the one named exception: a 1.1 bundle's signature is part of the
+    # io.sshsig is the one named exception: a 1.1 bundle's signature is part of the
     # format, and checking it needs only `cryptography` (no SQLite, no program run).
     allowed = (
         "kindling_bundle.format",
         "kindling_bundle.errors",
         "kindling_bundle.records",
-        "kindling_bundle.io.ssh_signature",
+        "kindling_bundle.io.sshsig",
     )
     for path in sorted((PACKAGE / "format").glob("*.py")):
         for module in imported_modules(path):
             assert module.split(".")[0] != "sqlite3", path.name
+            if module.startswith("kindling_bundle"):
+                assert module.startswith(allowed), (path.name, module)
+
+
+def test_the_secret_scanner_is_pure() -> None:
+    """scrub/ reads rule files and text, nothing else: export, convert, merge and scan all
+    use it, and a worker process can run it on records it encodes."""
+    allowed = ("kindling_bundle.scrub", "kindling_bundle.errors", "kindling_bundle.records")
+    for path in sorted((PACKAGE / "scrub").glob("*.py")):
+        for module in imported_modules(path):
+            assert module.split(".")[0] not in ("sqlite3", "zstandard"), path.name
+            if module.startswith("kindling_bundle"):
+                assert module.startswith(allowed), (path.name, module)
+
+
+def test_the_age_envelope_stands_alone() -> None:
+    """io/age/ is a leaf: anything of ours may use it, and it uses nothing but the errors."""
+    allowed = ("kindling_bundle.io.age", "kindling_bundle.errors")
+    for path in sorted((PACKAGE / "io" / "age").glob("*.py")):
+        for module in imported_modules(path):
             if module.startswith("kindling_bundle"):
                 assert module.startswith(allowed), (path.name, module)
 

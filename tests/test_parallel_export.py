@@ -292,7 +292,7 @@ def test_the_cli_takes_workers_for_export_and_verify(
     ],
 )
 def test_a_childs_error_crosses_as_the_same_class_and_message(error: Exception) -> None:
-    sent = msgspec.msgpack.encode(encoder._Failed.of(error))
-    raised = msgspec.msgpack.decode(sent, type=encoder._Failed).exception()
+    sent = msgspec.msgpack.encode(forking.ChildFailed.of(error, "encoding"))
+    raised = msgspec.msgpack.decode(sent, type=forking.ChildFailed).exception()
     assert type(raised) is type(error) and str(raised) == str(error)
     assert vars(raised) == vars(error)  # a RecordError's entity and record id too

@@ -190,3 +190,19 @@ def test_frames_of_every_size_share_a_small_ring_without_overwriting(
     with open_bundle(path) as reader:
         in_bundle = [r.id for r in reader.records() if isinstance(r, Observation)]
     assert [i for i in in_bundle if i in set(answered)] == answered and len(answered) > 100
+
+
+def test_no_child_while_another_thread_runs(tmp_path: Path, handed_over: list[int]) -> None:
+    """fsspec's I/O thread (an s3:// source), or any other, would be copied into a forked child
+    in whatever state its locks were: verify stays in one process."""
+    path = _bundle(tmp_path, *_frames({}))
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        threaded = verify_bundle(path, workers=2).to_dict()
+    finally:
+        release.set()
+        other.join()
+    assert handed_over == []
+    assert threaded == verify_bundle(path, workers=1).to_dict() and threaded["ok"]

@@ -33,6 +33,7 @@ from conftest import dump_tables, one_error_line
 from kindling_bundle import (
     AllowedSigners,
     BadSignatureError,
+    ReadOptions,
     SignatureOptions,
     UnknownSignerError,
     UnsignedBundleError,
@@ -40,7 +41,7 @@ from kindling_bundle import (
     open_store,
     read_manifest,
 )
-from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES
+from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES
 
 CREATED_AT = "1767225600000"
 PASSPHRASE = "correct horse battery staple"
@@ -422,10 +423,13 @@ def test_a_principal_narrows_the_trust(
     bundles: dict[str, Path], signers: Path, keys: dict[str, Path]
 ) -> None:
     trust = AllowedSigners.load(signers)
-    with open_bundle(bundles["signed"], signature=SignatureOptions(trust, True, "alice")) as r:
+    alice = ReadOptions(signature=SignatureOptions(trust, True, "alice"))
+    with open_bundle(bundles["signed"], options=alice) as r:
         assert r.signer is not None and r.signer.principals == ("alice",)
     with pytest.raises(UnknownSignerError, match="is not allowed to sign as 'bob'"):
-        open_bundle(bundles["signed"], signature=SignatureOptions(trust, True, "bob"))
+        open_bundle(
+            bundles["signed"], options=ReadOptions(signature=SignatureOptions(trust, True, "bob"))
+        )
 
 
 # --- convert, diff and merge read bundles under the same policy ---------------------------------
@@ -708,11 +712,11 @@ def test_export_reports_its_signature(
 
 
 def test_read_manifest_checks_the_signature(bundles: dict[str, Path], signers: Path) -> None:
-    trust = SignatureOptions(AllowedSigners.load(signers), require_signature=True)
-    assert read_manifest(bundles["signed"], signature=trust).format_version == "1.1"
+    trust = ReadOptions(signature=SignatureOptions(AllowedSigners.load(signers), True))
+    assert read_manifest(bundles["signed"], options=trust).format_version == "1.1"
     assert read_manifest(bundles["unsigned"]).format_version == "1.0"
     with pytest.raises(UnsignedBundleError):
-        read_manifest(bundles["unsigned"], signature=trust)
+        read_manifest(bundles["unsigned"], options=trust)
     with pytest.raises(BadSignatureError):
         read_manifest(io.BytesIO(record_forged(bundles, {})))
 

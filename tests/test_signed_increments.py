@@ -1,4 +1,4 @@
-"""Signed increments (issues 14 and 21, spec section 15): a signed full bundle is a base like any
+"""Signed increments (issues 14 and 21, spec section 16): a signed full bundle is a base like any
 other, `export --base --sign-key` writes a 2.1 increment whose signature is checked wherever it
 is read, and a stripped signature is refused. Needs OpenSSH's ssh-keygen."""
 

@@ -29,7 +29,7 @@ from kindling_bundle.errors import (
     UnknownSignerError,
     UnsignedBundleError,
 )
-from kindling_bundle.io.ssh_signature import (
+from kindling_bundle.io.sshsig import (
     MAX_SIGNATURE_BYTES,
     NAMESPACE,
     AllowedSigners,

@@ -15,7 +15,8 @@ from kindling_bundle.cli.output import run
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 success; 1 the work failed (damaged bundle, conflict, integrity "
-    "problem, refused database); 2 usage error.",
+    "problem, refused database) or scan found secrets; 2 usage error (an invalid --rules file "
+    "included).",
 )
 @click.version_option(__version__, "--version", "-V", prog_name="kindling-bundle")
 def cli() -> None:
@@ -28,6 +29,7 @@ for command in (
     checks.verify,
     checks.inspect,
     checks.check,
+    checks.scan,
     datasets.sample,
     datasets.convert,
     datasets.diff,

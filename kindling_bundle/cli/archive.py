@@ -28,7 +28,7 @@ from kindling_bundle.cli.transfer import Hashing, signing_key_to_dict, target_da
 from kindling_bundle.errors import StoreError
 from kindling_bundle.format.increment import IncrementManifest, Link, file_sha256, short
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_destination
 from kindling_bundle.ops.archive import DEFAULT_FULL_EVERY
 from kindling_bundle.ops.increment import ChainReport
@@ -111,14 +111,21 @@ def export_increment(
 # --- import of increments and chains --------------------------------------------------------
 
 
-def refuse_trust_policy(signature: SignatureOptions, what: str) -> None:
+def refuse_trust_policy(options: ReadOptions, what: str, *, encrypted: bool = False) -> None:
     """Importing increments and chains checks any signature they carry, but cannot yet hold
-    them to an allowed_signers file: refused, rather than importing what the policy would not."""
+    them to an allowed_signers file, nor open them encrypted: refused, rather than importing
+    what the policy would not."""
+    signature = options.signature
     if signature.allowed_signers is not None or signature.require_signature:
         raise click.UsageError(
             f"--allowed-signers and --require-signature (or $KINDLING_BUNDLE_ALLOWED_SIGNERS) "
             f"are not supported yet for importing {what}: check each bundle with "
             "`verify --allowed-signers FILE` first, then import without them"
+        )
+    if encrypted:
+        raise click.UsageError(
+            f"encrypted bundles are not supported yet for importing {what}: decrypt each one "
+            "first (age -d)"
         )
 
 
@@ -178,7 +185,7 @@ def import_chain(
 
 
 def _starts_with_full(ref: Any) -> bool:
-    from kindling_bundle.format.reader import read_manifest
+    from kindling_bundle.ops.read import read_manifest
 
     with ref.open() as stream:
         return not isinstance(read_manifest(stream), IncrementManifest)
@@ -216,14 +223,14 @@ def verify_bundles(
     targets: tuple[str, ...],
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions | None = None,
+    options: ReadOptions | None = None,
 ) -> None:
-    """`verify IN1 IN2 ...`: each bundle completely (its signature as `signature` says), and
+    """`verify IN1 IN2 ...`: each bundle completely (its signature as `options` says), and
     the links of the chain they form."""
     from kindling_bundle.ops.increment import bundle_ref, verify_chain
 
     refs = [bundle_ref(target, storage_options) for target in targets]
-    result = verify_chain(refs, signature=signature)
+    result = verify_chain(refs, options=options)
     for report in result.reports:
         total = sum(report.records.values())
         if report.ok:

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import recipient_options
 from kindling_bundle.cli.options import (
     common_options,
-    signature_options,
+    input_label,
+    reading_options,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
 )
 from kindling_bundle.cli.output import Output
 from kindling_bundle.db.sample import TEXT_PROFILES, generate_sample
 from kindling_bundle.errors import BundleError
-from kindling_bundle.format.signature import SignatureOptions
-from kindling_bundle.io.sniff import peek_format
+from kindling_bundle.io.age import Recipient, open_encrypting_writer
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import STDIO, open_destination, open_source
 from kindling_bundle.ops.convert import bundle_to_kindling_json, kindling_json_to_bundle
 from kindling_bundle.ops.merge import diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.records import CONFLICT_STRATEGIES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 @click.command()
@@ -64,29 +72,38 @@ def sample(path: Path, observations: int, seed: int, text: str, out: Output) -> 
     help="Leave out capsule links, summaries and pins that name records the JSON does not hold "
     "(Kindling's default export leaves redacted observations out).",
 )
-@signature_options
+@reading_options
+@recipient_options
+@scrub_options
 @storage_options
 @common_options
 def convert(
     source: str,
     dest: str,
     drop_dangling: bool,
+    scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions,
+    read_options: ReadOptions,
+    recipients: tuple[Recipient, ...],
 ) -> None:
     """Convert a Kindling JSON export to a bundle, or a bundle to a Kindling JSON export.
 
     What SOURCE is, is told by its content; DEST gets the other format. Either may be `-`
-    (standard input or output) or a URL. DEST appears only when complete.
+    (standard input or output) or a URL. DEST appears only when complete. An encrypted SOURCE
+    is opened with --identity (no temporary file holds its records in the clear); with
+    --recipient or --recipients-file, DEST is encrypted. With --scrub, secrets are redacted on
+    the way (see `export --scrub`).
     """
     with open_source(source, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(source, stream))
+        kind, stream = opened.format, opened.stream
         if kind not in ("bundle", "kindling-json"):
             raise BundleError(f"{source}: neither a bundle nor a Kindling JSON export")
         if kind == "kindling-json":
-            signature.refuse_unsignable(source, "a Kindling JSON export")
+            read_options.signature.refuse_unsignable(source, "a Kindling JSON export")
         with open_destination(dest, storage_options=storage_options) as target:
+            scrubbed = None
             if kind == "kindling-json":
                 dangling = DanglingReport()
                 manifest = kindling_json_to_bundle(
@@ -95,16 +112,28 @@ def convert(
                     drop_dangling=drop_dangling,
                     dangling=dangling,
                     name=source_name(source),
+                    recipients=recipients,
+                    sealed_spools=opened.envelope is not None,
+                    scrub=scrub,
                 )
                 counts = {entry.entity: entry.records for entry in manifest.entities}
+                if manifest.scrub is not None:
+                    scrubbed = manifest.to_dict()["scrub"]
             else:
                 dangling = None
-                counts = bundle_to_kindling_json(stream, target, signature=signature)
+                scrubber = Scrubber(scrub) if scrub is not None else None
+                with _encrypting(target, recipients) as sink:
+                    counts = bundle_to_kindling_json(
+                        stream, sink, options=read_options, scrub=scrubber
+                    )
+                if scrubber is not None:
+                    scrubbed = scrubber.manifest()
     to = "bundle" if kind == "kindling-json" else "kindling-json"
     to_stderr = dest == STDIO  # the converted data is on standard output
     out.line(
         f"wrote {dest} ({to}): " + ", ".join(f"{n} {e}" for e, n in counts.items()), err=to_stderr
     )
+    scrub_line(out, scrubbed, err=to_stderr)
     if dangling is not None and dangling.total:
         out.line(
             f"left out {dangling.links} capsule links, {dangling.summaries} summaries and "
@@ -119,6 +148,7 @@ def convert(
             "to": to,
             "records": counts,
             "dangling": dangling.to_dict() if dangling is not None else None,
+            "scrub": scrubbed,
         },
         err=to_stderr,
     )
@@ -127,16 +157,17 @@ def convert(
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
-@signature_options
+@reading_options
 @common_options
-def diff(a: str, b: str, out: Output, signature: SignatureOptions) -> None:
+def diff(a: str, b: str, out: Output, read_options: ReadOptions) -> None:
     """Compare two datasets: per entity, records added, removed and changed from A to B, and
     the same (by id, and by content for the same id).
 
-    A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only).
+    A and B may each be a bundle, a Kindling JSON export or a Kindling database (read only);
+    encrypted ones are opened with --identity.
     """
 
-    report = diff_datasets(a, b, signature=signature)
+    report = diff_datasets(a, b, options=read_options)
     out.line(f"{'entity':<14}{'added':>8}{'removed':>9}{'changed':>9}{'same':>9}")
     for entity, d in report.entities.items():
         out.line(f"{entity:<14}{d.added:>8}{d.removed:>9}{d.changed:>9}{d.same:>9}")
@@ -163,20 +194,26 @@ def diff(a: str, b: str, out: Output, signature: SignatureOptions) -> None:
     help="Leave out references that no input can satisfy, instead of failing.",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@signature_options
+@reading_options
+@recipient_options
+@scrub_options
 @common_options
 def merge(
     paths: tuple[str, ...],
     conflict: str,
     drop_dangling: bool,
     force: bool,
+    scrub: Scanner | None,
     out: Output,
-    signature: SignatureOptions,
+    read_options: ReadOptions,
+    recipients: tuple[Recipient, ...],
 ) -> None:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle OUT.
 
     OUT holds the union; it verifies and imports (every reference resolves). OUT is never
-    replaced unless --force is given, so a forgotten OUT cannot overwrite an input.
+    replaced unless --force is given, so a forgotten OUT cannot overwrite an input. Encrypted
+    inputs are opened with --identity; with --recipient or --recipients-file, OUT is encrypted.
+    With --scrub, secrets in OUT are redacted (see `export --scrub`).
     """
 
     if len(paths) < 3:
@@ -192,9 +229,13 @@ def merge(
         dest,
         conflict=conflict,  # type: ignore[arg-type]
         drop_dangling=drop_dangling,
-        signature=signature,
+        options=read_options,
+        recipients=recipients,
+        scrub=scrub,
     )
     out.line(f"wrote {dest}: " + ", ".join(f"{m.records} {e}" for e, m in report.entities.items()))
+    if report.manifest is not None and report.manifest.scrub is not None:
+        scrub_line(out, report.manifest.to_dict()["scrub"])
     conflicts = {e: m.conflicts for e, m in report.entities.items() if m.conflicts}
     if conflicts:
         settled = "kept the first" if conflict == "skip" else "kept the last"
@@ -209,3 +250,14 @@ def merge(
             "naming records no input holds"
         )
     out.result(report.to_dict())
+
+
+@contextmanager
+def _encrypting(target: BinaryIO, recipients: tuple[Recipient, ...]) -> Iterator[BinaryIO]:
+    """`target`, or with recipients a stream that encrypts into it (the last chunk written only
+    on a clean exit, inside the destination that appears only then)."""
+    if not recipients:
+        yield target
+        return
+    with open_encrypting_writer(target, recipients) as writer:
+        yield writer

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import identity_options
 from kindling_bundle.cli.output import Output
 from kindling_bundle.errors import SigningKeyError
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
-from kindling_bundle.io.ssh_signature import AllowedSigners, SigningKey, load_signing_key
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sshsig import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
+from kindling_bundle.scrub import Scanner
 
 ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
 """A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
@@ -70,6 +74,53 @@ def storage_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_RULES_HELP = (
+    "A gitleaks-format rule file (TOML) whose rules are added to ours; a rule with an id of "
+    "ours replaces it (repeatable)."
+)
+
+
+def _rules_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--rules",
+        "rule_files",
+        multiple=True,
+        metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=_RULES_HELP,
+    )(func)
+
+
+def scanner_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--rules; hands the command a loaded `scanner` (ours plus the user's rules)."""
+
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        return func(*args, scanner=Scanner.load(rule_files), **kwargs)
+
+    return wrapper
+
+
+def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--scrub and --rules; hands the command `scrub`, a loaded Scanner or None."""
+
+    @click.option(
+        "--scrub",
+        is_flag=True,
+        help="Replace every secret found in observation content, provenance, capsule intents, "
+        "summaries and pin reasons by [REDACTED:<rule-id>] (see `scan`).",
+    )
+    @_rules_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, scrub: bool, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
+        if rule_files and not scrub:
+            raise click.UsageError("--rules applies only with --scrub")
+        return func(*args, scrub=Scanner.load(rule_files) if scrub else None, **kwargs)
+
+    return wrapper
+
+
 def signature_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--allowed-signers and --require-signature on commands that read bundles; hands the
     command a `signature` keyword (SignatureOptions), its allowed_signers file already parsed.
@@ -109,6 +160,35 @@ def signature_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, signature=signature, **kwargs)
 
     return wrapper
+
+
+def reading_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--identity, --allowed-signers and --require-signature together, on commands that read
+    bundles: hands the command one `read_options` (ReadOptions) holding both the keys that open
+    an encrypted input and whom to trust."""
+
+    @identity_options
+    @signature_options
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, read_options: ReadOptions, signature: SignatureOptions, **kwargs: Any
+    ) -> Any:
+        options = dataclasses.replace(read_options, signature=signature)
+        return func(*args, read_options=options, **kwargs)
+
+    return wrapper
+
+
+def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) -> None:
+    """One line saying what scrubbing replaced (nothing when the output was not scrubbed)."""
+    if scrub is None:
+        return
+    rules = ", ".join(f"{rule} {n}" for rule, n in scrub["byRule"].items())
+    out.line(
+        f"scrubbed {scrub['findings']} secrets in {scrub['records']} records"
+        + (f" ({rules})" if rules else ""),
+        err=err,
+    )
 
 
 def load_sign_key(path: str) -> SigningKey:
@@ -200,3 +280,8 @@ def progress_for(label: str, out: Output) -> Progress:
 def source_name(target: str) -> str | None:
     """How messages name an input: as given, except standard input (its stream says <stdin>)."""
     return None if target == STDIO else target
+
+
+def input_label(target: str, stream: BinaryIO) -> str:
+    """How errors name an input: as given, or standard input's stream name."""
+    return target if target != STDIO else str(getattr(stream, "name", "<stdin>"))

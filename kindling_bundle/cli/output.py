@@ -1,8 +1,8 @@
 """What a command prints, and how its failures become one line and an exit code.
 
 Exit codes: 0 success; 1 the work failed (damaged bundle, conflict, integrity problem, refused
-database); 2 usage error. Every failure is one line on standard error, never a traceback
-(unless --debug).
+database) or `scan` found secrets; 2 usage error (an invalid --rules file included). Every
+failure is one line on standard error, never a traceback (unless --debug).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 
 import click
 
+from kindling_bundle.cli.keys import IDENTITY_HINT
 from kindling_bundle.db.integrity import IntegrityReport
-from kindling_bundle.errors import KindlingBundleError
+from kindling_bundle.errors import KindlingBundleError, NoIdentityError, RulesError
 from kindling_bundle.format.signature import describe_signature
-from kindling_bundle.io.ssh_signature import Signer
+from kindling_bundle.io.sshsig import Signer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,6 +71,10 @@ def run(group: click.Group, argv: list[str] | None) -> None:
         _fail(exc.format_message().replace("\n", " "), EXIT_USAGE)
     except click.ClickException as exc:
         _fail(exc.format_message().replace("\n", " "), EXIT_FAILED)
+    except RulesError as exc:  # the user's --rules file: a usage error, as a bad option is
+        _fail(str(exc).replace("\n", " "), EXIT_USAGE)
+    except NoIdentityError as exc:
+        _fail(f"{exc}: {IDENTITY_HINT}".replace("\n", " "), EXIT_FAILED)
     except KindlingBundleError as exc:
         _fail(str(exc).replace("\n", " "), EXIT_FAILED)
     except BrokenPipeError:

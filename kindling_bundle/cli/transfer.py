@@ -12,14 +12,18 @@ from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
+    input_label,
     load_sign_key,
     progress_for,
-    signature_options,
+    reading_options,
+    scrub_line,
+    scrub_options,
     source_name,
     storage_options,
     workers_option,
@@ -29,9 +33,10 @@ from kindling_bundle.db.connection import KindlingConnection, create_store, open
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.increment import is_increment
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.signature import SignatureOptions
-from kindling_bundle.io.sniff import peek_format
-from kindling_bundle.io.ssh_signature import SigningKey
+from kindling_bundle.io.age import Recipient
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
+from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
 from kindling_bundle.ops.increment import peek_manifest
@@ -39,6 +44,7 @@ from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
+from kindling_bundle.scrub import Scanner, Scrubber
 
 
 class Hashing:
@@ -117,6 +123,8 @@ def _file_digest(path: Path) -> tuple[int, str]:
     "PREV sits in an archive folder.",
 )
 @click.argument("out_target", metavar="OUT")
+@recipient_options
+@scrub_options
 @storage_options
 @common_options
 def export(
@@ -134,8 +142,10 @@ def export(
     workers: Workers,
     bases: tuple[str, ...],
     out_target: str,
+    scrub: Scanner | None,
     out: Output,
     storage_options: dict[str, Any],
+    recipients: tuple[Recipient, ...],
 ) -> None:
     """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
     s3://bucket/key, uploaded as it is written and there only once complete).
@@ -143,8 +153,14 @@ def export(
     With --format kindling-json, OUT is a Kindling JSON export instead (redacted rows included,
     marked), for a Kindling installation that only reads JSON.
 
+    With --recipient or --recipients-file, OUT is encrypted to those keys (an age file; no
+    temporary file holds the records in the clear); every command reads it with --identity.
+
     A filtered export also carries what its selection references (the observations of its
     capsules, the capsules of its summaries, pin targets), so it always imports cleanly.
+
+    With --scrub, every secret `scan` would find is replaced by [REDACTED:<rule-id>] on the way
+    out (the database is not changed), and the bundle's manifest says so.
 
     With --sign-key the bundle carries an SSH signature (namespace kindling-bundle) over its
     manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
@@ -167,7 +183,14 @@ def export(
         raise click.UsageError("--sign-key signs bundles: a Kindling JSON export cannot be signed")
     try:
         selection = ExportStreamOptions(scope_ids=scope or None, from_ts=since, to_ts=until)
-        opts = BundleOptions(filter=selection, created_at=created_at, level=level, workers=workers)
+        opts = BundleOptions(
+            filter=selection,
+            created_at=created_at,
+            level=level,
+            workers=workers,
+            recipients=recipients,
+            scrub=scrub,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     key: SigningKey | None = None
@@ -190,11 +213,19 @@ def export(
             conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
         )
     manifest: Manifest | None = None
+    scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
 
     def write(dest: Path | BinaryIO, hashing: Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
-            return export_kindling_json(conn, dest, selection, exported_at=created_at)
+            return export_kindling_json(
+                conn,
+                dest,
+                selection,
+                exported_at=created_at,
+                recipients=recipients,
+                scrub=scrubber,
+            )
         on_output = hashing.update if hashing is not None else None
         manifest = write_bundle(conn, dest, opts, progress=progress, on_output=on_output)
         return {entry.entity: entry.records for entry in manifest.entities}
@@ -222,7 +253,15 @@ def export(
         + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
         err=to_stderr,
     )
-    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}", err=to_stderr)
+    plural = "" if len(recipients) == 1 else "s"
+    encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
+    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
+    scrubbed = None
+    if scrubber is not None:
+        scrubbed = scrubber.manifest()
+    elif manifest is not None and manifest.scrub is not None:
+        scrubbed = manifest.to_dict()["scrub"]
+    scrub_line(out, scrubbed, err=to_stderr)
     if key is not None:
         out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
     out.result(
@@ -232,8 +271,10 @@ def export(
             "bytes": size,
             "sha256": digest,
             "format": out_format,
+            "recipients": [str(recipient) for recipient in recipients],
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
+            "scrub": scrubbed,
             "signature": signing_key_to_dict(key) if out_format == "bundle" else None,
         },
         err=to_stderr,
@@ -271,7 +312,7 @@ def signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
 @click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
-@signature_options
+@reading_options
 @storage_options
 @common_options
 def import_(
@@ -282,15 +323,16 @@ def import_(
     in_targets: tuple[str, ...],
     out: Output,
     storage_options: dict[str, Any],
-    signature: SignatureOptions,
+    read_options: ReadOptions,
 ) -> None:
     """Import the bundle IN (a path, - for standard input, or a URL) into the database.
 
-    IN may also be a Kindling JSON export (told by its content), imported the same way.
+    IN may also be a Kindling JSON export (told by its content), imported the same way, and
+    either may be encrypted (opened with --identity).
 
-    The import is all or nothing: on any failure (damaged bundle, conflict under --conflict
-    error, integrity problem) the database is left exactly as it was. A signed bundle's
-    signature is checked (against --allowed-signers) before the database is touched.
+    The import is all or nothing: on any failure (damaged bundle or ciphertext, conflict under
+    --conflict error, integrity problem) the database is left exactly as it was. A signed
+    bundle's signature is checked (against --allowed-signers) before the database is touched.
 
     An incremental bundle is applied onto a database that holds its base's state. Several INs
     are a chain: a full bundle then its increments in order (restored into an empty or new
@@ -301,7 +343,9 @@ def import_(
 
     db_path = db or default_db()
     if len(in_targets) > 1:
-        archive.refuse_trust_policy(signature, "a chain")
+        archive.refuse_trust_policy(
+            read_options, "a chain", encrypted=bool(read_options.identities)
+        )
         return archive.import_chain(
             db_path, in_targets, dry_run=dry_run, out=out, storage_options=storage_options
         )
@@ -313,13 +357,16 @@ def import_(
 
     dangling = None
     with open_source(in_target, storage_options=storage_options) as stream:
-        kind, stream = peek_format(stream)
+        opened = open_input(stream, read_options, label=input_label(in_target, stream))
+        kind, stream = opened.format, opened.stream
         if kind == "kindling-json":
-            signature.refuse_unsignable(in_target, "a Kindling JSON export")
+            read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
         else:
             manifest, stream = peek_manifest(stream, source_name(in_target))
             if is_increment(manifest):
-                archive.refuse_trust_policy(signature, "an increment")
+                archive.refuse_trust_policy(
+                    read_options, "an increment", encrypted=opened.envelope is not None
+                )
                 return archive.import_increment(
                     db_path,
                     stream,
@@ -349,7 +396,7 @@ def import_(
                         dry_run=dry_run,
                         progress=progress,
                         on_manifest=on_manifest,
-                        signature=signature,
+                        options=read_options,
                     )
             finally:
                 progress.close()

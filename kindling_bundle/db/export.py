@@ -152,6 +152,16 @@ SplitKey = tuple[int, str]
 """(ts, id) of an observation: where a whole export's observations are split in two."""
 
 
+def observations_bound(conn: sqlite3.Connection) -> int:
+    """An upper bound of the observations' count, read from the end of the table's b-tree
+    (what `parallel.choose_workers` needs, without counting)."""
+    try:
+        last: int = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
+    except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
+        return 0
+    return last
+
+
 def observation_split(conn: sqlite3.Connection, index: int) -> SplitKey | None:
     """The key of the observation at `index` in export order ((ts, id)) of a whole export, or
     None past the end. Found with the ts index alone (no row is read) but for the ids of the

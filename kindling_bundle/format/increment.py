@@ -1,4 +1,4 @@
-"""Incremental bundles (spec section 15): the manifest of an increment, its tombstones, the rules
+"""Incremental bundles (spec section 16): the manifest of an increment, its tombstones, the rules
 its records keep, and the checks that link an increment to its base.
 
 An increment holds the records that are new or changed since its base, and a tombstone for each

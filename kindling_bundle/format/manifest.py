@@ -98,8 +98,41 @@ class EntityEntry(msgspec.Struct, frozen=True, kw_only=True):
     sha256: _SHA256
 
 
-class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The first member of every bundle (field order here is the order on the wire)."""
+class RuleSetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The rule set a bundle was scrubbed with: the title and version of its first rule file."""
+
+    name: str
+    version: str
+
+
+class RuleFileInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule file a bundle was scrubbed with: its base name (never a local path), title,
+    version, the SHA-256 of its bytes and how many rules of it applied."""
+
+    name: str
+    title: str
+    version: str
+    sha256: _SHA256
+    rules: _COUNT
+
+
+class ScrubInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """That the records' free text was scrubbed of secrets before the bundle was written, with
+    which rules, and how many findings by rule: counts only, never secret material."""
+
+    rule_set: RuleSetInfo
+    rule_files: list[RuleFileInfo]
+    records: _COUNT
+    """Records in which at least one secret was replaced."""
+    findings: _COUNT
+    by_rule: dict[str, _COUNT]
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """The first member of every bundle (field order here is the order on the wire). `scrub`
+    is optional in any 1.x bundle (a reader that does not know it ignores it, so it changes no
+    version); it is left out, not null, when the bundle was not scrubbed, so that such a
+    bundle stays byte for byte what it was before the field existed."""
 
     format: str
     format_version: str
@@ -108,6 +141,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     source: SourceInfo
     export_filter: FilterInfo = msgspec.field(name="filter")
     entities: list[EntityEntry]
+    scrub: ScrubInfo | None = None
 
     @property
     def minor_version(self) -> int:
@@ -187,7 +221,7 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
     major = int(match.group(1))
-    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 15)
+    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 16)
         from kindling_bundle.format.increment import decode_increment_manifest
 
         return decode_increment_manifest(data, where)

@@ -2,13 +2,14 @@
 
 `BundleReader` exposes the steps (manifest, member headers, member data, end of archive) so that
 `verify_bundle` can report every problem while `open_bundle(...).batches()` and `import_bundle`
-stop at the first. Memory holds one frame at a time, whatever the bundle's size. Every size is
-bounded by what the manifest declares before a byte of it is trusted: a member must be exactly as
-long as the manifest says, no frame may run past the end of its member or exceed
-MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream may not
-hold a byte more than the manifest's members, their tar headers and the end of the archive
-(`declared_archive_bytes`). Nothing is ever written to disk: member names are compared with the
-names a bundle holds, never used as paths.
+stop at the first. It reads a bundle's plain bytes: `ops.read` opens an input, decrypting an
+encrypted one, and hands it here. Memory holds one frame at a time, whatever the bundle's size.
+Every size is bounded by what the manifest declares before a byte of it is trusted: a member
+must be exactly as long as the manifest says, no frame may run past the end of its member or
+exceed MAX_FRAME_BYTES (nor hold more than MAX_FRAME_VALUES values), and the decompressed stream
+may not hold a byte more than the manifest's members, their tar headers and the end of the
+archive (`declared_archive_bytes`). Nothing is ever written to disk: member names are compared
+with the names a bundle holds, never used as paths.
 
 A signed bundle's signature member (`format.signature`) is read and checked with the manifest,
 before anything else: no record is read, let alone yielded, from a bundle whose signature is
@@ -21,7 +22,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -54,7 +55,7 @@ from kindling_bundle.format.signature import (
 )
 from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
 from kindling_bundle.format.zstd_frames import ZstdFrameReader
-from kindling_bundle.io.ssh_signature import MAX_SIGNATURE_BYTES, Signer
+from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES, Signer
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO
@@ -214,7 +215,9 @@ class BundleReader:
 
     Messages name the bundle `name` when given (a file the bundle was made from), else as
     `source_label` does. `signature` says whom to trust (default: check a signature if there is
-    one, accept an unsigned bundle); `signer` is who signed, once the manifest is read."""
+    one, accept an unsigned bundle); `signer` is who signed, once the manifest is read.
+    `closing` is called last by `close`: it closes what was opened to get `src` (ops.read opens
+    an encrypted bundle's file and hands over its plaintext)."""
 
     def __init__(
         self,
@@ -222,7 +225,9 @@ class BundleReader:
         *,
         name: str | None = None,
         signature: SignatureOptions | None = None,
+        closing: Callable[[], object] | None = None,
     ):
+        self._closing = closing
         self.label = name or source_label(src)
         self._trust = signature or SignatureOptions()
         self.signer: Signer | None = None
@@ -254,6 +259,9 @@ class BundleReader:
             self._sha256 = None
         if self._owned:
             self._file.close()
+        if self._closing is not None:
+            closing, self._closing = self._closing, None
+            closing()
 
     def read_manifest(self) -> Manifest:
         """Read the first member, which must be the manifest, and validate it; then the
@@ -436,29 +444,3 @@ MISPLACED_SIGNATURE = (
 def misplaced_signature(label: str) -> str:
     """MISPLACED_SIGNATURE, naming the bundle."""
     return f"{label}: {MISPLACED_SIGNATURE}"
-
-
-def open_bundle(
-    src: BundleSource, *, name: str | None = None, signature: SignatureOptions | None = None
-) -> BundleReader:
-    """A reader over a bundle, its manifest already read and validated, and its signature
-    checked (`signature`: whom to trust; `reader.signer`: who signed, None if unsigned).
-
-    Use it as a context manager; iterate `batches()` or `records()` to stream every record with
-    every check applied. Works on non-seekable streams (one forward pass)."""
-    reader = BundleReader(src, name=name, signature=signature)
-    try:
-        reader.read_manifest()
-    except BaseException:
-        reader.close()
-        raise
-    return reader
-
-
-def read_manifest(src: BundleSource, *, signature: SignatureOptions | None = None) -> Manifest:
-    """The manifest of a bundle, reading only the first member and the signature member (never
-    the entity data); a signature is checked as `open_bundle` checks it.
-
-    From a stream, this consumes the stream's first bytes."""
-    with BundleReader(src, signature=signature) as reader:
-        return reader.read_manifest()

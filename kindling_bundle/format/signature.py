@@ -1,7 +1,7 @@
 """Signed bundles (format 1.1): where the signature member goes, and whom a reader trusts.
 
 A signed bundle carries SIGNATURE_MEMBER right after the manifest: the armored SSH signature
-(`io.ssh_signature`, namespace `kindling-bundle`) over the manifest's exact bytes. The manifest
+(`io.sshsig`, namespace `kindling-bundle`) over the manifest's exact bytes. The manifest
 holds every member's size, count and SHA-256, so one signature checked before the first record
 vouches for every record after it: the reader already refuses a member that disagrees with the
 manifest. The signature is checked in one place (`BundleReader.read_manifest`), so every reader
@@ -20,7 +20,7 @@ from typing import Any
 
 from kindling_bundle.errors import AllowedSignersError, UnsignedBundleError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.ssh_signature import AllowedSigners, Signer, check_bundle_signature
+from kindling_bundle.io.sshsig import AllowedSigners, Signer, check_bundle_signature
 
 
 @dataclass(frozen=True)

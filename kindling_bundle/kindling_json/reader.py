@@ -15,6 +15,8 @@ chunk. Records come out in foreign-key order (observations, capsules, summaries,
 each entity in the order the file holds it. Kindling writes the four lists in that order, and
 then nothing is buffered; a list that comes earlier than its turn is spooled to an anonymous
 temporary file (MessagePack frames, about the size of its JSON) and replayed when its turn comes.
+That file is sealed (io.age.SealedSpool: encrypted under a key held only in memory), so records
+of an encrypted export never reach the disk in the clear.
 Because the document is read in one pass, some faults (a truncated end, a missing list, a bad
 header field that follows the lists) surface only after records were yielded: consumers must be
 atomic, as import (one transaction) and bundle writing (temporary file, renamed when complete) are.
@@ -32,9 +34,8 @@ from __future__ import annotations
 
 import re
 import struct
-import tempfile
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +45,9 @@ import msgspec
 from kindling_bundle.errors import BundleError, RecordError, UnsupportedVersionError
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.format.verify_report import VerifyReport
+from kindling_bundle.io.age import SealedSpool
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import open_input
 from kindling_bundle.kindling_json.scanner import (
     CHUNK_BYTES,
     MAX_VALUE_BYTES,
@@ -75,10 +79,10 @@ class KindlingJsonInfo:
 
 
 class _Spool:
-    """Records of one entity parked in an anonymous temporary file until their turn comes."""
+    """Records of one entity parked in a sealed temporary file until their turn comes."""
 
     def __init__(self, entity: str, directory: str | None):
-        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by replay
+        self._file = SealedSpool(directory, prefix=".kindling-json-spool-")
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])  # type: ignore[valid-type]
         self._batch: list[Record] = []
@@ -122,8 +126,12 @@ class KindlingJsonReader(JsonScanner):
         name: str = "<stdin>",
         spool_dir: str | None = None,
         max_value_bytes: int = MAX_VALUE_BYTES,
+        encrypted: bool = False,
     ):
         super().__init__(src, name=name, max_value_bytes=max_value_bytes)
+        self.encrypted = encrypted
+        """`src` is the plaintext of an encrypted file: what is made of it stays off the disk
+        in the clear (kindling_json_to_bundle seals its spools)."""
         self.info = KindlingJsonInfo()
         self._spool_dir = spool_dir
         self._used = False
@@ -290,27 +298,40 @@ class KindlingJsonReader(JsonScanner):
 
 @contextmanager
 def open_kindling_json(
-    src: str | Path | BinaryIO, *, name: str | None = None, spool_dir: str | None = None
+    src: str | Path | BinaryIO,
+    *,
+    name: str | None = None,
+    spool_dir: str | None = None,
+    options: ReadOptions | None = None,
 ) -> Iterator[KindlingJsonReader]:
-    """A reader over a path or an open binary stream (which need not be seekable)."""
-    if isinstance(src, (str, Path)):
-        try:
-            handle = open(src, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
-        with handle:
-            yield KindlingJsonReader(handle, name=source_name(src, name), spool_dir=spool_dir)
-    else:
-        yield KindlingJsonReader(src, name=source_name(src, name), spool_dir=spool_dir)
+    """A reader over a path or an open binary stream (which need not be seekable); an
+    encrypted export is opened with `options.identities` (io.sniff.open_input)."""
+    label = source_name(src, name)
+    with ExitStack() as stack:
+        if isinstance(src, (str, Path)):
+            try:
+                handle: BinaryIO = stack.enter_context(open(src, "rb"))
+            except OSError as exc:
+                raise BundleError(f"{src}: cannot open: {exc.strerror}") from None
+        else:
+            handle = src
+        opened = open_input(handle, options, label=label)
+        encrypted = opened.envelope is not None
+        yield KindlingJsonReader(
+            opened.stream, name=label, spool_dir=spool_dir, encrypted=encrypted
+        )
 
 
-def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None) -> VerifyReport:
+def verify_kindling_json(
+    src: str | Path | BinaryIO, *, name: str | None = None, options: ReadOptions | None = None
+) -> VerifyReport:
     """Check a Kindling JSON export completely, never raising for a bad file.
 
     Every record is validated (all bad records are reported, not just the first), then checked
     against the record rules (`format.stream_rules`, as bundle verify and conversions do):
     breaches are problems, since an import would refuse them; evidence refs that are not in the
-    file are warnings. Invalid JSON ends the check with its position.
+    file are warnings. Invalid JSON ends the check with its position. An encrypted export is
+    opened with `options.identities`; damaged ciphertext is a problem like any other.
     """
     report = VerifyReport(source=source_name(src, name), dataset="Kindling JSON export")
     # References into an entity with invalid records are not checked: they would only echo.
@@ -318,7 +339,7 @@ def verify_kindling_json(src: str | Path | BinaryIO, *, name: str | None = None)
     rules = RecordRules("the file", trusted=lambda entity: entity not in damaged)
     dangling = False
     try:
-        with open_kindling_json(src, name=name) as reader:
+        with open_kindling_json(src, name=name, options=options) as reader:
             report.source = reader.name
 
             def invalid(error: RecordError) -> None:

@@ -5,7 +5,7 @@ An archive is nothing but bundles in one folder (io.folder), each named
     kindling-<createdAt as YYYYMMDDTHHMMSS.mmmZ>-<full|incr>-<SHA-256 of the file>.kbundle
 
 so that names sort by time, and a listing alone tells each snapshot's time, kind and identity.
-An increment's manifest names its base by SHA-256 (spec section 15), so a snapshot's chain is
+An increment's manifest names its base by SHA-256 (spec section 16), so a snapshot's chain is
 found by following those names back to a full bundle, and every link is checked before a byte of
 a restore is written. Files that do not match the pattern are not the archive's and are left
 alone. There is no index to keep consistent: a backup adds one file, forget removes some.
@@ -41,9 +41,8 @@ from kindling_bundle.format.increment import (
     state_of,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
-from kindling_bundle.format.reader import read_manifest
 from kindling_bundle.io.folder import FileInfo, Folder
-from kindling_bundle.io.ssh_signature import SigningKey
+from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import is_url
 from kindling_bundle.ops.increment import (
     ChainReport,
@@ -53,6 +52,7 @@ from kindling_bundle.ops.increment import (
     write_full,
     write_increment,
 )
+from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.retention import Policy, keep
 from kindling_bundle.ops.state import BundleRef, load_cached, pending_cache
 from kindling_bundle.ops.write import BundleOptions, resolve_created_at

@@ -1,10 +1,11 @@
 """Datasets: a bundle, a Kindling JSON export or a Kindling database, each read as one
 foreign-key-ordered record stream, so diff, merge and conversions treat them alike.
 
-What a source holds is told by its first bytes (`io.sniff`); a database is read from one
-snapshot and never changed. A bundle's signature is checked as it is opened, against the
-caller's `SignatureOptions`; under `require_signature`, a source that cannot carry a signature
-(a Kindling JSON export, a database) is refused.
+What a source holds is told by its first bytes (`io.sniff`); an encrypted bundle or JSON
+export is read through its decrypted stream; a database is read from one snapshot and never
+changed. A bundle's signature is checked as it is opened, against the caller's
+`options.signature`; under `require_signature`, a source that cannot carry a signature (a
+Kindling JSON export, a database) is refused.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import sqlite3
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from kindling_bundle.db.connection import open_store
 from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
-from kindling_bundle.format.reader import open_bundle
-from kindling_bundle.format.signature import SignatureOptions
-from kindling_bundle.io.sniff import InputFormat, sniff_path
+from kindling_bundle.errors import BundleError
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sniff import InputFormat, open_input, sniff_path
 from kindling_bundle.kindling_json.reader import open_kindling_json
+from kindling_bundle.ops.read import open_bundle
 from kindling_bundle.records import ENTITY_TYPES, Record
 
 DatasetSource = str | os.PathLike[str]
@@ -28,32 +31,47 @@ DatasetSource = str | os.PathLike[str]
 
 @dataclass
 class Dataset:
-    """An open dataset source: what it is, and its records (single use, foreign-key order)."""
+    """An open dataset source: what it is, and its records (single use, foreign-key order).
+    `encrypted`: the source was an age file (`format` is what its plaintext is)."""
 
     name: str
     format: InputFormat
     records: Iterator[Record]
+    encrypted: bool = False
 
 
 @contextmanager
 def open_dataset(
-    src: DatasetSource,
-    *,
-    spool_dir: str | None = None,
-    signature: SignatureOptions | None = None,
+    src: DatasetSource, *, spool_dir: str | None = None, options: ReadOptions | None = None
 ) -> Iterator[Dataset]:
-    """Open a bundle, Kindling JSON export or Kindling database (read-only) as records.
+    """Open a bundle, Kindling JSON export or Kindling database (read-only) as records; an
+    encrypted bundle or export with `options.identities`. `format` is what the plaintext is.
 
     On exit the record stream is closed before its source, even when it was left half read."""
     name = os.fspath(src)
     kind = sniff_path(src)
-    trust = signature or SignatureOptions()
+    encrypted = kind == "encrypted"
+    trust = (options or ReadOptions()).signature
     with ExitStack() as stack:
+        source: str | BinaryIO = name
+        if encrypted:
+            try:
+                stream = stack.enter_context(open(name, "rb"))
+            except OSError as exc:
+                raise BundleError(f"{name}: cannot open: {exc.strerror}") from None
+            opened = open_input(stream, options, label=name)
+            if opened.format not in ("bundle", "kindling-json"):
+                raise BundleError(
+                    f"{name}: encrypted, and what it holds is neither a bundle nor a Kindling "
+                    "JSON export"
+                )
+            kind, source = opened.format, opened.stream
         if kind == "bundle":
-            records = stack.enter_context(open_bundle(src, signature=trust)).records()
+            records = stack.enter_context(open_bundle(source, name=name, options=options)).records()
         elif kind == "kindling-json":
             trust.refuse_unsignable(name, "a Kindling JSON export")
-            records = stack.enter_context(open_kindling_json(name, spool_dir=spool_dir)).records()
+            reader = open_kindling_json(source, name=name, spool_dir=spool_dir)
+            records = stack.enter_context(reader).records()
         else:
             trust.refuse_unsignable(name, "a Kindling database")
             conn = open_store(name, readonly=True)
@@ -61,7 +79,7 @@ def open_dataset(
             stack.enter_context(snapshot(conn))
             records = _database_records(conn)
         stack.callback(records.close)
-        yield Dataset(name, kind, records)
+        yield Dataset(name, kind, records, encrypted)
 
 
 def _database_records(conn: sqlite3.Connection) -> Generator[Record, None, None]:

@@ -1,5 +1,5 @@
 """Incremental bundles: computing one from a database, applying one (or a chain) to a database,
-and verifying a chain (spec section 15).
+and verifying a chain (spec section 16).
 
 Computing (`write_increment`): the base's snapshot as hashes (ops.state: from the local cache,
 else read from its chain), one pass over the database comparing every row's content hash
@@ -75,10 +75,11 @@ from kindling_bundle.format.increment import (
     state_of,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, read_manifest
-from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_source
+from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.restore import ImportReport, import_bundle
 from kindling_bundle.ops.state import (
     BundleRef,
@@ -818,17 +819,17 @@ class ChainVerifyReport:
 
 
 def verify_chain(
-    refs: Sequence[BundleRef], *, signature: SignatureOptions | None = None
+    refs: Sequence[BundleRef], *, options: ReadOptions | None = None
 ) -> ChainVerifyReport:
-    """Verify each bundle of a chain completely (as `verify_bundle`, its signature as
-    `signature` says), and the links between them: each increment's base is the bundle before
-    it, in the same chain, and only the first bundle may be a full one (a chain may also be
-    increments alone, each on the one before). Never raises for a bad bundle."""
+    """Verify each bundle of a chain completely (as `verify_bundle`, read with `options`), and
+    the links between them: each increment's base is the bundle before it, in the same chain,
+    and only the first bundle may be a full one (a chain may also be increments alone, each on
+    the one before). Never raises for a bad bundle."""
     result = ChainVerifyReport()
     previous: Link | None = None
     full: Link | None = None
     for position, ref in enumerate(refs, 1):
-        report, digest = _verify_one(ref, signature)
+        report, digest = _verify_one(ref, options)
         result.reports.append(report)
         result.digests.append(digest)
         if report.manifest is None or not report.ok:
@@ -849,11 +850,11 @@ def verify_chain(
     return result
 
 
-def _verify_one(ref: BundleRef, signature: SignatureOptions | None) -> tuple[VerifyReport, str]:
+def _verify_one(ref: BundleRef, options: ReadOptions | None) -> tuple[VerifyReport, str]:
     try:
         with ref.open() as raw:
             stream = HashingReader(raw)
-            report = verify_bundle(stream, signature=signature)  # type: ignore[arg-type]
+            report = verify_bundle(stream, options=options)  # type: ignore[arg-type]
     except KindlingBundleError as exc:  # the file cannot be opened or read at all
         report = VerifyReport(ref.label)
         if isinstance(exc, BundleError | SignatureError):

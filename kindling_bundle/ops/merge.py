@@ -50,7 +50,8 @@ import msgspec
 from kindling_bundle.db.importer import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.format.signature import SignatureOptions
+from kindling_bundle.io.age import Recipient
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
 from kindling_bundle.ops.write import BundleDestination, BundleOptions, write_bundle_from_records
@@ -63,6 +64,7 @@ from kindling_bundle.records import (
     Summary,
     entity_of,
 )
+from kindling_bundle.scrub import Scanner
 
 _LISTED_IDS = 5
 
@@ -173,13 +175,14 @@ def diff_datasets(
     b: DatasetSource,
     *,
     spool_dir: str | None = None,
-    signature: SignatureOptions | None = None,
+    options: ReadOptions | None = None,
 ) -> DiffReport:
-    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); a bundle's
-    signature is checked against `signature` (see `open_dataset`)."""
+    """Compare two dataset sources of any kinds (bundle, Kindling JSON, database); encrypted
+    ones are opened with `options.identities`, and a bundle's signature is checked against
+    `options.signature` (see `open_dataset`)."""
     with (
-        open_dataset(a, spool_dir=spool_dir, signature=signature) as left,
-        open_dataset(b, spool_dir=spool_dir, signature=signature) as right,
+        open_dataset(a, spool_dir=spool_dir, options=options) as left,
+        open_dataset(b, spool_dir=spool_dir, options=options) as right,
     ):
         return diff_records(left.records, right.records, a_name=left.name, b_name=right.name)
 
@@ -257,10 +260,11 @@ class _Merger:
         conflict: ConflictStrategy,
         drop_dangling: bool,
         spool_dir: str | None,
-        signature: SignatureOptions | None,
+        options: ReadOptions | None,
     ):
         self.sources = list(sources)
-        self.signature = signature
+        self.options = options
+        self.encrypted = False  # an input was: the output's spools are sealed
         self.names = [os.fspath(src) for src in self.sources]
         self.conflict = conflict
         self.spool_dir = spool_dir
@@ -282,7 +286,8 @@ class _Merger:
     def build_index(self) -> None:
         digest = _Digester()
         for source, src in enumerate(self.sources):
-            with open_dataset(src, spool_dir=self.spool_dir, signature=self.signature) as dataset:
+            with open_dataset(src, spool_dir=self.spool_dir, options=self.options) as dataset:
+                self.encrypted = self.encrypted or dataset.encrypted
                 ordinals = dict.fromkeys(ENTITY_TYPES, 0)
                 for record in dataset.records:
                     entity = entity_of(record)
@@ -354,7 +359,7 @@ class _Merger:
         with ExitStack() as stack:
             datasets = [
                 stack.enter_context(
-                    open_dataset(src, spool_dir=self.spool_dir, signature=self.signature)
+                    open_dataset(src, spool_dir=self.spool_dir, options=self.options)
                 )
                 for src in self.sources
             ]
@@ -421,20 +426,32 @@ def merge_datasets(
     created_at: int | None = None,
     level: int = 3,
     spool_dir: str | None = None,
-    signature: SignatureOptions | None = None,
+    options: ReadOptions | None = None,
+    recipients: Sequence[Recipient] = (),
+    scrub: Scanner | None = None,
 ) -> MergeReport:
     """Merge bundles, Kindling JSON exports and Kindling databases into one bundle at `dest`.
 
     See the module docstring for the strategies, closure, order and memory. Raises
     ImportConflictError under `error`, RecordError for a dangling reference without
-    `drop_dangling`, a SignatureError for an input `signature` refuses (see `open_dataset`);
-    then nothing is left at a path destination. The merged bundle is unsigned.
+    `drop_dangling`, a SignatureError for an input `options.signature` refuses (see
+    `open_dataset`); then nothing is left at a path destination. The merged bundle is unsigned.
+    Encrypted inputs are opened with `options.identities` (the output's spools are then
+    sealed); with `recipients` the output is encrypted to them. With `scrub`, secrets in the
+    merged records are redacted (BundleOptions.scrub); which record wins is decided on the
+    records as the inputs hold them.
     """
     check_strategy(conflict)
     if not sources:
         raise ValueError("nothing to merge: give at least one source")
-    merger = _Merger(sources, conflict, drop_dangling, spool_dir, signature)
+    merger = _Merger(sources, conflict, drop_dangling, spool_dir, options)
     merger.build_index()
-    opts = BundleOptions(created_at=created_at, level=level)
+    opts = BundleOptions(
+        created_at=created_at,
+        level=level,
+        recipients=recipients,
+        sealed_spools=merger.encrypted,
+        scrub=scrub,
+    )
     merger.report.manifest = merger.write(dest, opts)
     return merger.report

@@ -49,9 +49,11 @@ from kindling_bundle.errors import (
     StoreError,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, BundleSource
-from kindling_bundle.format.signature import SignatureOptions, signature_to_dict
-from kindling_bundle.io.ssh_signature import Signer
+from kindling_bundle.format.reader import BundleSource
+from kindling_bundle.format.signature import signature_to_dict
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.io.sshsig import Signer
+from kindling_bundle.ops.read import open_reader
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
@@ -115,7 +117,7 @@ def import_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     name: str | None = None,
-    signature: SignatureOptions | None = None,
+    options: ReadOptions | None = None,
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
@@ -127,12 +129,14 @@ def import_bundle(
     StoreError (the database failed: locked, full, corrupt); in every case nothing was
     written. `progress(records_done, bytes_done)` is called after each frame;
     `on_manifest(manifest)` once the manifest is valid, before any write. Messages name the
-    bundle `name` when given (the file a temporary bundle was converted from). `signature`
-    says whom to trust; a signature it refuses (a SignatureError) is refused before the database
-    is touched.
+    bundle `name` when given (the file a temporary bundle was converted from). An encrypted
+    bundle is opened with `options.identities`; nothing is committed before its whole stream
+    has authenticated (the reader reaches the source's end before the last batch is done).
+    `options.signature` says whom to trust; a signature it refuses (a SignatureError) is
+    refused before the database is touched.
     """
     check_strategy(conflict)
-    with BundleReader(src, name=name, signature=signature) as reader:
+    with open_reader(src, options=options, name=name) as reader:
         label = reader.label
         manifest = reader.read_manifest()
         if on_manifest is not None:

@@ -3,6 +3,10 @@
 `encode_member` is the one loop that turns an entity's records into a member's frames: the
 writer runs it for every member, and so does an export's worker process (parallel.encoder) for
 its part of the observations.
+
+An encrypted export's spools are SealedSpools (io.age): they hold only ciphertext, under a key
+that lives in this process's memory (and its forked worker's), so no spooled record reaches the
+disk in the clear.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import TYPE_CHECKING, BinaryIO
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, EntityEntry, ProgressCallback
 from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.io.storage import check_local_destination
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scrubber
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -38,15 +44,22 @@ class Member:
 
 
 @contextlib.contextmanager
-def spool_file(dest: str | os.PathLike[str] | BinaryIO, label: str) -> Iterator[BinaryIO]:
+def spool_file(
+    dest: str | os.PathLike[str] | BinaryIO, label: str, sealed: bool = False
+) -> Iterator[BinaryIO]:
     """An anonymous temporary file beside a path destination (same filesystem, and not a RAM
-    disk by accident), or in TMPDIR for a stream destination."""
+    disk by accident), or in TMPDIR for a stream destination; `sealed`: one that holds only
+    ciphertext, under a key in this process's memory (io.age.SealedSpool)."""
     directory = None
     if isinstance(dest, str | os.PathLike):  # refused now, not after the records are encoded
         check_local_destination(dest, label=label)
         directory = Path(dest).parent
+    prefix = ".kbundle-spool-"
     try:  # entered just below, outside this try (whose except is about creating it)
-        spool = tempfile.TemporaryFile(dir=directory, prefix=".kbundle-spool-")  # noqa: SIM115
+        if sealed:
+            spool: BinaryIO = SealedSpool(directory, prefix=prefix)
+        else:
+            spool = tempfile.TemporaryFile(dir=directory, prefix=prefix)  # noqa: SIM115
     except OSError as exc:
         raise BundleError(f"{label}: cannot create a temporary file: {exc.strerror}") from None
     with spool:
@@ -87,11 +100,16 @@ def encode_member(
     label: str,
     on_frame: Callable[[int, int], None],
     sha256: _Hash | None = None,
+    scrub: Scrubber | None = None,
     member: str | None = None,
 ) -> Member:
     """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
     into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
+    With `scrub`, each record is scrubbed first (counted in `scrub.tally`): here, where records
+    are encoded, so that a worker process scrubs the records it encodes.
     `member` is the member's name where it is not the entity's (an increment's tombstones)."""
+    if scrub is not None:
+        records = scrub.records(records)
     offset = spool.tell()
     if sha256 is None:
         sha256 = hashlib.sha256()
@@ -115,12 +133,35 @@ def encode_member(
     return Member(entry, ((spool, offset, size),))
 
 
-def flush_spool(spool: BinaryIO, label: str) -> None:
-    """Write out what the spool holds in its buffer (a full disk may show only now)."""
+def finish_spool(spool: BinaryIO, label: str) -> None:
+    """The writer's last word on `spool`, for another process to read it: what it holds in its
+    buffer written out (a full disk may show only now), and a SealedSpool's last chunk sealed
+    (it stays in the writer's memory until then). Nothing may be written to it after this."""
     try:
-        spool.flush()
+        if isinstance(spool, SealedSpool):
+            spool.finish()
+        else:
+            spool.flush()
     except OSError as exc:
         raise BundleError(f"{label}: cannot write the spool file: {exc.strerror}") from None
+
+
+def written_elsewhere(spool: BinaryIO) -> Callable[[int], bytes]:
+    """Reads, from its start, what another process (forked from this one, or this one's
+    parent) wrote to `spool` and finished, without moving the file position both share: by
+    offset (pread), or through a SealedSpool's decrypting reader (which leaves this copy's own
+    writing state, stale since the fork, alone)."""
+    if isinstance(spool, SealedSpool):
+        return spool.written_elsewhere().read
+    fd, at = spool.fileno(), 0
+
+    def pread(size: int) -> bytes:
+        nonlocal at
+        data = os.pread(fd, size, at)
+        at += len(data)
+        return data
+
+    return pread
 
 
 def encode_members(
@@ -129,12 +170,20 @@ def encode_members(
     label: str,
     progress: Progress,
     names: Mapping[str, str] = ENTITY_MEMBERS,
+    *,
+    scrub: Scrubber | None = None,
 ) -> list[Member]:
     """Each member into the spool, one after the other, in the order of `names` (entity: member
     name): foreign-key order, or an increment's, tombstones first."""
     return [
         encode_member(
-            spool, entity, streams.get(entity, ()), label, progress.add, member=names[entity]
+            spool,
+            entity,
+            streams.get(entity, ()),
+            label,
+            progress.add,
+            scrub=scrub if entity in ENTITY_MEMBERS else None,  # tombstones hold only ids
+            member=names[entity],
         )
         for entity in names
     ]

@@ -89,7 +89,7 @@ def _check_sha(ref: BundleRef, actual: str) -> None:
 def read_chain(refs: Sequence[BundleRef]) -> SnapshotState:
     """The snapshot the chain `refs` (a full bundle, then its increments in order) makes, read
     and checked link by link: every bundle completely (hashes, counts, records), and each
-    increment against the bundle before it (section 15.3). A BundleError names the link."""
+    increment against the bundle before it (section 16.3). A BundleError names the link."""
     if not refs:
         raise ValueError("a chain has at least one bundle")
     entities: dict[str, EntityState] = {}

@@ -45,8 +45,9 @@ from kindling_bundle.format.reader import (
     source_label,
 )
 from kindling_bundle.format.record_frames import RecordDecoder
-from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.ops.read import open_reader
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
 from kindling_bundle.parallel.decoder import Decoded, DecoderChild, Vouched, decode_here
 from kindling_bundle.records import ENTITY_TYPES, Record
@@ -58,19 +59,22 @@ def verify_bundle(
     progress: ProgressCallback | None = None,
     on_manifest: Callable[[Manifest], None] | None = None,
     workers: Workers = "auto",
-    signature: SignatureOptions | None = None,
+    options: ReadOptions | None = None,
 ) -> VerifyReport:
     """Check a bundle completely (see the module docstring); never raises for a bad bundle,
-    nor for a signature `signature` refuses (both are problems in the report).
+    nor for a signature `options.signature` refuses (both are problems in the report).
 
     `on_manifest(manifest)` is called once the manifest is read and valid, before any record
     (e.g. to size a progress bar from `manifest.total_records`). `workers`: processes that
     decode the observations (kindling_bundle.parallel.choose_workers); the report is the same
-    whatever the number."""
+    whatever the number. An encrypted bundle is opened with `options.identities`: a damaged or
+    truncated ciphertext is a problem in the report; no identity, or none that opens it, raises
+    (an EncryptionError: it is not the bundle that is wrong). `options.signature`: whom to
+    trust."""
     workers = check_workers(workers)
     report = VerifyReport(source=source_label(src))
     try:
-        with BundleReader(src, signature=signature) as reader:
+        with open_reader(src, options=options) as reader:
             _Verifier(reader, report, progress).run(on_manifest, workers)
     except (BundleError, SignatureError) as exc:
         report.failed(exc)
@@ -104,7 +108,7 @@ class _Verifier:
         manifest = self.report.manifest = self.reader.read_manifest()
         self.report.signer = self.reader.signer
         expected = {entry.entity: entry.records for entry in manifest.entities}
-        self.rules = rules_for(  # an increment's records may refer to its base (section 15)
+        self.rules = rules_for(  # an increment's records may refer to its base (section 16)
             manifest, "the bundle", trusted=self.complete.__getitem__, expected=expected
         )
         # Forked before the reader starts its threads (read-ahead, SHA-256).

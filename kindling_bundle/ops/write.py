@@ -18,6 +18,12 @@ temporary file has no name until it is complete (O_TMPFILE), so a process killed
 the spool. Elsewhere it is `.NAME.XXXXXXXX.tmp` beside the destination (see atomic_file). A
 stream destination (stdout, an upload) is written front to back and flushed, never sought nor
 closed.
+
+An encrypted bundle (BundleOptions.recipients) is the same archive written through an age
+encrypting writer (io.age) inside that temporary file or stream, and its spools are
+SealedSpools: nothing that reaches a file holds plaintext records. A signed and encrypted
+bundle is signed inside: the signature member is in the plaintext bundle, so without a key
+nobody learns who signed it.
 """
 
 from __future__ import annotations
@@ -25,14 +31,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
+import msgspec
+
 from kindling_bundle.db.connection import KindlingConnection
-from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
+from kindling_bundle.db.export import (
+    ENTITY_EXPORTS,
+    ExportStreamOptions,
+    observations_bound,
+    snapshot,
+)
 from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.increment import (
     INCREMENT_MEMBERS,
@@ -50,6 +62,7 @@ from kindling_bundle.format.manifest import (
     FilterInfo,
     Manifest,
     ProgressCallback,
+    ScrubInfo,
     SourceInfo,
     ToolInfo,
     encode_manifest,
@@ -57,12 +70,14 @@ from kindling_bundle.format.manifest import (
 from kindling_bundle.format.reader import source_label
 from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
-from kindling_bundle.io.ssh_signature import SigningKey
+from kindling_bundle.io.age import Recipient, open_encrypting_writer
+from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_file
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
 from kindling_bundle.parallel.encoder import SplitChild, Witness, encode_split, split_key
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scanner, Scrubber
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -85,6 +100,14 @@ class BundleOptions:
     `sign_key`: sign the bundle (format 1.1: the SSH signature over the manifest's bytes, in a
     member right after it); ed25519 and RSA signatures are deterministic, so a signed bundle
     stays byte-identical from run to run. Unsigned bundles are format 1.0.
+    `recipients`: encrypt the bundle to these public keys (io.age.parse_recipient,
+    read_recipients_file): the output is an age file whose plaintext is the bundle (the same
+    bytes as without them, a signature included), and every spool holds only ciphertext.
+    `sealed_spools`: spools hold only ciphertext without recipients too (for records that come
+    from an encrypted input).
+    `scrub`: replace every secret this scanner finds in the records' free text by
+    `[REDACTED:<rule-id>]` where they are encoded (in the worker too), and say so in the
+    manifest's optional `scrub` record (the format version stays what it would be).
     """
 
     filter: ExportStreamOptions = field(default_factory=ExportStreamOptions)
@@ -92,8 +115,15 @@ class BundleOptions:
     level: int = 3
     workers: Workers = "auto"
     sign_key: SigningKey | None = None
+    recipients: Sequence[Recipient] = ()
+    sealed_spools: bool = False
+    scrub: Scanner | None = None
 
     def __post_init__(self) -> None:
+        recipients = tuple(self.recipients)
+        if not all(isinstance(recipient, Recipient) for recipient in recipients):
+            raise TypeError("recipients must be Recipient objects (see io.age.parse_recipient)")
+        object.__setattr__(self, "recipients", recipients)
         if not isinstance(self.filter, ExportStreamOptions):
             raise TypeError(f"filter must be ExportStreamOptions, got {type(self.filter).__name__}")
         if isinstance(self.level, bool) or not isinstance(self.level, int):
@@ -108,6 +138,8 @@ class BundleOptions:
                 f"sign_key must be a SigningKey (load_signing_key), got "
                 f"{type(self.sign_key).__name__}"
             )
+        if self.scrub is not None and not isinstance(self.scrub, Scanner):
+            raise TypeError(f"scrub must be a Scanner, got {type(self.scrub).__name__}")
 
 
 def _check_created_at(value: object, what: str) -> int:
@@ -156,26 +188,29 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
+    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
     with contextlib.ExitStack() as stack:
-        spool = stack.enter_context(spool_file(dest, label))
+        sealed = _sealed(opts)
+        spool = stack.enter_context(spool_file(dest, label, sealed))
         tally = Progress(progress)
         witness = None
-        if choose_workers(opts.workers, _observations_bound(conn)) > 1:
+        if choose_workers(opts.workers, observations_bound(conn)) > 1:
             # Opened before the snapshot: it tells whether anything is committed after it starts.
             witness = Witness.for_split(conn, selection)
             if witness is not None:
                 stack.callback(witness.close)
         with snapshot(conn):
-            child = _split(conn, witness, spool, dest, label, tally, stack) if witness else None
+            child = None
+            if witness is not None:
+                child = _split(conn, witness, spool, dest, label, tally, stack, sealed, scrub)
             if child is not None:
-                members = encode_split(conn, child, spool, label, tally)
+                members = encode_split(conn, child, spool, label, tally, scrub)
             else:
-                members = _encode_here(conn, selection, spool, label, tally)
+                members = _encode_here(conn, selection, spool, label, tally, scrub)
         entries = [member.entry for member in members]
-        manifest = _manifest(
-            created_at, getattr(conn, "generation", None), selection, entries, opts.sign_key
-        )
-        _write_archive(dest, label, members, manifest, opts.level, on_output, opts.sign_key)
+        generation = getattr(conn, "generation", None)
+        manifest = _manifest(created_at, generation, selection, entries, opts.sign_key, scrub)
+        _write_archive(dest, label, members, manifest, opts, on_output)
     return manifest
 
 
@@ -185,11 +220,12 @@ def _encode_here(
     spool: BinaryIO,
     label: str,
     progress: Progress,
+    scrub: Scrubber | None,
 ) -> list[Member]:
     """Every member in this process, one after the other."""
     streams = {entity: export(conn, selection) for entity, export in ENTITY_EXPORTS.items()}
     try:
-        return encode_members(spool, streams, label, progress)
+        return encode_members(spool, streams, label, progress, scrub=scrub)
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()
@@ -203,15 +239,17 @@ def _split(
     label: str,
     tally: Progress,
     stack: contextlib.ExitStack,
+    sealed: bool,
+    scrub: Scrubber | None,
 ) -> SplitChild | None:
     """A child started on the first part of the observations (parallel.encoder), on this
-    snapshot; None if there are too few to split, or if it cannot share the snapshot (then it
-    has written nothing)."""
+    snapshot, writing a spool of its own (`sealed` as this process's); None if there are too
+    few to split, or if it cannot share the snapshot (then it has written nothing)."""
     key = split_key(conn)
     if key is None:
         return None
-    child_spool = stack.enter_context(spool_file(dest, label))
-    child = SplitChild(conn, key, label, child_spool, spool, tally.worker)
+    child_spool = stack.enter_context(spool_file(dest, label, sealed))
+    child = SplitChild(conn, key, label, child_spool, spool, tally.worker, scrub)
     stack.enter_context(child)
     return child if child.shares(witness) else None
 
@@ -244,14 +282,21 @@ def write_bundle_from_records(
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
-    with spool_file(dest, label) as spool:
-        members = encode_members(spool, streams, label, Progress(progress), names)
+    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
+    with spool_file(dest, label, _sealed(opts)) as spool:
+        members = encode_members(spool, streams, label, Progress(progress), names, scrub=scrub)
         entries = [member.entry for member in members]
-        manifest = _manifest(created_at, source_generation, opts.filter, entries, opts.sign_key)
+        manifest = _manifest(
+            created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
+        )
         if increment is not None:
             manifest = increment_manifest(manifest, increment.base, increment.state)
-        _write_archive(dest, label, members, manifest, opts.level, sign_key=opts.sign_key)
+        _write_archive(dest, label, members, manifest, opts)
     return manifest
+
+
+def _sealed(opts: BundleOptions) -> bool:
+    return bool(opts.recipients) or opts.sealed_spools
 
 
 def _manifest(
@@ -260,10 +305,13 @@ def _manifest(
     export_filter: ExportStreamOptions,
     entries: list[EntityEntry],
     sign_key: SigningKey | None = None,
+    scrub: Scrubber | None = None,
 ) -> Manifest:
     from kindling_bundle import __version__
 
     scope = export_filter.scope_ids
+    # `scrub` is optional in every 1.x version and changes none (spec section 8).
+    scrubbed = msgspec.convert(scrub.manifest(), ScrubInfo) if scrub is not None else None
     return Manifest(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION if sign_key is None else SIGNED_FORMAT_VERSION,
@@ -277,16 +325,8 @@ def _manifest(
             include_references=export_filter.include_references,
         ),
         entities=entries,
+        scrub=scrubbed,
     )
-
-
-def _observations_bound(conn: KindlingConnection) -> int:
-    """An upper bound of the observations' count, read from the end of the table's b-tree."""
-    try:
-        last: int = conn.execute("SELECT coalesce(max(rowid), 0) FROM observations").fetchone()[0]
-    except sqlite3.DatabaseError:  # the export stream meets it too, and says so in its words
-        return 0
-    return last
 
 
 def _write_archive(
@@ -294,18 +334,20 @@ def _write_archive(
     label: str,
     members: list[Member],
     manifest: Manifest,
-    level: int,
+    opts: BundleOptions,
     on_output: Callable[[bytes], None] | None = None,
-    sign_key: SigningKey | None = None,
 ) -> None:
     # Signed before the destination is opened: a key that cannot sign (an agent gone) leaves
     # nothing behind.
+    sign_key = opts.sign_key
     signature = None if sign_key is None else sign_key.sign(encode_manifest(manifest)).encode()
     try:
-        with _destination(dest) as out:
-            # zstandard takes any object with write() (its stubs say IO[bytes])
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(_destination(dest))
+            # zstandard calls only write and flush on what it writes to: a _Tee will do
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
-            _emit(sink, members, manifest, level, signature)
+            target = stack.enter_context(_encrypted(sink, opts.recipients))
+            _emit(target, members, manifest, opts.level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -325,6 +367,17 @@ class _Tee:
 
     def flush(self) -> None:
         self._out.flush()
+
+
+@contextlib.contextmanager
+def _encrypted(out: BinaryIO, recipients: Sequence[Recipient]) -> Iterator[BinaryIO]:
+    """`out`, or with recipients a stream that encrypts into it. Its last chunk is written only
+    when the archive is complete: an archive cut short by an error reads as truncated."""
+    if not recipients:
+        yield out
+        return
+    with open_encrypting_writer(out, recipients) as writer:
+        yield writer
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ checking and encoding them. In the split a forked child, with a connection of it
 export's snapshot, reads and encodes the first CHILD_SHARE of the observations into a spool of
 its own, while this process reads and encodes the rest and then the other members into its
 spool. The split falls on a multiple of FRAME_RECORDS, so the frames are those of one pass and
-the bundle is byte for byte the one a single process writes.
+the bundle is byte for byte the one a single process writes. A scrubbing export
+(BundleOptions.scrub) scrubs in both processes, each what it encodes; the child sends its
+counts with its last word.
 
 The child's connection must see the export's snapshot. A second connection opened before the
 snapshot (`Witness`) tells whether anything was committed since; the child fixes its snapshot,
@@ -19,6 +21,10 @@ the same class and message as in one process (the child runs the same export str
 same member loop). A child that dies is a BundleError. Messages between the processes are typed
 (msgspec Structs); each process writes only its own spool (the child reads this process's, to
 hash the whole member, only once it is complete).
+
+An encrypted export's spools are SealedSpools (io.age): the child is forked, so it holds the
+same in-memory keys. Each side seals its last chunk before the other reads (`finish_spool`), and
+reads what the other wrote through the spool's own decrypting reader, never the raw file.
 """
 
 from __future__ import annotations
@@ -26,10 +32,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
@@ -43,17 +48,19 @@ from kindling_bundle.db.export import (
     observation_split,
     snapshot,
 )
-from kindling_bundle.errors import BundleError, KindlingBundleError, RecordError, StoreError
+from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, FRAME_RECORDS, EntityEntry
 from kindling_bundle.ops.spool import (
     Member,
     Progress,
     encode_member,
     encode_members,
-    flush_spool,
+    finish_spool,
+    written_elsewhere,
 )
-from kindling_bundle.parallel.forking import pipe, start_child
+from kindling_bundle.parallel.forking import ChildFailed, pipe, start_child
 from kindling_bundle.records import Record
+from kindling_bundle.scrub import Scrubber
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -123,44 +130,24 @@ class _Encoded(msgspec.Struct, tag=True):
 
 
 class _Done(msgspec.Struct, tag=True):
-    """From the child: its part (records, bytes) and the SHA-256 of the whole member."""
+    """From the child: its part (records, bytes), the SHA-256 of the whole member, and when it
+    scrubbed, what (records with a finding, findings by rule: counts only)."""
 
     records: int
     bytes: int
     sha256: str
+    scrubbed_records: int = 0
+    scrubbed_by_rule: dict[str, int] = {}
 
 
-class _Failed(msgspec.Struct, tag=True):
-    """From the child: the error that stopped it, to be raised here as it was raised there."""
-
-    error: Literal["RecordError", "StoreError", "BundleError"]
-    message: str
-    entity: str | None = None
-    record_id: str | None = None
-
-    @classmethod
-    def of(cls, exc: BaseException) -> _Failed:
-        if isinstance(exc, RecordError):
-            return cls("RecordError", str(exc), exc.entity, exc.record_id)
-        if isinstance(exc, StoreError):
-            return cls("StoreError", str(exc))
-        if isinstance(exc, BundleError):
-            return cls("BundleError", str(exc))
-        return cls("BundleError", f"the encoding process failed: {type(exc).__name__}: {exc}")
-
-    def exception(self) -> KindlingBundleError:
-        if self.error == "RecordError":
-            return RecordError(self.message, entity=self.entity, record_id=self.record_id)
-        return StoreError(self.message) if self.error == "StoreError" else BundleError(self.message)
-
-
-_FromChild = _Ready | _Encoded | _Done | _Failed
+_FromChild = _Ready | _Encoded | _Done | ChildFailed
 
 
 class SplitChild:
     """The child of a split, seen from this process: started on `key`, writing `spool`;
     `on_progress(records, bytes)` gets its running totals (passed on by `poll` and `finish`).
-    `side` is this process's spool, which the child hashes once told its part is complete."""
+    `side` is this process's spool, which the child hashes once told its part is complete.
+    With `scrub`, the child scrubs the records it encodes (with a copy of its scanner)."""
 
     def __init__(
         self,
@@ -170,13 +157,14 @@ class SplitChild:
         spool: BinaryIO,
         side: BinaryIO,
         on_progress: Callable[[int, int], None],
+        scrub: Scrubber | None = None,
     ):
         self._reports, child_reports = pipe()
         child_commands, self._commands = pipe()
         self._spool = spool
         self._child = start_child(
             _split_child,
-            (conn.path, key, label, spool, side.fileno(), child_commands, child_reports),
+            (conn.path, key, label, spool, side, scrub, child_commands, child_reports),
             "kbundle-encoder",
             parent_ends=(self._reports, self._commands),
         )
@@ -184,7 +172,7 @@ class SplitChild:
         child_reports.close()
         self._encode = msgspec.msgpack.Encoder()
         self._decode = msgspec.msgpack.Decoder(_FromChild)
-        self._last: _Done | _Failed | None = None
+        self._last: _Done | ChildFailed | None = None
         self._on_progress = on_progress
         self.key = key
 
@@ -214,7 +202,7 @@ class SplitChild:
             self._send(_Finish(side_bytes))
         while self._last is None:
             self._take(self._receive())
-        if isinstance(self._last, _Failed):
+        if isinstance(self._last, ChildFailed):
             raise self._last.exception()
         return self._last
 
@@ -237,20 +225,20 @@ class SplitChild:
         try:
             return self._decode.decode(self._reports.recv_bytes())
         except EOFError:  # gone without a last word
-            return _Failed("BundleError", "the encoding process ended without a word (killed?)")
+            return ChildFailed("BundleError", "the encoding process ended without a word (killed?)")
 
     def _take(self, report: _FromChild) -> None:
         if isinstance(report, _Encoded):
             self._on_progress(report.records, report.bytes)
-        elif isinstance(report, _Done | _Failed):
+        elif isinstance(report, _Done | ChildFailed):
             self._last = report
 
 
-def split_key(conn: KindlingConnection) -> SplitKey | None:
-    """Where a whole export's observations split (see CHILD_SHARE), or None for too few to
-    split. Inside the export's snapshot."""
+def split_key(conn: KindlingConnection, share: float = CHILD_SHARE) -> SplitKey | None:
+    """Where a whole export's observations split (the child takes `share` of them), or None
+    for too few to split. Inside the export's snapshot."""
     (total,) = conn.execute("SELECT count(*) FROM observations").fetchone()
-    index = round(total * CHILD_SHARE / FRAME_RECORDS) * FRAME_RECORDS
+    index = round(total * share / FRAME_RECORDS) * FRAME_RECORDS
     return observation_split(conn, index) if 0 < index < total else None
 
 
@@ -260,9 +248,11 @@ def encode_split(
     spool: BinaryIO,
     label: str,
     progress: Progress,
+    scrub: Scrubber | None = None,
 ) -> list[Member]:
     """Every member, while `child` (started, sharing this snapshot) encodes the first part of
-    the observations: this process encodes the rest of them, then the other members."""
+    the observations: this process encodes the rest of them, then the other members. With
+    `scrub`, both scrub what they encode; the child's counts are added to `scrub.tally`."""
     progress.watch = child.poll
     others = [entity for entity in ENTITY_MEMBERS if entity != "observations"]
     streams: dict[str, Iterator[Record]] = {
@@ -270,15 +260,17 @@ def encode_split(
     }
     streams |= {entity: ENTITY_EXPORTS[entity](conn, ExportStreamOptions()) for entity in others}
     try:
-        rest, *members = encode_members(spool, streams, label, progress)
+        rest, *members = encode_members(spool, streams, label, progress, scrub=scrub)
     except KindlingBundleError:
         child.finish(0)  # the child's own error comes first, if it met one
         raise
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()  # type: ignore[attr-defined]
-    flush_spool(spool, label)  # the child reads it
+    finish_spool(spool, label)  # the child reads it
     done = child.finish(rest.entry.bytes)
+    if scrub is not None:
+        scrub.tally.merge(done.scrubbed_records, done.scrubbed_by_rule)
     entry = EntityEntry(
         entity="observations",
         member=ENTITY_MEMBERS["observations"],
@@ -295,12 +287,14 @@ def _split_child(
     key: SplitKey,
     label: str,
     spool: BinaryIO,
-    side: int,
+    side: BinaryIO,
+    scrub: Scrubber | None,
     commands: Any,
     reports: Any,
 ) -> None:
     """In the child: open the database, fix the snapshot and say so; when told to start, encode
-    the observations before `key` into `spool`, then hash this process's part from `side`."""
+    (and scrub) the observations before `key` into `spool`, then hash this process's part from
+    `side`."""
     encoder = msgspec.msgpack.Encoder()
 
     def report(message: _FromChild) -> None:
@@ -321,24 +315,28 @@ def _split_child(
             msgspec.msgpack.decode(commands.recv_bytes(), type=_Start)  # or the end: stopped
             sha256 = hashlib.sha256()
             records = export_observations_before(conn, key)
-            part = encode_member(spool, "observations", records, label, on_frame, sha256)
-            flush_spool(spool, label)
+            mine = Scrubber(scrub.scanner) if scrub is not None else None  # its own counts
+            part = encode_member(spool, "observations", records, label, on_frame, sha256, mine)
+            finish_spool(spool, label)
             finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
             _hash_file(side, finish.side_bytes, sha256, label)
-            report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest()))
+            scrubbed = (mine.tally.records, dict(mine.tally.by_rule)) if mine else (0, {})
+            report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest(), *scrubbed))
     except (EOFError, BrokenPipeError):  # the parent stopped the child, or is gone
         return
     except BaseException as exc:
         with contextlib.suppress(OSError):  # unless the parent is gone meanwhile
-            report(_Failed.of(exc))
+            report(ChildFailed.of(exc, "encoding"))
 
 
-def _hash_file(fd: int, size: int, sha256: _Hash, label: str) -> None:
-    """Hash the first `size` bytes of the file `fd` (read at offsets: no shared file position)."""
+def _hash_file(spool: BinaryIO, size: int, sha256: _Hash, label: str) -> None:
+    """Hash the first `size` bytes the parent wrote to `spool` (read at offsets: no shared file
+    position)."""
+    read = written_elsewhere(spool)
     offset = 0
     while offset < size:
         try:
-            chunk = os.pread(fd, min(size - offset, _READ_BYTES), offset)
+            chunk = read(min(size - offset, _READ_BYTES))
         except OSError as exc:
             raise BundleError(f"{label}: cannot read the spool file: {exc.strerror}") from None
         if not chunk:

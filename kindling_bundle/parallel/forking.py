@@ -1,4 +1,5 @@
-"""Forking a worker process, in one place: when it is safe, and how.
+"""Forking a worker process, in one place: when it is safe, how, and how the error that
+stopped one reaches this process (`ChildFailed`).
 
 A forked child starts as a copy of this process with one thread, the one that forked. Any other
 thread's locks (fsspec's I/O thread of an `s3://` session, a caller's thread, our own SHA-256 or
@@ -16,7 +17,11 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
+
+from kindling_bundle.errors import BundleError, KindlingBundleError, RecordError, StoreError
 
 
 def fork_is_safe() -> bool:
@@ -59,3 +64,30 @@ def _run(target: Callable[..., None], args: tuple[Any, ...], parent_ends: tuple[
 def pipe() -> tuple[Any, Any]:
     """A one-way pipe for messages to or from a child: (receiving end, sending end)."""
     return multiprocessing.get_context("fork").Pipe(duplex=False)
+
+
+class ChildFailed(msgspec.Struct, tag=True):
+    """From a child: the error that stopped it, to be raised in this process as it was raised
+    there (the same class and message as in one process)."""
+
+    error: Literal["RecordError", "StoreError", "BundleError"]
+    message: str
+    entity: str | None = None
+    record_id: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException, process: str) -> ChildFailed:
+        """The message for `exc`; `process` names the child's job ("encoding") in a message
+        for an error that was not ours."""
+        if isinstance(exc, RecordError):
+            return cls("RecordError", str(exc), exc.entity, exc.record_id)
+        if isinstance(exc, StoreError):
+            return cls("StoreError", str(exc))
+        if isinstance(exc, BundleError):
+            return cls("BundleError", str(exc))
+        return cls("BundleError", f"the {process} process failed: {type(exc).__name__}: {exc}")
+
+    def exception(self) -> KindlingBundleError:
+        if self.error == "RecordError":
+            return RecordError(self.message, entity=self.entity, record_id=self.record_id)
+        return StoreError(self.message) if self.error == "StoreError" else BundleError(self.message)

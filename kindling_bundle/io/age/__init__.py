@@ -1,0 +1,87 @@
+"""The age envelope (age-encryption.org/v1): recipients, identities, header, streaming payload.
+
+An encrypted bundle is an age file whose plaintext is the bundle, so the `age` tool reads what we
+write and we read what it writes (tests pin both directions). The format, in short: a text header
+(`age-encryption.org/v1`, one stanza per recipient wrapping a random 16-byte file key, an
+HMAC-SHA256 over the header), a 16-byte nonce, then the payload as ChaCha20-Poly1305 chunks of
+64 KiB, each sealed under a counter nonce whose last byte flags the final chunk, so a stream cut at
+a chunk boundary is detected and never mistaken for a shorter plaintext.
+
+Built on `cryptography`, not pyrage: pyrage's `encrypt_io`/`decrypt_io` stream, but they pull and
+push through a Python call every 8 KiB while holding the GIL, cannot hand back a writable or
+readable stream without a bridging thread, and pass errors back as message strings. Here every
+chunk is one C call, and the errors are typed (no identity, no matching identity, damaged,
+truncated). pyrage stays as the second implementation the tests check this one against.
+
+Recipients: `age1…` X25519 keys, `ssh-ed25519` and `ssh-rsa` public keys, or a recipients file as
+`age -R` reads it. Identities: age identity files (passphrase-protected ones made with `age -p`
+too) and OpenSSH private keys, ed25519 and rsa, passphrase-protected or not. Encrypting a bundle
+to a passphrase is not offered: scrypt at age's work factor takes 256 MiB, past the memory
+bundles keep to; a passphrase-protected identity file gives the same protection and pays that
+once, to unlock the key.
+
+`SealedSpool` is a temporary file sealed under a key that lives only in memory, so spooled
+plaintext never reaches the disk.
+
+The modules, by job: `primitives` (encodings, key derivation, stanzas), `recipients`,
+`identities`, `header` (detection, armor, parsing), `payload` (the chunked stream both ways),
+`spool` (sealed temporary files).
+"""
+
+from kindling_bundle.io.age.header import (
+    MAX_HEADER_BYTES,
+    SNIFF_BYTES,
+    AgeHeader,
+    is_encrypted,
+    read_header,
+)
+from kindling_bundle.io.age.identities import (
+    Identity,
+    PassphrasePrompt,
+    SshEd25519Identity,
+    SshRsaIdentity,
+    X25519Identity,
+    load_identities,
+    parse_identities,
+)
+from kindling_bundle.io.age.payload import (
+    DecryptingReader,
+    EncryptingWriter,
+    open_decrypting_reader,
+    open_encrypting_writer,
+)
+from kindling_bundle.io.age.recipients import (
+    Recipient,
+    SshEd25519Recipient,
+    SshRsaRecipient,
+    X25519Recipient,
+    parse_recipient,
+    read_recipients_file,
+)
+from kindling_bundle.io.age.spool import SealedSpool
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "SNIFF_BYTES",
+    "AgeHeader",
+    "DecryptingReader",
+    "EncryptingWriter",
+    "Identity",
+    "PassphrasePrompt",
+    "Recipient",
+    "SealedSpool",
+    "SshEd25519Identity",
+    "SshEd25519Recipient",
+    "SshRsaIdentity",
+    "SshRsaRecipient",
+    "X25519Identity",
+    "X25519Recipient",
+    "is_encrypted",
+    "load_identities",
+    "open_decrypting_reader",
+    "open_encrypting_writer",
+    "parse_identities",
+    "parse_recipient",
+    "read_header",
+    "read_recipients_file",
+]
