@@ -547,6 +547,9 @@ def main() -> None:
         import live_merge
 
         live_merge.write_section(live_merge.bench(args.live_merge, 1, args.cache), args.output)
+    import incremental  # issue 21: increments and the archive, in a section of their own
+
+    incremental.run(args.sizes, min(args.runs, 3), args.cache, args.output)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from kindling_bundle.errors import (
     UnsignedBundleError,
     UnsupportedVersionError,
 )
+from kindling_bundle.format.increment import IncrementManifest
 from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInfo
 from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import SignatureOptions
@@ -78,6 +79,16 @@ from kindling_bundle.kindling_json.reader import (
     verify_kindling_json,
 )
 from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.archive import (
+    Archive,
+    BackupReport,
+    ForgetReport,
+    SnapshotInfo,
+    backup,
+    forget,
+    list_snapshots,
+    restore,
+)
 from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
     export_kindling_json,
@@ -85,14 +96,32 @@ from kindling_bundle.ops.convert import (
     kindling_json_to_bundle,
 )
 from kindling_bundle.ops.datasets import open_dataset
+from kindling_bundle.ops.increment import (
+    ChainReport,
+    ChainVerifyReport,
+    apply_increments,
+    bundle_ref,
+    restore_chain,
+    verify_chain,
+    write_increment,
+)
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
 from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
+from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
+from kindling_bundle.ops.state import BundleRef
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
-from kindling_bundle.records import Capsule, ConflictStrategy, Observation, Pin, Summary
+from kindling_bundle.records import (
+    Capsule,
+    ConflictStrategy,
+    Observation,
+    Pin,
+    Summary,
+    Tombstone,
+)
 from kindling_bundle.scrub import RecordFinding, Scanner, Scrubber
 
 __version__ = "0.1.0"
@@ -102,12 +131,17 @@ __all__ = [
     "AgeHeader",
     "AllowedSigners",
     "AllowedSignersError",
+    "Archive",
+    "BackupReport",
     "BadSignatureError",
     "BundleError",
     "BundleOptions",
     "BundleReader",
+    "BundleRef",
     "BundleValidationError",
     "Capsule",
+    "ChainReport",
+    "ChainVerifyReport",
     "CiphertextError",
     "ConflictStrategy",
     "DanglingReport",
@@ -115,11 +149,13 @@ __all__ = [
     "EncryptionError",
     "EntityCounts",
     "ExportStreamOptions",
+    "ForgetReport",
     "Identity",
     "IdentityError",
     "ImportConflictError",
     "ImportEntityResult",
     "ImportReport",
+    "IncrementManifest",
     "IntegrityError",
     "IntegrityProblem",
     "IntegrityReport",
@@ -135,6 +171,7 @@ __all__ = [
     "Observation",
     "Outcome",
     "Pin",
+    "Policy",
     "ProgressCallback",
     "ReadOptions",
     "Recipient",
@@ -153,9 +190,11 @@ __all__ = [
     "SignerNotValidError",
     "SigningKey",
     "SigningKeyError",
+    "SnapshotInfo",
     "StorageError",
     "StoreError",
     "Summary",
+    "Tombstone",
     "TruncatedCiphertextError",
     "UnknownSignerError",
     "UnsignedBundleError",
@@ -163,6 +202,9 @@ __all__ = [
     "VerifyProblem",
     "VerifyReport",
     "__version__",
+    "apply_increments",
+    "backup",
+    "bundle_ref",
     "bundle_to_kindling_json",
     "diff_datasets",
     "export_capsules",
@@ -170,6 +212,7 @@ __all__ = [
     "export_observations",
     "export_pins",
     "export_summaries",
+    "forget",
     "generate_sample",
     "import_batch",
     "import_bundle",
@@ -180,6 +223,7 @@ __all__ = [
     "import_record",
     "import_summary",
     "kindling_json_to_bundle",
+    "list_snapshots",
     "load_identities",
     "load_signing_key",
     "merge_datasets",
@@ -191,13 +235,17 @@ __all__ = [
     "parse_recipient",
     "read_manifest",
     "read_recipients_file",
+    "restore",
+    "restore_chain",
     "scan_database",
     "scan_records",
     "snapshot",
     "verify_bundle",
+    "verify_chain",
     "verify_import_integrity",
     "verify_kindling_json",
     "write_bundle",
     "write_bundle_from_records",
+    "write_increment",
     "write_kindling_json",
 ]

@@ -25,6 +25,7 @@ ObservationKind = Literal[
 CapsuleType = Literal["session", "pocketflow_node"]
 CapsuleStatus = Literal["open", "closed"]
 PinTargetType = Literal["observation", "summary"]
+EntityName = Literal["observations", "capsules", "summaries", "pins"]
 ConflictStrategy = Literal["skip", "overwrite", "error"]
 """What an import does with a record whose id is stored with other content (db/importer.py)."""
 CONFLICT_STRATEGIES: tuple[str, ...] = get_args(ConflictStrategy)
@@ -97,6 +98,17 @@ class Pin(msgspec.Struct, kw_only=True, rename="camel", gc=False):
 
 
 Record = Observation | Capsule | Summary | Pin
+
+
+class Tombstone(msgspec.Struct, kw_only=True, gc=False):
+    """A record an incremental bundle deletes (spec section 16): which entity, which id."""
+
+    entity: EntityName
+    id: str
+
+
+TOMBSTONES = "tombstones"
+"""The name of an increment's tombstone member's records, beside the four entities."""
 
 # Entity names in foreign-key order: a reader replays them in this order.
 ENTITY_TYPES: dict[str, type[Observation] | type[Capsule] | type[Summary] | type[Pin]] = {

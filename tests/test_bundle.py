@@ -660,10 +660,10 @@ def test_verify_catches_bad_framing(sample_bundle: Path) -> None:
 
 def test_unknown_major_version_is_refused(sample_bundle: Path, tmp_path: Path) -> None:
     def bump(manifest: dict) -> None:
-        manifest["formatVersion"] = "2.0"
+        manifest["formatVersion"] = "3.0"  # 2.x: incremental bundles (test_increment.py)
 
     newer = edit_manifest(sample_bundle.read_bytes(), bump)
-    message = "format version 2.0 is not supported: this tool reads 1.x bundles"
+    message = "format version 3.0 is not supported: this tool reads 1.x bundles and 2.x incr"
     with pytest.raises(BundleError, match=message):
         read_manifest(io.BytesIO(newer))
     assert message in problems_of(newer)[0]

@@ -103,9 +103,9 @@ def test_damage_that_ends_the_check_is_one_problem_of_its_own_kind() -> None:
     assert str(cut).startswith("<stream>: truncated: ")
 
     parts = Parts()
-    parts.manifest["formatVersion"] = "2.0"
+    parts.manifest["formatVersion"] = "3.0"  # 2.x: incremental bundles (test_increment.py)
     newer = parts.bundle()
-    with pytest.raises(UnsupportedVersionError, match=r"format version 2\.0 is not supported"):
+    with pytest.raises(UnsupportedVersionError, match=r"format version 3\.0 is not supported"):
         read_manifest(io.BytesIO(newer))
     assert issubclass(UnsupportedVersionError, BundleError)
     (refused,) = verify_bundle(io.BytesIO(newer)).problems

@@ -490,9 +490,15 @@ CASES: list[tuple[str, Build, str, str | None]] = [
         None,
     ),
     (
-        "manifest-format-v2",
+        "manifest-format-v3",
+        _manifest(lambda m: m.update(formatVersion="3.0")),
+        "format version 3.0 is not supported",
+        None,
+    ),
+    (
+        "manifest-v2-without-base",  # 2.x is an increment (spec section 16): it names its base
         _manifest(lambda m: m.update(formatVersion="2.0")),
-        "format version 2.0 is not supported",
+        "missing required field `base`",
         None,
     ),
     (

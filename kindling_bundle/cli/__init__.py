@@ -1,6 +1,6 @@
 """The `kindling-bundle` command: a thin click layer that parses, calls the library, prints,
-exits. Commands live by job in `transfer`, `checks` and `datasets`; what they print and how
-failures become exit codes, in `output`.
+exits. Commands live by job in `transfer`, `checks`, `datasets` and `archive`; what they print
+and how failures become exit codes, in `output`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from kindling_bundle import __version__
-from kindling_bundle.cli import checks, datasets, repair, transfer
+from kindling_bundle.cli import archive, checks, datasets, repair, transfer
 from kindling_bundle.cli.output import run
 
 
@@ -35,6 +35,7 @@ for command in (
     datasets.convert,
     datasets.diff,
     datasets.merge,
+    *archive.ARCHIVE_COMMANDS,
 ):
     cli.add_command(command)
 

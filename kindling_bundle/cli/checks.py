@@ -46,13 +46,13 @@ from kindling_bundle.scrub import RecordFinding, Scanner
 
 
 @click.command()
-@click.argument("in_target", metavar="IN")
+@click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
 @workers_option("decode")
 @reading_options
 @storage_options
 @common_options
 def verify(
-    in_target: str,
+    in_targets: tuple[str, ...],
     workers: Workers,
     out: Output,
     storage_options: dict[str, Any],
@@ -65,7 +65,15 @@ def verify(
     reference is checked. An encrypted IN is opened with --identity; a damaged or cut short
     ciphertext is a problem like any other. Prints each problem found, or that IN is valid;
     exits 1 if it is not.
+
+    An increment alone is checked as far as it can be (its references may point into its
+    base). Several INs are a chain: each bundle is checked, and so is each link.
     """
+    if len(in_targets) > 1:
+        from kindling_bundle.cli.archive import verify_bundles
+
+        return verify_bundles(in_targets, out, storage_options, read_options)
+    (in_target,) = in_targets
     progress = progress_for("verify", out)
 
     def on_manifest(manifest: Manifest) -> None:

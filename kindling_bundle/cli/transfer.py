@@ -31,6 +31,7 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Output, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
+from kindling_bundle.format.increment import is_increment
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
@@ -38,6 +39,7 @@ from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
+from kindling_bundle.ops.increment import peek_manifest
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
@@ -45,7 +47,7 @@ from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 from kindling_bundle.scrub import Scanner, Scrubber
 
 
-class _Hashing:
+class Hashing:
     """A write-only stream that hashes and counts what passes through it to `target`."""
 
     def __init__(self, target: BinaryIO | None = None):
@@ -111,6 +113,15 @@ def _file_digest(path: Path) -> tuple[int, str]:
     "ssh-agent.",
 )
 @workers_option("encode")
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="PREV",
+    help="Write an increment: only what changed since the bundle PREV (a path or URL). If PREV "
+    "is itself an increment, repeat --base for its chain in order (full bundle first), unless "
+    "PREV sits in an archive folder.",
+)
 @click.argument("out_target", metavar="OUT")
 @recipient_options
 @scrub_options
@@ -129,6 +140,7 @@ def export(
     out_format: str,
     sign_key: str | None,
     workers: Workers,
+    bases: tuple[str, ...],
     out_target: str,
     scrub: Scanner | None,
     out: Output,
@@ -152,6 +164,9 @@ def export(
 
     With --sign-key the bundle carries an SSH signature (namespace kindling-bundle) over its
     manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
+
+    With --base, OUT is an increment: the records new or changed since PREV and tombstones
+    for those gone; `import` applies it onto a database holding PREV's state.
     """
 
     scope = {
@@ -183,6 +198,14 @@ def export(
         key = load_sign_key(sign_key)
         opts = dataclasses.replace(opts, sign_key=key)
     db_path = db or default_db()
+    if bases:
+        if selection.filtered or out_format != "bundle":
+            raise click.UsageError("--base writes an increment of the whole database, as a bundle")
+        from kindling_bundle.cli.archive import export_increment
+
+        return export_increment(
+            db_path, bases, out_target, opts=opts, out=out, storage_options=storage_options
+        )
     conn = open_store(db_path, readonly=True)
     progress = progress_for("export", out)
     if progress.enabled and not selection.filtered:  # a whole export: the total is known
@@ -192,7 +215,7 @@ def export(
     manifest: Manifest | None = None
     scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
 
-    def write(dest: Path | BinaryIO, hashing: _Hashing | None = None) -> dict[str, int]:
+    def write(dest: Path | BinaryIO, hashing: Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
             return export_kindling_json(
@@ -210,14 +233,14 @@ def export(
     try:
         if out_target == STDIO or is_url(out_target):
             with open_destination(out_target, storage_options=storage_options) as stream:
-                hashing = _Hashing(stream)
+                hashing = Hashing(stream)
                 counts = write(hashing)  # type: ignore[arg-type]
             size, digest = hashing.size, hashing.sha256.hexdigest()
         elif out_format == "kindling-json":
             counts = write(Path(out_target))
             size, digest = _file_digest(Path(out_target))
         else:  # hashed as it is written, not read back
-            hashing = _Hashing()
+            hashing = Hashing()
             counts = write(Path(out_target), hashing)
             size, digest = hashing.size, hashing.sha256.hexdigest()
     finally:
@@ -252,13 +275,13 @@ def export(
             "counts": counts,
             "manifest": manifest.to_dict() if manifest is not None else None,
             "scrub": scrubbed,
-            "signature": _signing_key_to_dict(key) if out_format == "bundle" else None,
+            "signature": signing_key_to_dict(key) if out_format == "bundle" else None,
         },
         err=to_stderr,
     )
 
 
-def _signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
+def signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
     """The export's signature in --json, shaped as verify and import report a signer."""
     if key is None:
         return {"status": "unsigned"}
@@ -288,7 +311,7 @@ def _signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
     help="Kindling JSON input: leave out capsule links, summaries and pins that name records "
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
-@click.argument("in_target", metavar="IN")
+@click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
 @reading_options
 @storage_options
 @common_options
@@ -297,7 +320,7 @@ def import_(
     conflict: str,
     dry_run: bool,
     drop_dangling: bool,
-    in_target: str,
+    in_targets: tuple[str, ...],
     out: Output,
     storage_options: dict[str, Any],
     read_options: ReadOptions,
@@ -313,9 +336,23 @@ def import_(
     wrote); if it is killed, `recover` (which every import runs first) undoes the part it wrote.
     A signed bundle's signature is checked (against --allowed-signers) before the database is
     touched.
+
+    An incremental bundle is applied onto a database that holds its base's state. Several INs
+    are a chain: a full bundle then its increments in order (restored into an empty or new
+    database), or increments each on the one before; every link is checked before anything
+    is written. --conflict does not apply to increments.
     """
+    from kindling_bundle.cli import archive
 
     db_path = db or default_db()
+    if len(in_targets) > 1:
+        archive.refuse_trust_policy(
+            read_options, "a chain", encrypted=bool(read_options.identities)
+        )
+        return archive.import_chain(
+            db_path, in_targets, dry_run=dry_run, out=out, storage_options=storage_options
+        )
+    (in_target,) = in_targets
     progress = progress_for("import", out)
 
     def on_manifest(manifest: Manifest) -> None:
@@ -327,7 +364,22 @@ def import_(
         kind, stream = opened.format, opened.stream
         if kind == "kindling-json":
             read_options.signature.refuse_unsignable(in_target, "a Kindling JSON export")
-        with _target_database(db_path, dry_run) as conn:
+        else:
+            manifest, stream = peek_manifest(stream, source_name(in_target))
+            if is_increment(manifest):
+                archive.refuse_trust_policy(
+                    read_options, "an increment", encrypted=opened.envelope is not None
+                )
+                return archive.import_increment(
+                    db_path,
+                    stream,
+                    manifest,
+                    in_target,
+                    dry_run=dry_run,
+                    out=out,
+                    storage_options=storage_options,
+                )
+        with target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
                     report, dangling = import_kindling_json(
@@ -372,7 +424,7 @@ def import_(
 
 
 @contextmanager
-def _target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
+def target_database(db_path: Path, dry_run: bool) -> Iterator[KindlingConnection]:
     """The database to import into. One that does not exist yet is built privately and appears
     only when the import succeeded (`create_store`); a dry run against it uses a throwaway one."""
 

@@ -78,6 +78,14 @@ def insert_summary(conn: sqlite3.Connection, summary: Summary) -> None:
     conn.execute(INSERT_SUMMARY, summary_values(summary))
 
 
+def replace_summary(conn: sqlite3.Connection, summary: Summary) -> None:
+    """Give a capsule a new summary in place of the one it has (a capsule has at most one):
+    the old row and its FTS entry go, the new one is inserted, together."""
+    with savepoint(conn):
+        conn.execute("DELETE FROM summaries WHERE capsule_id = ?", (summary.capsule_id,))
+        conn.execute(INSERT_SUMMARY, summary_values(summary))
+
+
 def insert_pin(conn: sqlite3.Connection, pin: Pin) -> None:
     """Insert a pin. Pins have no foreign key: the caller checks that the target exists."""
     conn.execute(INSERT_PIN, pin_values(pin))

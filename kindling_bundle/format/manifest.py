@@ -23,6 +23,8 @@ FORMAT_VERSION = "1.0"
 SIGNED_FORMAT_VERSION = "1.1"
 """What a signed bundle's manifest says: a 1.1 bundle carries SIGNATURE_MEMBER."""
 FORMAT_MAJOR = 1
+INCREMENT_MAJOR = 2
+"""Incremental bundles (format.increment): full bundles stay version 1.0."""
 BUNDLE_EXTENSION = ".kbundle"
 
 MANIFEST_MEMBER = "manifest.json"
@@ -218,10 +220,16 @@ def decode_manifest(data: bytes, label: str) -> Manifest:
     match = _VERSION.match(version) if isinstance(version, str) else None
     if match is None:
         raise BundleError(f"{where}: formatVersion {version!r} is not MAJOR.MINOR")
-    if int(match.group(1)) != FORMAT_MAJOR:
+    major = int(match.group(1))
+    if major == INCREMENT_MAJOR:  # an incremental bundle (spec section 16)
+        from kindling_bundle.format.increment import decode_increment_manifest
+
+        return decode_increment_manifest(data, where)
+    if major != FORMAT_MAJOR:
         raise UnsupportedVersionError(
             f"{where}: format version {version} is not supported: this tool reads "
-            f"{FORMAT_MAJOR}.x bundles; use a kindling-bundle that reads version {version}"
+            f"{FORMAT_MAJOR}.x bundles and {INCREMENT_MAJOR}.x increments; use a "
+            f"kindling-bundle that reads version {version}"
         )
     try:
         manifest = _manifest_decoder.decode(data)

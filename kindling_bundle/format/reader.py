@@ -32,6 +32,7 @@ from kindling_bundle.errors import (
     RecordError,
     UnsignedBundleError,
 )
+from kindling_bundle.format.increment import IncrementManifest
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
     FRAME_HEADER_BYTES,
@@ -350,13 +351,23 @@ class BundleReader:
             self._sha256 = None
 
     def batches(
-        self, progress: ProgressCallback | None = None
+        self, progress: ProgressCallback | None = None, *, increments: bool = False
     ) -> Iterator[tuple[str, list[Record]]]:
         """(entity, records of one frame) in bundle order, checking everything strictly: member
         order and sizes, framing, every record, and each member's count and SHA-256 before the
         next member starts; the end of the archive and of the stream after the last one. Reads
-        the manifest first if that was not done yet."""
+        the manifest first if that was not done yet.
+
+        An incremental bundle (format.increment) is refused unless `increments` is true: its
+        records are only the changes since its base, and its first member holds tombstones
+        (entity "tombstones"), so a caller that takes it for a whole database would lose data."""
         manifest = self.manifest or self.read_manifest()
+        if isinstance(manifest, IncrementManifest) and not increments:
+            raise BundleError(
+                f"{self.label}: is an incremental bundle (the changes since bundle "
+                f"{manifest.base.sha256[:12]}): import it onto a database that holds its base, "
+                "or import its whole chain (the full bundle, then each increment in order)"
+            )
         self.zstd.start_read_ahead()
         records_done = bytes_done = 0
         for entry in manifest.entities:

@@ -30,7 +30,18 @@ from kindling_bundle.format.manifest import (
     describe_validation,
     validation_field,
 )
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Observation, Record
+from kindling_bundle.records import (
+    ENTITY_TYPES,
+    SINGULAR,
+    TOMBSTONES,
+    Observation,
+    Record,
+    Tombstone,
+)
+
+# Every kind of record a member may hold: the four entities, and an increment's tombstones.
+_MEMBER_TYPES: dict[str, type] = {**ENTITY_TYPES, TOMBSTONES: Tombstone}
+_MEMBER_SINGULAR = {**SINGULAR, TOMBSTONES: "tombstone"}
 
 # What follows a MessagePack type byte 0xc0-0xdf: (bytes to skip, size of a big-endian length
 # field, values per unit of length: 1 for arrays, 2 for maps, 0 for data of that many bytes).
@@ -144,16 +155,16 @@ class FrameEncoder:
 
     def __init__(self, entity: str):
         self.entity = entity
-        self.record_type = ENTITY_TYPES[entity]
+        self.record_type = _MEMBER_TYPES[entity]
         self._encoder = msgspec.msgpack.Encoder()
 
-    def frames(self, records: Iterable[Record]) -> Iterator[tuple[int, bytearray]]:
+    def frames(self, records: Iterable[Record | Tombstone]) -> Iterator[tuple[int, bytearray]]:
         """(record count, frame bytes: length prefix and payload) for each frame."""
         iterator = iter(records)
         while batch := list(islice(iterator, FRAME_RECORDS)):
             yield from self._encode(batch)
 
-    def _encode(self, batch: list[Record]) -> Iterator[tuple[int, bytearray]]:
+    def _encode(self, batch: list[Record | Tombstone]) -> Iterator[tuple[int, bytearray]]:
         wrong = set(map(type, batch)) - {self.record_type}
         if wrong:
             raise TypeError(
@@ -190,14 +201,14 @@ class FrameEncoder:
         buffer[:FRAME_HEADER_BYTES] = size.to_bytes(FRAME_HEADER_BYTES, "big")
         yield len(batch), buffer
 
-    def _refused(self, record: Record, problem: str) -> RecordError:
+    def _refused(self, record: Record | Tombstone, problem: str) -> RecordError:
         return RecordError(
-            f"{SINGULAR[self.entity]} {record.id}: {problem}",
+            f"{_MEMBER_SINGULAR[self.entity]} {record.id}: {problem}",
             entity=self.entity,
             record_id=record.id,
         )
 
-    def _unencodable(self, batch: list[Record]) -> RecordError:
+    def _unencodable(self, batch: list[Record | Tombstone]) -> RecordError:
         """The error for the first record of `batch` that MessagePack cannot encode."""
         for record in batch:
             try:
@@ -217,9 +228,10 @@ class RecordDecoder:
 
     def __init__(self, entity: str):
         self.entity = entity
-        record_type = ENTITY_TYPES[entity]
+        record_type = _MEMBER_TYPES[entity]
         self._batch: msgspec.msgpack.Decoder[list[Record]]
         self._batch = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._one: msgspec.msgpack.Decoder[Record]
         self._one = msgspec.msgpack.Decoder(record_type)
         self._raw = msgspec.msgpack.Decoder()
         self._encoder = msgspec.msgpack.Encoder()
@@ -293,7 +305,8 @@ class RecordDecoder:
     ) -> RecordError:
         if not isinstance(record_id, str):
             record_id = None
-        name = f"{SINGULAR[self.entity]} {record_id}" if record_id else f"record #{index}"
+        singular = _MEMBER_SINGULAR[self.entity]
+        name = f"{singular} {record_id}" if record_id else f"record #{index}"
         return RecordError(
             f"{name}: {detail}", entity=self.entity, record_id=record_id, field=field
         )

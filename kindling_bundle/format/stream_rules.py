@@ -34,7 +34,15 @@ from kindling_bundle.records import (
     entity_of,
 )
 
-Rule = Literal["repeated-id", "repeated-link", "dangling", "second-summary", "evidence"]
+Rule = Literal[
+    "repeated-id",
+    "repeated-link",
+    "dangling",
+    "second-summary",
+    "evidence",
+    "order",  # an increment's tombstones (format.increment)
+    "deleted-and-written",  # an increment's record that also has a tombstone
+]
 
 _LISTED_IDS = 5
 _ID = attrgetter("id")

@@ -9,7 +9,10 @@ prints, is derived from those. Kinds:
   `member-size`, `member-sha256`, `member-count`, `framing` (the rest of the member cannot be
   split into record frames), `bad-frame` (a record frame that is not an array of records);
 - a record: `invalid-record`, and the record rules of `format.stream_rules`: `repeated-id`,
-  `repeated-link`, `dangling`, `second-summary`, `evidence` (a warning);
+  `repeated-link`, `dangling`, `second-summary`, `evidence` (a warning), and an increment's
+  (`format.increment`): `order` (tombstones out of order), `deleted-and-written`;
+- `chain-link`: a bundle of a chain given to verify does not follow the one before it (a
+  missing, reordered or foreign link), or could not be checked as a link;
 - `dangling-hint` (a warning): how to convert or import despite dangling references.
 """
 
@@ -49,6 +52,7 @@ ProblemKind = (
         "invalid-record",
         "dangling-hint",
         "signature",
+        "chain-link",
     ]
 )
 

@@ -222,14 +222,14 @@ def atomic_file(path: str | os.PathLike[str], *, label: str | None = None) -> It
     fsync_folder(path.parent)
 
 
-def _unnamed_file(folder: Path) -> int | None:
+def _unnamed_file(folder: Path, *, readable: bool = False) -> int | None:
     """A new file in `folder` that has no name (Linux O_TMPFILE, mode 0600), or None where the
     system or the file system has no such thing."""
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag or not os.path.isdir("/proc/self/fd"):
         return None
     try:
-        return os.open(folder, flag | os.O_WRONLY, 0o600)
+        return os.open(folder, flag | (os.O_RDWR if readable else os.O_WRONLY), 0o600)
     except OSError:  # e.g. EOPNOTSUPP: this file system cannot; a named one will do
         return None
 

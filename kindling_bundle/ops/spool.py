@@ -101,11 +101,13 @@ def encode_member(
     on_frame: Callable[[int, int], None],
     sha256: _Hash | None = None,
     scrub: Scrubber | None = None,
+    member: str | None = None,
 ) -> Member:
     """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
     into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
     With `scrub`, each record is scrubbed first (counted in `scrub.tally`): here, where records
-    are encoded, so that a worker process scrubs the records it encodes."""
+    are encoded, so that a worker process scrubs the records it encodes.
+    `member` is the member's name where it is not the entity's (an increment's tombstones)."""
     if scrub is not None:
         records = scrub.records(records)
     offset = spool.tell()
@@ -123,7 +125,7 @@ def encode_member(
         on_frame(records_in_frame, len(frame))
     entry = EntityEntry(
         entity=entity,
-        member=ENTITY_MEMBERS[entity],
+        member=member or ENTITY_MEMBERS[entity],
         records=count,
         bytes=size,
         sha256=sha256.hexdigest(),
@@ -167,12 +169,21 @@ def encode_members(
     streams: Mapping[str, Iterable[Record]],
     label: str,
     progress: Progress,
-    entities: Iterable[str] = ENTITY_MEMBERS,
+    names: Mapping[str, str] = ENTITY_MEMBERS,
     *,
     scrub: Scrubber | None = None,
 ) -> list[Member]:
-    """Each entity's member into the spool, one after the other, in foreign-key order."""
+    """Each member into the spool, one after the other, in the order of `names` (entity: member
+    name): foreign-key order, or an increment's, tombstones first."""
     return [
-        encode_member(spool, entity, streams.get(entity, ()), label, progress.add, scrub=scrub)
-        for entity in entities
+        encode_member(
+            spool,
+            entity,
+            streams.get(entity, ()),
+            label,
+            progress.add,
+            scrub=scrub if entity in ENTITY_MEMBERS else None,  # tombstones hold only ids
+            member=names[entity],
+        )
+        for entity in names
     ]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kindling_bundle.errors import BundleError, SignatureError
+from kindling_bundle.format.increment import rules_for
 from kindling_bundle.format.manifest import (
     FRAME_HEADER_BYTES,
     MANIFEST_MEMBER,
@@ -44,7 +45,6 @@ from kindling_bundle.format.reader import (
     source_label,
 )
 from kindling_bundle.format.record_frames import RecordDecoder
-from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.format.verify_report import ProblemKind, VerifyReport
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.read import open_reader
@@ -108,7 +108,9 @@ class _Verifier:
         manifest = self.report.manifest = self.reader.read_manifest()
         self.report.signer = self.reader.signer
         expected = {entry.entity: entry.records for entry in manifest.entities}
-        self.rules = RecordRules("the bundle", trusted=self.complete.__getitem__, expected=expected)
+        self.rules = rules_for(  # an increment's records may refer to its base (section 16)
+            manifest, "the bundle", trusted=self.complete.__getitem__, expected=expected
+        )
         # Forked before the reader starts its threads (read-ahead, SHA-256).
         if choose_workers(workers, expected.get("observations", 0)) > 1:
             self.child = DecoderChild()

@@ -46,6 +46,11 @@ from kindling_bundle.db.export import (
     snapshot,
 )
 from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.format.increment import (
+    INCREMENT_MEMBERS,
+    IncrementHeader,
+    increment_manifest,
+)
 from kindling_bundle.format.manifest import (
     ENTITY_MEMBERS,
     FORMAT_NAME,
@@ -256,6 +261,7 @@ def write_bundle_from_records(
     *,
     source_generation: int | None = None,
     progress: ProgressCallback | None = None,
+    increment: IncrementHeader | None = None,
 ) -> Manifest:
     """Write a bundle from record streams that do not come from a database (convert, merge).
 
@@ -264,8 +270,13 @@ def write_bundle_from_records(
     the other in foreign-key order, so they may be lazy. `opts.filter` is only recorded in the
     manifest; `source_generation` is the Kindling schema generation the records came from, if
     known. The caller is responsible for referential closure.
+
+    With `increment` (ops.increment), the bundle is an incremental one (format version 2.0, or
+    2.1 signed): `streams` may also hold "tombstones" (Tombstone records, written first), and
+    the manifest names the base and the snapshot's counts.
     """
-    unknown = set(streams) - set(ENTITY_MEMBERS)
+    names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
+    unknown = set(streams) - set(names)
     if unknown:
         raise ValueError(f"unknown entities: {', '.join(sorted(unknown))}")
     opts = opts or BundleOptions()
@@ -273,11 +284,13 @@ def write_bundle_from_records(
     label = source_label(dest)
     scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
     with spool_file(dest, label, _sealed(opts)) as spool:
-        members = encode_members(spool, streams, label, Progress(progress), scrub=scrub)
+        members = encode_members(spool, streams, label, Progress(progress), names, scrub=scrub)
         entries = [member.entry for member in members]
         manifest = _manifest(
             created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
         )
+        if increment is not None:
+            manifest = increment_manifest(manifest, increment.base, increment.state)
         _write_archive(dest, label, members, manifest, opts)
     return manifest
 

@@ -1,0 +1,470 @@
+"""An archive of snapshots in a folder or under a URL prefix: backup, snapshots, restore, forget.
+
+An archive is nothing but bundles in one folder (io.folder), each named
+
+    kindling-<createdAt as YYYYMMDDTHHMMSS.mmmZ>-<full|incr>-<SHA-256 of the file>.kbundle
+
+so that names sort by time, and a listing alone tells each snapshot's time, kind and identity.
+An increment's manifest names its base by SHA-256 (spec section 16), so a snapshot's chain is
+found by following those names back to a full bundle, and every link is checked before a byte of
+a restore is written. Files that do not match the pattern are not the archive's and are left
+alone. There is no index to keep consistent: a backup adds one file, forget removes some.
+
+`backup` writes a full bundle when the archive is empty, when the latest snapshot's chain has
+reached `full_every` increments, or when that chain is broken; otherwise an increment on the
+latest snapshot. It publishes the bundle only once complete (io.folder), so an interrupted backup
+leaves the archive as it was. `forget` deletes only bundles no kept snapshot needs, newest first,
+so an interrupted forget never leaves an increment without its base.
+
+A backup may be signed (`sign_key`: its full bundles are 1.1, its increments 2.1), and a signed
+snapshot's signature is checked wherever it is read. Encryption (issue 18) will wrap the bundle
+bytes at exactly two places: `_write_snapshot`, where a backup's bytes leave for the archive,
+and `Archive.ref`, where a snapshot's bytes come back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kindling_bundle.db.connection import KindlingConnection
+from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.format.increment import (
+    IncrementManifest,
+    depth_of,
+    file_sha256,
+    iso_time,
+    short,
+    state_of,
+)
+from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.io.folder import FileInfo, Folder
+from kindling_bundle.io.sshsig import SigningKey
+from kindling_bundle.io.storage import is_url
+from kindling_bundle.ops.increment import (
+    ChainReport,
+    bundle_ref,
+    hashed,
+    restore_chain,
+    write_full,
+    write_increment,
+)
+from kindling_bundle.ops.read import read_manifest
+from kindling_bundle.ops.retention import Policy, keep
+from kindling_bundle.ops.state import BundleRef, load_cached, pending_cache
+from kindling_bundle.ops.write import BundleOptions, resolve_created_at
+
+DEFAULT_FULL_EVERY = 7
+
+_NAME = re.compile(r"^kindling-(\d{8}T\d{6}\.\d{3}Z)-(full|incr)-([0-9a-f]{64})\.kbundle$")
+_TIME_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def snapshot_name(created_at: int, increment: bool, sha256: str) -> str:
+    """The file name of a snapshot."""
+    moment = datetime.fromtimestamp(created_at // 1000, tz=UTC)
+    stamp = f"{moment:{_TIME_FORMAT}}.{created_at % 1000:03d}Z"
+    return f"kindling-{stamp}-{'incr' if increment else 'full'}-{sha256}.kbundle"
+
+
+@dataclass
+class Snapshot:
+    """A bundle of the archive, as its name describes it (and its manifest, once read)."""
+
+    name: str
+    created_at: int
+    increment: bool
+    sha256: str
+    size: int
+    manifest: Manifest | None = None
+
+    @property
+    def id(self) -> str:
+        return short(self.sha256)
+
+    @property
+    def kind(self) -> str:
+        return "increment" if self.increment else "full"
+
+
+def _parse(info: FileInfo) -> Snapshot | None:
+    match = _NAME.match(info.name)
+    if match is None:
+        return None
+    stamp, kind, sha256 = match.groups()
+    moment = datetime.strptime(stamp[:15], _TIME_FORMAT).replace(tzinfo=UTC)
+    created_at = int(moment.timestamp()) * 1000 + int(stamp[16:19])
+    return Snapshot(info.name, created_at, kind == "incr", sha256, info.size)
+
+
+class Archive:
+    """The snapshots in a folder or under a URL prefix."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        self.url = url
+        self.folder = Folder(url, storage_options)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot, oldest first (by time, then name)."""
+        found = [snap for info in self.folder.list() if (snap := _parse(info)) is not None]
+        return sorted(found, key=lambda snap: (snap.created_at, snap.name))
+
+    def manifest(self, snap: Snapshot) -> Manifest:
+        """The snapshot's manifest (only the start of its file is read), checked against its
+        name."""
+        if snap.manifest is None:
+            with self.folder.open(snap.name, head=True) as stream:
+                manifest = read_manifest(stream)
+            if isinstance(manifest, IncrementManifest) != snap.increment:
+                raise BundleError(
+                    f"{self.folder.join(snap.name)}: its name says {snap.kind}, its manifest "
+                    "does not"
+                )
+            snap.manifest = manifest
+        return snap.manifest
+
+    def ref(self, snap: Snapshot) -> BundleRef:
+        """The snapshot as a link of a chain; what is read must match the SHA-256 its name
+        says."""
+        name = snap.name
+        return BundleRef(self.folder.join(name), lambda: self.folder.open(name), snap.sha256)
+
+    def chain(self, snap: Snapshot, catalogue: Sequence[Snapshot]) -> list[Snapshot]:
+        """The snapshot's chain, its full bundle first; a BundleError names a missing base."""
+        by_sha = {s.sha256: s for s in catalogue}
+        chain = [snap]
+        while chain[0].increment:
+            manifest = self.manifest(chain[0])
+            assert isinstance(manifest, IncrementManifest)
+            base = by_sha.get(manifest.base.sha256)
+            if base is None or len(chain) > len(catalogue):
+                raise BundleError(
+                    f"{self.url}: snapshot {snap.name} cannot be restored: its chain needs "
+                    f"{short(manifest.base.sha256)} (created {iso_time(manifest.base.created_at)},"
+                    f" the base of {chain[0].name}), which is not in the archive"
+                )
+            chain.insert(0, base)
+        return chain
+
+    def find(self, which: str, catalogue: Sequence[Snapshot]) -> Snapshot:
+        """A snapshot by `latest`, its file name (with or without .kbundle), its time as in its
+        name, or a unique prefix (4 or more hex digits) of its SHA-256."""
+        if not catalogue:
+            raise KindlingBundleError(f"{self.url}: no snapshots")
+        if which == "latest":
+            return catalogue[-1]
+        name = which.removesuffix(".kbundle")
+        matches = [
+            s
+            for s in catalogue
+            if s.name.removesuffix(".kbundle") == name
+            or f"-{which}-" in s.name
+            or (len(which) >= 4 and s.sha256.startswith(which.lower()))
+        ]
+        if len(matches) != 1:
+            listed = ", ".join(s.id for s in matches[:5])
+            reason = f"matches {len(matches)} snapshots ({listed})" if matches else "matches none"
+            raise KindlingBundleError(
+                f"{self.url}: snapshot {which!r} {reason}; `snapshots` lists them"
+            )
+        return matches[0]
+
+
+def base_chain(
+    targets: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> list[BundleRef]:
+    """The chain `export --base` names: the bundles given, in order. A single increment's chain
+    is found in its folder, among the bundles named as an archive names them (their names carry
+    their SHA-256); where the cache holds the last bundle's hashes, that bundle alone will do."""
+    refs = [bundle_ref(target, storage_options, sha256=_named_sha(target)) for target in targets]
+    if refs[-1].sha256 is None and not is_url(refs[-1].label):
+        refs[-1] = hashed(refs[-1])
+    last = refs[-1]
+    if len(refs) > 1 or (last.sha256 is not None and load_cached(last.sha256) is not None):
+        return refs
+    with last.open() as stream:
+        manifest = read_manifest(stream)
+    if not isinstance(manifest, IncrementManifest):
+        return refs
+    folder, _, _ = last.label.rstrip("/").rpartition("/")
+    archive = Archive(folder or ".", storage_options)
+    catalogue = archive.snapshots()
+    found = [snap for snap in catalogue if snap.sha256 == last.sha256]
+    if not found:
+        raise BundleError(
+            f"{last.label}: is an increment, and its chain is not in its folder under archive "
+            "names; give the whole chain: --base FULL --base INC1 ... in order"
+        )
+    return [archive.ref(snap) for snap in archive.chain(found[0], catalogue)]
+
+
+def _named_sha(target: str) -> str | None:
+    """The SHA-256 an archive name carries, if `target` has one."""
+    match = _NAME.match(target.rstrip("/").rsplit("/", 1)[-1])
+    return match.group(3) if match else None
+
+
+# --- backup ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupReport:
+    """What a backup wrote, and why a full bundle or an increment."""
+
+    archive: str
+    snapshot: Snapshot
+    manifest: Manifest
+    reason: str
+    base: Snapshot | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "archive": self.archive,
+            "snapshot": _snapshot_dict(self.snapshot),
+            "reason": self.reason,
+            "base": self.base.name if self.base is not None else None,
+        }
+
+
+def backup(
+    conn: KindlingConnection,
+    archive: Archive,
+    *,
+    full_every: int = DEFAULT_FULL_EVERY,
+    level: int = 3,
+    created_at: int | None = None,
+    progress: ProgressCallback | None = None,
+    sign_key: SigningKey | None = None,
+) -> BackupReport:
+    """Add the database's current state to the archive as its next snapshot (module docstring).
+
+    `full_every`: the most increments a chain may have (0: every backup is a full bundle).
+    `created_at`: the snapshot's time (epoch ms; default $SOURCE_DATE_EPOCH, else now), which
+    must be after the latest snapshot's. `sign_key`: sign the snapshot's bundle."""
+    if isinstance(full_every, bool) or not isinstance(full_every, int) or full_every < 0:
+        raise ValueError(f"full_every must be a whole number >= 0, got {full_every!r}")
+    created = resolve_created_at(created_at)
+    opts = BundleOptions(created_at=created, level=level, sign_key=sign_key)
+    catalogue = archive.snapshots()
+    latest = catalogue[-1] if catalogue else None
+    if latest is not None and created <= latest.created_at:
+        raise KindlingBundleError(
+            f"{archive.url}: the latest snapshot was made at {iso_time(latest.created_at)}, not "
+            f"before this backup's time {iso_time(created)} (is the clock behind?)"
+        )
+    chain, reason = _plan(archive, catalogue, latest, full_every)
+    cache = pending_cache()
+    try:
+        snap, manifest = _write_snapshot(conn, archive, chain, opts, progress, cache)
+    except BaseException:
+        if cache is not None:
+            cache.discard()
+        raise
+    if cache is not None:
+        full_sha = (
+            manifest.base.full_sha256 if isinstance(manifest, IncrementManifest) else snap.sha256
+        )
+        cache.keep(snap.sha256, manifest, full_sha)
+    return BackupReport(archive.url, snap, manifest, reason, latest if chain else None)
+
+
+def _plan(
+    archive: Archive, catalogue: Sequence[Snapshot], latest: Snapshot | None, full_every: int
+) -> tuple[list[BundleRef] | None, str]:
+    """The chain to write an increment on (where the cache holds the latest snapshot's
+    hashes, that snapshot alone), or None for a full bundle; and why."""
+    if latest is None:
+        return None, "the archive has no snapshot yet"
+    if full_every == 0:
+        return None, "every backup is a full bundle (--full-every 0)"
+    try:
+        depth = depth_of(archive.manifest(latest))
+    except KindlingBundleError as exc:
+        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}"
+    if depth >= full_every:
+        return None, f"the latest chain has {depth} increments (--full-every {full_every})"
+    reason = f"increment {depth + 1} on {latest.id}"
+    if load_cached(latest.sha256) is not None:
+        return [archive.ref(latest)], reason
+    try:
+        chain = archive.chain(latest, catalogue)
+    except BundleError as exc:
+        return None, f"starting a new chain: {exc}"
+    return [archive.ref(snap) for snap in chain], reason
+
+
+def _write_snapshot(
+    conn: KindlingConnection,
+    archive: Archive,
+    chain: list[BundleRef] | None,
+    opts: BundleOptions,
+    progress: ProgressCallback | None,
+    cache: Any,
+) -> tuple[Snapshot, Manifest]:
+    """Write the bundle, then publish it under its name. The one place where a backup's bytes
+    leave for the archive (signed by the writer as `opts` says; encryption will apply here)."""
+    with archive.folder.new_file() as new:
+        manifest: Manifest
+        if chain is None:
+            manifest = write_full(conn, new.stream, opts, progress=progress, cache=cache)
+        else:
+            manifest = write_increment(
+                conn, new.stream, chain, opts, progress=progress, cache=cache
+            )
+        new.stream.flush()
+        sha256 = file_sha256(new.path)
+        assert opts.created_at is not None
+        name = snapshot_name(opts.created_at, chain is not None, sha256)
+        new.publish(name)
+        size = new.path.stat().st_size
+    snap = Snapshot(name, opts.created_at, chain is not None, sha256, size, manifest)
+    return snap, manifest
+
+
+# --- snapshots, restore ---------------------------------------------------------------------
+
+
+@dataclass
+class SnapshotInfo:
+    """A snapshot as `snapshots` lists it."""
+
+    snapshot: Snapshot
+    depth: int
+    base: str | None
+    """The base's short id, for an increment."""
+    records: dict[str, int]
+    """The snapshot's record counts (of the database it restores)."""
+    problem: str | None = None
+    """Why it cannot be restored (a missing base, a damaged manifest), if it cannot."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **_snapshot_dict(self.snapshot),
+            "depth": self.depth,
+            "base": self.base,
+            "records": self.records,
+            "problem": self.problem,
+        }
+
+
+def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "name": snap.name,
+        "id": snap.id,
+        "sha256": snap.sha256,
+        "time": iso_time(snap.created_at),
+        "created_at": snap.created_at,
+        "kind": snap.kind,
+        "bytes": snap.size,
+    }
+
+
+def list_snapshots(archive: Archive) -> list[SnapshotInfo]:
+    """Every snapshot, oldest first, with its manifest's facts (only the start of each file is
+    read) and whether its chain is complete."""
+    catalogue = archive.snapshots()
+    infos = []
+    for snap in catalogue:
+        try:
+            manifest = archive.manifest(snap)
+        except KindlingBundleError as exc:
+            infos.append(SnapshotInfo(snap, 0, None, {}, str(exc)))
+            continue
+        base = manifest.base.sha256 if isinstance(manifest, IncrementManifest) else None
+        info = SnapshotInfo(
+            snap, depth_of(manifest), short(base) if base else None, state_of(manifest).as_dict()
+        )
+        try:
+            archive.chain(snap, catalogue)
+        except KindlingBundleError as exc:
+            info.problem = str(exc)
+        infos.append(info)
+    return infos
+
+
+def restore(
+    archive: Archive,
+    which: str,
+    conn: KindlingConnection,
+    *,
+    progress: ProgressCallback | None = None,
+) -> tuple[Snapshot, ChainReport]:
+    """Restore a snapshot (`latest`, or as `Archive.find` takes it) into the empty database
+    `conn` (a new one, from `create_store`: it appears only if everything succeeded)."""
+    catalogue = archive.snapshots()
+    snap = archive.find(which, catalogue)
+    chain = archive.chain(snap, catalogue)
+    report = restore_chain(conn, [archive.ref(s) for s in chain], progress=progress)
+    return snap, report
+
+
+# --- forget ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ForgetReport:
+    """What forget keeps (and why) and removes."""
+
+    archive: str
+    kept: list[tuple[Snapshot, list[str]]] = field(default_factory=list)
+    removed: list[Snapshot] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "archive": self.archive,
+            "dry_run": self.dry_run,
+            "keep": [{**_snapshot_dict(s), "reasons": reasons} for s, reasons in self.kept],
+            "remove": [_snapshot_dict(s) for s in self.removed],
+        }
+
+
+def forget(archive: Archive, policy: Policy, *, dry_run: bool = False) -> ForgetReport:
+    """Remove the snapshots the policy does not keep (ops.retention), except every bundle a kept
+    snapshot's chain needs. Newest first, so that an interruption leaves no increment without
+    its base. With `dry_run`, only report."""
+    if policy.empty:
+        raise ValueError("no policy given: say what to keep (--keep-last, --keep-daily, ...)")
+    catalogue = archive.snapshots()
+    wanted = keep([snap.created_at for snap in catalogue], policy)
+    reasons: dict[str, list[str]] = {
+        catalogue[index].name: list(why) for index, why in wanted.items()
+    }
+    for index in sorted(wanted):
+        snap = catalogue[index]
+        for base in _reachable_chain(archive, snap, catalogue)[:-1]:
+            reasons.setdefault(base.name, []).append(f"base of {snap.id}")
+    report = ForgetReport(archive.url, dry_run=dry_run)
+    for snap in catalogue:
+        if snap.name in reasons:
+            report.kept.append((snap, _unique(reasons[snap.name])))
+        else:
+            report.removed.append(snap)
+    if not dry_run:
+        for snap in reversed(report.removed):
+            archive.folder.delete(snap.name)
+    return report
+
+
+def _reachable_chain(
+    archive: Archive, snap: Snapshot, catalogue: Sequence[Snapshot]
+) -> list[Snapshot]:
+    """As much of the snapshot's chain as the archive holds (its bases back to a missing one),
+    oldest first: a broken chain's bundles are kept, not deleted, in case the base turns up."""
+    by_sha = {s.sha256: s for s in catalogue}
+    chain = [snap]
+    while chain[0].increment and len(chain) <= len(catalogue):
+        manifest = archive.manifest(chain[0])
+        assert isinstance(manifest, IncrementManifest)
+        base = by_sha.get(manifest.base.sha256)
+        if base is None:
+            break
+        chain.insert(0, base)
+    return chain
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
