@@ -429,17 +429,17 @@ def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
     committed before it are undone."""
     from kindling_bundle.db import live
 
-    real_insert_held = live.insert_held
+    real_insert = live._Stage.insert
     inserts = 0
 
-    def insert_held_then_lose_the_transaction(conn, *args, **kwargs):
+    def insert_then_lose_the_transaction(stage, *args, **kwargs):  # each staged run moved in
         nonlocal inserts
         inserts += 1
-        real_insert_held(conn, *args, **kwargs)
-        if inserts == 40:
-            conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+        real_insert(stage, *args, **kwargs)
+        if inserts == 3:  # a later step's: the steps before it are committed
+            stage.conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
 
-    monkeypatch.setattr(live, "insert_held", insert_held_then_lose_the_transaction)
+    monkeypatch.setattr(live._Stage, "insert", insert_then_lose_the_transaction)
     template, before, _ = targets[2]
     target = tmp_path / "t.db"
     shutil.copy(template, target)
@@ -447,6 +447,6 @@ def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
     with pytest.raises(StoreError, match=r"t\.db: import failed, nothing written: SQLite rolled"):
         import_bundle(conn, bundle)
     conn.close()
-    assert inserts >= 40
+    assert inserts >= 3
     assert dump_contents(target) == before
     _check_passes(target)
