@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from age_tools import age_keygen, age_with_passphrase, on_terminal, run, ssh_keygen
 
-from conftest import cli_executable, dump_tables, one_error_line
+from conftest import cli_executable, dump_contents, dump_tables, one_error_line
 from kindling_bundle import (
     BundleOptions,
     CiphertextError,
@@ -114,8 +114,10 @@ def encrypted(plain: Path, keys: Keys, tmp_path_factory: pytest.TempPathFactory)
 
 
 def restored(path: Path) -> dict:
-    """Every row of a restored database, less the migrations' applied_at (its creation time)."""
-    tables = dump_tables(path)
+    """Every row of a restored database, less the migrations' applied_at (its creation time), with
+    each full-text index compared by what it holds: the plain import goes into an open store (the
+    path for a database in use), the CLI's into a new file (rebuilt in one pass)."""
+    tables = dump_contents(path)
     tables["schema_migrations"] = [row[:-1] for row in tables["schema_migrations"]]
     return tables
 
