@@ -195,13 +195,14 @@ class _Run:
 
     @contextmanager
     def naming(self) -> Iterator[None]:
-        """A record error raised inside names the member it is in."""
+        """A record error raised inside names the member it is in, once, and keeps its class
+        (a caller catches a MissingReferenceError as such)."""
         try:
             yield
         except RecordError as exc:
-            raise RecordError(
-                f"{self.where}: {exc}", entity=exc.entity, record_id=exc.record_id
-            ) from None
+            if not str(exc).startswith(f"{self.where}: "):
+                exc.args = (f"{self.where}: {exc}", *exc.args[1:])
+            raise
 
     def take(self, results: Sequence[ImportEntityResult]) -> None:
         """Count results; an error fails the import. A summary skipped in favour of its
