@@ -29,7 +29,7 @@ import pytest
 import zstandard
 from hostile_tar import archive, compress, member, tar_header
 
-from conftest import dump_tables, one_error_line
+from conftest import dump_contents, one_error_line
 from kindling_bundle import (
     AllowedSigners,
     BadSignatureError,
@@ -304,19 +304,19 @@ def test_refused_with_one_line_and_the_database_unchanged(
         trust = tmp_path / "expired_signers"
         trust.write_text(f'alice valid-before="20200101Z" {public_line(keys["alice"])}\n')
     policy = ("--allowed-signers", trust, "--require-signature")
-    before = dump_tables(target)
+    before = dump_contents(target)
 
     for command in (("import", "--db", target), ("verify",), ("inspect",)):
         if command[0] == "inspect" and make in (swapped_in_order, signature_twice):
             continue  # inspect reads the manifest and its signature, intact here, and no further
         done = cli(*command, *policy, bundle)
         assert fragment in one_error_line(done), (command, done.stderr)
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
 
     done = cli("import", "--db", target, bundle)
     if without_policy:  # a bad signature is an error with or without a policy
         assert fragment in one_error_line(done)
-        assert dump_tables(target) == before
+        assert dump_contents(target) == before
     else:
         assert done.returncode == 0, done.stderr
 
@@ -345,10 +345,10 @@ def test_a_signature_in_a_1_0_bundle_is_refused(
     signature = openssh_sign(keys["alice"], members[0][1])
     bundle = tmp_path / "signed-1.0.kbundle"
     bundle.write_bytes(rebuild([members[0], ("manifest.sig", signature), *members[1:]]))
-    before = dump_tables(target)
+    before = dump_contents(target)
     line = one_error_line(cli("import", "--db", target, bundle))
     assert "unexpected manifest.sig: a signature member may only follow the manifest" in line
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
 
 
 # --- what verify, import and inspect report ----------------------------------------------------
@@ -398,12 +398,12 @@ def test_unsigned_bundle_is_reported_unsigned_and_refused_when_required(
         report = json.loads(cli(*command, "--json", unsigned).stdout)
         assert report["signature"] == {"status": "unsigned"}, command
 
-    before = dump_tables(target)
+    before = dump_contents(target)
     env = {"KINDLING_BUNDLE_ALLOWED_SIGNERS": str(signers)}  # implies --require-signature
     for command in (("import", "--db", target), ("verify",), ("inspect",)):
         line = one_error_line(cli(*command, unsigned, env=env))
         assert "the bundle is not signed, and a signature is required" in line
-    assert dump_tables(target) == before
+    assert dump_contents(target) == before
     assert cli("verify", bundles["signed"], env=env).returncode == 0
 
 
