@@ -132,14 +132,15 @@ def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
     split_child = encoder._split_child
 
     def dies_once_started(*args):  # in the child: it has its snapshot, then dies
-        *first, commands, reports = args
+        *first, parent = args
+        ready = parent.ready
 
-        class Commands:
-            def recv_bytes(self):
-                commands.recv_bytes()  # the word to start
-                os._exit(9)
+        def then_dies():
+            ready()  # waits for the word to start
+            os._exit(9)
 
-        split_child(*first, Commands(), reports)
+        parent.ready = then_dies
+        split_child(*first, parent)
 
     monkeypatch.setattr(encoder, "_split_child", dies_once_started)
     dest = tmp_path / "out.kbundle"
