@@ -1,13 +1,16 @@
-"""The real `age`, `age-keygen` and `ssh-keygen` tools, for tests (Debian: age, openssh-client),
-and a terminal to type passphrases into the programs that ask for them there."""
+"""The real `age`, `age-keygen`, `ssh-keygen` and `ssh-agent` tools, for tests (Debian: age,
+openssh-client), and a terminal to type passphrases into the programs that ask for them there."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -73,3 +76,24 @@ def age_with_passphrase(source: Path, dest: Path, passphrase: str) -> None:
     )
     assert code == 0, said
     assert typed == 2
+
+
+@contextlib.contextmanager
+def ssh_agent() -> Iterator[str]:
+    """A real ssh-agent of our own, on a short socket path (its path), stopped by its own
+    handle."""
+    folder = tempfile.mkdtemp(prefix="kb-agent-")
+    sock = os.path.join(folder, "agent.sock")
+    process = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.05)
+        yield sock
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -146,7 +146,7 @@ def copy_database(source: Path, dest: Path) -> Path:
 
 # Every table's rows in primary-key order, every column (rowids aside: they are not data, and a
 # source's rowids follow its insertion history, not the export order).
-_DATA_TABLES = {
+DATA_TABLES = {
     "observations": "id",
     "capsules": "id",
     "capsule_observations": "capsule_id, seq",
@@ -162,7 +162,7 @@ def table_rows(path: Path) -> dict[str, list[tuple]]:
     try:
         rows = {
             table: conn.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
-            for table, key in _DATA_TABLES.items()
+            for table, key in DATA_TABLES.items()
         }
         rows["schema_migrations"] = conn.execute(
             "SELECT version, name FROM schema_migrations ORDER BY version"

@@ -484,6 +484,10 @@ def test_bad_recipients_name_the_line_and_never_echo_it(keys: Keys, tmp_path: Pa
     path.write_text("# nothing\n\n")
     with pytest.raises(RecipientError, match="no recipients in it"):
         read_recipients_file(path)
+    path.write_bytes(keys.age_pub.encode() + b"\n\xff\n")
+    with pytest.raises(RecipientError) as caught:
+        read_recipients_file(path)
+    assert str(caught.value) == f"{path}: not a recipients file (not UTF-8 text)"
     with pytest.raises(RecipientError, match="cannot read"):
         read_recipients_file(tmp_path / "missing")
     broken = keys.age_pub[:-1] + ("q" if keys.age_pub[-1] != "q" else "p")
@@ -539,6 +543,10 @@ def test_identity_files_several_keys_comments_and_mistakes(keys: Keys, tmp_path:
     assert secret_of(keys.age_id)[20:40] not in str(caught.value)
     with pytest.raises(IdentityError, match="no identities in it"):
         parse_identities(b"# empty\n", source="KINDLING_BUNDLE_IDENTITY")
+    mixed.write_bytes(secret_of(keys.age_id).encode() + b"\n\xff\n")
+    with pytest.raises(IdentityError) as caught:
+        load_identities(mixed)
+    assert str(caught.value) == f"{mixed}: not an identity file (not UTF-8 text)"
     ssh = load_identities(keys.ed)[0]
     fingerprint = run("ssh-keygen", "-l", "-f", f"{keys.ed}.pub").stdout.split()[1].decode()
     assert ssh.description == f"ssh-ed25519 {fingerprint}"

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from conftest import cli_executable, dump_contents, dump_tables, one_error_line
 from kindling_bundle import (
     BundleOptions,
     CiphertextError,
-    ExportStreamOptions,
     NoIdentityError,
     NoMatchingIdentityError,
     ReadOptions,
@@ -42,8 +42,6 @@ from kindling_bundle import (
 from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
 from kindling_bundle.io.age import X25519Identity, open_encrypting_writer
 from kindling_bundle.io.sniff import open_input
-from kindling_bundle.ops import write as write_module
-from kindling_bundle.parallel import strategy
 
 STAMP = ("--created-at", "1700000000000")
 AGE_PASSPHRASE = "correct horse battery"
@@ -480,13 +478,16 @@ MARKER = b"kbundle-plaintext-marker-5e1f"
 
 class PlaintextWatch:
     """Reads, over and over while work runs, every file in `folder` and every file there that
-    this process or a child of it holds open (spools have no name: O_TMPFILE), and remembers
-    whether any held MARKER, and how many distinct files it read."""
+    process `pid` (this one by default) or a child of it holds open (spools have no name:
+    O_TMPFILE), and remembers whether any held MARKER, how many distinct files it read, and
+    which processes held files there."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, pid: int | None = None):
         self.folder = str(folder)
+        self.pid = os.getpid() if pid is None else pid
         self.found: list[str] = []
         self.files: set[tuple[int, int]] = set()
+        self.holders: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -505,7 +506,7 @@ class PlaintextWatch:
 
     def scan(self) -> None:
         files = [(str(path), str(path)) for path in Path(self.folder).rglob("*") if path.is_file()]
-        for pid in [os.getpid(), *children(os.getpid())]:
+        for pid in [self.pid, *children(self.pid)]:
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
             except OSError:
@@ -517,6 +518,7 @@ class PlaintextWatch:
                     continue
                 if target.startswith(self.folder + "/"):
                     files.append((f"/proc/{pid}/fd/{fd}", target))
+                    self.holders.add(pid)
         for path, name in files:
             try:
                 with open(path, "rb") as file:
@@ -567,56 +569,56 @@ def watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def export_watched(
-    conn, dest: Path | io.BytesIO, opts: BundleOptions, folder: Path, monkeypatch
-) -> PlaintextWatch:
-    """write_bundle under a watch, which also looks once more the moment every spool is full
-    (just before the archive is written from them)."""
-    watch = PlaintextWatch(folder)
-    emit = write_module._emit
-
-    def looked_at_first(*args, **kwargs):  # type: ignore[no-untyped-def]
-        watch.scan()
-        return emit(*args, **kwargs)
-
-    monkeypatch.setattr(write_module, "_emit", looked_at_first)
-    with watch:
-        write_bundle(conn, dest, opts)
-    return watch
+CAN_FORK = sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) >= 2
 
 
-@pytest.mark.parametrize("split", ["whole export", "filtered export"])
+@pytest.mark.parametrize("to", ["file", "stdout"])
+@pytest.mark.parametrize(
+    "split",
+    [
+        pytest.param(
+            "whole export",
+            marks=pytest.mark.skipif(not CAN_FORK, reason="the export forks only on Linux, 2 CPUs"),
+        ),
+        "filtered export",
+    ],
+)
 def test_an_encrypted_export_writes_no_plaintext_to_any_file(
-    split: str, marked_db: Path, keys: Keys, watched: Path, monkeypatch: pytest.MonkeyPatch
+    split: str, to: str, marked_db: Path, keys: Keys, tmp_path: Path
 ) -> None:
-    # A whole export splits the observations with a child (parallel.encoder) that writes a spool
-    # of its own; a filtered one is encoded in this process, into one spool.
+    # The CLI as a user runs it (--workers auto): a whole export forks a child (parallel.encoder)
+    # that writes a spool of its own; a filtered one is encoded in one process, into one spool.
+    # The watch's thread runs in this process, not the export's, so the export forks as it would.
     split_up = split == "whole export"
-    selection = ExportStreamOptions() if split_up else ExportStreamOptions(from_ts=0)
-    assert selection.filtered != split_up
-    if split_up:
-        # The watch's thread would keep the export from forking (fork_is_safe asks for a
-        # process of one thread); the child touches nothing the watch holds.
-        monkeypatch.setattr(strategy, "fork_is_safe", lambda: True)
-    spools = 2 if split_up else 1
-    with open_store(marked_db, readonly=True) as conn:
-        # The watch can see plaintext: without recipients, the spools hold the records.
-        control = export_watched(
-            conn, watched / "plain.kbundle", BundleOptions(filter=selection), watched, monkeypatch
-        )
-        assert control.found, "the watch saw no plaintext in a plain export's spools"
-        (watched / "plain.kbundle").unlink()
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    out = folder / "out.kbundle"
 
-        out = watched / "secret.kbundle"
-        opts = BundleOptions(filter=selection, recipients=[parse_recipient(keys.age_pub)])
-        watch = export_watched(conn, out, opts, watched, monkeypatch)
-        assert watch.found == []
-        assert len(watch.files) >= spools + 1  # the spools and the destination, at least
-        streamed = io.BytesIO()
-        watch = export_watched(conn, streamed, opts, watched, monkeypatch)  # spools in TMPDIR
-        assert watch.found == [] and len(watch.files) >= spools
-    assert os.listdir(watched) == ["secret.kbundle"]
-    with open_bundle(out, options=identity(keys.age_id)) as reader:
+    def export(*args: str) -> PlaintextWatch:
+        filtered = [] if split_up else ["--since", "0"]
+        command = [cli_executable(), "export", "--db", str(marked_db), *filtered, *args, "-q"]
+        env = {**os.environ, "TMPDIR": str(folder)}  # where a stream's spools go
+        with open(folder / "stdout", "wb") as stdout:
+            export = subprocess.Popen(
+                [*command, str(out) if to == "file" else "-"], stdout=stdout, env=env
+            )
+            with PlaintextWatch(folder, export.pid) as watch:
+                assert export.wait(timeout=300) == 0
+        return watch
+
+    # The watch can see plaintext: without recipients, the spools hold the records.
+    control = export()
+    assert control.found, "the watch saw no plaintext in a plain export's spools"
+    out.unlink(missing_ok=True)
+
+    watch = export("-r", keys.age_pub)
+    assert watch.found == []
+    spools = 2 if split_up else 1
+    assert len(watch.files) >= spools + 1  # the spools and the output, at least
+    assert (len(watch.holders) > 1) == split_up  # a forked child held its spool
+    written = out if to == "file" else folder / "stdout"
+    assert sorted(os.listdir(folder)) == sorted({written.name, "stdout"})
+    with open_bundle(written, options=identity(keys.age_id)) as reader:
         assert any(MARKER.decode() in getattr(r, "content", "") for r in reader.records())
 
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
+from test_encrypted_bundles import children as child_pids
 
+from conftest import cli_executable
 from kindling_bundle import (
     BundleOptions,
     Observation,
     RecordError,
     export_observations,
+    generate_sample,
     open_bundle,
     open_store,
     write_bundle,
@@ -132,14 +137,15 @@ def test_a_child_that_dies_fails_the_export_and_leaves_nothing(
     split_child = encoder._split_child
 
     def dies_once_started(*args):  # in the child: it has its snapshot, then dies
-        *first, commands, reports = args
+        *first, parent = args
+        ready = parent.ready
 
-        class Commands:
-            def recv_bytes(self):
-                commands.recv_bytes()  # the word to start
-                os._exit(9)
+        def then_dies():
+            ready()  # waits for the word to start
+            os._exit(9)
 
-        split_child(*first, Commands(), reports)
+        parent.ready = then_dies
+        split_child(*first, parent)
 
     monkeypatch.setattr(encoder, "_split_child", dies_once_started)
     dest = tmp_path / "out.kbundle"
@@ -296,3 +302,41 @@ def test_a_childs_error_crosses_as_the_same_class_and_message(error: Exception) 
     raised = msgspec.msgpack.decode(sent, type=forking.ChildFailed).exception()
     assert type(raised) is type(error) and str(raised) == str(error)
     assert vars(raised) == vars(error)  # a RecordError's entity and record id too
+
+
+@pytest.fixture(scope="module")
+def larger_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough observations that the encoding child works for a while."""
+    path = tmp_path_factory.mktemp("larger") / "larger.db"
+    generate_sample(path, observations=20_000, seed=3)
+    return path
+
+
+@pytest.mark.parametrize("after", [0.0, 0.5])
+def test_a_killed_export_leaves_no_encoding_process_behind(
+    larger_db: Path, tmp_path: Path, after: float
+) -> None:
+    """A CLI export killed outright (no clean-up of its own runs) takes its child with it: the
+    child sees the end of its pipes and exits, instead of sleeping on as an orphan."""
+    command = [cli_executable(), "export", "--db", str(larger_db), "--workers", "2", "-q"]
+    export = subprocess.Popen([*command, str(tmp_path / "out.kbundle")])
+    try:
+        while not (forked := list(child_pids(export.pid))):
+            assert export.poll() is None, "the export ended before it forked"
+            time.sleep(0.002)
+        time.sleep(after)  # right after the fork, or while the child encodes
+    finally:
+        export.kill()
+        export.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in forked):
+        assert time.monotonic() < deadline, f"an orphaned child lives on: {forked}"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

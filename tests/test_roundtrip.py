@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from chain_steps import DATA_TABLES, table_rows
 from test_bundle import edit_manifest
 
 from conftest import dump_contents, dump_tables, make_v4_database
@@ -36,39 +37,6 @@ from kindling_bundle.db.writes import (
 )
 
 CREATED_AT = 1_767_225_600_000
-
-# Every table's rows in primary-key order, every column (rowids aside: they are not data, and a
-# source's rowids follow its insertion history, not the export order).
-DATA_TABLES = {
-    "observations": "id",
-    "capsules": "id",
-    "capsule_observations": "capsule_id, seq",
-    "summaries": "id",
-    "pins": "id",
-}
-
-
-def table_rows(path: Path) -> dict[str, list[tuple]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    rows = {
-        table: conn.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
-        for table, key in DATA_TABLES.items()
-    }
-    rows["schema_migrations"] = conn.execute(
-        "SELECT version, name FROM schema_migrations ORDER BY version"
-    ).fetchall()
-    rows["user_version"] = conn.execute("PRAGMA user_version").fetchall()
-    # What the full-text indexes hold, by id: each indexed row and the text it was indexed with.
-    rows["observations_fts"] = conn.execute(
-        "SELECT o.id, o.content FROM observations_fts_docsize d "
-        "JOIN observations o ON o.rowid = d.id ORDER BY o.id"
-    ).fetchall()
-    rows["summaries_fts"] = conn.execute(
-        "SELECT s.id, s.content FROM summaries_fts_docsize d "
-        "JOIN summaries s ON s.rowid = d.id ORDER BY s.id"
-    ).fetchall()
-    conn.close()
-    return rows
 
 
 def export(db: Path, dest: Path, opts: BundleOptions | None = None) -> None:

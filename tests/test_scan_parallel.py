@@ -8,6 +8,7 @@ import random
 import sqlite3
 import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,15 +117,16 @@ def test_a_child_that_dies_fails_the_scan(
 ) -> None:
     scan_child = parallel_scan._scan_child
 
-    def dies_once_started(*args: object) -> None:
-        *first, commands, reports = args
+    def dies_once_started(*args: Any) -> None:
+        *first, parent = args
+        ready = parent.ready
 
-        class Commands:
-            def recv_bytes(self) -> bytes:
-                commands.recv_bytes()  # type: ignore[attr-defined]
-                os._exit(9)
+        def then_dies() -> None:
+            ready()  # waits for the word to start
+            os._exit(9)
 
-        scan_child(*first, Commands(), reports)  # type: ignore[arg-type]
+        parent.ready = then_dies
+        scan_child(*first, parent)
 
     monkeypatch.setattr(parallel_scan, "_scan_child", dies_once_started)
     with pytest.raises(BundleError, match="scanning process ended without a word"):

@@ -18,7 +18,6 @@ import select
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import termios
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import zstandard
+from age_tools import ssh_agent
 from hostile_tar import archive, compress, member, tar_header
 
 from conftest import dump_contents, one_error_line
@@ -561,22 +561,8 @@ def test_signed_export_is_byte_identical_from_run_to_run(
 
 @pytest.fixture
 def agent() -> Iterator[str]:
-    """A real ssh-agent of our own on a short socket path, stopped by its own handle."""
-    folder = tempfile.mkdtemp(prefix="kb-agent-")
-    sock = os.path.join(folder, "agent.sock")
-    process = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
-            assert time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.05)
+    with ssh_agent() as sock:
         yield sock
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_export_signs_through_ssh_agent(

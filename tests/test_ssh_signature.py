@@ -7,17 +7,15 @@ them, so a CI machine that lacks them fails instead of passing untested.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from age_tools import ssh_agent
 
 from kindling_bundle.errors import (
     AllowedSignersError,
@@ -259,23 +257,9 @@ def test_unloadable_keys_are_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real ssh-agent of our own, on a short socket path, stopped by its own handle."""
-    folder = tempfile.mkdtemp(prefix="kb-agent-")
-    sock = os.path.join(folder, "agent.sock")
-    process = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
-            assert time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.05)
+    with ssh_agent() as sock:
         monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         yield sock
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def lone_public_key(key: Path, tmp_path: Path) -> Path:

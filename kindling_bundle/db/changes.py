@@ -33,17 +33,19 @@ import numpy.typing as npt
 
 from kindling_bundle.db.connection import describe_error
 from kindling_bundle.db.rows import (
+    CAPSULE_LINKS,
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
     PIN_SELECT,
     SUMMARY_SELECT,
-    capsule_from_row,
+    capsule_with_links,
     observation_from_row,
     pin_from_row,
+    prefixed,
     summary_from_row,
 )
 from kindling_bundle.errors import RecordError, StoreError
-from kindling_bundle.records import Capsule, Record
+from kindling_bundle.records import Record
 
 Hashes = npt.NDArray[np.uint64]
 
@@ -51,7 +53,6 @@ FETCH_ROWS = 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 _blake2b = hashlib.blake2b
-_LINK_IDS = msgspec.json.Decoder(list[str])
 
 
 def digests(values: Sequence[bytes]) -> Hashes:
@@ -80,19 +81,9 @@ def record_hashes(records: Sequence[Record]) -> tuple[Hashes, Hashes]:
     return id_hashes([r.id for r in records]), row_hashes([fields(r) for r in records])
 
 
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-# As db.export reads them: a link whose id is not text (a BLOB) becomes null.
-_LINKS = (
-    "(SELECT json_group_array(CASE WHEN typeof(observation_id) = 'text' THEN observation_id END) "
-    "FROM (SELECT observation_id FROM capsule_observations WHERE capsule_id = c.id ORDER BY seq))"
-)
-
 _SCAN_SQL = {
     "observations": f"SELECT rowid, {OBSERVATION_SELECT} FROM observations",
-    "capsules": f"SELECT c.rowid, {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c",
+    "capsules": f"SELECT c.rowid, {prefixed('c', CAPSULE_SELECT)}, {CAPSULE_LINKS} FROM capsules c",
     "summaries": f"SELECT rowid, {SUMMARY_SELECT} FROM summaries",
     "pins": f"SELECT rowid, {PIN_SELECT} FROM pins",
 }
@@ -330,40 +321,27 @@ class _Kept:
 
 _CHANGED_SQL = {
     "observations": (
-        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        f"SELECT {prefixed('o', OBSERVATION_SELECT)} FROM observations o "
         "WHERE o.rowid IN (SELECT value FROM json_each(?)) ORDER BY o.ts, o.id"
     ),
     "capsules": (
-        f"SELECT {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c "
+        f"SELECT {prefixed('c', CAPSULE_SELECT)}, {CAPSULE_LINKS} FROM capsules c "
         "WHERE c.rowid IN (SELECT value FROM json_each(?)) ORDER BY c.opened_at, c.id"
     ),
     "summaries": (
-        f"SELECT {_prefixed('s', SUMMARY_SELECT)} FROM summaries s "
+        f"SELECT {prefixed('s', SUMMARY_SELECT)} FROM summaries s "
         "WHERE s.rowid IN (SELECT value FROM json_each(?)) ORDER BY s.created_at, s.id"
     ),
     "pins": (
-        f"SELECT {_prefixed('p', PIN_SELECT)} FROM pins p "
+        f"SELECT {prefixed('p', PIN_SELECT)} FROM pins p "
         "WHERE p.rowid IN (SELECT value FROM json_each(?)) ORDER BY p.created_at, p.id"
     ),
 }
 
 
-def _capsule_record(row: tuple[Any, ...]) -> Capsule:
-    try:
-        links = _LINK_IDS.decode(row[-1])
-    except msgspec.ValidationError:
-        raise RecordError(
-            f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
-            "not text",
-            entity="capsules",
-            record_id=row[0],
-        ) from None
-    return capsule_from_row(row, links)
-
-
 _FROM_ROW: dict[str, Callable[[tuple[Any, ...]], Record]] = {
     "observations": observation_from_row,
-    "capsules": _capsule_record,
+    "capsules": capsule_with_links,
     "summaries": summary_from_row,
     "pins": pin_from_row,
 }

@@ -44,18 +44,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgspec
-
 from kindling_bundle.db.connection import describe_error
 from kindling_bundle.db.rows import (
+    CAPSULE_LINKS,
     CAPSULE_SELECT,
     OBSERVATION_SELECT,
     PIN_SELECT,
     SUMMARY_SELECT,
     Row,
-    capsule_from_row,
+    capsule_with_links,
     observation_from_row,
     pin_from_row,
+    prefixed,
     summary_from_row,
 )
 from kindling_bundle.errors import RecordError, StoreError
@@ -197,7 +197,7 @@ def export_observations_from(
 def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
     """Observations on one side of `key`, in export order (a range of the ts index)."""
     sql = (
-        f"SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        f"SELECT {prefixed('o', OBSERVATION_SELECT)} FROM observations o "
         f"WHERE {where} ORDER BY o.ts, o.id"
     )
     return sql, {"split_ts": key[0], "split_id": key[1]}
@@ -206,7 +206,7 @@ def _split_sql(key: SplitKey, where: str) -> tuple[str, dict[str, Any]]:
 def _observations_query(opts: ExportStreamOptions) -> tuple[str, dict[str, Any]]:
     query = _Query(opts)
     sql = (
-        f"{query.with_clause()}SELECT {_prefixed('o', OBSERVATION_SELECT)} FROM observations o "
+        f"{query.with_clause()}SELECT {prefixed('o', OBSERVATION_SELECT)} FROM observations o "
         f"WHERE {query.observation_where()} ORDER BY o.ts, o.id"
     )
     return sql, query.params
@@ -223,32 +223,10 @@ def export_capsules(
     """
     query = _Query(opts)
     sql = (
-        f"{query.with_clause()}SELECT {_prefixed('c', CAPSULE_SELECT)}, {_LINKS} FROM capsules c "
-        f"WHERE {query.capsule_where()} ORDER BY c.opened_at, c.id"
+        f"{query.with_clause()}SELECT {prefixed('c', CAPSULE_SELECT)}, {CAPSULE_LINKS} "
+        f"FROM capsules c WHERE {query.capsule_where()} ORDER BY c.opened_at, c.id"
     )
-    return _stream(conn, "capsules", sql, query.params, _capsule_from_row)
-
-
-# A link whose id is not text (only a BLOB can be, in a TEXT column) becomes null: refused below.
-_LINKS = (
-    "(SELECT json_group_array(CASE WHEN typeof(observation_id) = 'text' THEN observation_id END) "
-    "FROM (SELECT observation_id FROM capsule_observations WHERE capsule_id = c.id ORDER BY seq))"
-)
-_LINK_IDS = msgspec.json.Decoder(list[str])
-
-
-def _capsule_from_row(row: Row) -> Capsule:
-    """A row of `SELECT {CAPSULE_SELECT}, {_LINKS}` as a record."""
-    try:
-        observation_ids = _LINK_IDS.decode(row[-1])
-    except msgspec.ValidationError:
-        raise RecordError(
-            f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
-            "not text",
-            entity="capsule",
-            record_id=row[0],
-        ) from None
-    return capsule_from_row(row, observation_ids)
+    return _stream(conn, "capsules", sql, query.params, capsule_with_links)
 
 
 def export_summaries(
@@ -257,7 +235,7 @@ def export_summaries(
     """Summaries in (created_at, id) order; the scope filter applies through their capsule."""
     query = _Query(opts)
     sql = (
-        f"{query.with_clause()}SELECT {_prefixed('s', SUMMARY_SELECT)} FROM summaries s "
+        f"{query.with_clause()}SELECT {prefixed('s', SUMMARY_SELECT)} FROM summaries s "
         f"WHERE {query.summary_where()} ORDER BY s.created_at, s.id"
     )
     return _stream(conn, "summaries", sql, query.params, summary_from_row)
@@ -269,7 +247,7 @@ def export_pins(
     """Pins in (created_at, id) order, filtered on their own scope and created_at."""
     query = _Query(opts)
     sql = (
-        f"SELECT {_prefixed('p', PIN_SELECT)} FROM pins p "
+        f"SELECT {prefixed('p', PIN_SELECT)} FROM pins p "
         f"WHERE {query.pin_selected()} ORDER BY p.created_at, p.id"
     )
     return _stream(conn, "pins", sql, query.params, pin_from_row)
@@ -375,10 +353,6 @@ class _Query:
 
 def _all_of(parts: list[str]) -> str:
     return " AND ".join(parts) if parts else "1"
-
-
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
 T = TypeVar("T")

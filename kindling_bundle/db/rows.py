@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from kindling_bundle.errors import RecordError
 from kindling_bundle.kindling_json import jsjson
 from kindling_bundle.records import (
@@ -42,6 +44,22 @@ OBSERVATION_SELECT = "id, kind, content, provenance, ts, scope_ids, redacted"
 CAPSULE_SELECT = "id, type, intent, status, opened_at, closed_at, scope_ids"
 SUMMARY_SELECT = SUMMARY_COLUMNS
 PIN_SELECT = "id, target_type, target_id, reason, created_at, expires_at, scope_ids"
+
+CAPSULE_LINKS = (
+    "(SELECT json_group_array(CASE WHEN typeof(observation_id) = 'text' THEN observation_id END) "
+    "FROM (SELECT observation_id FROM capsule_observations WHERE capsule_id = c.id ORDER BY seq))"
+)
+"""The links of capsule `c`, in `seq` order, as one JSON array that SQLite builds from an index
+seek (an aggregate over a subquery with ORDER BY, which SQLite never flattens, so the order
+holds). A link whose id is not text (only a BLOB can be, in a TEXT column) becomes null, which
+`capsule_with_links` refuses."""
+
+_LINK_IDS = msgspec.json.Decoder(list[str])
+
+
+def prefixed(alias: str, columns: str) -> str:
+    """`columns` (one of the *_SELECT lists) qualified by a table alias."""
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
 def _json_column(text: str, entity: str, record_id: str, column: str) -> Any:
@@ -114,6 +132,20 @@ def capsule_from_row(row: Row, observation_ids: list[str]) -> Capsule:
         scope_ids=_json_column(row[6], "capsule", cid, "scope_ids"),
         observation_ids=observation_ids,
     )
+
+
+def capsule_with_links(row: Row) -> Capsule:
+    """A row of `SELECT {CAPSULE_SELECT}, {CAPSULE_LINKS}` as a record."""
+    try:
+        observation_ids = _LINK_IDS.decode(row[-1])
+    except msgspec.ValidationError:
+        raise RecordError(
+            f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
+            "not text",
+            entity="capsule",
+            record_id=row[0],
+        ) from None
+    return capsule_from_row(row, observation_ids)
 
 
 def capsule_values(capsule: Capsule) -> Values:

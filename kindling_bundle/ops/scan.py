@@ -164,9 +164,9 @@ def _scan_split(
         try:
             report = _scan_streams(streams, scanner, held.add, mine)
         except KindlingBundleError:
-            child.finish()  # the child's own error comes first, if it met one
+            child.wait()  # the child's own error comes first, if it met one
             raise
-        last = child.finish()
+        last = child.wait()
         for finding in held:
             if on_finding is not None:
                 on_finding(finding)

@@ -30,11 +30,11 @@ reads what the other wrote through the spool's own decrypting reader, never the 
 from __future__ import annotations
 
 import contextlib
-import gc
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
@@ -58,7 +58,7 @@ from kindling_bundle.ops.spool import (
     finish_spool,
     written_elsewhere,
 )
-from kindling_bundle.parallel.forking import ChildFailed, pipe, start_child
+from kindling_bundle.parallel.forking import ToParent, WorkerChild
 from kindling_bundle.records import Record
 from kindling_bundle.scrub import Scrubber
 
@@ -108,18 +108,10 @@ class Witness:
         return version
 
 
-class _Start(msgspec.Struct, tag=True):
-    """To the child: nothing was committed since its snapshot; encode."""
-
-
 class _Finish(msgspec.Struct, tag=True):
     """To the child: this process's part is the first `side_bytes` of its spool; hash it."""
 
     side_bytes: int
-
-
-class _Ready(msgspec.Struct, tag=True):
-    """From the child: its snapshot is fixed."""
 
 
 class _Encoded(msgspec.Struct, tag=True):
@@ -140,10 +132,7 @@ class _Done(msgspec.Struct, tag=True):
     scrubbed_by_rule: dict[str, int] = {}
 
 
-_FromChild = _Ready | _Encoded | _Done | ChildFailed
-
-
-class SplitChild:
+class SplitChild(WorkerChild[_Done]):
     """The child of a split, seen from this process: started on `key`, writing `spool`;
     `on_progress(records, bytes)` gets its running totals (passed on by `poll` and `finish`).
     `side` is this process's spool, which the child hashes once told its part is complete.
@@ -159,79 +148,25 @@ class SplitChild:
         on_progress: Callable[[int, int], None],
         scrub: Scrubber | None = None,
     ):
-        self._reports, child_reports = pipe()
-        child_commands, self._commands = pipe()
+        work = functools.partial(_split_child, conn.path, key, label, spool, side, scrub)
+        super().__init__(work, "encoding", "kbundle-encoder", _Encoded, _Done)
         self._spool = spool
-        self._child = start_child(
-            _split_child,
-            (conn.path, key, label, spool, side, scrub, child_commands, child_reports),
-            "kbundle-encoder",
-            parent_ends=(self._reports, self._commands),
-        )
-        child_commands.close()
-        child_reports.close()
-        self._encode = msgspec.msgpack.Encoder()
-        self._decode = msgspec.msgpack.Decoder(_FromChild)
-        self._last: _Done | ChildFailed | None = None
         self._on_progress = on_progress
         self.key = key
-
-    def __enter__(self) -> SplitChild:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def shares(self, witness: Witness) -> bool:
-        """Wait until the child has its snapshot; tell it to start if it is this process's
-        (nothing was committed since the witness opened). False: it will write nothing."""
-        if not isinstance(self._receive(), _Ready) or not witness.unchanged():
-            return False
-        self._send(_Start())
-        return True
-
-    def poll(self) -> None:
-        """Pass on the progress reported so far, without waiting."""
-        while self._last is None and self._reports.poll():
-            self._take(self._receive())
 
     def finish(self, side_bytes: int) -> _Done:
         """The child's last word once it has hashed `side_bytes` of this process's spool; the
         error it met is raised."""
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
             self._send(_Finish(side_bytes))
-        while self._last is None:
-            self._take(self._receive())
-        if isinstance(self._last, ChildFailed):
-            raise self._last.exception()
-        return self._last
-
-    def close(self) -> None:
-        """Stop the child if it is still at work (after an error here, or if never started)."""
-        self._commands.close()
-        if not isinstance(self._last, _Done):
-            self._child.terminate()
-        self._child.join()
-        self._reports.close()
+        return self.wait()
 
     @property
     def spool(self) -> BinaryIO:
         return self._spool
 
-    def _send(self, message: _Start | _Finish) -> None:
-        self._commands.send_bytes(self._encode.encode(message))
-
-    def _receive(self) -> _FromChild:
-        try:
-            return self._decode.decode(self._reports.recv_bytes())
-        except EOFError:  # gone without a last word
-            return ChildFailed("BundleError", "the encoding process ended without a word (killed?)")
-
-    def _take(self, report: _FromChild) -> None:
-        if isinstance(report, _Encoded):
-            self._on_progress(report.records, report.bytes)
-        elif isinstance(report, _Done | ChildFailed):
-            self._last = report
+    def _progress(self, report: _Encoded) -> None:
+        self._on_progress(report.records, report.bytes)
 
 
 def split_key(conn: KindlingConnection, share: float = CHILD_SHARE) -> SplitKey | None:
@@ -289,44 +224,29 @@ def _split_child(
     spool: BinaryIO,
     side: BinaryIO,
     scrub: Scrubber | None,
-    commands: Any,
-    reports: Any,
+    parent: ToParent,
 ) -> None:
     """In the child: open the database, fix the snapshot and say so; when told to start, encode
     (and scrub) the observations before `key` into `spool`, then hash this process's part from
     `side`."""
-    encoder = msgspec.msgpack.Encoder()
-
-    def report(message: _FromChild) -> None:
-        reports.send_bytes(encoder.encode(message))
-
     totals = [0, 0]
 
     def on_frame(records: int, size: int) -> None:
         totals[0] += records
         totals[1] += size
-        report(_Encoded(*totals))
+        parent.send(_Encoded(*totals))
 
-    gc.disable()  # rows and records hold no cycles, and each frame is dropped after use
-    try:
-        conn = open_store(path, readonly=True)
-        with snapshot(conn):
-            report(_Ready())
-            msgspec.msgpack.decode(commands.recv_bytes(), type=_Start)  # or the end: stopped
-            sha256 = hashlib.sha256()
-            records = export_observations_before(conn, key)
-            mine = Scrubber(scrub.scanner) if scrub is not None else None  # its own counts
-            part = encode_member(spool, "observations", records, label, on_frame, sha256, mine)
-            finish_spool(spool, label)
-            finish = msgspec.msgpack.decode(commands.recv_bytes(), type=_Finish)
-            _hash_file(side, finish.side_bytes, sha256, label)
-            scrubbed = (mine.tally.records, dict(mine.tally.by_rule)) if mine else (0, {})
-            report(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest(), *scrubbed))
-    except (EOFError, BrokenPipeError):  # the parent stopped the child, or is gone
-        return
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # unless the parent is gone meanwhile
-            report(ChildFailed.of(exc, "encoding"))
+    conn = open_store(path, readonly=True)
+    with snapshot(conn):
+        parent.ready()
+        sha256 = hashlib.sha256()
+        records = export_observations_before(conn, key)
+        mine = Scrubber(scrub.scanner) if scrub is not None else None  # its own counts
+        part = encode_member(spool, "observations", records, label, on_frame, sha256, mine)
+        finish_spool(spool, label)
+        _hash_file(side, parent.receive(_Finish).side_bytes, sha256, label)
+        scrubbed = (mine.tally.records, dict(mine.tally.by_rule)) if mine else (0, {})
+        parent.send(_Done(part.entry.records, part.entry.bytes, sha256.hexdigest(), *scrubbed))
 
 
 def _hash_file(spool: BinaryIO, size: int, sha256: _Hash, label: str) -> None:

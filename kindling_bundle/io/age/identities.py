@@ -50,7 +50,12 @@ from kindling_bundle.io.age.primitives import (
     ssh_tag,
     x25519,
 )
-from kindling_bundle.io.age.recipients import X25519Recipient, read_key_file, ssh_public_key
+from kindling_bundle.io.age.recipients import (
+    X25519Recipient,
+    key_file_lines,
+    read_key_file,
+    ssh_public_key,
+)
 
 PassphrasePrompt = Callable[[str], str]
 """Asks the user for a passphrase, given the prompt to show (the CLI: a hidden terminal prompt)."""
@@ -391,16 +396,8 @@ def _ssh_identities(
 
 
 def _text_identities(data: bytes, source: str) -> list[Identity]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise IdentityError(f"{source}: not an identity file (not UTF-8 text)") from None
     identities: list[Identity] = []
-    for number, raw_line in enumerate(text.split("\n"), 1):
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{source}, line {number}"
+    for where, line in key_file_lines(data, source, "an identity file", IdentityError):
         if line.startswith("AGE-SECRET-KEY-1"):
             decoded = bech32_decode(line)
             if decoded is None or decoded[0] != "age-secret-key-" or len(decoded[1]) != 32:

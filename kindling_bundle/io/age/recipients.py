@@ -11,7 +11,7 @@ import binascii
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -190,16 +190,8 @@ def read_recipients_file(
     name = os.fspath(path)
     label = "standard input" if name == "-" else name
     data = read_key_file(name, label, RecipientError)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RecipientError(f"{label}: not a recipients file (not UTF-8 text)") from None
     recipients: list[Recipient] = []
-    for number, raw_line in enumerate(text.split("\n"), 1):
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{label}, line {number}"
+    for where, line in key_file_lines(data, label, "a recipients file", RecipientError):
         if len(line) > MAX_LINE:
             raise RecipientError(f"{where}: longer than {MAX_LINE} characters")
         try:
@@ -217,6 +209,8 @@ def read_recipients_file(
 
 
 def read_key_file(name: str, label: str, error: type[Exception]) -> bytes:
+    """A recipients or identity file's bytes (`-`: standard input), refused if too large to be
+    one; errors as `error`, naming the file as `label`."""
     try:
         if name == "-":
             data = sys.stdin.buffer.read(MAX_KEY_FILE_BYTES + 1)
@@ -228,3 +222,18 @@ def read_key_file(name: str, label: str, error: type[Exception]) -> bytes:
     if len(data) > MAX_KEY_FILE_BYTES:
         raise error(f"{label}: larger than {MAX_KEY_FILE_BYTES >> 20} MiB: not a key file")
     return data
+
+
+def key_file_lines(
+    data: bytes, label: str, what: str, error: type[Exception]
+) -> Iterator[tuple[str, str]]:
+    """(where, line) for each line of a key file that is neither blank nor a `#` comment, as
+    age reads them; `where` names the file and line for an error message."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{label}: not {what} (not UTF-8 text)") from None
+    for number, raw_line in enumerate(text.split("\n"), 1):
+        line = raw_line.strip()
+        if line and not line.startswith("#"):
+            yield f"{label}, line {number}", line
