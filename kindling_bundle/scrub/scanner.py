@@ -31,7 +31,14 @@ import msgspec
 from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary, entity_of
 from kindling_bundle.scrub.findings import Finding, RecordFinding, ScrubTally, mask, redaction
 from kindling_bundle.scrub.prefilter import KeywordPrefilter
-from kindling_bundle.scrub.rules import Allowlist, Rule, RuleSet, RuleSource, load_rules
+from kindling_bundle.scrub.rules import (
+    Allowlist,
+    Rule,
+    RuleSet,
+    RuleSource,
+    load_rules,
+    utf8_safe,
+)
 
 WINDOW = 64 * 1024
 OVERLAP = 4 * 1024
@@ -201,6 +208,8 @@ class Scanner:
         if lowered is not None:
             assert rule.folded is not None
             pattern, subject = rule.folded, lowered
+        elif rule.linear:
+            pattern, subject = rule.regex, utf8_safe(text)
         else:
             pattern, subject = rule.regex, text
         out: list[_Raw] = []
