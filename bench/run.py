@@ -15,16 +15,21 @@ output and prose) at 200,000 and 1,000,000 observations, and the small-vocabular
 - size:    out.kbundle  vs  out.sql.zst
 - secrets: `export --scrub` and `scan DB` vs a plain `export` of the same database (issue 20), on
            the realistic sample of each --scrub-sizes, and the rules' score on the labelled corpus
+- encrypted: `export -r KEY` and `verify -i KEY` vs the same commands on a plain bundle (issue 18),
+           with their peak memory, at each of --sizes
 
 Each timing is the median of the runs; the ratio is ours / baseline. Peak resident memory of
 each of our commands comes from the kernel (wait4's ru_maxrss of the child). Each dataset's
 content size (MB of observation text) and full-text vocabulary (distinct terms of the FTS
 index, by fts5vocab) are reported with it. The results, with the machine and date, replace the
-generated part of bench/RESULTS.md (between its markers).
+generated parts of bench/RESULTS.md (between their markers: the main tables, the secrets section
+and the encryption section each have their own, so `--scrub` or `--encryption` rewrites only
+its own).
 
     .venv/bin/python bench/run.py                        # the full benchmark
     .venv/bin/python bench/run.py --sizes 20000 --small-sizes --scrub-sizes 20000 --output -
     .venv/bin/python bench/run.py --encryption --sizes 200000  # encrypted vs plain (issue 18)
+    .venv/bin/python bench/run.py --scrub                      # scrub and scan (issue 20)
 """
 
 from __future__ import annotations
@@ -237,6 +242,9 @@ class ScrubResult:
     def ratio(self, op: str) -> float:
         return self.median(op) / self.median("export")
 
+    def peak(self, op: str) -> float:
+        return max(run.peak_mb for run in self.runs[op])
+
 
 def bench_scrub(dataset: Dataset, runs: int, work: Path) -> ScrubResult:
     """`export --scrub` and `scan` against a plain export of the same database, in turn
@@ -262,42 +270,44 @@ def bench_scrub(dataset: Dataset, runs: int, work: Path) -> ScrubResult:
     return result
 
 
-def scrub_report(results: list[ScrubResult]) -> list[str]:
-    """The secrets section: the corpus score, then each size's times against a plain export."""
+def scrub_report(results: list[ScrubResult], runs: int) -> str:
+    """The secrets section (between its own markers): the corpus score, then each size's
+    times against a plain export of the same database, with each command's peak memory."""
     from kindling_bundle.scrub import Scanner
     from kindling_bundle.scrub.corpus import evaluate
 
     scanner = Scanner.load()
     score = evaluate(scanner)
+    clean = score.false_positive_rate <= CORPUS_BENIGN_CHANGED
     lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {runs} runs a command "
+        f"(medians; the commands take turns), {load_average()}.",
         "",
-        f"Secrets (issue 20): the rules ({scanner.name} {scanner.version}) on the labelled corpus "
-        f"found {score.found} of {score.secrets} planted secrets ({score.recall:.1%}; target >= "
-        f"{CORPUS_RECALL:.0%}: {verdict(score.recall >= CORPUS_RECALL)}) and changed "
-        f"{score.flagged} of {score.benign} benign texts ({score.false_positive_rate:.2%}; "
-        f"target <= {CORPUS_BENIGN_CHANGED:.0%}: "
-        f"{verdict(score.false_positive_rate <= CORPUS_BENIGN_CHANGED)}).",
+        f"Corpus: the rules ({scanner.name} {scanner.version}) found {score.found} of "
+        f"{score.secrets} planted secrets ({score.recall:.1%}; target >= {CORPUS_RECALL:.0%}: "
+        f"{verdict(score.recall >= CORPUS_RECALL)}) and changed {score.flagged} of "
+        f"{score.benign} benign texts ({score.false_positive_rate:.2%}; target <= "
+        f"{CORPUS_BENIGN_CHANGED:.0%}: {verdict(clean)}).",
     ]
-    if not results:
-        return lines
-    lines += [
-        "",
-        "| sample text | observations | command | time | plain export | ratio | target | met "
-        "| peak memory |",
-        "|---|---:|---|---:|---:|---:|---:|:---:|---:|",
-    ]
+    if results:
+        lines += [
+            "",
+            "| sample text | observations | command | ours | plain export | ours / plain | target "
+            "| met | peak memory | plain export's peak |",
+            "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|",
+        ]
     for r in results:
         for op, target in SCRUB_TARGETS.items():
             ratio = r.ratio(op)
-            peak = max(run.peak_mb for run in r.runs[op])
             lines.append(
                 f"| {r.dataset.text} | {r.dataset.observations:,} | {op} | {r.median(op):.2f} s "
                 f"| {r.median('export'):.2f} s | {ratio:.2f}x | <= {target:.1f}x "
-                f"| {verdict(ratio <= target)} | {peak:.0f} MB |"
+                f"| {verdict(ratio <= target)} | {r.peak(op):.0f} MB | {r.peak('export'):.0f} MB |"
             )
-    return lines
+    return "\n".join(lines) + "\n"
 
 
+SCRUB_BEGIN, SCRUB_END = "<!-- bench:scrub:begin -->", "<!-- bench:scrub:end -->"
 ENCRYPTION_TARGET = 1.15
 ENCRYPTION_BEGIN, ENCRYPTION_END = (
     "<!-- bench:encryption:begin -->",
@@ -305,11 +315,26 @@ ENCRYPTION_BEGIN, ENCRYPTION_END = (
 )
 
 
-def bench_encryption(n: int, runs: int, cache: Path, work: Path) -> list[str]:
+@dataclass
+class EncryptionResult:
+    observations: int
+    runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
+    """(operation, "plain" or "encrypted"): the runs."""
+
+    def median(self, op: str, side: str) -> float:
+        return statistics.median(r.seconds for r in self.runs[op, side])
+
+    def peak(self, op: str, side: str) -> float:
+        return max(r.peak_mb for r in self.runs[op, side])
+
+    def ratio(self, op: str) -> float:
+        return self.median(op, "encrypted") / self.median(op, "plain")
+
+
+def bench_encryption(n: int, runs: int, cache: Path, work: Path) -> EncryptionResult:
     """Encrypted export and verify against the same commands on the plain bundle (issue 18:
-    at most ENCRYPTION_TARGET times as long), to a key `age-keygen` makes for the run: table
-    rows for the report."""
-    db = sample_database(n, cache)
+    at most ENCRYPTION_TARGET times as long), to a key `age-keygen` makes for the run."""
+    db = sample_database("realistic", n, cache).path
     warm(db)
     key = work / "age-key.txt"
     key.unlink(missing_ok=True)
@@ -327,33 +352,59 @@ def bench_encryption(n: int, runs: int, cache: Path, work: Path) -> list[str]:
             lambda: timed([str(CLI), "verify", "--quiet", "-i", str(key), str(sealed)]),
         ),
     }
-    rows = []
+    result = EncryptionResult(n)
     for op, (without, with_key) in commands.items():
-        times: dict[str, list[float]] = {"plain": [], "encrypted": []}
         for i in range(runs):
             order = [("plain", without), ("encrypted", with_key)]
             for side, command in order if i % 2 == 0 else reversed(order):
-                times[side].append(command().seconds)
-                print(f"bench: {n:>9,} {op:<6} {side:<9} {times[side][-1]:7.2f} s", flush=True)
-        medians = {side: statistics.median(seconds) for side, seconds in times.items()}
-        ratio = medians["encrypted"] / medians["plain"]
-        rows.append(
-            f"| {n:,} | {op} | {medians['encrypted']:.2f} s | {medians['plain']:.2f} s | "
-            f"{ratio:.2f}x | <= {ENCRYPTION_TARGET:.2f}x | {verdict(ratio <= ENCRYPTION_TARGET)} |"
-        )
-    return rows
+                run = command()
+                result.runs.setdefault((op, side), []).append(run)
+                print(
+                    f"bench: {n:>9,} {op:<6} {side:<9} {run.seconds:7.2f} s {run.peak_mb:7.1f} MB",
+                    flush=True,
+                )
+    for path in (plain, sealed, key):
+        path.unlink(missing_ok=True)
+    return result
 
 
-def encryption_report(rows: list[str], runs: int) -> str:
-    header = "| observations | operation | encrypted | plain | encrypted / plain | target | met |"
+def encryption_report(results: list[EncryptionResult], runs: int) -> str:
+    """The encryption section: times against plain, and peak memory across the sizes (issue 7's
+    bounds, which issue 18 keeps for encrypted bundles)."""
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {runs} runs a side "
-        "(medians; the sides alternate).",
+        f"(medians; the sides alternate), {load_average()}.",
         "",
-        header,
-        "|---:|---|---:|---:|---:|---:|:---:|",
-        *rows,
+        "| observations | operation | encrypted | plain | encrypted / plain | target | met "
+        "| peak memory | plain's peak |",
+        "|---:|---|---:|---:|---:|---:|:---:|---:|---:|",
     ]
+    for r in results:
+        for op in ("export", "verify"):
+            ratio = r.ratio(op)
+            lines.append(
+                f"| {r.observations:,} | {op} | {r.median(op, 'encrypted'):.2f} s | "
+                f"{r.median(op, 'plain'):.2f} s | {ratio:.2f}x | <= {ENCRYPTION_TARGET:.2f}x | "
+                f"{verdict(ratio <= ENCRYPTION_TARGET)} | {r.peak(op, 'encrypted'):.0f} MB | "
+                f"{r.peak(op, 'plain'):.0f} MB |"
+            )
+    if results:
+        sizes = " | ".join(f"{r.observations:,}" for r in results)
+        lines += [
+            "",
+            f"Peak memory of the encrypted commands (target: <= {MEMORY_LIMIT_MB} MB at every "
+            f"size, and at most {MEMORY_GROWTH}x from the smallest to the largest):",
+            "",
+            f"| command | {sizes} | growth | met |",
+            "|---|" + "---:|" * len(results) + "---:|:---:|",
+        ]
+    for op in ("export", "verify") if results else ():
+        peaks = [r.peak(op, "encrypted") for r in results]
+        growth = peaks[-1] / peaks[0]
+        ok = max(peaks) <= MEMORY_LIMIT_MB and growth <= MEMORY_GROWTH
+        cells = " | ".join(f"{p:.0f} MB" for p in peaks)
+        flag = "-r" if op == "export" else "-i"
+        lines.append(f"| {op} {flag} | {cells} | {growth:.2f}x | {verdict(ok)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -390,11 +441,17 @@ def machine() -> str:
     )
 
 
+def load_average() -> str:
+    """The machine's load while measuring: on a shared machine it says how far to trust a time."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} at the end"
+
+
 def verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def report(results: list[SizeResult], scrubs: list[ScrubResult], runs: int, elapsed: float) -> str:
+def report(results: list[SizeResult], runs: int, elapsed: float) -> str:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
         f"Runs per dataset and side: {runs} (medians; ours and the baseline alternate). Whole "
@@ -448,7 +505,6 @@ def report(results: list[SizeResult], scrubs: list[ScrubResult], runs: int, elap
             f"| {op} | " + " | ".join(f"{p:.0f} MB" for p in peaks) + f" | {growth:.2f}x | "
             f"{verdict(ok)} |"
         )
-    lines += scrub_report(scrubs)
     return "\n".join(lines) + "\n"
 
 
@@ -503,7 +559,14 @@ def main() -> None:
     parser.add_argument(
         "--encryption",
         action="store_true",
-        help="only compare encrypted export and verify with plain ones (needs age-keygen)",
+        help="only the encryption section: encrypted export and verify against plain ones at "
+        "each of --sizes (needs age-keygen); with --scrub, both sections",
+    )
+    parser.add_argument(
+        "--scrub",
+        action="store_true",
+        help="only the secrets section: `export --scrub` and `scan` at each of --scrub-sizes, "
+        "and the corpus score",
     )
     parser.add_argument(
         "--live-merge",
@@ -523,26 +586,26 @@ def main() -> None:
     work = args.cache / "work"
     work.mkdir(exist_ok=True)
     compile_bytecode()
-    if args.encryption:
-        rows = [
-            row
-            for n in sorted(args.sizes)
-            for row in bench_encryption(n, args.runs, args.cache, work)
+    only = args.scrub or args.encryption
+    if args.scrub or not only:
+        scrubs = [
+            bench_scrub(sample_database("realistic", n, args.cache), args.runs, work)
+            for n in sorted(args.scrub_sizes)
         ]
-        report_text = encryption_report(rows, args.runs)
+        write_report(scrub_report(scrubs, args.runs), args.output, SCRUB_BEGIN, SCRUB_END)
+    if args.encryption or not only:
+        encrypted = [bench_encryption(n, args.runs, args.cache, work) for n in sorted(args.sizes)]
+        report_text = encryption_report(encrypted, args.runs)
         write_report(report_text, args.output, ENCRYPTION_BEGIN, ENCRYPTION_END)
+    if only:
         return
     started = time.perf_counter()
     wanted = [("realistic", n) for n in sorted(args.sizes)]
     wanted += [("small-vocabulary", n) for n in sorted(args.small_sizes)]
     datasets = [sample_database(text, n, args.cache) for text, n in wanted]
     results = [bench_size(dataset, args.runs, work) for dataset in datasets]
-    scrubs = [
-        bench_scrub(sample_database("realistic", n, args.cache), args.runs, work)
-        for n in sorted(args.scrub_sizes)
-    ]
     elapsed = time.perf_counter() - started
-    write_report(report(results, scrubs, args.runs, elapsed), args.output)
+    write_report(report(results, args.runs, elapsed), args.output)
     if args.live_merge:
         import live_merge
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,41 @@ def test_a_file_written_for_go_loads_and_means_what_it_means_in_go(tmp_path: Pat
     assert found(scanner, "user:alice\npw:0123456789") == [("pair-secret", "0123456789")]
     assert found(scanner, "user:alice\n\n\npw:0123456789") == []
     assert found(scanner, "pw:0123456789") == []
+
+
+NESTED = r"""
+[[rules]]
+id = "nested"
+regex = '''zz((?:a+)+)b'''
+keywords = ["zz"]
+
+[[rules.allowlists]]
+regexTarget = "line"
+regexes = ['''(?:x+)+y''']
+"""
+
+
+def test_a_users_pattern_that_would_backtrack_without_bound_runs_in_linear_time(
+    tmp_path: Path,
+) -> None:
+    # In Python's `re`, `(a+)+b` on two dozen a's and no b takes seconds, and it doubles with
+    # each a; Go (and gitleaks) match it in linear time, and so must we.
+    scanner = Scanner.load([write(tmp_path, NESTED)], include_default=False)
+    start = time.process_time()
+    assert found(scanner, "zz" + "a" * 25) == []
+    assert time.process_time() - start < 1.0
+    assert found(scanner, "zz" + "a" * 50_000) == []
+    assert found(scanner, "zz" + "a" * 30 + "b " + "x" * 50_000) == [("nested", "a" * 30)]
+    assert time.process_time() - start < 2.0
+    assert found(scanner, "zz" + "a" * 30 + "b xxy") == []  # the line allowlist holds
+
+
+def test_a_users_pattern_finds_secrets_at_their_places_around_lone_surrogates(
+    tmp_path: Path,
+) -> None:
+    scanner = Scanner.load([write(tmp_path, NESTED)], include_default=False)
+    text = "\ud800 é😀 zzaaab \udfff zzab"
+    assert found(scanner, text) == [("nested", "aaa"), ("nested", "a")]
 
 
 def test_keywords_decide_which_rules_run(tmp_path: Path) -> None:

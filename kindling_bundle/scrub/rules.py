@@ -7,6 +7,13 @@ gitleaks' own default one, can be added as it is. Patterns are Go syntax, transl
 `commits`) can never hold for a memory record: a rule with a `path` is skipped and said so, an
 allowlist's path or commit entries never allow anything.
 
+Our own rules run in Python's `re` (written and tested for it: literal first, every repetition
+bounded). A user's file runs in RE2 (google-re2) on the Go pattern itself, as gitleaks runs it
+in Go: `re` backtracks, and a pattern such as `(a+)+b`, harmless in Go, takes `re` seconds on
+two dozen characters and forever on a long text; RE2 takes time linear in the text whatever the
+pattern. (Such a file's patterns are still translated at load time: that checks them and names
+what is wrong.)
+
 A later file's rule with an id already loaded replaces it, as a gitleaks config that extends
 another does; allowlists of every file apply to every rule (unless they name `targetRules`).
 """
@@ -19,7 +26,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+import re2  # type: ignore[import-untyped]
 
 from kindling_bundle.errors import RulesError
 from kindling_bundle.scrub.re2syntax import PatternError, Translation, translate
@@ -38,6 +47,10 @@ _ALLOW_KEYS = {
     "description", "condition", "commits", "paths", "regexTarget", "regexes", "stopwords",
 }  # fmt: skip
 _REQUIRED_KEYS = {"id", "withinLines", "withinColumns"}
+_RE2_MAX_MEM = 64 << 20
+"""RE2's memory budget for one pattern's program and DFA cache (its default is 8 MiB): a
+gitleaks pattern with many bounded repetitions can need more. Past it, a search falls back to
+RE2's slower automaton, still linear."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class Allowlist:
     unmatchable: bool = False
     """An AND list with path or commit checks: it can never allow a memory record's finding."""
     target_rules: frozenset[str] | None = None
+    linear: bool = False
+    """`regexes` is RE2's (a user's file), which needs text that encodes to UTF-8."""
 
     def allows(self, secret: str, match: str, line: str) -> bool:
         """Whether this list allows a finding (stopwords look at the secret, as in gitleaks)."""
@@ -60,7 +75,8 @@ class Allowlist:
         text = match if self.target == "match" else line if self.target == "line" else secret
         checks = []
         if self.regexes is not None:
-            checks.append(self.regexes.search(text) is not None if text else False)
+            subject = utf8_safe(text) if self.linear else text
+            checks.append(self.regexes.search(subject) is not None if text else False)
         if self.stopwords:
             low = secret.lower()
             checks.append(any(word in low for word in self.stopwords))
@@ -78,7 +94,8 @@ class Required:
 
 @dataclass(frozen=True)
 class Rule:
-    """One loaded rule; `regex` runs on the text, `folded` (if any) on its lower-cased copy."""
+    """One loaded rule; `regex` runs on the text, `folded` (if any) on its lower-cased copy.
+    `linear`: `regex` is RE2's (a user's file), run on `utf8_safe(text)`."""
 
     id: str
     description: str
@@ -91,6 +108,7 @@ class Rule:
     required: tuple[Required, ...] = ()
     skip_report: bool = False
     source: str = ""
+    linear: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,8 +178,9 @@ def _load_file(path: Path) -> tuple[list[Rule], list[Allowlist], RuleSource]:
     rules: list[Rule] = []
     skipped: list[str] = []
     seen: set[str] = set()
+    linear = path != DEFAULT_RULES
     for index, entry in enumerate(rules_raw):
-        rule = _rule(name, index, entry)
+        rule = _rule(name, index, entry, linear)
         if rule.id in seen:
             raise RulesError(f"{name}: rule {rule.id!r}: defined twice in this file")
         seen.add(rule.id)
@@ -170,7 +189,10 @@ def _load_file(path: Path) -> tuple[list[Rule], list[Allowlist], RuleSource]:
         else:
             rules.append(rule)
     where = f"{name}: global allowlist"
-    allowlists = [_allowlist(where, table, global_=True) for table in _allowlist_tables(doc, where)]
+    allowlists = [
+        _allowlist(where, table, global_=True, linear=linear)
+        for table in _allowlist_tables(doc, where)
+    ]
     source = RuleSource(
         name=name,
         title=_opt_str(doc, "title", name) or path.stem,
@@ -182,7 +204,7 @@ def _load_file(path: Path) -> tuple[list[Rule], list[Allowlist], RuleSource]:
     return rules, [a for a in allowlists if a is not None], source
 
 
-def _rule(name: str, index: int, entry: dict[str, Any]) -> Rule:
+def _rule(name: str, index: int, entry: dict[str, Any], linear: bool) -> Rule:
     rid = entry.get("id")
     if not isinstance(rid, str) or not rid.strip():
         raise RulesError(f"{name}: rule #{index + 1}: missing or empty 'id'")
@@ -212,12 +234,15 @@ def _rule(name: str, index: int, entry: dict[str, Any]) -> Rule:
     skip_report = entry.get("skipReport", False)
     if not isinstance(skip_report, bool):
         raise RulesError(f"{where}: 'skipReport' must be true or false")
-    allow = [_allowlist(where, t, global_=False) for t in _allowlist_tables(entry, where)]
+    allow = [
+        _allowlist(where, t, global_=False, linear=linear) for t in _allowlist_tables(entry, where)
+    ]
+    regex = _re2(regex_src) if linear and regex_src else None
     return Rule(
         id=rid,
         description=_opt_str(entry, "description", where) or "",
-        regex=re.compile(tr.pattern, re.ASCII),
-        folded=re.compile(tr.folded, re.ASCII) if tr.folded is not None else None,
+        regex=regex or re.compile(tr.pattern, re.ASCII),
+        folded=re.compile(tr.folded, re.ASCII) if tr.folded is not None and not regex else None,
         secret_group=secret_group,
         entropy=float(entropy),
         keywords=tuple(dict.fromkeys(k.lower() for k in keywords)),
@@ -225,6 +250,7 @@ def _rule(name: str, index: int, entry: dict[str, Any]) -> Rule:
         required=_required(entry, where),
         skip_report=skip_report,
         source=name,
+        linear=regex is not None,
     )
 
 
@@ -244,7 +270,9 @@ def _allowlist_tables(table: dict[str, Any], where: str) -> list[dict[str, Any]]
     return many
 
 
-def _allowlist(where: str, table: dict[str, Any], *, global_: bool) -> Allowlist | None:
+def _allowlist(
+    where: str, table: dict[str, Any], *, global_: bool, linear: bool
+) -> Allowlist | None:
     """One allowlist, or None when nothing in it can apply to text (paths and commits only)."""
     keys = _ALLOW_KEYS | ({"targetRules"} if global_ else set())
     _check_keys(table, keys, f"{where}: allowlist: unknown key")
@@ -271,14 +299,45 @@ def _allowlist(where: str, table: dict[str, Any], *, global_: bool) -> Allowlist
     if not (regexes or stopwords):
         return None  # only paths or commits: never true for a memory record
     targets = _str_list(table, "targetRules", where) if global_ else []
+    in_re2 = _re2("|".join(f"(?:{p})" for p in regexes)) if linear and regexes else None
+    pattern = in_re2
+    if pattern is None and compiled:
+        pattern = re.compile("|".join(f"(?:{p})" for p in compiled), re.ASCII)
     return Allowlist(
-        regexes=re.compile("|".join(f"(?:{p})" for p in compiled), re.ASCII) if compiled else None,
+        regexes=pattern,
         stopwords=tuple(dict.fromkeys(w.lower() for w in stopwords)),
         target=target,  # type: ignore[arg-type]
         require_all=condition == "AND",
         unmatchable=condition == "AND" and bool(paths or commits),
         target_rules=frozenset(targets) if targets else None,
+        linear=in_re2 is not None,
     )
+
+
+def _re2(go_pattern: str) -> re.Pattern[str] | None:
+    """The Go pattern compiled by RE2, or None if RE2 cannot (its syntax is Go's, but its
+    limits are its own); then the translation runs in `re`. RE2's compiled pattern has what the
+    scanner calls of an `re.Pattern` (finditer, match and search with positions in characters,
+    groups; its matches' span, start, end, re and string)."""
+    options = re2.Options()
+    options.max_mem = _RE2_MAX_MEM
+    options.log_errors = False
+    try:
+        return cast("re.Pattern[str]", re2.compile(go_pattern, options))
+    except re2.error:
+        return None
+
+
+def utf8_safe(text: str) -> str:
+    """`text` with each lone surrogate (which UTF-8 cannot encode, and RE2 reads UTF-8) replaced
+    by `?`: one character for one, so every position stays where it was."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _required(entry: dict[str, Any], where: str) -> tuple[Required, ...]:

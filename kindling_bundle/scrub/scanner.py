@@ -8,6 +8,12 @@ keywords.
 Work per text is bounded: patterns run over windows of at most `window + overlap` characters
 (a match is kept by the window it starts in, and one that reaches a window's end is matched
 again from its start against the whole text), so no pattern sees more than one window at once.
+Patterns come from rule files whose syntax (RE2's) has no backreferences and no nested
+repetition (re2syntax refuses them), so no pattern backtracks without bound within a window.
+
+Here: the `Scanner` (texts, then records' free-text fields) and the `Scrubber` (a scanner on a
+record stream, counting). The keyword prefilter is in `prefilter`, what findings look like and
+how they are masked and counted in `findings`.
 """
 
 from __future__ import annotations
@@ -15,129 +21,27 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import re2  # type: ignore[import-untyped]
 
 from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary, entity_of
-from kindling_bundle.scrub.rules import Allowlist, Rule, RuleSet, RuleSource, load_rules
+from kindling_bundle.scrub.findings import Finding, RecordFinding, ScrubTally, mask, redaction
+from kindling_bundle.scrub.prefilter import KeywordPrefilter
+from kindling_bundle.scrub.rules import (
+    Allowlist,
+    Rule,
+    RuleSet,
+    RuleSource,
+    load_rules,
+    utf8_safe,
+)
 
 WINDOW = 64 * 1024
 OVERLAP = 4 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """A secret at text[start:end], found by rule `rule_id`."""
-
-    rule_id: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True, slots=True)
-class RecordFinding:
-    """A secret in one field of one record; `preview` is masked (see `mask`)."""
-
-    entity: str
-    id: str
-    field: str
-    rule_id: str
-    preview: str
-
-
-@dataclass
-class ScrubTally:
-    """Counts over many records, for a manifest or a report: never any secret material."""
-
-    records: int = 0
-    """Records with at least one finding."""
-    by_rule: Counter[str] = field(default_factory=Counter)
-
-    def add(self, findings: Sequence[RecordFinding]) -> None:
-        if findings:
-            self.records += 1
-            self.by_rule.update(f.rule_id for f in findings)
-
-    def merge(self, records: int, by_rule: Mapping[str, int]) -> None:
-        """Add another tally's counts (a worker process's, say)."""
-        self.records += records
-        self.by_rule.update(by_rule)
-
-    @property
-    def findings(self) -> int:
-        return sum(self.by_rule.values())
-
-    def manifest(self, scanner: Scanner) -> dict[str, Any]:
-        """What a bundle's manifest can say about its scrubbing: the rule files (by name,
-        version and digest; a user's file by its base name only, not its local path) and the
-        counts. Deterministic: keys and rules in sorted order."""
-        return {
-            "ruleSet": {"name": scanner.name, "version": scanner.version},
-            "ruleFiles": [
-                {
-                    "name": Path(src.name).name,
-                    "title": src.title,
-                    "version": src.version,
-                    "sha256": src.sha256,
-                    "rules": src.rules,
-                }
-                for src in scanner.sources
-            ],
-            "records": self.records,
-            "findings": self.findings,
-            "byRule": dict(sorted(self.by_rule.items())),
-        }
-
-
-def redaction(rule_id: str) -> str:
-    """What replaces a secret found by `rule_id`."""
-    return f"[REDACTED:{rule_id}]"
-
-
-# Known public prefixes of token formats: a preview may show them, they say what the token is.
-_PUBLIC_PREFIXES = (
-    "github_pat_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "glptt-", "gldt-", "glrt-",
-    "sk-ant-api03-", "sk-ant-admin01-", "sk-ant-", "sk-proj-", "sk-svcacct-", "sk-admin-",
-    "sk-or-v1-", "sk_live_", "rk_live_", "sk_test_", "rk_test_", "whsec_", "sk-", "xoxb-",
-    "xoxp-", "xoxa-", "xoxe.xoxp-", "xoxe-", "xapp-", "npm_", "pypi-", "hf_", "SG.", "hvs.",
-    "hvb.", "AGE-SECRET-KEY-1", "AKIA", "ASIA", "AIza", "GOCSPX-", "ya29.", "dop_v1_", "shpat_",
-    "lin_api_", "PMAK-", "sntrys_", "glsa_", "NRAK-", "ATATT3", "dp.pt.", "dckr_pat_", "eyJ",
-)  # fmt: skip
-
-
-def mask(secret: str) -> str:
-    """A preview that identifies a secret without giving it away: `ghp_…a1f3`.
-
-    At most 4 characters from each end of a long secret, 2 of a medium one, none of a short
-    one (a password of 10 characters shows nothing); a known public prefix such as `ghp_` or the
-    header line of a private key is shown whole. Control characters never appear.
-    """
-    head = ""
-    if secret.startswith("-----BEGIN"):
-        end = secret.find("-----", 10)
-        head = secret[: end + 5] if end > 0 else "-----BEGIN"
-        return _printable(head) + "…"
-    for prefix in _PUBLIC_PREFIXES:
-        if secret.startswith(prefix):
-            head = prefix
-            break
-    rest = secret[len(head) :]
-    n = len(rest)
-    show = 4 if n >= 24 else 2 if n >= 12 else 0
-    if head:
-        return _printable(head + "…" + (rest[-show:] if show else ""))
-    if not show:
-        return "…"
-    return _printable(rest[:show] + "…" + rest[-show:])
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "·" for ch in text)
 
 
 def shannon_entropy(text: str) -> float:
@@ -146,43 +50,6 @@ def shannon_entropy(text: str) -> float:
     if not n:
         return 0.0
     return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
-
-
-class _Prefilter:
-    """Which of a set of lower-case keywords occur in a text, in any case: one pass of RE2's
-    multi-pattern matcher, a DFA over the text's UTF-8 bytes, so the cost per character does
-    not grow with the number of keywords (Python's `re` tries an alternation at every place a
-    keyword could start). RE2 folds case as Unicode's simple folding does, so it finds every
-    keyword `text.lower()` would hold, and a few more (`ſ` for `s`): a prefilter may say yes
-    too often, never too rarely.
-    """
-
-    # The automaton of a few hundred keywords needs well under a MiB of DFA states; RE2 gives
-    # up (and would answer "none") only if its budget ran out, so the budget is far above that.
-    _MAX_MEM = 64 << 20
-
-    def __init__(self, keywords: Sequence[str]):
-        self._keywords: dict[int, str] = {}
-        self._set: Any = None
-        if not keywords:
-            return
-        options = re2.Options()
-        options.literal = True
-        options.case_sensitive = False
-        options.max_mem = self._MAX_MEM
-        options.log_errors = False
-        matcher = re2.Set.SearchSet(options)
-        for keyword in sorted(set(keywords)):
-            self._keywords[matcher.Add(keyword)] = keyword
-        matcher.Compile()
-        self._set = matcher
-
-    def present(self, data: bytes) -> set[str]:
-        """The keywords in `data` (UTF-8; lone surrogates as 'surrogatepass' writes them)."""
-        if self._set is None:
-            return set()
-        hits = self._set.Match(data)
-        return {self._keywords[i] for i in hits} if hits else set()
 
 
 @dataclass(slots=True)
@@ -233,14 +100,14 @@ class Scanner:
                 by_keyword.setdefault(kw, []).append(i)
         self._always = always
         self._by_keyword = by_keyword
-        self._prefilter = _Prefilter(list(by_keyword))
+        self._prefilter = KeywordPrefilter(list(by_keyword))
         # For JSON text (provenance as one string): what a keyword looks like once JSON escapes
         # it is unknown, so such a keyword is looked for up to its first escaped character. A
         # string under a key is scanned as `key="value"` (_find_in_value), where the JSON text
         # has `key":"value`: so the keyword is also cut at its first `=`.
         json_safe = {re.split(r'["\\=\x00-\x1f]', kw, maxsplit=1)[0] for kw in by_keyword}
         self._json_always = bool(always) or "" in json_safe
-        self._json_prefilter = _Prefilter(sorted(json_safe - {""}))
+        self._json_prefilter = KeywordPrefilter(sorted(json_safe - {""}))
         self._global = list(rules.allowlists)
 
     @classmethod
@@ -341,6 +208,8 @@ class Scanner:
         if lowered is not None:
             assert rule.folded is not None
             pattern, subject = rule.folded, lowered
+        elif rule.linear:
+            pattern, subject = rule.regex, utf8_safe(text)
         else:
             pattern, subject = rule.regex, text
         out: list[_Raw] = []
