@@ -30,8 +30,8 @@ from kindling_bundle.format.increment import IncrementManifest, Link, file_sha25
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_destination
+from kindling_bundle.ops.apply import ChainReport
 from kindling_bundle.ops.archive import DEFAULT_FULL_EVERY
-from kindling_bundle.ops.increment import ChainReport
 from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES
@@ -140,7 +140,8 @@ def import_increment(
     storage_options: dict[str, Any],
 ) -> None:
     """`import IN` where IN is an increment: apply it onto the database."""
-    from kindling_bundle.ops.increment import apply_increments, bundle_ref, stream_ref
+    from kindling_bundle.ops.apply import apply_increments
+    from kindling_bundle.ops.links import bundle_ref, stream_ref
 
     if target == STDIO:
         ref = stream_ref(stream, "<stdin>")
@@ -166,12 +167,9 @@ def import_chain(
 ) -> None:
     """`import IN1 IN2 ...`: a chain. From a full bundle, restore it into an empty database;
     from an increment, apply the increments onto a database that holds the first one's base."""
-    from kindling_bundle.ops.increment import (
-        apply_increments,
-        bundle_ref,
-        prepare_chain,
-        restore_chain,
-    )
+    from kindling_bundle.ops.apply import apply_increments
+    from kindling_bundle.ops.chain_restore import restore_chain
+    from kindling_bundle.ops.links import bundle_ref, prepare_chain
 
     refs = [bundle_ref(target, storage_options) for target in targets]
     from_full = _starts_with_full(refs[0])
@@ -227,7 +225,7 @@ def verify_bundles(
 ) -> None:
     """`verify IN1 IN2 ...`: each bundle completely (its signature as `options` says), and
     the links of the chain they form."""
-    from kindling_bundle.ops.increment import bundle_ref, verify_chain
+    from kindling_bundle.ops.links import bundle_ref, verify_chain
 
     refs = [bundle_ref(target, storage_options) for target in targets]
     result = verify_chain(refs, options=options)

@@ -39,7 +39,7 @@ from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
-from kindling_bundle.ops.increment import peek_manifest
+from kindling_bundle.ops.links import peek_manifest
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers

@@ -44,14 +44,10 @@ from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.io.folder import FileInfo, Folder
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import is_url
-from kindling_bundle.ops.increment import (
-    ChainReport,
-    bundle_ref,
-    hashed,
-    restore_chain,
-    write_full,
-    write_increment,
-)
+from kindling_bundle.ops.apply import ChainReport
+from kindling_bundle.ops.chain_restore import restore_chain
+from kindling_bundle.ops.increment import write_full, write_increment
+from kindling_bundle.ops.links import bundle_ref, hashed
 from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.retention import Policy, keep
 from kindling_bundle.ops.state import BundleRef, load_cached, pending_cache
