@@ -35,19 +35,14 @@ from kindling_bundle.errors import (
     StoreError,
 )
 from kindling_bundle.format.increment import (
-    HashingReader,
     IncrementManifest,
     IncrementRules,
     Link,
     check_applies_to,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, ProgressCallback
-from kindling_bundle.format.reader import BundleReader
-from kindling_bundle.ops.links import prepare_chain
+from kindling_bundle.ops.links import BundleRef, prepare_chain
 from kindling_bundle.ops.restore import ImportReport
-from kindling_bundle.ops.state import (
-    BundleRef,
-)
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, TOMBSTONES, Record, Tombstone
 
 # --- applying increments --------------------------------------------------------------------
@@ -166,26 +161,20 @@ def _apply_one(
     """Apply one increment inside the caller's transaction, checking it as it streams."""
     manifest = link.manifest
     assert isinstance(manifest, IncrementManifest)
-    with ref.open() as raw:
-        stream = HashingReader(raw)
-        with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
-            if reader.read_manifest() != manifest:
-                raise BundleError(f"{ref.label}: changed while it was being read")
-            expected = {entry.entity: entry.records for entry in manifest.entities}
-            rules = IncrementRules("the increment", expected=expected)
-            for entity, records in reader.batches(progress, increments=True):
-                where = f"{ref.label}: {ENTITY_MEMBERS.get(entity, f'{entity}.msgpack')}"
-                _check_rules(rules, records, where)
-                if entity == TOMBSTONES:
-                    _delete(conn, records, where, stored, counts)  # type: ignore[arg-type]
-                else:
-                    _write(conn, entity, records, where, stored, counts)
+    with ref.reader() as (reader, stream):
+        if reader.read_manifest() != manifest:
+            raise BundleError(f"{ref.label}: changed while it was being read")
+        expected = {entry.entity: entry.records for entry in manifest.entities}
+        rules = IncrementRules("the increment", expected=expected)
+        for entity, records in reader.batches(progress, increments=True):
+            where = f"{ref.label}: {ENTITY_MEMBERS.get(entity, f'{entity}.msgpack')}"
+            _check_rules(rules, records, where)
+            if entity == TOMBSTONES:
+                _delete(conn, records, where, stored, counts)  # type: ignore[arg-type]
+            else:
+                _write(conn, entity, records, where, stored, counts)
         digest = stream.hexdigest()
-    if link.sha256 and digest != link.sha256:  # unknown for a stream read once
-        raise BundleError(
-            f"{ref.label}: its SHA-256 is now {digest}, not {link.sha256} as when its links "
-            "were checked (the file changed)"
-        )
+    ref.check_sha256(digest)  # unknown for a stream read once
     expected_state = manifest.state.as_dict()
     if stored != expected_state:
         raise BundleError(

@@ -3,10 +3,16 @@
 The chain is merged into one full bundle of its snapshot, in a temporary file, and that bundle
 is imported as any other: a restore costs an import of the final state plus reading the chain
 once more, where applying each increment in turn would index every intermediate version.
+
+No file holds more of an encrypted chain in the clear than its stored bundles do: the
+increments are copied as stored (still encrypted) and decrypted as read, and the merged bundle
+is encrypted to a key that lives only in this process's memory, its spools sealed.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,12 +34,11 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.io.age import X25519Identity
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
-from kindling_bundle.ops.links import prepare_chain
+from kindling_bundle.ops.links import BundleRef, prepare_chain
 from kindling_bundle.ops.restore import ImportReport, import_bundle
-from kindling_bundle.ops.state import (
-    BundleRef,
-)
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.ops.write import write_bundle_from_records as _write_records
 from kindling_bundle.records import ENTITY_TYPES, Record, Tombstone
@@ -68,11 +73,13 @@ def restore_chain(
             f"{', '.join(filled)}"
         )
     if len(refs) == 1:
-        full = _import_full(conn, refs[0], links[0], dry_run, progress, on_manifest)
+        full = _import_full(conn, refs[0], dry_run, progress, on_manifest)
         counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
         return ChainReport(label, links, counts, full.integrity, dry_run, full)
+    # A chain opened with identities is taken to be encrypted: its merged bundle is too.
+    key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
-        merged, counts = _merge_chain(refs, links, Path(folder))
+        merged, counts = _merge_chain(refs, links, Path(folder), key)
         full = import_bundle(
             conn,
             merged,
@@ -81,6 +88,7 @@ def restore_chain(
             progress=progress,
             on_manifest=on_manifest,
             name=refs[-1].label,
+            options=ReadOptions(identities=(key,) if key is not None else ()),
         )
     for entity, imported in full.counts.items():
         counts[entity].inserted = imported.inserted
@@ -117,18 +125,15 @@ class _Member:
 
 
 def _merge_chain(
-    refs: Sequence[BundleRef], links: Sequence[Link], folder: Path
+    refs: Sequence[BundleRef], links: Sequence[Link], folder: Path, key: X25519Identity | None
 ) -> tuple[Path, dict[str, ChangeCounts]]:
     """Write the chain's snapshot into `folder` as one full bundle (records of later links win,
-    deleted records are left out); every link is read completely and its SHA-256 checked. The
-    increments (small) are copied into `folder` first, hash-checked, and read from there: a
-    bucket is read once, and what is merged is what was checked. Returns the bundle, and what
-    was left out per entity: earlier versions of records written again (`overwritten`), and
-    records whose last word is a tombstone (`deleted`)."""
-    copies = [
-        _local_copy(refs[position], links[position], folder, position + 1)
-        for position in range(1, len(refs))
-    ]
+    deleted records are left out; encrypted to `key` when given); every link is read completely
+    and its SHA-256 checked. The increments (small) are copied into `folder` first, as stored,
+    and read from there (hash-checked): a bucket is read once, and what is merged is what was
+    checked. Returns the bundle, and what was left out per entity: earlier versions of records
+    written again (`overwritten`), and records whose last word is a tombstone (`deleted`)."""
+    copies = [_local_copy(refs[position], folder) for position in range(1, len(refs))]
     last, deleted = _last_writes(copies)
     counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
     order = list(INCREMENT_MEMBERS)
@@ -144,8 +149,8 @@ def _merge_chain(
                     continue
                 yield record
 
-    def member(copy: Path, entity: str) -> Iterator[list[Any]]:
-        with BundleReader(copy) as reader:
+    def member(copy: BundleRef, entity: str) -> Iterator[list[Any]]:
+        with copy.reader() as (reader, _):
             for name, records in reader.batches(increments=True):
                 if name == entity:
                     yield records
@@ -159,22 +164,17 @@ def _merge_chain(
 
     dest = folder / "snapshot.kbundle"
     final = links[-1].manifest
-    with refs[0].open() as raw:
-        stream = HashingReader(raw)
-        with BundleReader(stream, name=refs[0].label) as reader:  # type: ignore[arg-type]
-            full = _Member(reader)
-            manifest = _write_records(
-                dest,
-                {entity: merged(entity, full) for entity in ENTITY_TYPES},
-                BundleOptions(created_at=final.created_at, level=1),
-                source_generation=final.source.schema_generation,
-            )
-            full.finish()
-        if stream.hexdigest() != links[0].sha256:
-            raise BundleError(
-                f"{refs[0].label}: its SHA-256 is now {stream.hexdigest()}, not "
-                f"{links[0].sha256} as when its links were checked (the file changed)"
-            )
+    recipients = (key.recipient(),) if key is not None else ()
+    with refs[0].reader() as (reader, stream):
+        full = _Member(reader)
+        manifest = _write_records(
+            dest,
+            {entity: merged(entity, full) for entity in ENTITY_TYPES},
+            BundleOptions(created_at=final.created_at, level=1, recipients=recipients),
+            source_generation=final.source.schema_generation,
+        )
+        full.finish()
+        refs[0].check_sha256(stream.hexdigest())
     made = {entry.entity: entry.records for entry in manifest.entities}
     expected = state_of(final).as_dict()
     if made != expected:
@@ -187,29 +187,27 @@ def _merge_chain(
     return dest, counts
 
 
-def _local_copy(ref: BundleRef, link: Link, folder: Path, position: int) -> Path:
-    """A copy of a link in `folder`, whose SHA-256 is checked against the one its link has."""
-    copy = folder / f"link-{position}.kbundle"
-    with ref.open() as raw, copy.open("wb") as out:
-        stream = HashingReader(raw)
-        while data := stream.read(1 << 20):
-            out.write(data)
-    if stream.hexdigest() != link.sha256:
-        raise BundleError(
-            f"{ref.label}: its SHA-256 is now {stream.hexdigest()}, not {link.sha256} as when "
-            "its links were checked (the file changed)"
-        )
-    return copy
+def _local_copy(ref: BundleRef, folder: Path) -> BundleRef:
+    """A copy of a link's stored bytes in `folder` (encrypted if they are), to be read as the
+    link is (the same label, SHA-256 and options)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix="link-", suffix=".kbundle")
+    copy = Path(name)
+    with ref.opener() as stored, os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(stored, out, 1 << 20)
+    return BundleRef(ref.label, lambda: copy.open("rb"), ref.sha256, ref.options)
 
 
-def _last_writes(copies: Sequence[Path]) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
+def _last_writes(
+    copies: Sequence[BundleRef],
+) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
     """For each entity, the (in-process) hash of every id an increment writes or deletes, with
     the position of the last link that does (the full bundle is 0); and the ids whose last word
-    is a tombstone. Each increment is read completely (every check of the reader)."""
+    is a tombstone. Each increment is read completely (every check of the reader, and its
+    SHA-256 against its link's)."""
     last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
     deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
     for position, copy in enumerate(copies, 1):
-        with BundleReader(copy) as reader:
+        with copy.reader() as (reader, stream):
             for entity, records in reader.batches(increments=True):
                 for record in records:
                     gone = isinstance(record, Tombstone)
@@ -220,19 +218,19 @@ def _last_writes(copies: Sequence[Path]) -> tuple[dict[str, dict[int, int]], dic
                         deleted[target].add(key)
                     else:
                         deleted[target].discard(key)
+            copy.check_sha256(stream.hexdigest())
     return last, deleted
 
 
 def _import_full(
     conn: KindlingConnection,
     ref: BundleRef,
-    link: Link,
     dry_run: bool,
     progress: ProgressCallback | None,
     on_manifest: Callable[[Manifest], None] | None,
 ) -> ImportReport:
-    with ref.open() as raw:
-        stream = HashingReader(raw)
+    with ref.open() as plain:
+        stream = HashingReader(plain)
         report = import_bundle(
             conn,
             stream,  # type: ignore[arg-type]
@@ -241,11 +239,7 @@ def _import_full(
             progress=progress,
             on_manifest=on_manifest,
             name=ref.label,
+            options=ReadOptions(signature=ref.options.signature),
         )
-        digest = stream.hexdigest()
-    if digest != link.sha256:
-        raise BundleError(
-            f"{ref.label}: its SHA-256 is now {digest}, not {link.sha256} as when its links "
-            "were checked (the file changed)"
-        )
+        ref.check_sha256(stream.hexdigest())
     return report

@@ -9,7 +9,7 @@ a record of the base, one flag a record, the rowids that changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -33,8 +33,8 @@ from kindling_bundle.format.increment import (
     StateCounts,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.ops.links import BundleRef
 from kindling_bundle.ops.state import (
-    BundleRef,
     PendingCache,
     SnapshotState,
     find_names,
@@ -64,6 +64,7 @@ def write_increment(
     *,
     progress: ProgressCallback | None = None,
     cache: PendingCache | None = None,
+    on_bundle: Callable[[bytes], None] | None = None,
 ) -> IncrementManifest:
     """Write an increment of the database `conn` on `base` to `dest` (a path or a writable
     stream): the records new or changed since the base's snapshot and a tombstone for each of
@@ -73,7 +74,8 @@ def write_increment(
     cache holds the last one's hashes, only that one is needed). Without the cache, the chain is
     read in a second process while this one reads the database, where the platform allows.
     `cache`: where to keep this snapshot's hashes (`PendingCache.keep` once the bundle is
-    published, under its SHA-256). Returns the manifest."""
+    published, under its SHA-256). `on_bundle`: as write_bundle's (what the bundle's SHA-256,
+    the one a next increment names, is computed from). Returns the manifest."""
     opts = opts or BundleOptions()
     if opts.filter.filtered:
         raise ValueError("an increment covers the whole database: it cannot be filtered")
@@ -95,7 +97,9 @@ def write_increment(
                 }
                 del collected
             names = _deleted_names(changes, state, base)
-            manifest = _write_increment(conn, dest, state, changes, names, opts, progress)
+            manifest = _write_increment(
+                conn, dest, state, changes, names, opts, progress, on_bundle
+            )
     finally:
         if reading is not None:
             reading.close()
@@ -110,6 +114,7 @@ def _write_increment(
     names: Mapping[str, list[str]],
     opts: BundleOptions,
     progress: ProgressCallback | None,
+    on_bundle: Callable[[bytes], None] | None,
 ) -> IncrementManifest:
     header = IncrementHeader(
         BaseInfo(
@@ -131,6 +136,7 @@ def _write_increment(
         source_generation=getattr(conn, "generation", None),
         progress=progress,
         increment=header,
+        on_bundle=on_bundle,
     )
     assert isinstance(manifest, IncrementManifest)
     return manifest
@@ -143,6 +149,7 @@ def write_full(
     *,
     progress: ProgressCallback | None = None,
     cache: PendingCache | None = None,
+    on_bundle: Callable[[bytes], None] | None = None,
 ) -> Manifest:
     """`write_bundle` of the whole database, keeping the hashes of the same snapshot in `cache`
     (so that the next increment reads no bundle)."""
@@ -152,7 +159,7 @@ def write_full(
     with snapshot(conn):
         if cache is not None:
             _scan_all(conn, dict.fromkeys(ENTITY_TYPES), cache)
-        return write_bundle(conn, dest, opts, progress=progress)
+        return write_bundle(conn, dest, opts, progress=progress, on_bundle=on_bundle)
 
 
 def _scan_all(
