@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kindling_bundle.db.connection import KindlingConnection
-from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.errors import BundleError, EncryptionError, KindlingBundleError
 from kindling_bundle.format.increment import (
     IncrementManifest,
     depth_of,
@@ -303,7 +303,8 @@ def _plan(
     try:
         depth = cached.depth if cached is not None else depth_of(archive.manifest(latest))
     except KindlingBundleError as exc:
-        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}"
+        hint = " (an identity that opens it continues its chain)" if key_problem(exc) else ""
+        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}{hint}"
     if depth >= full_every:
         return None, f"the latest chain has {depth} increments (--full-every {full_every})"
     reason = f"increment {depth + 1} on {latest.id}"
@@ -311,7 +312,7 @@ def _plan(
         return [archive.ref(latest)], reason
     try:
         chain = archive.chain(latest, catalogue)
-    except BundleError as exc:
+    except (BundleError, EncryptionError) as exc:  # a link missing, or not opened by the keys
         return None, f"starting a new chain: {exc}"
     return [archive.ref(snap) for snap in chain], reason
 
