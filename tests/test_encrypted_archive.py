@@ -249,3 +249,32 @@ def test_an_encrypted_backup_and_its_restore_write_no_plaintext_to_any_file(
     assert watch.found == []
     assert len(watch.files) >= 3  # the snapshots, at least
     assert table_rows(tmp_path / "restored.db") == table_rows(db)
+
+
+def test_export_base_on_an_encrypted_bundle_names_its_plaintext(
+    sample_copy: Path, keys: dict, tmp_path: Path
+) -> None:
+    full, inc = tmp_path / "full.kbundle", tmp_path / "inc.kbundle"
+    encrypt = ("-r", keys["age_pub"])
+    done = cli("export", "--db", sample_copy, *encrypt, "--created-at", T0, full)
+    assert done.returncode == 0, done.stderr
+    mutate(sample_copy, 1)
+    at1 = copy_database(sample_copy, tmp_path / "at1.db")
+    base = ("--base", full, *encrypt, "--created-at", T0 + DAY)
+    line = one_error_line(cli("export", "--db", sample_copy, *base, inc))
+    assert "no identity" in line and not inc.exists()
+
+    done = cli("export", "--db", sample_copy, *base, "-i", keys["age_id"], "--json", inc)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert inc.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert result["sha256"] == hashlib.sha256(inc.read_bytes()).hexdigest()  # the file's
+    plain = tmp_path / "full-plain.kbundle"
+    assert run("age", "-d", "-i", keys["age_id"], "-o", plain, full).returncode == 0
+    assert result["manifest"]["base"]["sha256"] == hashlib.sha256(plain.read_bytes()).hexdigest()
+    assert result["bundle_sha256"] != result["sha256"]
+
+    restored = tmp_path / "restored.db"
+    done = cli("import", "--db", restored, "-i", keys["age_id"], full, inc)
+    assert done.returncode == 0, done.stderr
+    assert table_rows(restored) == table_rows(at1)

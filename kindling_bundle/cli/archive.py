@@ -8,8 +8,6 @@ are several; the helpers shared with every command come from `output`, `options`
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,35 +70,23 @@ def export_increment(
     (signed and encrypted as `opts` says; an encrypted PREV read with `read_options`)."""
     from kindling_bundle.db.connection import open_store
     from kindling_bundle.ops.archive import base_chain
-    from kindling_bundle.ops.increment import write_increment
-    from kindling_bundle.ops.state import pending_cache
+    from kindling_bundle.ops.increment import export_increment as write
 
     chain = base_chain(bases, storage_options, read_options)
     conn = open_store(db_path, readonly=True)
-    cache = pending_cache()
     progress = progress_for("export", out)
-    bundle = hashlib.sha256()  # what the next increment's base names
-    write = functools.partial(
-        write_increment, conn, base=chain, opts=opts, progress=progress, cache=cache
-    )
     try:
         if out_target == STDIO or is_url(out_target):
             with open_destination(out_target, storage_options=storage_options) as stream:
                 hashing: Any = Hashing(stream)
-                manifest = write(hashing, on_bundle=bundle.update)
+                manifest, bundle_sha256 = write(conn, hashing, chain, opts, progress=progress)
             size, digest = hashing.size, hashing.sha256.hexdigest()
         else:
-            manifest = write(Path(out_target), on_bundle=bundle.update)
+            manifest, bundle_sha256 = write(conn, Path(out_target), chain, opts, progress=progress)
             size, digest = Path(out_target).stat().st_size, file_sha256(out_target)
-    except BaseException:
-        if cache is not None:
-            cache.discard()
-        raise
     finally:
         progress.close()
         conn.close()
-    if cache is not None:
-        cache.keep(bundle.hexdigest(), manifest, manifest.base.full_sha256)
     base = manifest.base
     print_export(
         out,
@@ -112,7 +98,7 @@ def export_increment(
             digest,
             kind=f"increment {base.depth} on {short(base.sha256)}",
             manifest=manifest,
-            bundle_sha256=bundle.hexdigest() if opts.recipients else None,
+            bundle_sha256=bundle_sha256 if opts.recipients else None,
         ),
         recipients=opts.recipients,
         key=opts.sign_key,

@@ -9,6 +9,7 @@ a record of the base, one flag a record, the rowids that changed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ from kindling_bundle.ops.state import (
     SnapshotState,
     find_names,
     load_cached,
+    pending_cache,
     read_chain,
     start_reading,
 )
@@ -140,6 +142,33 @@ def _write_increment(
     )
     assert isinstance(manifest, IncrementManifest)
     return manifest
+
+
+def export_increment(
+    conn: KindlingConnection,
+    dest: BundleDestination,
+    base: Sequence[BundleRef],
+    opts: BundleOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> tuple[IncrementManifest, str]:
+    """`write_increment`, keeping this snapshot's hashes in the local cache (ops.state) under
+    the SHA-256 of the bundle written, so that an increment on it reads no bundle. Returns the
+    manifest and that SHA-256 (of the plaintext, when `opts` encrypts: what an increment on
+    this one names as its base)."""
+    cache = pending_cache()
+    bundle = hashlib.sha256()
+    try:
+        manifest = write_increment(
+            conn, dest, base, opts, progress=progress, cache=cache, on_bundle=bundle.update
+        )
+    except BaseException:
+        if cache is not None:
+            cache.discard()
+        raise
+    if cache is not None:
+        cache.keep(bundle.hexdigest(), manifest, manifest.base.full_sha256)
+    return manifest, bundle.hexdigest()
 
 
 def write_full(
