@@ -79,6 +79,7 @@ from kindling_bundle.kindling_json.reader import (
     verify_kindling_json,
 )
 from kindling_bundle.kindling_json.writer import write_kindling_json
+from kindling_bundle.ops.apply import ChainReport, apply_increments
 from kindling_bundle.ops.archive import (
     Archive,
     BackupReport,
@@ -89,6 +90,7 @@ from kindling_bundle.ops.archive import (
     list_snapshots,
     restore,
 )
+from kindling_bundle.ops.chain_restore import restore_chain
 from kindling_bundle.ops.convert import (
     bundle_to_kindling_json,
     export_kindling_json,
@@ -96,22 +98,14 @@ from kindling_bundle.ops.convert import (
     kindling_json_to_bundle,
 )
 from kindling_bundle.ops.datasets import open_dataset
-from kindling_bundle.ops.increment import (
-    ChainReport,
-    ChainVerifyReport,
-    apply_increments,
-    bundle_ref,
-    restore_chain,
-    verify_chain,
-    write_increment,
-)
+from kindling_bundle.ops.increment import write_increment
+from kindling_bundle.ops.links import BundleRef, ChainVerifyReport, bundle_ref, verify_chain
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
 from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
 from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
-from kindling_bundle.ops.state import BundleRef
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records
 from kindling_bundle.records import (

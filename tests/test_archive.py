@@ -134,8 +134,9 @@ def test_the_cache_saves_reading_the_chain(
     monkeypatch.setattr(archive.folder, "open", spying_open)
     report = run_backup(sample_copy, archive, 1)
     assert report.snapshot.increment
-    # Only the latest snapshot's manifest (its depth): none of the chain's records.
-    assert len(opened) == 1
+    # Nothing at all: the cache holds the latest snapshot's depth and its records' hashes (so an
+    # encrypted archive is backed up with no identity).
+    assert opened == []
 
 
 # --- an interrupted backup leaves the archive as it was ---------------------------------------
@@ -152,7 +153,7 @@ def test_failed_backup_leaves_the_folder_as_it_was(
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(archive_module, "file_sha256", fail)
+    monkeypatch.setattr(archive_module, "snapshot_name", fail)  # written, not yet named
     with pytest.raises(OSError):
         run_backup(sample_copy, archive, 1)
     assert sorted(os.listdir(tmp_path / "archive")) == before
@@ -172,11 +173,11 @@ def test_killed_backup_leaves_the_folder_as_it_was(sample_copy: Path, tmp_path: 
         from kindling_bundle import open_store
         from kindling_bundle.ops import archive as module
 
-        def killed(path):
+        def killed(*args):
             print("written", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        module.file_sha256 = killed
+        module.snapshot_name = killed
         with open_store({str(sample_copy)!r}, readonly=True) as conn:
             module.backup(conn, module.Archive({str(folder)!r}), created_at={T0 + DAY})
         """

@@ -24,15 +24,11 @@ from kindling_bundle.format.increment import (
     StateCounts,
     file_sha256,
 )
+from kindling_bundle.ops.apply import apply_increments
+from kindling_bundle.ops.chain_restore import restore_chain
 from kindling_bundle.ops.convert import bundle_to_kindling_json
-from kindling_bundle.ops.increment import (
-    apply_increments,
-    bundle_ref,
-    restore_chain,
-    verify_chain,
-    write_full,
-    write_increment,
-)
+from kindling_bundle.ops.increment import write_full, write_increment
+from kindling_bundle.ops.links import bundle_ref, verify_chain
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.state import pending_cache
 from kindling_bundle.ops.write import BundleOptions, write_bundle, write_bundle_from_records

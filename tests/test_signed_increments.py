@@ -90,14 +90,24 @@ def test_a_signed_increment_whose_signature_was_removed_is_refused(
     assert not restored.exists()
 
 
-def test_importing_increments_under_a_trust_policy_is_refused_clearly(
+def test_importing_increments_holds_every_link_to_the_trust_policy(
     signed_chain: dict[str, Path], tmp_path: Path
 ) -> None:
+    chain = (signed_chain["full"], signed_chain["inc"])
     restored = tmp_path / "restored.db"
-    done = cli(
-        "import", "--db", restored, "--allowed-signers", signed_chain["signers"],
-        signed_chain["full"], signed_chain["inc"],
+    done = cli("import", "--db", restored, "--allowed-signers", signed_chain["signers"], *chain)
+    assert done.returncode == 0, done.stderr
+    assert table_rows(restored) == table_rows(signed_chain["at1"])
+
+    strangers = tmp_path / "strangers"
+    strangers.write_text(f"bob {public_line(keygen(tmp_path / 'bob'))}\n")
+    refused = tmp_path / "refused.db"
+    line = one_error_line(cli("import", "--db", refused, "--allowed-signers", strangers, *chain))
+    assert "is not allowed to sign" in line
+    assert not refused.exists()
+    onto = copy_database(signed_chain["at1"], tmp_path / "onto.db")
+    line = one_error_line(
+        cli("import", "--db", onto, "--require-signature", "--allowed-signers", strangers,
+            signed_chain["inc"])
     )  # fmt: skip
-    assert done.returncode == 2
-    assert "not supported yet for importing a chain" in done.stderr.decode()
-    assert not restored.exists()
+    assert "is not allowed to sign" in line

@@ -13,25 +13,42 @@ from typing import Any, BinaryIO
 
 import click
 
+from kindling_bundle.cli.keys import identity_options, recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
     iso,
+    level_option,
     load_sign_key,
     progress_for,
+    reading_options,
+    sign_key_option,
     storage_options,
 )
-from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
-from kindling_bundle.cli.transfer import Hashing, signing_key_to_dict, target_database
+from kindling_bundle.cli.output import (
+    Failed,
+    Output,
+    print_counts,
+    print_integrity,
+    print_signature,
+)
+from kindling_bundle.cli.transfer import (
+    Exported,
+    Hashing,
+    print_export,
+    signing_key_to_dict,
+    target_database,
+)
 from kindling_bundle.errors import StoreError
 from kindling_bundle.format.increment import IncrementManifest, Link, file_sha256, short
 from kindling_bundle.format.manifest import Manifest
+from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_destination
+from kindling_bundle.ops.apply import ChainReport
 from kindling_bundle.ops.archive import DEFAULT_FULL_EVERY
-from kindling_bundle.ops.increment import ChainReport
 from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES
@@ -47,86 +64,48 @@ def export_increment(
     opts: BundleOptions,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """`export --base PREV ... OUT`: write the increment of the database on PREV to OUT
-    (signed when `opts.sign_key` is set)."""
+    (signed and encrypted as `opts` says; an encrypted PREV read with `read_options`)."""
     from kindling_bundle.db.connection import open_store
     from kindling_bundle.ops.archive import base_chain
-    from kindling_bundle.ops.increment import write_increment
-    from kindling_bundle.ops.state import pending_cache
+    from kindling_bundle.ops.increment import export_increment as write
 
-    chain = base_chain(bases, storage_options)
+    chain = base_chain(bases, storage_options, read_options)
     conn = open_store(db_path, readonly=True)
-    cache = pending_cache()
     progress = progress_for("export", out)
     try:
         if out_target == STDIO or is_url(out_target):
             with open_destination(out_target, storage_options=storage_options) as stream:
                 hashing: Any = Hashing(stream)
-                manifest = write_increment(
-                    conn, hashing, chain, opts, progress=progress, cache=cache
-                )
+                manifest, bundle_sha256 = write(conn, hashing, chain, opts, progress=progress)
             size, digest = hashing.size, hashing.sha256.hexdigest()
         else:
-            manifest = write_increment(
-                conn, Path(out_target), chain, opts, progress=progress, cache=cache
-            )
+            manifest, bundle_sha256 = write(conn, Path(out_target), chain, opts, progress=progress)
             size, digest = Path(out_target).stat().st_size, file_sha256(out_target)
-    except BaseException:
-        if cache is not None:
-            cache.discard()
-        raise
     finally:
         progress.close()
         conn.close()
-    if cache is not None:
-        cache.keep(digest, manifest, manifest.base.full_sha256)
-    to_stderr = out_target == STDIO
-    written = {entry.entity: entry.records for entry in manifest.entities}
-    out.line(
-        f"exported {db_path} to {out_target}: increment {manifest.base.depth} on "
-        f"{short(manifest.base.sha256)}: "
-        + ", ".join(f"{n} {entity}" for entity, n in written.items()),
-        err=to_stderr,
-    )
-    out.line(f"bundle: {size:,} bytes, sha256 {digest}", err=to_stderr)
-    key = opts.sign_key
-    if key is not None:
-        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
-    out.result(
-        {
-            "database": str(db_path),
-            "bundle": out_target,
-            "bytes": size,
-            "sha256": digest,
-            "format": "bundle",
-            "counts": written,
-            "manifest": manifest.to_dict(),
-            "signature": signing_key_to_dict(key),
-        },
-        err=to_stderr,
+    base = manifest.base
+    print_export(
+        out,
+        Exported(
+            db_path,
+            out_target,
+            {entry.entity: entry.records for entry in manifest.entities},
+            size,
+            digest,
+            kind=f"increment {base.depth} on {short(base.sha256)}",
+            manifest=manifest,
+            bundle_sha256=bundle_sha256 if opts.recipients else None,
+        ),
+        recipients=opts.recipients,
+        key=opts.sign_key,
     )
 
 
 # --- import of increments and chains --------------------------------------------------------
-
-
-def refuse_trust_policy(options: ReadOptions, what: str, *, encrypted: bool = False) -> None:
-    """Importing increments and chains checks any signature they carry, but cannot yet hold
-    them to an allowed_signers file, nor open them encrypted: refused, rather than importing
-    what the policy would not."""
-    signature = options.signature
-    if signature.allowed_signers is not None or signature.require_signature:
-        raise click.UsageError(
-            f"--allowed-signers and --require-signature (or $KINDLING_BUNDLE_ALLOWED_SIGNERS) "
-            f"are not supported yet for importing {what}: check each bundle with "
-            "`verify --allowed-signers FILE` first, then import without them"
-        )
-    if encrypted:
-        raise click.UsageError(
-            f"encrypted bundles are not supported yet for importing {what}: decrypt each one "
-            "first (age -d)"
-        )
 
 
 def import_increment(
@@ -138,15 +117,18 @@ def import_increment(
     dry_run: bool,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
-    """`import IN` where IN is an increment: apply it onto the database."""
-    from kindling_bundle.ops.increment import apply_increments, bundle_ref, stream_ref
+    """`import IN` where IN is an increment: apply it onto the database (an encrypted one
+    opened, and its signature checked, as `read_options` say)."""
+    from kindling_bundle.ops.apply import apply_increments
+    from kindling_bundle.ops.links import bundle_ref, stream_ref
 
     if target == STDIO:
-        ref = stream_ref(stream, "<stdin>")
+        ref = stream_ref(stream, "<stdin>", read_options)
         prepared = [Link("<stdin>", "", manifest)]
     else:
-        ref = bundle_ref(target, storage_options, sha256=None)
+        ref = bundle_ref(target, storage_options, options=read_options)
         prepared = None
     with target_database(db_path, dry_run) as conn:
         if prepared is None:
@@ -163,18 +145,17 @@ def import_chain(
     dry_run: bool,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """`import IN1 IN2 ...`: a chain. From a full bundle, restore it into an empty database;
-    from an increment, apply the increments onto a database that holds the first one's base."""
-    from kindling_bundle.ops.increment import (
-        apply_increments,
-        bundle_ref,
-        prepare_chain,
-        restore_chain,
-    )
+    from an increment, apply the increments onto a database that holds the first one's base.
+    Every link is opened, and its signature checked, as `read_options` say."""
+    from kindling_bundle.ops.apply import apply_increments
+    from kindling_bundle.ops.chain_restore import restore_chain
+    from kindling_bundle.ops.links import bundle_ref, manifest_of, prepare_chain
 
-    refs = [bundle_ref(target, storage_options) for target in targets]
-    from_full = _starts_with_full(refs[0])
+    refs = [bundle_ref(target, storage_options, options=read_options) for target in targets]
+    from_full = not isinstance(manifest_of(refs[0]), IncrementManifest)
     refs, links = prepare_chain(refs, full=from_full)
     with target_database(db_path, dry_run) as conn:
         if from_full:
@@ -184,24 +165,18 @@ def import_chain(
     _print_chain(out, report, db_path, dry_run)
 
 
-def _starts_with_full(ref: Any) -> bool:
-    from kindling_bundle.ops.read import read_manifest
-
-    with ref.open() as stream:
-        return not isinstance(read_manifest(stream), IncrementManifest)
-
-
 def _print_chain(out: Output, report: ChainReport, db_path: Path, dry_run: bool) -> None:
     verb = "would apply" if dry_run else "applied"
     for position, link in enumerate(report.links, 1):
         out.line(f"{verb} link {position}: {_describe(link)}")
     out.line(f"to {db_path}:")
-    out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'deleted':>9}")
+    rows = {}
     for entity, counts in report.counts.items():
         inserted = counts.inserted
         if report.full is not None:
             inserted += report.full.counts[entity].inserted
-        out.line(f"  {entity:<14}{inserted:>10,}{counts.overwritten:>13,}{counts.deleted:>9,}")
+        rows[entity] = (inserted, counts.overwritten, counts.deleted)
+    print_counts(out, ("inserted", "overwritten", "deleted"), rows)
     print_integrity(out, report.integrity)
     out.result(report.to_dict())
 
@@ -225,12 +200,12 @@ def verify_bundles(
     storage_options: dict[str, Any],
     options: ReadOptions | None = None,
 ) -> None:
-    """`verify IN1 IN2 ...`: each bundle completely (its signature as `options` says), and
-    the links of the chain they form."""
-    from kindling_bundle.ops.increment import bundle_ref, verify_chain
+    """`verify IN1 IN2 ...`: each bundle completely (opened, and its signature checked, as
+    `options` say), and the links of the chain they form."""
+    from kindling_bundle.ops.links import bundle_ref, verify_chain
 
-    refs = [bundle_ref(target, storage_options) for target in targets]
-    result = verify_chain(refs, options=options)
+    refs = [bundle_ref(target, storage_options, options=options) for target in targets]
+    result = verify_chain(refs)
     for report in result.reports:
         total = sum(report.records.values())
         if report.ok:
@@ -263,20 +238,15 @@ def verify_bundles(
     show_default=True,
     help="Write a full bundle once the latest chain has this many increments (0: always).",
 )
-@click.option("--level", type=click.IntRange(1, 19), default=3, show_default=True)
+@level_option
 @click.option(
     "--created-at",
     type=EpochMs(),
     help="The snapshot's time [default: $SOURCE_DATE_EPOCH, else now]; after the latest's.",
 )
-@click.option(
-    "--sign-key",
-    metavar="KEY",
-    type=click.Path(dir_okay=False),
-    help="Sign the snapshot with an SSH key, as `export --sign-key` does.",
-)
-# --recipient (issue 18) will be an option here, passed through ops.archive.backup to
-# ops.archive._write_snapshot, where the bundle's bytes leave.
+@sign_key_option("the snapshot")
+@recipient_options
+@identity_options
 @storage_options
 @common_options
 def backup(
@@ -288,18 +258,25 @@ def backup(
     sign_key: str | None,
     out: Output,
     storage_options: dict[str, Any],
+    recipients: tuple[Recipient, ...],
+    read_options: ReadOptions,
 ) -> None:
     """Add the database's current state to the archive URL (a folder, or a URL prefix such as
     s3://bucket/kindling/): an increment on the latest snapshot, or a full bundle when the
     archive is empty or the latest chain has --full-every increments. The bundle appears only
-    once complete: an interrupted backup leaves the archive as it was."""
+    once complete: an interrupted backup leaves the archive as it was.
+
+    With --recipient or --recipients-file the snapshot is encrypted, as `export` encrypts (no
+    temporary file holds records in the clear). An increment needs the latest snapshot's
+    record hashes: from the local cache, else read from the archive, opening an encrypted
+    chain with --identity; without one, the backup starts a new chain (a full bundle)."""
     from kindling_bundle.db.connection import open_store
     from kindling_bundle.ops.archive import Archive
     from kindling_bundle.ops.archive import backup as run_backup
 
     key = load_sign_key(sign_key) if sign_key is not None else None  # before any work
     db_path = db or default_db()
-    archive = Archive(url, storage_options)
+    archive = Archive(url, storage_options, read_options)
     conn = open_store(db_path, readonly=True)
     progress = progress_for("backup", out)
     try:
@@ -311,6 +288,7 @@ def backup(
             created_at=created_at,
             progress=progress,
             sign_key=key,
+            recipients=recipients,
         )
     finally:
         progress.close()
@@ -323,11 +301,15 @@ def backup(
         f"  {snap.kind}: {snap.size:,} bytes; "
         + ", ".join(f"{n:,} {entity}" for entity, n in written.items())
     )
+    if recipients:
+        plural = "" if len(recipients) == 1 else "s"
+        out.line(f"  encrypted (age) to {len(recipients)} recipient{plural}")
     if key is not None:
         out.line(f"  signed with {key.key_type} key {key.fingerprint} ({key.path})")
     out.result(
         {
             **report.to_dict(),
+            "recipients": [str(recipient) for recipient in recipients],
             "written": written,
             "manifest": manifest.to_dict(),
             "signature": signing_key_to_dict(key),
@@ -337,14 +319,18 @@ def backup(
 
 @click.command()
 @click.argument("url")
+@identity_options
 @storage_options
 @common_options
-def snapshots(url: str, out: Output, storage_options: dict[str, Any]) -> None:
+def snapshots(
+    url: str, out: Output, storage_options: dict[str, Any], read_options: ReadOptions
+) -> None:
     """List the snapshots of the archive URL, oldest first: time, full or increment, base,
-    the record counts of the database each restores, and size."""
+    the record counts of the database each restores, and size. Encrypted snapshots are read
+    with --identity."""
     from kindling_bundle.ops.archive import Archive, list_snapshots
 
-    infos = list_snapshots(Archive(url, storage_options))
+    infos = list_snapshots(Archive(url, storage_options, read_options))
     out.line(
         f"{'ID':<13}{'time':<25}{'kind':<10}{'base':<13}"
         + "".join(f"{entity:>13}" for entity in ENTITY_TYPES)
@@ -374,22 +360,29 @@ def snapshots(url: str, out: Output, storage_options: dict[str, Any]) -> None:
     required=True,
     help="The database to create (it must not exist).",
 )
+@reading_options
 @storage_options
 @common_options
 def restore(
-    url: str, snapshot: str, db: Path, out: Output, storage_options: dict[str, Any]
+    url: str,
+    snapshot: str,
+    db: Path,
+    out: Output,
+    storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """Restore SNAPSHOT (latest, its name, its time or an id from `snapshots`) of the archive
     URL into a new database: the database as it was at that backup, row for row, integrity
-    checked. Every link of its chain is checked first; the database appears only if all went
-    well."""
+    checked. Every link of its chain (and its signature, against --allowed-signers) is checked
+    first; the database appears only if all went well. Encrypted snapshots are opened with
+    --identity."""
     from kindling_bundle.db.connection import create_store
     from kindling_bundle.ops.archive import Archive
     from kindling_bundle.ops.archive import restore as run_restore
 
     if db.exists():
         raise StoreError(f"{db}: already exists; restore makes a new database")
-    archive = Archive(url, storage_options)
+    archive = Archive(url, storage_options, read_options)
     progress = progress_for("restore", out)
     try:
         with create_store(db) as conn:
@@ -407,6 +400,7 @@ def restore(
 @click.option("--keep-weekly", type=click.IntRange(min=0), default=0, help="… of N ISO weeks.")
 @click.option("--keep-monthly", type=click.IntRange(min=0), default=0, help="… of N months.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@identity_options
 @storage_options
 @common_options
 def forget(
@@ -418,10 +412,12 @@ def forget(
     dry_run: bool,
     out: Output,
     storage_options: dict[str, Any],
+    read_options: ReadOptions,
 ) -> None:
     """Remove the snapshots of the archive URL that the policy does not keep, as restic's
     forget does (each rule keeps the newest snapshot of each of its last N periods, in UTC;
-    the rules combine), but never a bundle that a kept snapshot's chain needs."""
+    the rules combine), but never a bundle that a kept snapshot's chain needs (an encrypted
+    archive's chains are read with --identity)."""
     from kindling_bundle.ops.archive import Archive
     from kindling_bundle.ops.archive import forget as run_forget
 
@@ -430,7 +426,8 @@ def forget(
         raise click.UsageError(
             "no policy given: --keep-last, --keep-daily, --keep-weekly or --keep-monthly"
         )
-    report = run_forget(Archive(url, storage_options), policy, dry_run=dry_run)
+    archive = Archive(url, storage_options, read_options)
+    report = run_forget(archive, policy, dry_run=dry_run)
     for snap, reasons in report.kept:
         out.line(f"keep    {snap.id}  {iso(snap.created_at)}  {snap.kind:<9}  {', '.join(reasons)}")
     verb = "would remove" if dry_run else "removed"

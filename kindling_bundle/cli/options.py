@@ -254,6 +254,27 @@ def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+level_option = click.option(
+    "--level",
+    type=click.IntRange(1, 19),
+    default=3,
+    show_default=True,
+    help="zstd compression level.",
+)
+
+
+def sign_key_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--sign-key KEY, for every command that writes bundles (`what`: the bundle it signs)."""
+    return click.option(
+        "--sign-key",
+        metavar="KEY",
+        type=click.Path(dir_okay=False),
+        help=f"Sign {what} with an SSH key: an OpenSSH private key file (ed25519 or RSA; a "
+        "passphrase is asked on the terminal), or a public key file whose private half is in "
+        "ssh-agent.",
+    )
+
+
 def workers_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--workers auto|N: the processes that `what` (kindling_bundle.parallel.choose_workers)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -51,6 +52,16 @@ def print_integrity(out: Output, report: IntegrityReport) -> None:
         out.line(
             f"  {problem.severity}: {problem.kind}: {problem.entity} {problem.id}: {problem.detail}"
         )
+
+
+def print_counts(out: Output, columns: Sequence[str], rows: Mapping[str, Sequence[int]]) -> None:
+    """What an import or a chain did, a row per entity: the same table for every import."""
+    out.line(
+        "  " + f"{'entity':<14}" + "".join(f"{column:>{len(column) + 2}}" for column in columns)
+    )
+    for entity, values in rows.items():
+        cells = zip(columns, values, strict=True)
+        out.line("  " + f"{entity:<14}" + "".join(f"{n:>{len(c) + 2},}" for c, n in cells))
 
 
 def print_signature(out: Output, signer: Signer | None, indent: str = "") -> None:

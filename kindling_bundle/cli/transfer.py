@@ -5,30 +5,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 
-from kindling_bundle.cli.keys import recipient_options
+from kindling_bundle.cli.keys import identity_options, recipient_options
 from kindling_bundle.cli.options import (
     EpochMs,
     common_options,
     db_option,
     default_db,
     input_label,
+    level_option,
     load_sign_key,
     progress_for,
     reading_options,
     scrub_line,
     scrub_options,
+    sign_key_option,
     source_name,
     storage_options,
     workers_option,
 )
-from kindling_bundle.cli.output import Output, print_integrity, print_signature
+from kindling_bundle.cli.output import Output, print_counts, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.increment import is_increment
@@ -39,7 +42,7 @@ from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
-from kindling_bundle.ops.increment import peek_manifest
+from kindling_bundle.ops.links import peek_manifest
 from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
@@ -84,13 +87,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
 @click.option("--user", help="Only this user id.")
 @click.option("--since", type=EpochMs(), help="From this time (inclusive): epoch ms or ISO-8601.")
 @click.option("--until", type=EpochMs(), help="Up to this time (inclusive): epoch ms or ISO-8601.")
-@click.option(
-    "--level",
-    type=click.IntRange(1, 19),
-    default=3,
-    show_default=True,
-    help="zstd compression level.",
-)
+@level_option
 @click.option(
     "--created-at",
     type=EpochMs(),
@@ -104,14 +101,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
     show_default=True,
     help="kindling-json writes Kindling's own JSON export format instead of a bundle.",
 )
-@click.option(
-    "--sign-key",
-    metavar="KEY",
-    type=click.Path(dir_okay=False),
-    help="Sign the bundle with an SSH key: an OpenSSH private key file (ed25519 or RSA; a "
-    "passphrase is asked on the terminal), or a public key file whose private half is in "
-    "ssh-agent.",
-)
+@sign_key_option("the bundle")
 @workers_option("encode")
 @click.option(
     "--base",
@@ -124,6 +114,7 @@ def _file_digest(path: Path) -> tuple[int, str]:
 )
 @click.argument("out_target", metavar="OUT")
 @recipient_options
+@identity_options
 @scrub_options
 @storage_options
 @common_options
@@ -146,6 +137,7 @@ def export(
     out: Output,
     storage_options: dict[str, Any],
     recipients: tuple[Recipient, ...],
+    read_options: ReadOptions,
 ) -> None:
     """Export the database to a bundle at OUT (a path, - for standard output, or a URL such as
     s3://bucket/key, uploaded as it is written and there only once complete).
@@ -166,7 +158,8 @@ def export(
     manifest, which `verify`, `import` and `inspect` check and `ssh-keygen -Y verify` accepts.
 
     With --base, OUT is an increment: the records new or changed since PREV and tombstones
-    for those gone; `import` applies it onto a database holding PREV's state.
+    for those gone; `import` applies it onto a database holding PREV's state. An encrypted PREV
+    is read with --identity (not needed where the local cache holds PREV's hashes).
     """
 
     scope = {
@@ -204,7 +197,13 @@ def export(
         from kindling_bundle.cli.archive import export_increment
 
         return export_increment(
-            db_path, bases, out_target, opts=opts, out=out, storage_options=storage_options
+            db_path,
+            bases,
+            out_target,
+            opts=opts,
+            out=out,
+            storage_options=storage_options,
+            read_options=read_options,
         )
     conn = open_store(db_path, readonly=True)
     progress = progress_for("export", out)
@@ -246,39 +245,76 @@ def export(
     finally:
         progress.close()
         conn.close()
-    # With the bundle on standard output, the summary goes to standard error.
-    to_stderr = out_target == STDIO
-    out.line(
-        f"exported {db_path} to {out_target}: "
-        + ", ".join(f"{n} {entity}" for entity, n in counts.items()),
-        err=to_stderr,
-    )
-    plural = "" if len(recipients) == 1 else "s"
-    encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
-    out.line(f"{out_format}: {size:,} bytes, sha256 {digest}{encrypted}", err=to_stderr)
     scrubbed = None
     if scrubber is not None:
         scrubbed = scrubber.manifest()
     elif manifest is not None and manifest.scrub is not None:
         scrubbed = manifest.to_dict()["scrub"]
-    scrub_line(out, scrubbed, err=to_stderr)
-    if key is not None:
-        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=to_stderr)
-    out.result(
-        {
-            "database": str(db_path),
-            "bundle": out_target,
-            "bytes": size,
-            "sha256": digest,
-            "format": out_format,
-            "recipients": [str(recipient) for recipient in recipients],
-            "counts": counts,
-            "manifest": manifest.to_dict() if manifest is not None else None,
-            "scrub": scrubbed,
-            "signature": signing_key_to_dict(key) if out_format == "bundle" else None,
-        },
-        err=to_stderr,
+    print_export(
+        out,
+        Exported(db_path, out_target, counts, size, digest, out_format, manifest=manifest),
+        recipients=recipients,
+        key=key if out_format == "bundle" else None,
+        scrubbed=scrubbed,
     )
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote, as its summary tells it."""
+
+    database: Path
+    target: str
+    counts: dict[str, int]
+    size: int
+    sha256: str
+    """Of the file written (the ciphertext, when encrypted)."""
+    out_format: str = "bundle"
+    kind: str = ""
+    """How an increment names itself ("increment 2 on …"); empty for a full export."""
+    manifest: Manifest | None = None
+    bundle_sha256: str | None = None
+    """Of an encrypted increment's plaintext: what the next increment's base names."""
+
+
+def print_export(
+    out: Output,
+    done: Exported,
+    *,
+    recipients: Sequence[Recipient] = (),
+    key: SigningKey | None = None,
+    scrubbed: dict[str, Any] | None = None,
+) -> None:
+    """The summary of an export (full or increment): to standard error when the bundle went to
+    standard output."""
+    err = done.target == STDIO
+    kind = f": {done.kind}" if done.kind else ""
+    out.line(
+        f"exported {done.database} to {done.target}{kind}: "
+        + ", ".join(f"{n} {entity}" for entity, n in done.counts.items()),
+        err=err,
+    )
+    plural = "" if len(recipients) == 1 else "s"
+    encrypted = f", encrypted (age) to {len(recipients)} recipient{plural}" if recipients else ""
+    out.line(f"{done.out_format}: {done.size:,} bytes, sha256 {done.sha256}{encrypted}", err=err)
+    scrub_line(out, scrubbed, err=err)
+    if key is not None:
+        out.line(f"signed with {key.key_type} key {key.fingerprint} ({key.path})", err=err)
+    result = {
+        "database": str(done.database),
+        "bundle": done.target,
+        "bytes": done.size,
+        "sha256": done.sha256,
+        "format": done.out_format,
+        "recipients": [str(recipient) for recipient in recipients],
+        "counts": done.counts,
+        "manifest": done.manifest.to_dict() if done.manifest is not None else None,
+        "scrub": scrubbed,
+        "signature": signing_key_to_dict(key) if done.out_format == "bundle" else None,
+    }
+    if done.bundle_sha256 is not None:
+        result["bundle_sha256"] = done.bundle_sha256
+    out.result(result, err=err)
 
 
 def signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
@@ -339,18 +375,20 @@ def import_(
 
     An incremental bundle is applied onto a database that holds its base's state. Several INs
     are a chain: a full bundle then its increments in order (restored into an empty or new
-    database), or increments each on the one before; every link is checked before anything
-    is written. --conflict does not apply to increments.
+    database), or increments each on the one before; every link (and its signature) is checked
+    before anything is written. --conflict does not apply to increments.
     """
     from kindling_bundle.cli import archive
 
     db_path = db or default_db()
     if len(in_targets) > 1:
-        archive.refuse_trust_policy(
-            read_options, "a chain", encrypted=bool(read_options.identities)
-        )
         return archive.import_chain(
-            db_path, in_targets, dry_run=dry_run, out=out, storage_options=storage_options
+            db_path,
+            in_targets,
+            dry_run=dry_run,
+            out=out,
+            storage_options=storage_options,
+            read_options=read_options,
         )
     (in_target,) = in_targets
     progress = progress_for("import", out)
@@ -367,9 +405,6 @@ def import_(
         else:
             manifest, stream = peek_manifest(stream, source_name(in_target))
             if is_increment(manifest):
-                archive.refuse_trust_policy(
-                    read_options, "an increment", encrypted=opened.envelope is not None
-                )
                 return archive.import_increment(
                     db_path,
                     stream,
@@ -378,6 +413,7 @@ def import_(
                     dry_run=dry_run,
                     out=out,
                     storage_options=storage_options,
+                    read_options=read_options,
                 )
         with target_database(db_path, dry_run) as conn:
             try:
@@ -407,12 +443,14 @@ def import_(
     out.line(f"{verb} {in_target} into {db_path} (conflict: {conflict})")
     if kind != "kindling-json":
         print_signature(out, report.signer, indent="  ")
-    out.line(f"  {'entity':<14}{'inserted':>10}{'overwritten':>13}{'skipped':>9}{'unchanged':>11}")
-    for entity, counts in report.counts.items():
-        out.line(
-            f"  {entity:<14}{counts.inserted:>10,}{counts.overwritten:>13,}"
-            f"{counts.skipped:>9,}{counts.unchanged:>11,}"
-        )
+    print_counts(
+        out,
+        ("inserted", "overwritten", "skipped", "unchanged"),
+        {
+            entity: (c.inserted, c.overwritten, c.skipped, c.unchanged)
+            for entity, c in report.counts.items()
+        },
+    )
     if dangling is not None and dangling.total:
         out.line(
             f"  left out {dangling.links} capsule links, {dangling.summaries} summaries and "

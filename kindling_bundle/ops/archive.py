@@ -2,13 +2,16 @@
 
 An archive is nothing but bundles in one folder (io.folder), each named
 
-    kindling-<createdAt as YYYYMMDDTHHMMSS.mmmZ>-<full|incr>-<SHA-256 of the file>.kbundle
+    kindling-<createdAt as YYYYMMDDTHHMMSS.mmmZ>-<full|incr>-<SHA-256 of the bundle>.kbundle
 
 so that names sort by time, and a listing alone tells each snapshot's time, kind and identity.
 An increment's manifest names its base by SHA-256 (spec section 16), so a snapshot's chain is
 found by following those names back to a full bundle, and every link is checked before a byte of
-a restore is written. Files that do not match the pattern are not the archive's and are left
-alone. There is no index to keep consistent: a backup adds one file, forget removes some.
+a restore is written. For an encrypted snapshot the SHA-256 is its plaintext bundle's (what its
+successor's manifest names), so an encrypted archive is followed exactly as a plain one, by
+names, and reading one checks the hash on what it decrypted. Files that do not match the
+pattern are not the archive's and are left alone. There is no index to keep consistent: a
+backup adds one file, forget removes some.
 
 `backup` writes a full bundle when the archive is empty, when the latest snapshot's chain has
 reached `full_every` increments, or when that chain is broken; otherwise an increment on the
@@ -16,14 +19,17 @@ latest snapshot. It publishes the bundle only once complete (io.folder), so an i
 leaves the archive as it was. `forget` deletes only bundles no kept snapshot needs, newest first,
 so an interrupted forget never leaves an increment without its base.
 
-A backup may be signed (`sign_key`: its full bundles are 1.1, its increments 2.1), and a signed
-snapshot's signature is checked wherever it is read. Encryption (issue 18) will wrap the bundle
-bytes at exactly two places: `_write_snapshot`, where a backup's bytes leave for the archive,
-and `Archive.ref`, where a snapshot's bytes come back.
+A backup may be signed (`sign_key`: its full bundles are 1.1, its increments 2.1) and encrypted
+(`recipients`: signed inside, encrypted outside, as an export). An archive is read with
+ReadOptions: the identities that open its snapshots, and whom to trust (a signed snapshot's
+signature is checked wherever it is read). Backing up needs no identity where the local cache
+(ops.state) holds the latest snapshot's hashes; otherwise reading the latest chain does, and
+without one the backup starts a new chain with a full bundle, saying why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,30 +37,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kindling_bundle.db.connection import KindlingConnection
-from kindling_bundle.errors import BundleError, KindlingBundleError
+from kindling_bundle.errors import BundleError, EncryptionError, KindlingBundleError
 from kindling_bundle.format.increment import (
     IncrementManifest,
     depth_of,
-    file_sha256,
     iso_time,
     short,
     state_of,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.folder import FileInfo, Folder
+from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import is_url
-from kindling_bundle.ops.increment import (
-    ChainReport,
-    bundle_ref,
-    hashed,
-    restore_chain,
-    write_full,
-    write_increment,
-)
+from kindling_bundle.ops.apply import ChainReport
+from kindling_bundle.ops.chain_restore import restore_chain
+from kindling_bundle.ops.increment import write_full, write_increment
+from kindling_bundle.ops.links import BundleRef, bundle_ref, hashed, key_problem, manifest_of
 from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.retention import Policy, keep
-from kindling_bundle.ops.state import BundleRef, load_cached, pending_cache
+from kindling_bundle.ops.state import load_cached, pending_cache
 from kindling_bundle.ops.write import BundleOptions, resolve_created_at
 
 DEFAULT_FULL_EVERY = 7
@@ -103,9 +106,16 @@ def _parse(info: FileInfo) -> Snapshot | None:
 class Archive:
     """The snapshots in a folder or under a URL prefix."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        options: ReadOptions | None = None,
+    ):
         self.url = url
         self.folder = Folder(url, storage_options)
+        self.options = options or ReadOptions()
+        """How its snapshots are read: identities for encrypted ones, whom to trust."""
 
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first (by time, then name)."""
@@ -117,7 +127,7 @@ class Archive:
         name."""
         if snap.manifest is None:
             with self.folder.open(snap.name, head=True) as stream:
-                manifest = read_manifest(stream)
+                manifest = read_manifest(stream, options=self.options)
             if isinstance(manifest, IncrementManifest) != snap.increment:
                 raise BundleError(
                     f"{self.folder.join(snap.name)}: its name says {snap.kind}, its manifest "
@@ -127,10 +137,12 @@ class Archive:
         return snap.manifest
 
     def ref(self, snap: Snapshot) -> BundleRef:
-        """The snapshot as a link of a chain; what is read must match the SHA-256 its name
-        says."""
+        """The snapshot as a link of a chain; what is read (decrypted) must match the SHA-256
+        its name says."""
         name = snap.name
-        return BundleRef(self.folder.join(name), lambda: self.folder.open(name), snap.sha256)
+        return BundleRef(
+            self.folder.join(name), lambda: self.folder.open(name), snap.sha256, self.options
+        )
 
     def chain(self, snap: Snapshot, catalogue: Sequence[Snapshot]) -> list[Snapshot]:
         """The snapshot's chain, its full bundle first; a BundleError names a missing base."""
@@ -174,23 +186,27 @@ class Archive:
 
 
 def base_chain(
-    targets: Sequence[str], storage_options: Mapping[str, Any] | None = None
+    targets: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+    options: ReadOptions | None = None,
 ) -> list[BundleRef]:
-    """The chain `export --base` names: the bundles given, in order. A single increment's chain
-    is found in its folder, among the bundles named as an archive names them (their names carry
-    their SHA-256); where the cache holds the last bundle's hashes, that bundle alone will do."""
-    refs = [bundle_ref(target, storage_options, sha256=_named_sha(target)) for target in targets]
+    """The chain `export --base` names: the bundles given, in order, read with `options`. A
+    single increment's chain is found in its folder, among the bundles named as an archive names
+    them (their names carry their SHA-256); where the cache holds the last bundle's hashes, that
+    bundle alone will do."""
+    refs = [
+        bundle_ref(target, storage_options, sha256=_named_sha(target), options=options)
+        for target in targets
+    ]
     if refs[-1].sha256 is None and not is_url(refs[-1].label):
         refs[-1] = hashed(refs[-1])
     last = refs[-1]
     if len(refs) > 1 or (last.sha256 is not None and load_cached(last.sha256) is not None):
         return refs
-    with last.open() as stream:
-        manifest = read_manifest(stream)
-    if not isinstance(manifest, IncrementManifest):
+    if not isinstance(manifest_of(last), IncrementManifest):
         return refs
     folder, _, _ = last.label.rstrip("/").rpartition("/")
-    archive = Archive(folder or ".", storage_options)
+    archive = Archive(folder or ".", storage_options, options)
     catalogue = archive.snapshots()
     found = [snap for snap in catalogue if snap.sha256 == last.sha256]
     if not found:
@@ -238,16 +254,19 @@ def backup(
     created_at: int | None = None,
     progress: ProgressCallback | None = None,
     sign_key: SigningKey | None = None,
+    recipients: Sequence[Recipient] = (),
 ) -> BackupReport:
     """Add the database's current state to the archive as its next snapshot (module docstring).
 
     `full_every`: the most increments a chain may have (0: every backup is a full bundle).
     `created_at`: the snapshot's time (epoch ms; default $SOURCE_DATE_EPOCH, else now), which
-    must be after the latest snapshot's. `sign_key`: sign the snapshot's bundle."""
+    must be after the latest snapshot's. `sign_key`: sign the snapshot's bundle; `recipients`:
+    encrypt it to them (the archive's ReadOptions open the latest chain, when the local cache
+    does not hold its hashes)."""
     if isinstance(full_every, bool) or not isinstance(full_every, int) or full_every < 0:
         raise ValueError(f"full_every must be a whole number >= 0, got {full_every!r}")
     created = resolve_created_at(created_at)
-    opts = BundleOptions(created_at=created, level=level, sign_key=sign_key)
+    opts = BundleOptions(created_at=created, level=level, sign_key=sign_key, recipients=recipients)
     catalogue = archive.snapshots()
     latest = catalogue[-1] if catalogue else None
     if latest is not None and created <= latest.created_at:
@@ -280,18 +299,20 @@ def _plan(
         return None, "the archive has no snapshot yet"
     if full_every == 0:
         return None, "every backup is a full bundle (--full-every 0)"
+    cached = load_cached(latest.sha256)
     try:
-        depth = depth_of(archive.manifest(latest))
+        depth = cached.depth if cached is not None else depth_of(archive.manifest(latest))
     except KindlingBundleError as exc:
-        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}"
+        hint = " (an identity that opens it continues its chain)" if key_problem(exc) else ""
+        return None, f"starting a new chain: the latest snapshot cannot be read: {exc}{hint}"
     if depth >= full_every:
         return None, f"the latest chain has {depth} increments (--full-every {full_every})"
     reason = f"increment {depth + 1} on {latest.id}"
-    if load_cached(latest.sha256) is not None:
+    if cached is not None:
         return [archive.ref(latest)], reason
     try:
         chain = archive.chain(latest, catalogue)
-    except BundleError as exc:
+    except (BundleError, EncryptionError) as exc:  # a link missing, or not opened by the keys
         return None, f"starting a new chain: {exc}"
     return [archive.ref(snap) for snap in chain], reason
 
@@ -304,18 +325,27 @@ def _write_snapshot(
     progress: ProgressCallback | None,
     cache: Any,
 ) -> tuple[Snapshot, Manifest]:
-    """Write the bundle, then publish it under its name. The one place where a backup's bytes
-    leave for the archive (signed by the writer as `opts` says; encryption will apply here)."""
+    """Write the bundle (signed and encrypted as `opts` says), then publish it under its name,
+    which carries the SHA-256 of the bundle as written (the plaintext, when encrypted)."""
+    bundle = hashlib.sha256()
     with archive.folder.new_file() as new:
         manifest: Manifest
         if chain is None:
-            manifest = write_full(conn, new.stream, opts, progress=progress, cache=cache)
+            manifest = write_full(
+                conn, new.stream, opts, progress=progress, cache=cache, on_bundle=bundle.update
+            )
         else:
             manifest = write_increment(
-                conn, new.stream, chain, opts, progress=progress, cache=cache
+                conn,
+                new.stream,
+                chain,
+                opts,
+                progress=progress,
+                cache=cache,
+                on_bundle=bundle.update,
             )
         new.stream.flush()
-        sha256 = file_sha256(new.path)
+        sha256 = bundle.hexdigest()
         assert opts.created_at is not None
         name = snapshot_name(opts.created_at, chain is not None, sha256)
         new.publish(name)
@@ -364,13 +394,16 @@ def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
 
 def list_snapshots(archive: Archive) -> list[SnapshotInfo]:
     """Every snapshot, oldest first, with its manifest's facts (only the start of each file is
-    read) and whether its chain is complete."""
+    read) and whether its chain is complete. An encrypted snapshot that the archive's
+    identities do not open raises (NoIdentityError, NoMatchingIdentityError)."""
     catalogue = archive.snapshots()
     infos = []
     for snap in catalogue:
         try:
             manifest = archive.manifest(snap)
         except KindlingBundleError as exc:
+            if key_problem(exc):  # the keys are wrong, not the archive: said once
+                raise
             infos.append(SnapshotInfo(snap, 0, None, {}, str(exc)))
             continue
         base = manifest.base.sha256 if isinstance(manifest, IncrementManifest) else None

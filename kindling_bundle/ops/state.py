@@ -4,7 +4,8 @@ Computing an increment needs, for each record of the base's snapshot, its id has
 hash: a few sorted NumPy arrays, 16 bytes a record, never the records themselves. They come from
 reading the base's chain (its full bundle, then each increment in order, every link checked), or
 from the local cache, where each increment or backup leaves the hashes of the snapshot it wrote,
-under the SHA-256 of the bundle it wrote: then the next backup downloads nothing at all.
+under the SHA-256 of the bundle it wrote (of its plaintext, for an encrypted one): then the next
+backup downloads nothing at all.
 
 The cache is a folder (`$KINDLING_BUNDLE_CACHE`, else `$XDG_CACHE_HOME/kindling-bundle/snapshots`,
 else `~/.cache/kindling-bundle/snapshots`; `KINDLING_BUNDLE_CACHE=off` turns it off) holding one
@@ -23,8 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +35,6 @@ import numpy as np
 from kindling_bundle.db.changes import EntityState, Hashes, id_hashes, record_hashes
 from kindling_bundle.errors import BundleError, KindlingBundleError
 from kindling_bundle.format.increment import (
-    HashingReader,
     IncrementManifest,
     Link,
     check_first_link,
@@ -46,20 +45,8 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, decode_manifest
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.ops.links import BundleRef
 from kindling_bundle.records import ENTITY_TYPES, TOMBSTONES, Tombstone
-
-Opener = Callable[[], AbstractContextManager[BinaryIO]]
-
-
-@dataclass(frozen=True)
-class BundleRef:
-    """A bundle of a chain that can be opened (more than once) and read: a path or a URL. Its
-    SHA-256 is given when known before reading (an archive's names carry it; a local file is
-    hashed first), and then the bytes read must match it."""
-
-    label: str
-    open: Opener
-    sha256: str | None = None
 
 
 @dataclass
@@ -78,14 +65,6 @@ class SnapshotState:
         return {entity: len(state) for entity, state in self.entities.items()}
 
 
-def _check_sha(ref: BundleRef, actual: str) -> None:
-    if ref.sha256 is not None and actual != ref.sha256:
-        raise BundleError(
-            f"{ref.label}: its SHA-256 is {actual}, not {ref.sha256} as its name or link says "
-            "(the file was replaced or damaged)"
-        )
-
-
 def read_chain(refs: Sequence[BundleRef]) -> SnapshotState:
     """The snapshot the chain `refs` (a full bundle, then its increments in order) makes, read
     and checked link by link: every bundle completely (hashes, counts, records), and each
@@ -95,18 +74,16 @@ def read_chain(refs: Sequence[BundleRef]) -> SnapshotState:
     entities: dict[str, EntityState] = {}
     links: list[Link] = []
     for position, ref in enumerate(refs, 1):
-        with ref.open() as raw:
-            stream = HashingReader(raw)
-            with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
-                manifest = reader.read_manifest()
-                link = Link(ref.label, ref.sha256 or "", manifest)
-                if position == 1:
-                    check_first_link(link)
-                else:
-                    check_link(links[-1], link, position, links[0])
-                entities = _apply(entities, reader, link, position)
+        with ref.reader() as (reader, stream):
+            manifest = reader.read_manifest()
+            link = Link(ref.label, ref.sha256 or "", manifest)
+            if position == 1:
+                check_first_link(link)
+            else:
+                check_link(links[-1], link, position, links[0])
+            entities = _apply(entities, reader, link, position)
             digest = stream.hexdigest()
-        _check_sha(ref, digest)
+        ref.check_sha256(digest)
         links.append(Link(ref.label, digest, manifest))
     return SnapshotState(entities, links[-1], links[0].sha256)
 
@@ -187,12 +164,10 @@ def find_names(refs: Sequence[BundleRef], wanted: Mapping[str, Hashes]) -> dict[
     for ref in reversed(refs):  # the newest bundle has the newest records
         if all(len(found[entity]) == len(hashes) for entity, hashes in todo.items()):
             break
-        with ref.open() as raw:
-            stream = HashingReader(raw)
-            with BundleReader(stream, name=ref.label) as reader:  # type: ignore[arg-type]
-                _find_in(reader, todo, found)
+        with ref.reader() as (reader, stream):
+            _find_in(reader, todo, found)
             digest = stream.hexdigest()
-        _check_sha(ref, digest)
+        ref.check_sha256(digest)
     names: dict[str, list[str]] = {}
     for entity, hashes in todo.items():
         names[entity] = [found[entity][h] for h in hashes.tolist() if h in found[entity]]

@@ -172,6 +172,7 @@ def write_bundle(
     *,
     progress: ProgressCallback | None = None,
     on_output: Callable[[bytes], None] | None = None,
+    on_bundle: Callable[[bytes], None] | None = None,
 ) -> Manifest:
     """Export a Kindling database to a bundle at `dest` (a path or a writable binary stream).
 
@@ -179,8 +180,9 @@ def write_bundle(
     export brings the records its selection references (kindling_bundle.db.export's closure), so
     every bundle is referentially closed.
     `progress(records_done, bytes_done)` is called as records are encoded; `on_output(data)`
-    with each piece of the bundle as it is written (to hash it without reading it back).
-    Returns the manifest.
+    with each piece of the output as it is written (to hash it without reading it back);
+    `on_bundle(data)` with each piece of the bundle itself, which for an encrypted one is the
+    plaintext (what an increment's base names, spec 16.2). Returns the manifest.
     """
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
@@ -210,7 +212,7 @@ def write_bundle(
         entries = [member.entry for member in members]
         generation = getattr(conn, "generation", None)
         manifest = _manifest(created_at, generation, selection, entries, opts.sign_key, scrub)
-        _write_archive(dest, label, members, manifest, opts, on_output)
+        _write_archive(dest, label, members, manifest, opts, on_output, on_bundle)
     return manifest
 
 
@@ -262,6 +264,7 @@ def write_bundle_from_records(
     source_generation: int | None = None,
     progress: ProgressCallback | None = None,
     increment: IncrementHeader | None = None,
+    on_bundle: Callable[[bytes], None] | None = None,
 ) -> Manifest:
     """Write a bundle from record streams that do not come from a database (convert, merge).
 
@@ -273,7 +276,7 @@ def write_bundle_from_records(
 
     With `increment` (ops.increment), the bundle is an incremental one (format version 2.0, or
     2.1 signed): `streams` may also hold "tombstones" (Tombstone records, written first), and
-    the manifest names the base and the snapshot's counts.
+    the manifest names the base and the snapshot's counts. `on_bundle` is as in write_bundle.
     """
     names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
     unknown = set(streams) - set(names)
@@ -291,7 +294,7 @@ def write_bundle_from_records(
         )
         if increment is not None:
             manifest = increment_manifest(manifest, increment.base, increment.state)
-        _write_archive(dest, label, members, manifest, opts)
+        _write_archive(dest, label, members, manifest, opts, on_bundle=on_bundle)
     return manifest
 
 
@@ -336,6 +339,7 @@ def _write_archive(
     manifest: Manifest,
     opts: BundleOptions,
     on_output: Callable[[bytes], None] | None = None,
+    on_bundle: Callable[[bytes], None] | None = None,
 ) -> None:
     # Signed before the destination is opened: a key that cannot sign (an agent gone) leaves
     # nothing behind.
@@ -347,6 +351,8 @@ def _write_archive(
             # zstandard calls only write and flush on what it writes to: a _Tee will do
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
             target = stack.enter_context(_encrypted(sink, opts.recipients))
+            if on_bundle is not None:
+                target = cast(BinaryIO, _Tee(target, on_bundle))
             _emit(target, members, manifest, opts.level, signature)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise

@@ -1,0 +1,245 @@
+"""Restoring a chain (a full bundle, then its increments) into an empty database.
+
+The chain is merged into one full bundle of its snapshot, in a temporary file, and that bundle
+is imported as any other: a restore costs an import of the final state plus reading the chain
+once more, where applying each increment in turn would index every intermediate version.
+
+No file holds more of an encrypted chain in the clear than its stored bundles do: the
+increments are copied as stored (still encrypted) and decrypted as read, and the merged bundle
+is encrypted to a key that lives only in this process's memory, its spools sealed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kindling_bundle.db.bulk import DATA_TABLES
+from kindling_bundle.db.connection import (
+    KindlingConnection,
+)
+from kindling_bundle.errors import (
+    BundleError,
+    StoreError,
+)
+from kindling_bundle.format.increment import (
+    INCREMENT_MEMBERS,
+    HashingReader,
+    Link,
+    state_of,
+)
+from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.io.age import X25519Identity
+from kindling_bundle.io.read_options import ReadOptions
+from kindling_bundle.ops.apply import ChainReport, ChangeCounts
+from kindling_bundle.ops.links import BundleRef, prepare_chain
+from kindling_bundle.ops.restore import ImportReport, import_bundle
+from kindling_bundle.ops.write import BundleOptions
+from kindling_bundle.ops.write import write_bundle_from_records as _write_records
+from kindling_bundle.records import ENTITY_TYPES, Record, Tombstone
+
+
+def restore_chain(
+    conn: KindlingConnection,
+    refs: Sequence[BundleRef],
+    *,
+    dry_run: bool = False,
+    prepared: list[Link] | None = None,
+    progress: ProgressCallback | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+) -> ChainReport:
+    """Restore the snapshot of a chain (a full bundle, then its increments in order) into an
+    empty database, all or nothing (one import). Every link is checked before anything is
+    written. `prepared`: the links `prepare_chain(refs, full=True)` returned for `refs`.
+
+    The chain is first merged into one full bundle of the snapshot, in a temporary file: each
+    record as the last link that wrote it has it, none that a later link deleted. That bundle is
+    then imported as any other (import_bundle, in one transaction, its integrity checked), so a
+    restore costs an import of the final state plus reading the chain once more; applying each
+    increment in turn would instead index every intermediate version."""
+    if prepared is None:
+        refs, prepared = prepare_chain(refs, full=True)
+    links = prepared
+    label = getattr(conn, "path", "") or "database"
+    filled = [table for table in DATA_TABLES if conn.execute(f"SELECT 1 FROM {table}").fetchone()]
+    if filled:
+        raise StoreError(
+            f"{label}: restoring a chain needs an empty database; this one holds "
+            f"{', '.join(filled)}"
+        )
+    if len(refs) == 1:
+        full = _import_full(conn, refs[0], dry_run, progress, on_manifest)
+        counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
+        return ChainReport(label, links, counts, full.integrity, dry_run, full)
+    # A chain opened with identities is taken to be encrypted: its merged bundle is too.
+    key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
+    with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
+        merged, counts = _merge_chain(refs, links, Path(folder), key)
+        full = import_bundle(
+            conn,
+            merged,
+            conflict="error",
+            dry_run=dry_run,
+            progress=progress,
+            on_manifest=on_manifest,
+            name=refs[-1].label,
+            options=ReadOptions(identities=(key,) if key is not None else ()),
+        )
+    for entity, imported in full.counts.items():
+        counts[entity].inserted = imported.inserted
+    return ChainReport(label, links, counts, full.integrity, dry_run, full)
+
+
+class _Member:
+    """A bundle read member by member, in order (several are read side by side)."""
+
+    def __init__(self, reader: BundleReader):
+        self._batches = reader.batches(increments=True)
+        self._ahead: tuple[str, list[Any]] | None = None
+
+    def records(self, entity: str) -> Iterator[list[Any]]:
+        """The batches of `entity`'s member; members before it are skipped."""
+        order = list(INCREMENT_MEMBERS)
+        while True:
+            if self._ahead is None:
+                self._ahead = next(self._batches, None)
+                if self._ahead is None:
+                    return
+            name, records = self._ahead
+            if order.index(name) > order.index(entity):
+                return  # the next member's: kept for its turn
+            self._ahead = None
+            if name == entity:
+                yield records
+
+    def finish(self) -> None:
+        """Read to the end (the reader checks the last member, the archive's end, the hash)."""
+        if self._ahead is None:
+            for _ in self._batches:
+                pass
+
+
+def _merge_chain(
+    refs: Sequence[BundleRef], links: Sequence[Link], folder: Path, key: X25519Identity | None
+) -> tuple[Path, dict[str, ChangeCounts]]:
+    """Write the chain's snapshot into `folder` as one full bundle (records of later links win,
+    deleted records are left out; encrypted to `key` when given); every link is read completely
+    and its SHA-256 checked. The increments (small) are copied into `folder` first, as stored,
+    and read from there (hash-checked): a bucket is read once, and what is merged is what was
+    checked. Returns the bundle, and what was left out per entity: earlier versions of records
+    written again (`overwritten`), and records whose last word is a tombstone (`deleted`)."""
+    copies = [_local_copy(refs[position], folder) for position in range(1, len(refs))]
+    last, deleted = _last_writes(copies)
+    counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
+    order = list(INCREMENT_MEMBERS)
+
+    def kept(entity: str, position: int, batches: Iterator[list[Any]]) -> Iterator[Record]:
+        latest = last[entity]
+        for records in batches:
+            for record in records:
+                key = hash(record.id)
+                if latest.get(key, 0) > position:  # a later link writes or deletes it
+                    if key not in deleted[entity]:
+                        counts[entity].overwritten += 1
+                    continue
+                yield record
+
+    def member(copy: BundleRef, entity: str) -> Iterator[list[Any]]:
+        with copy.reader() as (reader, _):
+            for name, records in reader.batches(increments=True):
+                if name == entity:
+                    yield records
+                elif order.index(name) > order.index(entity):
+                    return
+
+    def merged(entity: str, full: _Member) -> Iterator[Record]:
+        yield from kept(entity, 0, full.records(entity))
+        for position, copy in enumerate(copies, 1):
+            yield from kept(entity, position, member(copy, entity))
+
+    dest = folder / "snapshot.kbundle"
+    final = links[-1].manifest
+    recipients = (key.recipient(),) if key is not None else ()
+    with refs[0].reader() as (reader, stream):
+        full = _Member(reader)
+        manifest = _write_records(
+            dest,
+            {entity: merged(entity, full) for entity in ENTITY_TYPES},
+            BundleOptions(created_at=final.created_at, level=1, recipients=recipients),
+            source_generation=final.source.schema_generation,
+        )
+        full.finish()
+        refs[0].check_sha256(stream.hexdigest())
+    made = {entry.entity: entry.records for entry in manifest.entities}
+    expected = state_of(final).as_dict()
+    if made != expected:
+        raise BundleError(
+            f"{links[-1].describe()}: its chain makes a snapshot of {made} records, the "
+            f"increment says {expected} (a damaged chain)"
+        )
+    for entity, tombstones in deleted.items():
+        counts[entity].deleted = len(tombstones)
+    return dest, counts
+
+
+def _local_copy(ref: BundleRef, folder: Path) -> BundleRef:
+    """A copy of a link's stored bytes in `folder` (encrypted if they are), to be read as the
+    link is (the same label, SHA-256 and options)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix="link-", suffix=".kbundle")
+    copy = Path(name)
+    with ref.opener() as stored, os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(stored, out, 1 << 20)
+    return BundleRef(ref.label, lambda: copy.open("rb"), ref.sha256, ref.options)
+
+
+def _last_writes(
+    copies: Sequence[BundleRef],
+) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
+    """For each entity, the (in-process) hash of every id an increment writes or deletes, with
+    the position of the last link that does (the full bundle is 0); and the ids whose last word
+    is a tombstone. Each increment is read completely (every check of the reader, and its
+    SHA-256 against its link's)."""
+    last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
+    deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+    for position, copy in enumerate(copies, 1):
+        with copy.reader() as (reader, stream):
+            for entity, records in reader.batches(increments=True):
+                for record in records:
+                    gone = isinstance(record, Tombstone)
+                    target = record.entity if isinstance(record, Tombstone) else entity
+                    key = hash(record.id)
+                    last[target][key] = position
+                    if gone:
+                        deleted[target].add(key)
+                    else:
+                        deleted[target].discard(key)
+            copy.check_sha256(stream.hexdigest())
+    return last, deleted
+
+
+def _import_full(
+    conn: KindlingConnection,
+    ref: BundleRef,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    on_manifest: Callable[[Manifest], None] | None,
+) -> ImportReport:
+    with ref.open() as plain:
+        stream = HashingReader(plain)
+        report = import_bundle(
+            conn,
+            stream,  # type: ignore[arg-type]
+            conflict="error",
+            dry_run=dry_run,
+            progress=progress,
+            on_manifest=on_manifest,
+            name=ref.label,
+            options=ReadOptions(signature=ref.options.signature),
+        )
+        ref.check_sha256(stream.hexdigest())
+    return report
