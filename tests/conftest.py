@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,28 @@ def dump_contents(path: Path) -> dict[str, list[tuple]]:
         ).fetchall()
     conn.close()
     return tables
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fsspec_threads_stopped() -> Iterator[None]:
+    """fsspec runs its I/O loop in threads that live as long as the process: stopped after each
+    module that started them (s3:// tests), so that the tests after it may fork workers (never
+    done beside other threads), whatever order the modules run in."""
+    yield
+    if "fsspec.asyn" not in sys.modules:
+        return
+    import fsspec.asyn
+    from fsspec.spec import AbstractFileSystem
+
+    loop, thread = fsspec.asyn.loop[0], fsspec.asyn.iothread[0]
+    if loop is None or thread is None:
+        return
+    AbstractFileSystem.clear_instance_cache()
+    asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=30)
+    loop.close()
+    fsspec.asyn.reset_after_fork()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ request signatures against its own IAM users, so wrong credentials are refused a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -139,25 +138,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fsspec_threads_stopped() -> Iterator[None]:
-    """fsspec runs its I/O loop in threads that live as long as the process: stopped after this
-    module, so that the tests after it may fork workers (never done beside other threads)."""
-    yield
-    import fsspec.asyn
-    from fsspec.spec import AbstractFileSystem
-
-    loop, thread = fsspec.asyn.loop[0], fsspec.asyn.iothread[0]
-    if loop is None or thread is None:
-        return
-    AbstractFileSystem.clear_instance_cache()
-    asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=30)
-    loop.close()
-    fsspec.asyn.reset_after_fork()
 
 
 @pytest.fixture(autouse=True)

@@ -505,7 +505,12 @@ class PlaintextWatch:
             self.scan()
 
     def scan(self) -> None:
-        files = [(str(path), str(path)) for path in Path(self.folder).rglob("*") if path.is_file()]
+        files = [  # os.walk skips a folder removed while it lists (a cache's pending folder)
+            (path, path)
+            for root, _dirs, names in os.walk(self.folder)
+            for path in (os.path.join(root, name) for name in names)
+            if os.path.isfile(path)
+        ]
         for pid in [self.pid, *children(self.pid)]:
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
