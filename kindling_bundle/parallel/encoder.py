@@ -260,7 +260,24 @@ def encode_split(
     }
     streams |= {entity: ENTITY_EXPORTS[entity](conn, ExportStreamOptions()) for entity in others}
     try:
-        rest, *members = encode_members(spool, streams, label, progress, scrub=scrub)
+        # Not hashed here: the child hashes the whole member, this part included.
+        rest = encode_member(
+            spool,
+            "observations",
+            streams["observations"],
+            label,
+            progress.add,
+            scrub=scrub,
+            hashed=False,
+        )
+        members = encode_members(
+            spool,
+            {entity: streams[entity] for entity in others},
+            label,
+            progress,
+            {entity: ENTITY_MEMBERS[entity] for entity in others},
+            scrub=scrub,
+        )
     except KindlingBundleError:
         child.finish(0)  # the child's own error comes first, if it met one
         raise
