@@ -210,7 +210,8 @@ def write_bundle(
             if witness is not None:
                 child = _split(conn, witness, spool, dest, label, tally, stack, sealed, scrub)
             if child is not None:
-                members = encode_split(conn, child, spool, label, tally, scrub)
+                others = stack.enter_context(spool_file(dest, label, sealed))
+                members = encode_split(conn, child, spool, others, label, tally, scrub)
             else:
                 members = _encode_here(conn, selection, spool, label, tally, scrub)
         entries = [member.entry for member in members]

@@ -3,9 +3,11 @@
 An export is bound by Python work per record on one core: reading rows, making records,
 checking and encoding them. In the split a forked child, with a connection of its own on the
 export's snapshot, reads and encodes the first CHILD_SHARE of the observations into a spool of
-its own, while this process reads and encodes the rest and then the other members into its
-spool. The split falls on a multiple of FRAME_RECORDS, so the frames are those of one pass and
-the bundle is byte for byte the one a single process writes. A scrubbing export
+its own, while this process reads and encodes the rest into its spool, then the other members
+into a second one: as soon as its part of the observations is complete, the child (once done
+with its own part) hashes it, beside the encoding of the other members. The split falls on a
+multiple of FRAME_RECORDS, so the frames are those of one pass and the bundle is byte for byte
+the one a single process writes. A scrubbing export
 (BundleOptions.scrub) scrubs in both processes, each what it encodes; the child sends its
 counts with its last word.
 
@@ -19,8 +21,8 @@ Errors come in foreign-key order, as in one process: the child's part comes firs
 met here waits for the child's word, and the child's own error, if it met one, is raised instead:
 the same class and message as in one process (the child runs the same export stream and the
 same member loop). A child that dies is a BundleError. Messages between the processes are typed
-(msgspec Structs); each process writes only its own spool (the child reads this process's, to
-hash the whole member, only once it is complete).
+(msgspec Structs); each process writes only its own spools (the child reads this process's
+part of the observations, to hash the whole member, only once it is complete).
 
 An encrypted export's spools are SealedSpools (io.age): the child is forked, so it holds the
 same in-memory keys. Each side seals its last chunk before the other reads (`finish_spool`), and
@@ -173,6 +175,7 @@ class SplitChild:
         self._encode = msgspec.msgpack.Encoder()
         self._decode = msgspec.msgpack.Decoder(_FromChild)
         self._last: _Done | ChildFailed | None = None
+        self._handed_over = False
         self._on_progress = on_progress
         self.key = key
 
@@ -195,11 +198,19 @@ class SplitChild:
         while self._last is None and self._reports.poll():
             self._take(self._receive())
 
-    def finish(self, side_bytes: int) -> _Done:
-        """The child's last word once it has hashed `side_bytes` of this process's spool; the
-        error it met is raised."""
+    def hand_over(self, side_bytes: int) -> None:
+        """Tell the child that this process's part is the first `side_bytes` of its spool
+        (complete: `finish_spool`), to hash once its own part is done. Once only."""
+        if self._handed_over:
+            return
+        self._handed_over = True
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
             self._send(_Finish(side_bytes))
+
+    def finish(self) -> _Done:
+        """The child's last word once it has hashed what `hand_over` gave it (nothing, if this
+        process never handed its part over: after an error); the error it met is raised."""
+        self.hand_over(0)
         while self._last is None:
             self._take(self._receive())
         if isinstance(self._last, ChildFailed):
@@ -246,13 +257,15 @@ def encode_split(
     conn: KindlingConnection,
     child: SplitChild,
     spool: BinaryIO,
+    others_spool: BinaryIO,
     label: str,
     progress: Progress,
     scrub: Scrubber | None = None,
 ) -> list[Member]:
     """Every member, while `child` (started, sharing this snapshot) encodes the first part of
-    the observations: this process encodes the rest of them, then the other members. With
-    `scrub`, both scrub what they encode; the child's counts are added to `scrub.tally`."""
+    the observations: this process encodes the rest of them into `spool`, hands that over to
+    the child to hash, then encodes the other members into `others_spool`. With `scrub`, both
+    scrub what they encode; the child's counts are added to `scrub.tally`."""
     progress.watch = child.poll
     others = [entity for entity in ENTITY_MEMBERS if entity != "observations"]
     streams: dict[str, Iterator[Record]] = {
@@ -270,8 +283,10 @@ def encode_split(
             scrub=scrub,
             hashed=False,
         )
+        finish_spool(spool, label)  # the child reads it
+        child.hand_over(rest.entry.bytes)
         members = encode_members(
-            spool,
+            others_spool,
             {entity: streams[entity] for entity in others},
             label,
             progress,
@@ -279,13 +294,12 @@ def encode_split(
             scrub=scrub,
         )
     except KindlingBundleError:
-        child.finish(0)  # the child's own error comes first, if it met one
+        child.finish()  # the child's own error comes first, if it met one
         raise
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()  # type: ignore[attr-defined]
-    finish_spool(spool, label)  # the child reads it
-    done = child.finish(rest.entry.bytes)
+    done = child.finish()
     if scrub is not None:
         scrub.tally.merge(done.scrubbed_records, done.scrubbed_by_rule)
     entry = EntityEntry(
