@@ -67,7 +67,7 @@ from kindling_bundle.scrub import Scrubber
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-CHILD_SHARE = 0.62
+CHILD_SHARE = 0.60
 """Of a whole export's observations, the part the child reads and encodes: about what balances
 the work, since this process also encodes capsules, summaries and pins (bench/RESULTS.md)."""
 
