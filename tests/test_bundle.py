@@ -45,6 +45,7 @@ from kindling_bundle import (
 )
 from kindling_bundle.format import zstd_frames
 from kindling_bundle.format.record_frames import FrameEncoder
+from kindling_bundle.format.tar import archive_size
 
 CREATED_AT = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MEMBERS = [
@@ -311,6 +312,33 @@ def test_output_is_the_same_for_any_number_of_compression_threads(
     assert len(tar_bytes) >= 24 << 20
     single = zstandard.ZstdCompressor(level=3, threads=0, write_checksum=True)
     assert single.compress(tar_bytes) != outputs[0]
+    # An archive this large gets the widest window a reader accepts, and reads back.
+    assert zstandard.get_frame_parameters(outputs[0]).window_size == zstd_frames.MAX_WINDOW_BYTES
+    assert verify_bundle(io.BytesIO(outputs[0])).ok
+
+
+def test_a_large_archive_finds_repeats_a_small_window_cannot_see(tmp_path: Path) -> None:
+    # 1 MiB of text, 3 MiB of filler, the same 1 MiB again (3 MiB back: beyond level 3's own
+    # 2 MiB window), and filler up to a 9 MiB archive.
+    rng = random.Random(5)
+    texts = [rng.randbytes(16 << 10).hex() for _ in range(32)]
+    contents = [*texts, *["x" * (32 << 10)] * 96, *texts, *["y" * (32 << 10)] * 128]
+    observations = [
+        Observation(id=f"o{n:05}", kind="message", content=content, ts=n)
+        for n, content in enumerate(contents)
+    ]
+    path = tmp_path / "twice.kbundle"
+    manifest = write_bundle_from_records(
+        path, {"observations": observations}, BundleOptions(created_at=CREATED_AT)
+    )
+    bundle = path.read_bytes()
+    tar_bytes = zstandard.ZstdDecompressor().decompressobj().decompress(bundle)
+    sizes = [len(member) for _, member in members_of(bundle)]
+    assert len(tar_bytes) == archive_size(sizes)
+    assert sizes[1:] == [entry.bytes for entry in manifest.entities]
+    level_window = zstandard.ZstdCompressor(level=3, threads=1, write_checksum=True)
+    assert len(bundle) < 0.7 * len(level_window.compress(tar_bytes))
+    assert verify_bundle(path).ok
 
 
 def test_levels_are_bounded_and_high_levels_read_back(sample_conn, tmp_path: Path) -> None:

@@ -51,6 +51,12 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+def archive_size(member_sizes: list[int]) -> int:
+    """The bytes of an archive of members of these sizes: headers, data, padding, the end."""
+    written = sum(BLOCK + size + (-size % BLOCK) for size in member_sizes)
+    return written + len(end_of_archive(written))
+
+
 def end_of_archive(written: int) -> bytes:
     """Two zero blocks, then zeros up to the next multiple of RECORD bytes."""
     end = written + 2 * BLOCK

@@ -5,6 +5,14 @@ Writing: zstd's multi-threaded mode produces the same bytes for any number of wo
 bundles are always written multi-threaded; the worker count only changes the speed. Frame
 checksums are on; the content size is not written (it is unknown while streaming).
 
+An archive larger than MAX_WINDOW_BYTES is compressed with the whole window a reader accepts
+(WIDE_WINDOW_LOG) instead of the level's own (2 MiB at level 3): an agent's memory repeats
+itself at a distance (a file read, then diffs of it), and the wider window finds those matches
+for about the same work. The multi-threaded jobs stay JOB_BYTES long, as at level 3 by default,
+so the writer's memory does not grow with the window. Smaller archives keep the level's
+parameters: a window larger than the data gains nothing, and their bytes (the golden vectors
+among them) stay what they were.
+
 Reading: `ZstdFrameReader` decompresses exactly one zstd frame and refuses anything else.
 zstandard's `stream_reader` returns short output without an error on a truncated stream, so the
 reader feeds a `decompressobj` itself and checks that the frame really ended (`eof`) and that
@@ -51,6 +59,11 @@ MAX_WINDOW_BYTES = 8 << 20
 COMPRESSION_THREADS = max(1, min(4, os.cpu_count() or 1))
 """Worker threads for writing; any value >= 1 gives identical output (see module docstring)."""
 
+WIDE_WINDOW_LOG = MAX_WINDOW_BYTES.bit_length() - 1
+"""The window (as a power of two) of an archive larger than MAX_WINDOW_BYTES."""
+JOB_BYTES = 8 << 20
+"""What each multi-threaded job compresses of such an archive (zstd would take 4 windows)."""
+
 _READ_BYTES = 64 << 10
 _AHEAD_READ_BYTES = 256 << 10
 """Source reads by the read-ahead thread, which feeds AHEAD_FEED_BLOCKS blocks per call (at most
@@ -68,16 +81,27 @@ _PUT_WAIT_SECONDS = 0.1
 _HEADER_PREFIX = 5  # magic and frame header descriptor: enough to know the header's size
 
 
-def compressor(level: int) -> zstandard.ZstdCompressor:
-    """The one compressor configuration bundles are written with."""
+def compressor(level: int, archive_bytes: int = 0) -> zstandard.ZstdCompressor:
+    """The compressor a bundle whose archive is `archive_bytes` long is written with: the
+    level's parameters, with the wide window above MAX_WINDOW_BYTES (see above)."""
     if not MIN_LEVEL <= level <= MAX_LEVEL:
         raise ValueError(f"zstd level must be {MIN_LEVEL}..{MAX_LEVEL}, got {level}")
-    return zstandard.ZstdCompressor(
-        level=level,
+    if archive_bytes <= MAX_WINDOW_BYTES:
+        return zstandard.ZstdCompressor(
+            level=level,
+            threads=COMPRESSION_THREADS,
+            write_checksum=True,
+            write_content_size=False,
+        )
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        window_log=WIDE_WINDOW_LOG,
+        job_size=JOB_BYTES,
         threads=COMPRESSION_THREADS,
-        write_checksum=True,
-        write_content_size=False,
+        write_checksum=1,
+        write_content_size=0,
     )
+    return zstandard.ZstdCompressor(compression_params=params)
 
 
 class ZstdFrameReader:

@@ -102,12 +102,15 @@ def encode_member(
     sha256: _Hash | None = None,
     scrub: Scrubber | None = None,
     member: str | None = None,
+    hashed: bool = True,
 ) -> Member:
     """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
     into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
     With `scrub`, each record is scrubbed first (counted in `scrub.tally`): here, where records
     are encoded, so that a worker process scrubs the records it encodes.
-    `member` is the member's name where it is not the entity's (an increment's tombstones)."""
+    `member` is the member's name where it is not the entity's (an increment's tombstones).
+    Not `hashed`: the entry's SHA-256 is left empty, for a part of a member another process
+    hashes whole (parallel.encoder)."""
     if scrub is not None:
         records = scrub.records(records)
     offset = spool.tell()
@@ -115,7 +118,8 @@ def encode_member(
         sha256 = hashlib.sha256()
     count = size = 0
     for records_in_frame, frame in FrameEncoder(entity).frames(records):
-        sha256.update(frame)
+        if hashed:
+            sha256.update(frame)
         try:
             spool.write(frame)
         except OSError as exc:
@@ -128,7 +132,7 @@ def encode_member(
         member=member or ENTITY_MEMBERS[entity],
         records=count,
         bytes=size,
-        sha256=sha256.hexdigest(),
+        sha256=sha256.hexdigest() if hashed else "",
     )
     return Member(entry, ((spool, offset, size),))
 

@@ -68,7 +68,13 @@ from kindling_bundle.format.manifest import (
     encode_manifest,
 )
 from kindling_bundle.format.reader import source_label
-from kindling_bundle.format.tar import MAX_MTIME, end_of_archive, member_header, padding
+from kindling_bundle.format.tar import (
+    MAX_MTIME,
+    archive_size,
+    end_of_archive,
+    member_header,
+    padding,
+)
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
 from kindling_bundle.io.age import Recipient, open_encrypting_writer
 from kindling_bundle.io.sshsig import SigningKey
@@ -206,7 +212,8 @@ def write_bundle(
             if witness is not None:
                 child = _split(conn, witness, spool, dest, label, tally, stack, sealed, scrub)
             if child is not None:
-                members = encode_split(conn, child, spool, label, tally, scrub)
+                others = stack.enter_context(spool_file(dest, label, sealed))
+                members = encode_split(conn, child, spool, others, label, tally, scrub)
             else:
                 members = _encode_here(conn, selection, spool, label, tally, scrub)
         entries = [member.entry for member in members]
@@ -407,15 +414,17 @@ def _emit(
     """The archive: manifest member, the signature member of a signed bundle, then each entity
     member copied from its spool, then the end-of-archive marker, all in one zstd frame."""
     mtime = manifest.created_at // 1000
+    manifest_bytes = encode_manifest(manifest)
+    sizes = [len(manifest_bytes), *([len(signature)] if signature is not None else [])]
+    sizes += [member.entry.bytes for member in members]
     written = 0
-    with compressor(level).stream_writer(out, closefd=False) as zstd:
+    with compressor(level, archive_size(sizes)).stream_writer(out, closefd=False) as zstd:
 
         def put(data: bytes) -> None:
             nonlocal written
             zstd.write(data)
             written += len(data)
 
-        manifest_bytes = encode_manifest(manifest)
         put(member_header(MANIFEST_MEMBER, len(manifest_bytes), mtime))
         put(manifest_bytes)
         put(padding(len(manifest_bytes)))

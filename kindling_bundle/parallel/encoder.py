@@ -3,9 +3,11 @@
 An export is bound by Python work per record on one core: reading rows, making records,
 checking and encoding them. In the split a forked child, with a connection of its own on the
 export's snapshot, reads and encodes the first CHILD_SHARE of the observations into a spool of
-its own, while this process reads and encodes the rest and then the other members into its
-spool. The split falls on a multiple of FRAME_RECORDS, so the frames are those of one pass and
-the bundle is byte for byte the one a single process writes. A scrubbing export
+its own, while this process reads and encodes the rest into its spool, then the other members
+into a second one: as soon as its part of the observations is complete, the child (once done
+with its own part) hashes it, beside the encoding of the other members. The split falls on a
+multiple of FRAME_RECORDS, so the frames are those of one pass and the bundle is byte for byte
+the one a single process writes. A scrubbing export
 (BundleOptions.scrub) scrubs in both processes, each what it encodes; the child sends its
 counts with its last word.
 
@@ -19,8 +21,8 @@ Errors come in foreign-key order, as in one process: the child's part comes firs
 met here waits for the child's word, and the child's own error, if it met one, is raised instead:
 the same class and message as in one process (the child runs the same export stream and the
 same member loop). A child that dies is a BundleError. Messages between the processes are typed
-(msgspec Structs); each process writes only its own spool (the child reads this process's, to
-hash the whole member, only once it is complete).
+(msgspec Structs); each process writes only its own spools (the child reads this process's
+part of the observations, to hash the whole member, only once it is complete).
 
 An encrypted export's spools are SealedSpools (io.age): the child is forked, so it holds the
 same in-memory keys. Each side seals its last chunk before the other reads (`finish_spool`), and
@@ -65,7 +67,7 @@ from kindling_bundle.scrub import Scrubber
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-CHILD_SHARE = 0.62
+CHILD_SHARE = 0.60
 """Of a whole export's observations, the part the child reads and encodes: about what balances
 the work, since this process also encodes capsules, summaries and pins (bench/RESULTS.md)."""
 
@@ -152,13 +154,22 @@ class SplitChild(WorkerChild[_Done]):
         super().__init__(work, "encoding", "kbundle-encoder", _Encoded, _Done)
         self._spool = spool
         self._on_progress = on_progress
+        self._handed_over = False
         self.key = key
 
-    def finish(self, side_bytes: int) -> _Done:
-        """The child's last word once it has hashed `side_bytes` of this process's spool; the
-        error it met is raised."""
+    def hand_over(self, side_bytes: int) -> None:
+        """Tell the child that this process's part is the first `side_bytes` of its spool
+        (complete: `finish_spool`), to hash once its own part is done. Once only."""
+        if self._handed_over:
+            return
+        self._handed_over = True
         with contextlib.suppress(OSError):  # a child that stopped early reads nothing more
             self._send(_Finish(side_bytes))
+
+    def finish(self) -> _Done:
+        """The child's last word once it has hashed what `hand_over` gave it (nothing, if this
+        process never handed its part over: after an error); the error it met is raised."""
+        self.hand_over(0)
         return self.wait()
 
     @property
@@ -181,13 +192,15 @@ def encode_split(
     conn: KindlingConnection,
     child: SplitChild,
     spool: BinaryIO,
+    others_spool: BinaryIO,
     label: str,
     progress: Progress,
     scrub: Scrubber | None = None,
 ) -> list[Member]:
     """Every member, while `child` (started, sharing this snapshot) encodes the first part of
-    the observations: this process encodes the rest of them, then the other members. With
-    `scrub`, both scrub what they encode; the child's counts are added to `scrub.tally`."""
+    the observations: this process encodes the rest of them into `spool`, hands that over to
+    the child to hash, then encodes the other members into `others_spool`. With `scrub`, both
+    scrub what they encode; the child's counts are added to `scrub.tally`."""
     progress.watch = child.poll
     others = [entity for entity in ENTITY_MEMBERS if entity != "observations"]
     streams: dict[str, Iterator[Record]] = {
@@ -195,15 +208,33 @@ def encode_split(
     }
     streams |= {entity: ENTITY_EXPORTS[entity](conn, ExportStreamOptions()) for entity in others}
     try:
-        rest, *members = encode_members(spool, streams, label, progress, scrub=scrub)
+        # Not hashed here: the child hashes the whole member, this part included.
+        rest = encode_member(
+            spool,
+            "observations",
+            streams["observations"],
+            label,
+            progress.add,
+            scrub=scrub,
+            hashed=False,
+        )
+        finish_spool(spool, label)  # the child reads it
+        child.hand_over(rest.entry.bytes)
+        members = encode_members(
+            others_spool,
+            {entity: streams[entity] for entity in others},
+            label,
+            progress,
+            {entity: ENTITY_MEMBERS[entity] for entity in others},
+            scrub=scrub,
+        )
     except KindlingBundleError:
-        child.finish(0)  # the child's own error comes first, if it met one
+        child.finish()  # the child's own error comes first, if it met one
         raise
     finally:  # finalize unfinished streams while the connection is open, not at GC
         for stream in streams.values():
             stream.close()  # type: ignore[attr-defined]
-    finish_spool(spool, label)  # the child reads it
-    done = child.finish(rest.entry.bytes)
+    done = child.finish()
     if scrub is not None:
         scrub.tally.merge(done.scrubbed_records, done.scrubbed_by_rule)
     entry = EntityEntry(
