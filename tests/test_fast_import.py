@@ -393,6 +393,23 @@ def test_the_index_built_in_a_second_process_is_the_one_built_in_place(
             assert search(db, fts, query) == search(reference, fts, query)
 
 
+@needs_fork
+def test_the_connection_that_copied_the_index_goes_on_indexing_correctly(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """FTS5 caches an index's structure per connection: the copy must not leave the importing
+    connection a stale one (a chain's increments are imported on it next)."""
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    db = tmp_path / "two.db"
+    with create_store(db) as conn:
+        import_bundle(conn, bundle, workers=2)
+        with write_transaction(conn):
+            import_record(conn, Observation(id="late", kind="message", content="zanzibarite", ts=1))
+    assert len(search(db, "observations_fts", "zanzibarite")) == 1
+    assert len(search(db, "observations_fts", "capsule")) > 1
+    fts5_integrity_checks(db)
+
+
 def _fail_in_child(*_args: object) -> None:
     raise sqlite3.OperationalError("disk I/O error")
 

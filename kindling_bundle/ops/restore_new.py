@@ -111,7 +111,13 @@ def _indexer(
     (create_sql,) = conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'observations_fts'"
     ).fetchone()
-    child = IndexerChild(folder, "observations_fts", create_sql)
+    try:
+        child: IndexerChild | None = IndexerChild(folder, "observations_fts", create_sql)
+    except OSError:  # no room beside the database, no process to spare: index in place
+        child = None
+    if child is None:
+        yield None
+        return
     try:
         yield child
     finally:

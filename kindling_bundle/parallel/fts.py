@@ -65,22 +65,27 @@ class IndexerChild:
     """A forked child indexing observations' contents into a private file in `folder`."""
 
     def __init__(self, folder: Path, fts: str, create_sql: str) -> None:
+        """Raises OSError if the files or the child cannot be made (nothing is left then)."""
         fd, self.path = tempfile.mkstemp(dir=folder, prefix=".kindling-fts-", suffix=".tmp")
         os.close(fd)
         self.fts = fts
         self._rows = 0
-        # unlinked at once: nothing is left behind, even by a process that is killed
-        self._spool = tempfile.TemporaryFile(dir=folder, prefix=".kindling-fts-")  # noqa: SIM115
         self._offset = 0
-        child_where, self._send = pipe()
-        self._answers, child_answers = pipe()
         self._encoder = msgspec.msgpack.Encoder()
-        self._child = start_child(
-            _child,
-            (child_where, child_answers, self._spool.fileno(), self.path, fts, create_sql),
-            "kbundle-indexer",
-            parent_ends=(self._send, self._answers),
-        )
+        try:
+            # unlinked at once: nothing is left behind, even by a process that is killed
+            self._spool = tempfile.TemporaryFile(dir=folder, prefix=".kindling-fts-")  # noqa: SIM115
+            child_where, self._send = pipe()
+            self._answers, child_answers = pipe()
+            self._child = start_child(
+                _child,
+                (child_where, child_answers, self._spool.fileno(), self.path, fts, create_sql),
+                "kbundle-indexer",
+                parent_ends=(self._send, self._answers),
+            )
+        except OSError:
+            os.unlink(self.path)
+            raise
         child_where.close()
         child_answers.close()
         self._alive = True
