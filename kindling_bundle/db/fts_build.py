@@ -29,8 +29,9 @@ _BATCH_BYTES = 4 << 20
 """Content gathered before it is indexed in one statement: FTS5 writes its pending index out
 at the start of every statement, so one statement per frame would write many small segments;
 larger batches make fewer, but hold the builder longer between frames (parallel.fts)."""
-_BUILD_CACHE_KIB = 8 << 10
-"""The builder's page cache: it appends segments and merges recent ones."""
+_BUILD_CACHE_KIB = 2 << 10
+"""The builder's page cache (SQLite's default): it appends segments, and the merges read recent
+ones back from the OS's page cache; each MiB here adds to the memory of the whole import."""
 _ATTACHED = "kindling_prebuilt"
 
 
