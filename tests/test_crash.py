@@ -392,9 +392,9 @@ def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
     reference (so it seemed on a full tmpfs). Simulated here after the second frame of a load
     into a private empty database (one transaction): the import must report the lost
     transaction, not a missing capsule, and leave the database as it was."""
-    from kindling_bundle.ops import restore
+    from kindling_bundle.ops import restore_new
 
-    real_import_batch = restore.import_batch
+    real_import_batch = restore_new.import_batch
     frames = 0
 
     def import_batch_then_lose_the_transaction(conn, records, *args, **kwargs):
@@ -405,7 +405,7 @@ def test_an_import_goes_no_further_once_sqlite_rolled_it_back(
             conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
         return results
 
-    monkeypatch.setattr(restore, "import_batch", import_batch_then_lose_the_transaction)
+    monkeypatch.setattr(restore_new, "import_batch", import_batch_then_lose_the_transaction)
     template, _, _ = targets[1]  # empty: the insert-first path, which uses no savepoint
     target = tmp_path / "t.db"
     shutil.copy(template, target)

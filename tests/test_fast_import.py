@@ -10,6 +10,7 @@ exactly as it was, schema included.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -30,9 +31,12 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
+from kindling_bundle.db import bulk, fts_build
 from kindling_bundle.db.bulk import bulk_load
 from kindling_bundle.db.connection import create_store, open_store, write_transaction
+from kindling_bundle.db.fts_build import PrebuiltIndex
 from kindling_bundle.errors import BundleError, ImportConflictError
+from kindling_bundle.parallel import forking
 from kindling_bundle.records import Record, entity_of
 
 CREATED_AT = 1767225600000
@@ -326,3 +330,152 @@ def test_a_missing_reference_fails_a_restore_into_an_empty_database_as_into_any_
         assert dump_contents(db) == before
         errors.append((str(caught.value), caught.value.entity, caught.value.record_id))
     assert errors[0] == errors[1] == (f"{bundle}: {message}", entity, record_id)
+
+
+# --- the observations' index built in a second process -----------------------------------------
+
+needs_fork = pytest.mark.skipif(
+    not forking.fork_is_safe(), reason="the indexing process needs fork (Linux, two CPUs)"
+)
+
+
+def copies_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The prebuilt indexes `bulk_load` copies in (a list that fills as it happens)."""
+    copied: list[str] = []
+    original = bulk.copy_index
+
+    def spy(conn: sqlite3.Connection, index: PrebuiltIndex) -> None:
+        copied.append(index.fts)
+        original(conn, index)
+
+    monkeypatch.setattr(bulk, "copy_index", spy)
+    return copied
+
+
+def restore_with(bundle: Path, db: Path, workers: int | str) -> None:
+    with create_store(db) as conn:
+        report = import_bundle(conn, bundle, workers=workers)  # type: ignore[arg-type]
+    assert report.integrity.ok, report.integrity.problems
+
+
+def fts5_integrity_checks(db: Path) -> None:
+    """FTS5's own check of each index's structure (rank 0: not against the content table,
+    which holds the redacted observations Kindling leaves out on purpose)."""
+    conn = sqlite3.connect(db)
+    for fts in FTS_TABLES:
+        conn.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 0)")
+    conn.close()
+
+
+@needs_fork
+@pytest.mark.parametrize("batch_bytes", [1 << 30, 2000])
+def test_the_index_built_in_a_second_process_is_the_one_built_in_place(
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int
+) -> None:
+    """Both ways, and in one statement or many in the child, the database is the one Kindling's
+    triggers make: same rows, schema, index entries and searches."""
+    monkeypatch.setattr(fts_build, "_BATCH_BYTES", batch_bytes)  # the child is forked: it sees it
+    copied = copies_made(monkeypatch)
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    two, one, reference = tmp_path / "two.db", tmp_path / "one.db", tmp_path / "reference.db"
+    restore_with(bundle, two, workers=2)
+    assert copied == ["observations_fts"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.kbundle", "two.db"]  # no spool
+    restore_with(bundle, one, workers=1)
+    assert copied == ["observations_fts"]  # one process: indexed in place
+    restore_with_triggers(bundle, reference)
+    for db in (two, one):
+        assert index_contents(db) == index_contents(reference)
+        assert data_tables(db) == data_tables(reference)
+        assert schema(db) == schema(reference)
+        fts5_integrity_checks(db)
+        for fts, query in (("observations_fts", "capsule"), ("summaries_fts", "import")):
+            assert search(db, fts, query) == search(reference, fts, query)
+
+
+@needs_fork
+def test_the_connection_that_copied_the_index_goes_on_indexing_correctly(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """FTS5 caches an index's structure per connection: the copy must not leave the importing
+    connection a stale one (a chain's increments are imported on it next)."""
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    db = tmp_path / "two.db"
+    with create_store(db) as conn:
+        import_bundle(conn, bundle, workers=2)
+        with write_transaction(conn):
+            import_record(conn, Observation(id="late", kind="message", content="zanzibarite", ts=1))
+    assert len(search(db, "observations_fts", "zanzibarite")) == 1
+    assert len(search(db, "observations_fts", "capsule")) > 1
+    fts5_integrity_checks(db)
+
+
+def _fail_in_child(*_args: object) -> None:
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def _die_in_child(*_args: object) -> None:
+    os._exit(3)
+
+
+@needs_fork
+@pytest.mark.parametrize("failure", [_fail_in_child, _die_in_child])
+def test_a_child_that_fails_leaves_the_index_to_this_process(
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: object
+) -> None:
+    monkeypatch.setattr(fts_build.IndexBuilder, "add", failure)  # only the child calls it
+    copied = copies_made(monkeypatch)
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    restore_with(bundle, tmp_path / "two.db", workers=2)
+    restore_with_triggers(bundle, tmp_path / "reference.db")
+    assert copied == []
+    assert index_contents(tmp_path / "two.db") == index_contents(tmp_path / "reference.db")
+    assert not list(tmp_path.glob(".kindling-fts-*"))
+
+
+def test_on_one_cpu_the_index_is_built_in_place(
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    copied = copies_made(monkeypatch)
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    restore_with(bundle, tmp_path / "one.db", workers=2)
+    restore_with_triggers(bundle, tmp_path / "reference.db")
+    assert copied == []
+    assert index_contents(tmp_path / "one.db") == index_contents(tmp_path / "reference.db")
+
+
+def test_a_prebuilt_index_for_other_rows_is_not_taken(sample_db: Path, tmp_path: Path) -> None:
+    """The copy stands in for indexing only the rows it was built for: rowids 1..n in order."""
+    with open_bundle(export(sample_db, tmp_path / "all.kbundle")) as reader:
+        records: list[Record] = list(reader.records())
+    observations = [r for r in records if isinstance(r, Observation)]
+    create_sql = (
+        sqlite3.connect(sample_db)
+        .execute("SELECT sql FROM sqlite_master WHERE name = 'observations_fts'")
+        .fetchone()[0]
+    )
+    contents = [None if o.redacted else o.content for o in observations]
+    short = fts_build.build_index(
+        str(tmp_path / "short.idx"), "observations_fts", create_sql, contents[:-1]
+    )
+    fast, reference = tmp_path / "fast.db", tmp_path / "reference.db"
+    conn = open_store(fast)
+    with write_transaction(conn), bulk_load(conn, prebuilt=lambda: short) as insert_first:
+        import_batch(conn, records, "error", insert_first=insert_first)
+    conn.close()
+    restore_with_triggers(tmp_path / "all.kbundle", reference)
+    assert index_contents(fast) == index_contents(reference)
+
+
+def test_a_failed_restore_with_a_second_process_creates_nothing(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    damaged = tmp_path / "damaged.kbundle"
+    damaged.write_bytes(bundle.read_bytes()[:-64])  # the end of the stream is lost
+    folder = tmp_path / "target"
+    folder.mkdir()
+    with pytest.raises(BundleError, match="truncated"), create_store(folder / "new.db") as conn:
+        import_bundle(conn, damaged, workers=2)
+    assert list(folder.iterdir()) == []

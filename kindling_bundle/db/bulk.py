@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from kindling_bundle.db.conflicts import ImportEntityResult, failed, missing_links
 from kindling_bundle.db.connection import savepoint
+from kindling_bundle.db.fts_build import PrebuiltIndex, copy_index, fits, fts_hash_size
 from kindling_bundle.db.importer import insert_held
 from kindling_bundle.db.lookup import absent_observations, record_values
 from kindling_bundle.db.schema import INDEXES, TRIGGERS
@@ -31,6 +32,9 @@ _FTS_INDEXED = {
     "summaries_fts": ("summaries", "1"),
 }
 
+_PREBUILT_FTS = "observations_fts"
+"""The index `bulk_load` may take prebuilt (summaries are few: indexed in place)."""
+
 # Records whose run is one executemany into a rowid table: inserted without a savepoint.
 _UNGUARDED_TABLES: dict[type, str] = {Observation: "observations", Summary: "summaries"}
 
@@ -41,9 +45,6 @@ grows with it (bench/RESULTS.md has the sizes tried)."""
 _SORT_CACHE_KIB = 4 << 10
 """The page cache while the indexes are re-created: SQLite's sorter may buffer as much as the
 page cache holds before it spills to a temporary file, so the two would otherwise add up."""
-_FTS_HASH_BYTES = 16 << 20
-"""FTS5's pending index while indexing a load (default 1 MiB; at every fill it is written out as
-a segment, and segments are merged again and again)."""
 _SORT_THREADS = max(1, min(4, os.cpu_count() or 1))
 """Threads SQLite's sorter may use to re-create the indexes (PRAGMA threads; default none)."""
 
@@ -152,7 +153,10 @@ def first_dangling_reference(conn: sqlite3.Connection) -> ImportEntityResult | N
 
 @contextmanager
 def bulk_load(
-    conn: sqlite3.Connection, *, references_checked_after: bool = False
+    conn: sqlite3.Connection,
+    *,
+    references_checked_after: bool = False,
+    prebuilt: Callable[[], PrebuiltIndex | None] | None = None,
 ) -> Iterator[frozenset[type]]:
     """Load faster into tables that start empty, with exactly the results of the usual path.
 
@@ -177,6 +181,11 @@ def bulk_load(
     it) is cleared before that one rebuild. Triggers and indexes that are not Kindling's own
     are left in place (a UNIQUE index keeps enforcing).
 
+    `prebuilt`, called once the rows and indexes are in, may hand over an index of observations
+    built elsewhere from the rows' content as they were loaded (`db.fts_build`; None if there
+    is none): it is copied in instead of indexing here, if the table holds exactly the rows it
+    was built for (rowids 1..n in load order) and nothing reached the index meanwhile.
+
     Use it inside the caller's write transaction: on an exception nothing is re-created here,
     and the caller's rollback restores everything.
     """
@@ -190,7 +199,8 @@ def bulk_load(
     if constrained and "summaries" in empty:
         insert_first.add(Summary)
     deferred: list[str] = []
-    if empty == set(DATA_TABLES) and all(_empty(conn, f"{fts}_docsize") for fts in _FTS_INDEXED):
+    fresh = not _has_segments(conn, _PREBUILT_FTS)
+    if empty == set(DATA_TABLES) and _indexes_empty(conn):
         schema = conn.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') "
             "AND sql IS NOT NULL ORDER BY rowid"
@@ -205,32 +215,53 @@ def bulk_load(
     try:
         yield frozenset(insert_first)
         if deferred:
-            for fts, (table, indexed) in _FTS_INDEXED.items():
-                if not _empty(conn, f"{fts}_docsize"):
-                    conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
-                with _fts_hash_size(conn, fts):
-                    conn.execute(
-                        f"INSERT INTO {fts}(rowid, content) "
-                        f"SELECT rowid, content FROM {table} WHERE {indexed} ORDER BY rowid"
-                    )
+            later = _PREBUILT_FTS if prebuilt is not None and fresh else None
+            for fts in _FTS_INDEXED:
+                if fts != later:
+                    _index_here(conn, fts)
             conn.execute(f"PRAGMA cache_size = -{_SORT_CACHE_KIB}")
             conn.execute(f"PRAGMA threads = {_SORT_THREADS}")
             for sql in deferred:
                 conn.execute(sql)
+            if later is not None:
+                assert prebuilt is not None
+                index = prebuilt()  # waits for it: the indexes above were built meanwhile
+                table = _FTS_INDEXED[later][0]
+                if index is not None and index.fts == later and fits(conn, index, table):
+                    copy_index(conn, index)
+                else:
+                    _index_here(conn, later)
     finally:
         conn.execute(f"PRAGMA cache_size = {previous_cache}")
         conn.execute(f"PRAGMA threads = {previous_threads}")
 
 
-@contextmanager
-def _fts_hash_size(conn: sqlite3.Connection, fts: str) -> Iterator[None]:
-    """A larger pending index for one bulk indexing statement. FTS5 stores the setting in the
-    index's config table; the row is deleted afterwards, so the database holds no setting that
-    Kindling's own databases do not (one someone set on purpose is left alone)."""
-    config = f"{fts}_config"
-    if conn.execute(f"SELECT 1 FROM {config} WHERE k = 'hashsize'").fetchone() is not None:
-        yield
-        return
-    conn.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('hashsize', {_FTS_HASH_BYTES})")
-    yield
-    conn.execute(f"DELETE FROM {config} WHERE k = 'hashsize'")
+def loads_everything(conn: sqlite3.Connection) -> bool:
+    """Whether `bulk_load` would load the whole database (it holds no records and its
+    full-text indexes are empty): then it indexes once at the end, and may take a prebuilt
+    index of observations."""
+    return all(_empty(conn, table) for table in DATA_TABLES) and _indexes_empty(conn)
+
+
+def _indexes_empty(conn: sqlite3.Connection) -> bool:
+    return all(_empty(conn, f"{fts}_docsize") for fts in _FTS_INDEXED)
+
+
+def _index_here(conn: sqlite3.Connection, fts: str) -> None:
+    """Index every row Kindling's triggers would have indexed, in one statement in rowid order,
+    after clearing anything that reached the index during the load."""
+    table, indexed = _FTS_INDEXED[fts]
+    if not _empty(conn, f"{fts}_docsize"):
+        conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('delete-all')")
+    with fts_hash_size(conn, fts):
+        conn.execute(
+            f"INSERT INTO {fts}(rowid, content) "
+            f"SELECT rowid, content FROM {table} WHERE {indexed} ORDER BY rowid"
+        )
+
+
+def _has_segments(conn: sqlite3.Connection, fts: str) -> bool:
+    """Whether the index holds segments (rows of `_data` beyond its averages, id 1, and
+    structure, id 10). The copy replaces only an index that never held any: a structure a
+    connection cached of one that did would contradict the copied one."""
+    return conn.execute(f"SELECT 1 FROM {fts}_data WHERE id > 10 LIMIT 1").fetchone() is not None

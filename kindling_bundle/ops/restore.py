@@ -7,7 +7,8 @@ archive and the zstd stream end cleanly; `verify_import_integrity` then checks t
 How the records reach the database depends on who else may be using it:
 
 - A new database (`create_store`'s private file, `conn.private`): one write transaction, with
-  the empty-database bulk load (`db.bulk`). Any failure rolls it back.
+  the empty-database bulk load (`db.bulk`), the full-text index built meanwhile in a second
+  process (`ops.restore_new`). Any failure rolls it back.
 - A database that exists (Kindling may be writing to it): first `recover` any import that did
   not finish; then the records are decided outside the write lock and written in short
   journaled transactions (`db.live`), so that Kindling's writers never wait more than a
@@ -22,8 +23,8 @@ How the records reach the database depends on who else may be using it:
 
 An id that appears twice within one entity is refused, as verify refuses it (otherwise the
 conflict strategy would silently pick one copy), without holding every id in memory: see
-`_RepeatedIds`. A database failure mid-way (disk full, a corrupt page, an I/O error) is a
-StoreError naming the database.
+`ops.restore_new.RepeatedIds`. A database failure mid-way (disk full, a corrupt page, an I/O
+error) is a StoreError naming the database.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import bisect
 import contextlib
 import itertools
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,17 +42,13 @@ from typing import Any
 
 import msgspec
 
-from kindling_bundle.db.bulk import bulk_load, first_dangling_reference, foreign_keys_checked_after
 from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
     describe_error,
-    open_store,
-    write_transaction,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.importer import import_batch
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
 from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
@@ -70,7 +66,11 @@ from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sshsig import Signer
 from kindling_bundle.ops.read import open_reader
-from kindling_bundle.records import ENTITY_TYPES, SINGULAR, ConflictStrategy, Pin, Record
+from kindling_bundle.ops.restore_new import RepeatedIds as _RepeatedIds
+from kindling_bundle.ops.restore_new import in_one_transaction, private_copy
+from kindling_bundle.ops.restore_new import store_error as _store_error
+from kindling_bundle.parallel import Workers, check_workers
+from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3
 _LIVE_CACHE_KIB = 32 << 10
@@ -119,14 +119,6 @@ class ImportReport:
         }
 
 
-class _RollBack(Exception):
-    """Raised at the end of a dry run so that write_transaction rolls everything back."""
-
-    def __init__(self, report: ImportReport):
-        super().__init__("dry run")
-        self.report = report
-
-
 def import_bundle(
     conn: KindlingConnection,
     src: BundleSource,
@@ -137,6 +129,7 @@ def import_bundle(
     on_manifest: Callable[[Manifest], None] | None = None,
     name: str | None = None,
     options: ReadOptions | None = None,
+    workers: Workers = "auto",
 ) -> ImportReport:
     """Import a bundle (a path or a readable binary stream, read once) into `conn`.
 
@@ -151,19 +144,23 @@ def import_bundle(
     name the bundle `name` when given (the file a temporary bundle was converted from). An
     encrypted bundle is opened with `options.identities`; should its stream fail to authenticate
     at the end, what was applied is undone. `options.signature` says whom to trust; a signature
-    it refuses (a SignatureError) is refused before the database is touched.
+    it refuses (a SignatureError) is refused before the database is touched. `workers`: whether
+    a second process may index the observations for full-text search while they are loaded
+    into an empty database (kindling_bundle.parallel.choose_workers); the database is the same
+    either way.
     """
     check_strategy(conflict)
+    workers = check_workers(workers)
     with open_reader(src, options=options, name=name) as reader:
         manifest = reader.read_manifest()
         if on_manifest is not None:
             on_manifest(manifest)
         run = _Run(reader, manifest, conflict, dry_run, progress)
         if conn.private or not _file_of(conn):
-            return _in_one_transaction(conn, run)
+            return in_one_transaction(conn, run, workers)
         if dry_run:
-            with _private_copy(conn) as copy:
-                return _in_one_transaction(copy, run)
+            with private_copy(conn) as copy:
+                return in_one_transaction(copy, run, workers)
         return _live(conn, run)
 
 
@@ -240,44 +237,6 @@ class _Run:
             message = _integrity_message(self.label, integrity)
             raise IntegrityError(message, problems=integrity.problems)
         return report
-
-
-def _in_one_transaction(conn: KindlingConnection, run: _Run) -> ImportReport:
-    """Import in one write transaction: for a database nobody else can reach."""
-    try:
-        with foreign_keys_checked_after(conn) as deferred, write_transaction(conn):
-            before = {
-                entity: conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {entity}").fetchone()[0]
-                for entity in ENTITY_TYPES
-            }
-            repeated = _RepeatedIds(conn, lambda entity, rowid: rowid > before[entity])
-            with bulk_load(conn, references_checked_after=deferred) as insert_first:
-                for entity, records in run.reader.batches(run.progress):
-                    run.enter(entity)
-                    with run.naming():
-                        results = _batch(conn, run.redirect(records), run, insert_first)
-                        run.take(results)
-                        repeated.check(entity, results)
-            integrity = verify_import_integrity(conn)
-            if deferred and not integrity.ok:
-                _refuse_dangling(conn, run.label)
-            report = run.report(integrity)
-            if run.dry_run:
-                raise _RollBack(report)
-    except _RollBack as rollback:
-        return rollback.report
-    except (sqlite3.DatabaseError, TransactionLost) as exc:  # rolled back: nothing written
-        raise _store_error(conn, exc, "nothing written") from None
-    return report
-
-
-def _batch(
-    conn: KindlingConnection, records: list[Record], run: _Run, insert_first: frozenset[type]
-) -> list[ImportEntityResult]:
-    try:
-        return import_batch(conn, records, run.conflict, insert_first=insert_first)
-    finally:
-        _transaction_alive(conn)
 
 
 def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
@@ -451,100 +410,6 @@ def _cause(failure: BaseException) -> str:
     if isinstance(failure, sqlite3.DatabaseError):
         return describe_error(failure)
     return str(failure) or type(failure).__name__
-
-
-def _store_error(conn: KindlingConnection, exc: BaseException, outcome: str) -> StoreError:
-    # TransactionLost: SQLite rolled back by itself; the error that made it may be in the
-    # context, unless the code that met it went on (and so met TransactionLost).
-    cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__context__
-    detail = (
-        describe_error(cause)
-        if isinstance(cause, sqlite3.DatabaseError)
-        else "SQLite rolled the transaction back after an error (a full disk, an I/O "
-        "error or a corrupt database)"
-    )
-    return StoreError(f"{conn.path or 'database'}: import failed, {outcome}: {detail}")
-
-
-@contextmanager
-def _private_copy(conn: KindlingConnection) -> Iterator[KindlingConnection]:
-    """A copy of the database (as of one moment, taken while others write) that nobody else
-    can reach, beside it (where there is room for it), removed afterwards. An import that did
-    not finish is undone in the copy."""
-    folder = Path(conn.path).parent if conn.path else None
-    with tempfile.TemporaryDirectory(prefix=".kindling-dry-run-", dir=folder) as temporary:
-        path = Path(temporary) / "copy.db"
-        target = sqlite3.connect(path)
-        try:
-            conn.backup(target)
-        finally:
-            target.close()
-        copy = open_store(path)
-        try:
-            copy.path = conn.path
-            recover(copy)
-            copy.private = True
-            yield copy
-        finally:
-            copy.close()
-
-
-def _refuse_dangling(conn: KindlingConnection, label: str) -> None:
-    """Fail as the record-by-record path would have, had a reference checked after the load
-    been missing."""
-    failure = first_dangling_reference(conn)
-    if failure is not None:
-        raise MissingReferenceError(
-            f"{label}: {ENTITY_MEMBERS[failure.entity]}: {failure.error}",
-            entity=failure.entity,
-            record_id=failure.id,
-            missing=failure.missing,
-        )
-
-
-def _transaction_alive(conn: KindlingConnection) -> None:
-    # A write error the importer met and went past (a full disk) may have made SQLite roll back
-    # everything: the records that follow would then seem to miss what they reference.
-    if not conn.in_transaction:
-        raise TransactionLost(f"{conn.path or 'database'}: transaction lost")
-
-
-class _RepeatedIds:
-    """Finds an id that appears twice within one entity of the bundle.
-
-    Holding every id would cost memory in proportion to the bundle. Instead: a record that meets
-    no stored row is inserted, and a later copy of it meets the row it made, which this import
-    inserted (`inserted(entity, rowid)`: from the undo journal, or in one transaction, a rowid
-    above the largest the table held when it began). So only the ids of records that met rows
-    stored before the import (or no row: a summary skipped in favour of another) are
-    remembered. An import into an empty database remembers none."""
-
-    def __init__(self, conn: sqlite3.Connection, inserted: Callable[[str, int], bool]):
-        self._conn = conn
-        self._inserted = inserted
-        self._met: dict[str, set[str]] = {entity: set() for entity in ENTITY_TYPES}
-
-    def check(self, entity: str, results: Sequence[ImportEntityResult]) -> None:
-        met = [result.id for result in results if result.outcome != "inserted"]
-        if not met:
-            return
-        rowids = dict(
-            self._conn.execute(
-                f"SELECT j.value, t.rowid FROM json_each(?) AS j JOIN {entity} AS t "
-                "ON t.id = j.value",
-                (msgspec.json.encode(met).decode(),),
-            ).fetchall()
-        )
-        seen = self._met[entity]
-        for record_id in met:
-            rowid = rowids.get(record_id)
-            if (rowid is not None and self._inserted(entity, rowid)) or record_id in seen:
-                raise RecordError(
-                    f"{SINGULAR[entity]} {record_id} appears more than once",
-                    entity=entity,
-                    record_id=record_id,
-                )
-            seen.add(record_id)
 
 
 def _redirected(pin: Pin, redirects: dict[str, str]) -> Pin:
