@@ -479,3 +479,20 @@ def test_a_failed_restore_with_a_second_process_creates_nothing(
     with pytest.raises(BundleError, match="truncated"), create_store(folder / "new.db") as conn:
         import_bundle(conn, damaged, workers=2)
     assert list(folder.iterdir()) == []
+
+
+@needs_fork
+def test_the_cli_import_takes_workers_and_gives_the_same_database(
+    sample_db: Path, tmp_path: Path, run_cli
+) -> None:
+    """`import --workers 2` indexes beside the load, `--workers 1` in place: one database."""
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    made = {}
+    for workers in ("1", "2"):
+        db = tmp_path / f"workers-{workers}.db"
+        done = run_cli("import", "--db", db, "--workers", workers, bundle)
+        assert done.returncode == 0, done.stderr
+        made[workers] = (index_contents(db), data_tables(db), schema(db))
+    assert made["1"] == made["2"]
+    refused = run_cli("import", "--db", tmp_path / "none.db", "--workers", "0", bundle)
+    assert refused.returncode == 2 and not (tmp_path / "none.db").exists()

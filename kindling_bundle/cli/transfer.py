@@ -347,6 +347,7 @@ def signing_key_to_dict(key: SigningKey | None) -> dict[str, Any]:
     help="Kindling JSON input: leave out capsule links, summaries and pins that name records "
     "the file does not hold (Kindling's default export leaves redacted observations out).",
 )
+@workers_option("index a new database for full-text search")
 @click.argument("in_targets", metavar="IN...", nargs=-1, required=True)
 @reading_options
 @storage_options
@@ -356,6 +357,7 @@ def import_(
     conflict: str,
     dry_run: bool,
     drop_dangling: bool,
+    workers: Workers,
     in_targets: tuple[str, ...],
     out: Output,
     storage_options: dict[str, Any],
@@ -436,6 +438,7 @@ def import_(
                         progress=progress,
                         on_manifest=on_manifest,
                         options=read_options,
+                        workers=workers,
                     )
             finally:
                 progress.close()
