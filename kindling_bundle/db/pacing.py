@@ -3,7 +3,14 @@
 Kindling's own writers wait at most 5 s for SQLite's write lock, then lose their write. Work on a
 database in use (an import, undoing one, removing its journal) therefore goes in steps, each one
 write transaction, sized so that each holds the lock about TARGET_SECONDS: the size of the next
-step follows the time per unit the last steps took, as machines and rows differ.
+step follows the time per unit the last steps took, as machines and rows differ. A step made of
+parts (the import's) also watches the clock: it starts no new part once it has held the lock for
+LATE_SECONDS, so a step that runs slower than its size foretold (a loaded machine) still ends
+soon; what it left is the next step's.
+
+Every step costs something whatever its size (each commit writes the pages it changed to the
+write-ahead log again, the index pages shared by many rows included; full-text segments; the gap
+below), so steps are as long as a waiting writer can bear, not shorter.
 
 Short steps are not enough: a writer waiting for the lock does not queue, it sleeps and tries
 again (SQLite's busy handler: after its first few tries, every 100 ms), so steps that follow each
@@ -24,11 +31,16 @@ from dataclasses import dataclass
 
 from kindling_bundle.db.connection import write_transaction
 
-TARGET_SECONDS = 0.3
+TARGET_SECONDS = 0.45
 """How long one step should hold the write lock."""
-GAP_SECONDS = 0.11
-"""How long the lock stays free between two steps while others write: more than the 100 ms
-SQLite's busy handler sleeps between two tries."""
+LATE_SECONDS = 0.6
+"""A step made of parts starts no new part once it has held the write lock this long: with the
+part under way and the commit, it holds the lock well under 1 s."""
+GAP_SECONDS = 0.2
+"""How long at most the lock stays free between two steps while others write (the gap ends when
+one of them commits): more than the 100 ms SQLite's busy handler sleeps between two tries, with
+room for a writer that a loaded machine wakes late (a writer that misses the gap waits a whole
+step more)."""
 OTHERS_RECENTLY_SECONDS = 5.0
 """Another connection that committed within this long is taken to be writing still."""
 
@@ -68,6 +80,12 @@ class Step:
 
     size: int
     count: int = 0
+    started: float = 0.0
+    """When the step took the write lock (time.perf_counter)."""
+
+    def late(self) -> bool:
+        """Whether the step has held the lock long enough to start no new part."""
+        return time.perf_counter() - self.started > LATE_SECONDS
 
 
 class Pace:
@@ -101,9 +119,9 @@ class Pace:
         step = Step(self.size)
         self.turns.wait(conn)
         with write_transaction(conn):
-            started = time.perf_counter()
+            step.started = time.perf_counter()
             yield step
-        self._learn(step.count, time.perf_counter() - started)
+        self._learn(step.count, time.perf_counter() - step.started)
         self.turns.ended(conn)
 
     def _learn(self, count: int, seconds: float) -> None:
