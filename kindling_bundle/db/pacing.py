@@ -37,36 +37,53 @@ LATE_SECONDS = 0.6
 """A step made of parts starts no new part once it has held the write lock this long: with the
 part under way and the commit, it holds the lock well under 1 s."""
 GAP_SECONDS = 0.2
-"""How long at most the lock stays free between two steps while others write (the gap ends when
-one of them commits): more than the 100 ms SQLite's busy handler sleeps between two tries, with
-room for a writer that a loaded machine wakes late (a writer that misses the gap waits a whole
-step more)."""
+"""How long at least the lock stays free between two steps while others write (the gap ends when
+one of them commits): more than the 100 ms SQLite's busy handler sleeps between two tries."""
+LONGEST_GAP_SECONDS = 0.8
+"""How long at most: on a loaded machine a writer woken late may need longer (`Turns`)."""
 OTHERS_RECENTLY_SECONDS = 5.0
 """Another connection that committed within this long is taken to be writing still."""
 
 
 class Turns:
     """Leaves the write lock free between two steps for long enough that a writer waiting for
-    it gets it, while other connections are writing (module docstring); one per connection."""
+    it gets it, while other connections are writing (module docstring); one per connection.
+
+    A writer that misses the gap waits a whole step more, so the gap follows how long waiting
+    writers took lately to commit once the lock was free (twice the longest of the last few),
+    between GAP_SECONDS and LONGEST_GAP_SECONDS: on a loaded machine a sleeping writer may be
+    woken well after its 100 ms."""
 
     def __init__(self) -> None:
         self._ended: float | None = None
         self._version: int | None = None
         self._others_at = float("-inf")
+        self._took: list[float] = []
+        """How long after a step's commit another writer committed, for the last few steps."""
 
     def wait(self, conn: sqlite3.Connection) -> None:
         """Before a step: let another writer in first, if there is one about."""
         version = conn.execute("PRAGMA data_version").fetchone()[0]  # changed by others' commits
         now = time.monotonic()
-        if self._version is not None and version != self._version:
-            self._others_at = now
-        if self._ended is None or now - self._others_at > OTHERS_RECENTLY_SECONDS:
+        if self._ended is None:
             return
-        while now < self._ended + GAP_SECONDS:
-            time.sleep(min(0.01, self._ended + GAP_SECONDS - now))
+        if self._version is not None and version != self._version:
+            self._came(now)  # it had its turn already
+            return
+        if now - self._others_at > OTHERS_RECENTLY_SECONDS:
+            return
+        gap = min(LONGEST_GAP_SECONDS, max(GAP_SECONDS, 2 * max(self._took, default=0.0)))
+        while now < self._ended + gap:
+            time.sleep(min(0.01, self._ended + gap - now))
             now = time.monotonic()
             if conn.execute("PRAGMA data_version").fetchone()[0] != version:
-                return  # it had its turn
+                self._came(now)
+                return
+
+    def _came(self, now: float) -> None:
+        assert self._ended is not None
+        self._others_at = now
+        self._took = [*self._took[-7:], now - self._ended]
 
     def ended(self, conn: sqlite3.Connection) -> None:
         """After a step's commit."""
