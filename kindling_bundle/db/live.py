@@ -23,6 +23,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -52,9 +53,9 @@ from kindling_bundle.records import (
     entity_of,
 )
 
-PARTS = 4
+PARTS = 5
 """Parts a step's records are written in: between two, the step looks at the clock
-(`pacing.LATE_SECONDS`)."""
+(`pacing.LIMIT_SECONDS`)."""
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
@@ -201,12 +202,14 @@ class Writer:
         staged: dict[int, tuple[int, int, int, int]],
         step: Step,
     ) -> list[ImportEntityResult]:
-        """Write the chunk's parts in order, up to the part the step is late at (never before
-        the first); the results of the records written."""
+        """Write the chunk's parts in order, as long as the step has room for one more as long
+        as its longest so far (the first part always); the results of the records written."""
         results: list[ImportEntityResult] = []
+        longest = 0.0
         for start, end in parts:
-            if results and step.late():
+            if results and not step.room(longest):
                 break
+            began = time.perf_counter()
             kind = chunk[start].write
             if kind == "insert":
                 results.extend(self._insert_staged(chunk[start:end], staged[start]))
@@ -217,6 +220,7 @@ class Writer:
                 for item in chunk[start:end]:
                     assert item.result is not None
                     results.append(item.result)
+            longest = max(longest, time.perf_counter() - began)
         return results
 
     def _insert_staged(

@@ -4,9 +4,9 @@ Kindling's own writers wait at most 5 s for SQLite's write lock, then lose their
 database in use (an import, undoing one, removing its journal) therefore goes in steps, each one
 write transaction, sized so that each holds the lock about TARGET_SECONDS: the size of the next
 step follows the time per unit the last steps took, as machines and rows differ. A step made of
-parts (the import's) also watches the clock: it starts no new part once it has held the lock for
-LATE_SECONDS, so a step that runs slower than its size foretold (a loaded machine) still ends
-soon; what it left is the next step's.
+parts (the import's) also watches the clock: it starts no new part that would, taking as long
+as its longest part so far, end after LIMIT_SECONDS, so a step that runs slower than its size
+foretold (a loaded machine) still ends in time; what it left is the next step's.
 
 Every step costs something whatever its size (each commit writes the pages it changed to the
 write-ahead log again, the index pages shared by many rows included; full-text segments; the gap
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 from kindling_bundle.db.connection import write_transaction
 
-TARGET_SECONDS = 0.45
+TARGET_SECONDS = 0.7
 """How long one step should hold the write lock."""
-LATE_SECONDS = 0.6
-"""A step made of parts starts no new part once it has held the write lock this long: with the
-part under way and the commit, it holds the lock well under 1 s."""
+LIMIT_SECONDS = 0.85
+"""A step made of parts starts no part expected to end after it has held the lock this long:
+with its commit, it holds the lock about 1 s at most."""
 GAP_SECONDS = 0.2
 """How long at least the lock stays free between two steps while others write (the gap ends when
 one of them commits): more than the 100 ms SQLite's busy handler sleeps between two tries."""
@@ -100,9 +100,9 @@ class Step:
     started: float = 0.0
     """When the step took the write lock (time.perf_counter)."""
 
-    def late(self) -> bool:
-        """Whether the step has held the lock long enough to start no new part."""
-        return time.perf_counter() - self.started > LATE_SECONDS
+    def room(self, part_seconds: float) -> bool:
+        """Whether a part taking `part_seconds` would end in time (LIMIT_SECONDS)."""
+        return time.perf_counter() - self.started + part_seconds <= LIMIT_SECONDS
 
 
 class Pace:
