@@ -82,9 +82,9 @@ def _run(argv: list[str]) -> float:
 
 
 def inputs(n: int, cache: Path) -> tuple[Path, Path]:
-    """The target database (seed 1, shared with bench/run.py) and the bundle (seed 2), made
-    with the CLI and cached."""
-    target = cache / f"sample-{n}.db"
+    """The target database (seed 1, realistic text: bench/run.py's sample) and the bundle (seed
+    2), made with the CLI and cached."""
+    target = cache / f"sample-realistic-{n}.db"
     other = cache / f"sample-{n}-seed{BUNDLE_SEED}.db"
     bundle = cache / f"incoming-{n}.kbundle"
     for path, seed in ((target, TARGET_SEED), (other, BUNDLE_SEED)):

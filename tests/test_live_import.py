@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -388,3 +389,42 @@ def test_a_dry_run_into_a_database_in_use_writes_nothing(
     assert db.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.db"]
     assert not os.path.exists(f"{db}-journal")
+
+
+def fts_settings(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
+    """What each full-text index's `_config` table holds (FTS5 settings, read by everyone)."""
+    tables = [f"{fts}_config" for fts in ("observations_fts", "summaries_fts")]
+    return {table: conn.execute(f"SELECT * FROM {table} ORDER BY k").fetchall() for table in tables}
+
+
+def test_the_full_text_settings_are_the_users_after_an_import_and_search_finds_its_records(
+    tmp_path: Path, template: Path, bundle: Path
+) -> None:
+    db = tmp_path / "memory.db"
+    shutil.copy(template, db)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO observations_fts(observations_fts, rank) VALUES ('automerge', 2)")
+    conn.commit()
+    before = fts_settings(conn)
+    old = {oid for (oid,) in conn.execute("SELECT id FROM observations")}
+    conn.close()
+
+    subprocess.run(cli("import", "--db", db, bundle, "-q"), check=True, timeout=300)
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert fts_settings(conn) == before  # the step's own settings were put back, the user's kept
+    imported = [
+        (rowid, text)
+        for rowid, oid, text in conn.execute(
+            "SELECT rowid, id, content FROM observations WHERE redacted = 0 ORDER BY rowid DESC"
+        )
+        if oid not in old
+    ]
+    rowid, text = imported[len(imported) // 2]
+    word = max(re.findall(r"[A-Za-z]{4,}", text), key=len)
+    found = conn.execute(
+        "SELECT rowid FROM observations_fts WHERE observations_fts MATCH ?", (f'"{word}"',)
+    )
+    assert rowid in {r for (r,) in found}
+    conn.close()
+    check_passes(db)

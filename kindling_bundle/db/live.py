@@ -23,6 +23,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from typing import Any, Literal
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
+from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.importer import import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
-from kindling_bundle.db.pacing import Pace, Turns
+from kindling_bundle.db.pacing import Pace, Step, Turns
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
     OBSERVATION_COLUMNS,
@@ -51,6 +53,9 @@ from kindling_bundle.records import (
     entity_of,
 )
 
+PARTS = 5
+"""Parts a step's records are written in: between two, the step looks at the clock
+(`pacing.LIMIT_SECONDS`)."""
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
@@ -102,6 +107,22 @@ def _rows(planned: Planned) -> int:
     """The rows a record writes, the unit steps are sized in."""
     record = planned.record
     return 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
+
+
+def _parts(chunk: list[Planned], rows_per_part: int) -> list[tuple[int, int]]:
+    """(start, end) of each part of a step's chunk: a run of records of one kind of write, cut
+    after `rows_per_part` rows, so that the step can stop between two parts."""
+    parts: list[tuple[int, int]] = []
+    start = 0
+    while start < len(chunk):
+        kind = chunk[start].write
+        end, rows = start, 0
+        while end < len(chunk) and chunk[end].write == kind and rows < rows_per_part:
+            rows += _rows(chunk[end])
+            end += 1
+        parts.append((start, end))
+        start = end
+    return parts
 
 
 class Writer:
@@ -160,37 +181,46 @@ class Writer:
             rows += _rows(self._pending[taken])
             taken += 1
         chunk = self._pending[:taken]
-        staged = self._stage.put(chunk)  # binding every value, before the lock is taken
+        parts = _parts(chunk, max(1, pace.size // PARTS))
+        staged = self._stage.put(chunk, parts)  # binding every value, before the lock is taken
+        fts = _FTS.get(type(chunk[0].record))
         with pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
-            results = self._write(chunk, staged)
+            with step_settings(self.conn, fts) if fts else nullcontext():
+                results = self._write(chunk, parts, staged, step)
             self.take(results, self.journal.inserted_since(seq))
-            step.count = rows
+            step.count = sum(map(_rows, chunk[: len(results)]))
         self._stage.clear()
-        del self._pending[:taken]
-        self._pending_rows -= rows
+        del self._pending[: len(results)]
+        self._pending_rows -= step.count
         self.after_step()
 
     def _write(
-        self, chunk: list[Planned], staged: dict[int, tuple[int, int, int, int]]
+        self,
+        chunk: list[Planned],
+        parts: list[tuple[int, int]],
+        staged: dict[int, tuple[int, int, int, int]],
+        step: Step,
     ) -> list[ImportEntityResult]:
+        """Write the chunk's parts in order, as long as the step has room for one more as long
+        as its longest so far (the first part always); the results of the records written."""
         results: list[ImportEntityResult] = []
-        start = 0
-        while start < len(chunk):
-            item = chunk[start]
-            if item.write == "insert":
-                end = start + 1
-                while end < len(chunk) and chunk[end].write == "insert":
-                    end += 1
+        longest = 0.0
+        for start, end in parts:
+            if results and not step.room(longest):
+                break
+            began = time.perf_counter()
+            kind = chunk[start].write
+            if kind == "insert":
                 results.extend(self._insert_staged(chunk[start:end], staged[start]))
-                start = end
-                continue
-            if item.write == "exact":
-                results.append(import_record(self.conn, item.record, self.conflict))
+            elif kind == "exact":
+                for item in chunk[start:end]:
+                    results.append(import_record(self.conn, item.record, self.conflict))
             else:
-                assert item.result is not None
-                results.append(item.result)
-            start += 1
+                for item in chunk[start:end]:
+                    assert item.result is not None
+                    results.append(item.result)
+            longest = max(longest, time.perf_counter() - began)
         return results
 
     def _insert_staged(
@@ -249,6 +279,8 @@ _TABLES: dict[type, str] = {
     Pin: "pins",
 }
 _LINK_COLUMNS = "capsule_id, observation_id, seq"
+_FTS: dict[type, str] = {Observation: "observations_fts", Summary: "summaries_fts"}
+"""The full-text index Kindling's triggers fill from each entity's rows."""
 
 
 class _Stage:
@@ -263,20 +295,17 @@ class _Stage:
         self.conn = conn
         self._made: set[str] = set()
 
-    def put(self, chunk: list[Planned]) -> dict[int, tuple[int, int, int, int]]:
-        """Stage each run of records decided new; by the index of its first record, the rowids
+    def put(
+        self, chunk: list[Planned], parts: list[tuple[int, int]]
+    ) -> dict[int, tuple[int, int, int, int]]:
+        """Stage each part of records decided new; by the index of its first record, the rowids
         its rows (and, for capsules, its links) take in the staging tables."""
         staged: dict[int, tuple[int, int, int, int]] = {}
-        start = 0
         self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
         try:
-            while start < len(chunk):
+            for start, end in parts:
                 if chunk[start].write != "insert":
-                    start += 1
                     continue
-                end = start + 1
-                while end < len(chunk) and chunk[end].write == "insert":
-                    end += 1
                 run = chunk[start:end]
                 table = _TABLES[type(run[0].record)]
                 rows = self._put(table, [item.values for item in run])
@@ -292,7 +321,6 @@ class _Stage:
                         ],
                     )
                 staged[start] = (*rows, *links)
-                start = end
         finally:
             self.conn.execute("COMMIT")
         return staged

@@ -3,7 +3,14 @@
 Kindling's own writers wait at most 5 s for SQLite's write lock, then lose their write. Work on a
 database in use (an import, undoing one, removing its journal) therefore goes in steps, each one
 write transaction, sized so that each holds the lock about TARGET_SECONDS: the size of the next
-step follows the time per unit the last steps took, as machines and rows differ.
+step follows the time per unit the last steps took, as machines and rows differ. A step made of
+parts (the import's) also watches the clock: it starts no new part that would, taking as long
+as its longest part so far, end after LIMIT_SECONDS, so a step that runs slower than its size
+foretold (a loaded machine) still ends in time; what it left is the next step's.
+
+Every step costs something whatever its size (each commit writes the pages it changed to the
+write-ahead log again, the index pages shared by many rows included; full-text segments; the gap
+below), so steps are as long as a waiting writer can bear, not shorter.
 
 Short steps are not enough: a writer waiting for the lock does not queue, it sleeps and tries
 again (SQLite's busy handler: after its first few tries, every 100 ms), so steps that follow each
@@ -24,37 +31,59 @@ from dataclasses import dataclass
 
 from kindling_bundle.db.connection import write_transaction
 
-TARGET_SECONDS = 0.3
+TARGET_SECONDS = 0.7
 """How long one step should hold the write lock."""
-GAP_SECONDS = 0.11
-"""How long the lock stays free between two steps while others write: more than the 100 ms
-SQLite's busy handler sleeps between two tries."""
+LIMIT_SECONDS = 0.85
+"""A step made of parts starts no part expected to end after it has held the lock this long:
+with its commit, it holds the lock about 1 s at most."""
+GAP_SECONDS = 0.2
+"""How long at least the lock stays free between two steps while others write (the gap ends when
+one of them commits): more than the 100 ms SQLite's busy handler sleeps between two tries."""
+LONGEST_GAP_SECONDS = 0.8
+"""How long at most: on a loaded machine a writer woken late may need longer (`Turns`)."""
 OTHERS_RECENTLY_SECONDS = 5.0
 """Another connection that committed within this long is taken to be writing still."""
 
 
 class Turns:
     """Leaves the write lock free between two steps for long enough that a writer waiting for
-    it gets it, while other connections are writing (module docstring); one per connection."""
+    it gets it, while other connections are writing (module docstring); one per connection.
+
+    A writer that misses the gap waits a whole step more, so the gap follows how long waiting
+    writers took lately to commit once the lock was free (twice the longest of the last few),
+    between GAP_SECONDS and LONGEST_GAP_SECONDS: on a loaded machine a sleeping writer may be
+    woken well after its 100 ms."""
 
     def __init__(self) -> None:
         self._ended: float | None = None
         self._version: int | None = None
         self._others_at = float("-inf")
+        self._took: list[float] = []
+        """How long after a step's commit another writer committed, for the last few steps."""
 
     def wait(self, conn: sqlite3.Connection) -> None:
         """Before a step: let another writer in first, if there is one about."""
         version = conn.execute("PRAGMA data_version").fetchone()[0]  # changed by others' commits
         now = time.monotonic()
-        if self._version is not None and version != self._version:
-            self._others_at = now
-        if self._ended is None or now - self._others_at > OTHERS_RECENTLY_SECONDS:
+        if self._ended is None:
             return
-        while now < self._ended + GAP_SECONDS:
-            time.sleep(min(0.01, self._ended + GAP_SECONDS - now))
+        if self._version is not None and version != self._version:
+            self._came(now)  # it had its turn already
+            return
+        if now - self._others_at > OTHERS_RECENTLY_SECONDS:
+            return
+        gap = min(LONGEST_GAP_SECONDS, max(GAP_SECONDS, 2 * max(self._took, default=0.0)))
+        while now < self._ended + gap:
+            time.sleep(min(0.01, self._ended + gap - now))
             now = time.monotonic()
             if conn.execute("PRAGMA data_version").fetchone()[0] != version:
-                return  # it had its turn
+                self._came(now)
+                return
+
+    def _came(self, now: float) -> None:
+        assert self._ended is not None
+        self._others_at = now
+        self._took = [*self._took[-7:], now - self._ended]
 
     def ended(self, conn: sqlite3.Connection) -> None:
         """After a step's commit."""
@@ -68,6 +97,12 @@ class Step:
 
     size: int
     count: int = 0
+    started: float = 0.0
+    """When the step took the write lock (time.perf_counter)."""
+
+    def room(self, part_seconds: float) -> bool:
+        """Whether a part taking `part_seconds` would end in time (LIMIT_SECONDS)."""
+        return time.perf_counter() - self.started + part_seconds <= LIMIT_SECONDS
 
 
 class Pace:
@@ -101,9 +136,9 @@ class Pace:
         step = Step(self.size)
         self.turns.wait(conn)
         with write_transaction(conn):
-            started = time.perf_counter()
+            step.started = time.perf_counter()
             yield step
-        self._learn(step.count, time.perf_counter() - started)
+        self._learn(step.count, time.perf_counter() - step.started)
         self.turns.ended(conn)
 
     def _learn(self, count: int, seconds: float) -> None:
