@@ -230,16 +230,10 @@ class Writer:
         staged (Kindling's FTS trigger fills one pending index for the whole statement); if the
         database refuses it, insert them a few at a time, and those refused one by one."""
         records = [item.record for item in group]
-        pins = [record for record in records if isinstance(record, Pin)]
-        if pins:  # no constraint checks a pin's target: look again
-            there = present_targets(self.conn, pins)
-            if any((p.target_type, p.target_id) not in there for p in pins):
-                return [import_record(self.conn, record, self.conflict) for record in records]
-        atomic: AbstractContextManager[None] = nullcontext()
-        if isinstance(records[0], Capsule):  # two statements: the capsules, then their links
-            atomic = savepoint(self.conn, "kindling_live")
+        if self._a_pin_target_is_gone(records):
+            return [import_record(self.conn, record, self.conflict) for record in records]
         try:
-            with atomic:
+            with self._atomic(records):
                 self._stage.insert(type(records[0]), staged)
         except sqlite3.IntegrityError:
             results: list[ImportEntityResult] = []
@@ -253,16 +247,10 @@ class Writer:
         """Insert records decided new, in one statement; if the database refuses them (or a pin's
         target is gone), import them one by one instead."""
         records = [item.record for item in group]
-        pins = [record for record in records if isinstance(record, Pin)]
-        if pins:  # no constraint checks a pin's target: look again
-            there = present_targets(self.conn, pins)
-            if any((p.target_type, p.target_id) not in there for p in pins):
-                return [import_record(self.conn, record, self.conflict) for record in records]
-        atomic: AbstractContextManager[None] = nullcontext()
-        if isinstance(records[0], Capsule):
-            atomic = savepoint(self.conn, "kindling_live")
+        if self._a_pin_target_is_gone(records):
+            return [import_record(self.conn, record, self.conflict) for record in records]
         try:
-            with atomic:  # a capsule is two statements: its row, then its links
+            with self._atomic(records):
                 insert_held(
                     self.conn, records, [item.values for item in group], per_statement=len(group)
                 )
@@ -270,6 +258,20 @@ class Writer:
             return [import_record(self.conn, record, self.conflict) for record in records]
         entity = entity_of(records[0])
         return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+
+    def _a_pin_target_is_gone(self, records: list[Record]) -> bool:
+        """No constraint checks a pin's target: look again before inserting pins in bulk."""
+        pins = [record for record in records if isinstance(record, Pin)]
+        if not pins:
+            return False
+        there = present_targets(self.conn, pins)
+        return any((p.target_type, p.target_id) not in there for p in pins)
+
+    def _atomic(self, records: list[Record]) -> AbstractContextManager[None]:
+        """Capsules are two statements (their rows, then their links): one savepoint for both."""
+        if isinstance(records[0], Capsule):
+            return savepoint(self.conn, "kindling_live")
+        return nullcontext()
 
 
 _TABLES: dict[type, str] = {
