@@ -138,6 +138,15 @@ def stored_ids(db: Path) -> set[str]:
     return ids
 
 
+def journal_appears(db: Path, proc: subprocess.Popen[bytes]) -> float | None:
+    """When the import `proc` began writing (its journal is there), or None if it ended first."""
+    while proc.poll() is None:
+        if has_journal(db):
+            return time.monotonic()
+        time.sleep(0.005)
+    return None
+
+
 def has_journal(db: Path) -> bool:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -212,10 +221,19 @@ def test_an_import_killed_at_any_point_is_undone_by_recover_keeping_the_writers_
     shutil.copy(template, copy)
     with kindling_writer(copy, tmp_path):
         started = time.monotonic()
-        subprocess.run(cli("import", "--db", copy, bundle, "-q"), check=True)
+        proc = subprocess.Popen(cli("import", "--db", copy, bundle, "-q"))
+        writing = journal_appears(copy, proc)
+        assert proc.wait() == 0
         duration = time.monotonic() - started
-    rng = random.Random(22)  # from process start to well past the end of a typical import
-    delays = [rng.uniform(0.05, duration * 1.6) for _ in range(KILLS)]
+        writing_for = time.monotonic() - (writing or started)
+    # Half the kills fall anywhere from the process's start to well past the end of a typical
+    # import; the other half while it writes (from its journal's appearance), where a kill
+    # leaves something to undo, however fast this machine reads and plans.
+    rng = random.Random(22)
+    delays = [
+        rng.uniform(0.05, duration * 1.6) if n % 2 else rng.uniform(0.0, writing_for * 0.8)
+        for n in range(KILLS)
+    ]
 
     def attempt(n: int) -> str:
         db = tmp_path / f"{n}.db"
@@ -226,6 +244,8 @@ def test_an_import_killed_at_any_point_is_undone_by_recover_keeping_the_writers_
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            if n % 2 == 0:
+                journal_appears(db, proc)
             time.sleep(delays[n])
             proc.send_signal(signal.SIGKILL)
             proc.wait()
