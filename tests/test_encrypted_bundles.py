@@ -524,12 +524,17 @@ class PlaintextWatch:
                 if target.startswith(self.folder + "/"):
                     files.append((f"/proc/{pid}/fd/{fd}", target))
                     self.holders.add(pid)
-        for path, name in files:
+        for path, _listed in files:
             try:
                 with open(path, "rb") as file:
+                    # what was opened, not what was listed: a process's fd may have been closed
+                    # and reused for another file (its database) since it was listed
+                    name = os.readlink(f"/proc/self/fd/{file.fileno()}")
                     info = os.fstat(file.fileno())
                     data = file.read()
             except OSError:  # closed or gone meanwhile
+                continue
+            if not name.startswith(self.folder + "/"):
                 continue
             self.files.add((info.st_dev, info.st_ino))
             if MARKER in data:
