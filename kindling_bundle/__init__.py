@@ -83,10 +83,8 @@ from kindling_bundle.ops.apply import ChainReport, apply_increments
 from kindling_bundle.ops.archive import (
     Archive,
     BackupReport,
-    ForgetReport,
     SnapshotInfo,
     backup,
-    forget,
     list_snapshots,
     restore,
 )
@@ -98,6 +96,7 @@ from kindling_bundle.ops.convert import (
     kindling_json_to_bundle,
 )
 from kindling_bundle.ops.datasets import open_dataset
+from kindling_bundle.ops.forget import ForgetReport, forget
 from kindling_bundle.ops.increment import write_increment
 from kindling_bundle.ops.links import BundleRef, ChainVerifyReport, bundle_ref, verify_chain
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets

@@ -26,10 +26,10 @@ from kindling_bundle.ops import archive as archive_module
 from kindling_bundle.ops.archive import (
     Archive,
     backup,
-    forget,
     list_snapshots,
     restore,
 )
+from kindling_bundle.ops.forget import forget
 from kindling_bundle.ops.retention import Policy, keep
 
 SHARED_FIXTURES = (s3_server, bucket, _no_real_cloud)

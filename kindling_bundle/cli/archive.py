@@ -419,7 +419,7 @@ def forget(
     the rules combine), but never a bundle that a kept snapshot's chain needs (an encrypted
     archive's chains are read with --identity)."""
     from kindling_bundle.ops.archive import Archive
-    from kindling_bundle.ops.archive import forget as run_forget
+    from kindling_bundle.ops.forget import forget as run_forget
 
     policy = Policy(last=keep_last, daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
     if policy.empty:

@@ -1,4 +1,5 @@
-"""An archive of snapshots in a folder or under a URL prefix: backup, snapshots, restore, forget.
+"""An archive of snapshots in a folder or under a URL prefix: backup, snapshots, restore
+(forget is ops.forget).
 
 An archive is nothing but bundles in one folder (io.folder), each named
 
@@ -16,8 +17,7 @@ backup adds one file, forget removes some.
 `backup` writes a full bundle when the archive is empty, when the latest snapshot's chain has
 reached `full_every` increments, or when that chain is broken; otherwise an increment on the
 latest snapshot. It publishes the bundle only once complete (io.folder), so an interrupted backup
-leaves the archive as it was. `forget` deletes only bundles no kept snapshot needs, newest first,
-so an interrupted forget never leaves an increment without its base.
+leaves the archive as it was.
 
 A backup may be signed (`sign_key`: its full bundles are 1.1, its increments 2.1) and encrypted
 (`recipients`: signed inside, encrypted outside, as an export). An archive is read with
@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +56,6 @@ from kindling_bundle.ops.chain_restore import restore_chain
 from kindling_bundle.ops.increment import write_full, write_increment
 from kindling_bundle.ops.links import BundleRef, bundle_ref, hashed, key_problem, manifest_of
 from kindling_bundle.ops.read import read_manifest
-from kindling_bundle.ops.retention import Policy, keep
 from kindling_bundle.ops.state import load_cached, pending_cache
 from kindling_bundle.ops.write import BundleOptions, resolve_created_at
 
@@ -91,6 +90,17 @@ class Snapshot:
     @property
     def kind(self) -> str:
         return "increment" if self.increment else "full"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "sha256": self.sha256,
+            "time": iso_time(self.created_at),
+            "created_at": self.created_at,
+            "kind": self.kind,
+            "bytes": self.size,
+        }
 
 
 def _parse(info: FileInfo) -> Snapshot | None:
@@ -239,7 +249,7 @@ class BackupReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "archive": self.archive,
-            "snapshot": _snapshot_dict(self.snapshot),
+            "snapshot": self.snapshot.to_dict(),
             "reason": self.reason,
             "base": self.base.name if self.base is not None else None,
         }
@@ -372,24 +382,12 @@ class SnapshotInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **_snapshot_dict(self.snapshot),
+            **self.snapshot.to_dict(),
             "depth": self.depth,
             "base": self.base,
             "records": self.records,
             "problem": self.problem,
         }
-
-
-def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
-    return {
-        "name": snap.name,
-        "id": snap.id,
-        "sha256": snap.sha256,
-        "time": iso_time(snap.created_at),
-        "created_at": snap.created_at,
-        "kind": snap.kind,
-        "bytes": snap.size,
-    }
 
 
 def list_snapshots(archive: Archive) -> list[SnapshotInfo]:
@@ -432,72 +430,3 @@ def restore(
     chain = archive.chain(snap, catalogue)
     report = restore_chain(conn, [archive.ref(s) for s in chain], progress=progress)
     return snap, report
-
-
-# --- forget ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ForgetReport:
-    """What forget keeps (and why) and removes."""
-
-    archive: str
-    kept: list[tuple[Snapshot, list[str]]] = field(default_factory=list)
-    removed: list[Snapshot] = field(default_factory=list)
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "archive": self.archive,
-            "dry_run": self.dry_run,
-            "keep": [{**_snapshot_dict(s), "reasons": reasons} for s, reasons in self.kept],
-            "remove": [_snapshot_dict(s) for s in self.removed],
-        }
-
-
-def forget(archive: Archive, policy: Policy, *, dry_run: bool = False) -> ForgetReport:
-    """Remove the snapshots the policy does not keep (ops.retention), except every bundle a kept
-    snapshot's chain needs. Newest first, so that an interruption leaves no increment without
-    its base. With `dry_run`, only report."""
-    if policy.empty:
-        raise ValueError("no policy given: say what to keep (--keep-last, --keep-daily, ...)")
-    catalogue = archive.snapshots()
-    wanted = keep([snap.created_at for snap in catalogue], policy)
-    reasons: dict[str, list[str]] = {
-        catalogue[index].name: list(why) for index, why in wanted.items()
-    }
-    for index in sorted(wanted):
-        snap = catalogue[index]
-        for base in _reachable_chain(archive, snap, catalogue)[:-1]:
-            reasons.setdefault(base.name, []).append(f"base of {snap.id}")
-    report = ForgetReport(archive.url, dry_run=dry_run)
-    for snap in catalogue:
-        if snap.name in reasons:
-            report.kept.append((snap, _unique(reasons[snap.name])))
-        else:
-            report.removed.append(snap)
-    if not dry_run:
-        for snap in reversed(report.removed):
-            archive.folder.delete(snap.name)
-    return report
-
-
-def _reachable_chain(
-    archive: Archive, snap: Snapshot, catalogue: Sequence[Snapshot]
-) -> list[Snapshot]:
-    """As much of the snapshot's chain as the archive holds (its bases back to a missing one),
-    oldest first: a broken chain's bundles are kept, not deleted, in case the base turns up."""
-    by_sha = {s.sha256: s for s in catalogue}
-    chain = [snap]
-    while chain[0].increment and len(chain) <= len(catalogue):
-        manifest = archive.manifest(chain[0])
-        assert isinstance(manifest, IncrementManifest)
-        base = by_sha.get(manifest.base.sha256)
-        if base is None:
-            break
-        chain.insert(0, base)
-    return chain
-
-
-def _unique(values: list[str]) -> list[str]:
-    return list(dict.fromkeys(values))

@@ -6,7 +6,7 @@ snapshot of that period. The rules combine: a snapshot is kept if any rule keeps
 rule counts only the periods it kept a snapshot for. As restic does since 0.16, a rule that still
 has periods left when it reaches the oldest snapshot keeps that one too (so that a young archive
 keeps its longest history). Periods are taken in UTC. The policy alone
-decides what is *wanted*; ops.archive also keeps every bundle a wanted snapshot's chain needs.
+decides what is *wanted*; ops.forget also keeps every bundle a wanted snapshot's chain needs.
 """
 
 from __future__ import annotations
