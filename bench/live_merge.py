@@ -33,33 +33,9 @@ MAX_WAIT_S = 1.5
 MAX_RATIO = 2.0
 BEGIN, END = "<!-- live-merge:begin -->", "<!-- live-merge:end -->"
 
-_WRITER = """
-import json, pathlib, sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 5000",
-               "synchronous = NORMAL", "cache_size = -64000"):
-    conn.execute("PRAGMA " + pragma)
-stop = pathlib.Path(sys.argv[2])
-n = 0
-print("ready", flush=True)
-while not stop.exists():
-    started = time.monotonic()
-    try:
-        conn.execute(
-            "INSERT INTO observations (id, kind, content, provenance, ts, scope_ids, redacted, "
-            "session_id, repo_id, agent_id, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ("bench-live-%d" % n, "tool_call", "written by the agent during a merge, %d" % n,
-             json.dumps({"tool": "bash"}, separators=(",", ":")), 1_900_000_000_000 + n,
-             json.dumps({"sessionId": "live"}, separators=(",", ":")), 0, "live", None, None,
-             None),
-        )
-        print("ok", time.monotonic() - started, flush=True)
-    except sqlite3.Error as exc:
-        print("failed", time.monotonic() - started, str(exc).replace(" ", "_"), flush=True)
-    n += 1
-    time.sleep(0.05)
-print("done", flush=True)
-"""
+WRITER = BENCH.parent / "tests" / "kindling_writer.py"
+"""The Kindling-like writer the tests run, too."""
+WRITER_PREFIX = "bench-live-"
 
 
 @dataclass
@@ -107,7 +83,9 @@ def merge_with_writer(target: Path, bundle: Path, work: Path) -> Merge:
     stop = work / "stop"
     stop.unlink(missing_ok=True)
     writer = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(db), str(stop)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(WRITER), str(db), str(stop), WRITER_PREFIX],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
     time.sleep(0.5)  # the writer is in its stride before the merge starts
@@ -118,11 +96,11 @@ def merge_with_writer(target: Path, bundle: Path, work: Path) -> Merge:
         stop.touch()
         out, _ = writer.communicate(timeout=60)
     lines = [line.split() for line in out.splitlines() if line != "done"]
-    waits = [float(line[1]) for line in lines]
+    waits = [float(line[2]) for line in lines]
     failed = sum(line[0] == "failed" for line in lines)
     ok = len(lines) - failed
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    kept = conn.execute("SELECT count(*) FROM observations WHERE id LIKE 'bench-live-%'")
+    kept = conn.execute("SELECT count(*) FROM observations WHERE id LIKE ?", (WRITER_PREFIX + "%",))
     if kept.fetchone()[0] != ok:
         sys.exit("bench: the merge lost rows the writer committed")
     conn.close()

@@ -47,36 +47,7 @@ WRITER_PREFIX = "kindling-live-"
 
 # What Kindling's store does for one observation: its connection settings, then one INSERT (the
 # FTS trigger indexes it). It prints, for every write, how long the call took, or why it failed.
-_KINDLING_WRITER = f"""
-import json, pathlib, sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 5000",
-               "synchronous = NORMAL", "cache_size = -64000"):
-    conn.execute("PRAGMA " + pragma)
-stop = pathlib.Path(sys.argv[2])
-n = 0
-print("ready", flush=True)
-while not stop.exists():
-    oid = "{WRITER_PREFIX}%d" % n
-    scope = {{"sessionId": "live-session", "repoId": "live-repo"}}
-    started = time.monotonic()
-    try:
-        conn.execute(
-            "INSERT INTO observations (id, kind, content, provenance, ts, scope_ids, redacted, "
-            "session_id, repo_id, agent_id, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (oid, "tool_call", "written by the agent while an import runs, number %d" % n,
-             json.dumps({{"tool": "bash"}}, separators=(",", ":")), 1_900_000_000_000 + n,
-             json.dumps(scope, separators=(",", ":")), 0, "live-session", "live-repo", None,
-             None),
-        )
-    except sqlite3.Error as exc:
-        print("failed", oid, time.monotonic() - started, exc, flush=True)
-    else:
-        print("ok", oid, time.monotonic() - started, time.time(), flush=True)
-    n += 1
-    time.sleep(0.05)
-print("done", flush=True)
-"""
+WRITER = Path(__file__).parent / "kindling_writer.py"
 
 
 @dataclass
@@ -92,7 +63,7 @@ def kindling_writer(db: Path, folder: Path) -> Iterator[list[Writes]]:
     """A Kindling-like writer running for the block; what it did is in the list afterwards."""
     stop = folder / f"stop-{time.monotonic_ns()}"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KINDLING_WRITER, str(db), str(stop)],
+        [sys.executable, str(WRITER), str(db), str(stop), WRITER_PREFIX],
         stdout=subprocess.PIPE,
         text=True,
     )
