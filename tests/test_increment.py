@@ -292,6 +292,21 @@ def test_a_damaged_link_is_refused_before_anything_is_written(
     )
 
 
+def test_a_full_bundle_that_is_not_the_one_its_name_says_leaves_the_database_as_it_was(
+    chain: dict[str, Path], tmp_path: Path
+) -> None:
+    # an archive names each snapshot by its SHA-256: a file replaced since is refused, and the
+    # database (opened by the caller, not made by create_store) holds nothing of it afterwards
+    db = tmp_path / "empty.db"
+    with open_store(db):
+        pass
+    before = dump_tables(db)
+    named = bundle_ref(str(chain["full"]), sha256="0" * 64)
+    with open_store(db) as conn, pytest.raises(BundleError, match="replaced or damaged"):
+        restore_chain(conn, [named])
+    assert dump_tables(db) == before
+
+
 def test_increment_onto_a_database_without_its_base_is_refused(
     chain: dict[str, Path], tmp_path: Path
 ) -> None:

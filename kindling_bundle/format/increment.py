@@ -370,23 +370,35 @@ def check_applies_to(link: Link, counts: Mapping[str, int], label: str) -> None:
 
 class HashingReader:
     """A readable stream that computes the SHA-256 of everything read through it, so that a
-    bundle's link can be checked as it is read once (a pipe, a download)."""
+    bundle's link can be checked as it is read once (a pipe, a download). `at_end(hexdigest)`
+    is called once, when the stream first ends: a reader reads its source to the end before an
+    import commits, so a check raising there undoes the import instead of following it."""
 
-    def __init__(self, stream: Any):
+    def __init__(self, stream: Any, at_end: Callable[[str], None] | None = None):
         self._stream = stream
         self.sha256 = hashlib.sha256()
         self.name = getattr(stream, "name", "<stream>")
+        self._at_end = at_end
 
     def read(self, size: int = -1) -> bytes:
         data: bytes = self._stream.read(size)
         self.sha256.update(data)
+        if not data and size:
+            self._ended()
         return data
 
     def readinto(self, buffer: Any) -> int:
         n: int = self._stream.readinto(buffer)
         with memoryview(buffer) as view:
             self.sha256.update(view[:n])
+            if not n and len(view):
+                self._ended()
         return n
+
+    def _ended(self) -> None:
+        at_end, self._at_end = self._at_end, None
+        if at_end is not None:
+            at_end(self.sha256.hexdigest())
 
     def readable(self) -> bool:
         return True

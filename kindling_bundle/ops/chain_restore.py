@@ -230,7 +230,8 @@ def _import_full(
     on_manifest: Callable[[Manifest], None] | None,
 ) -> ImportReport:
     with ref.open() as plain:
-        stream = HashingReader(plain)
+        # checked when the stream ends, before the import commits
+        stream = HashingReader(plain, at_end=ref.check_sha256)
         report = import_bundle(
             conn,
             stream,  # type: ignore[arg-type]
@@ -241,5 +242,4 @@ def _import_full(
             name=ref.label,
             options=ReadOptions(signature=ref.options.signature),
         )
-        ref.check_sha256(stream.hexdigest())
     return report
