@@ -11,7 +11,11 @@ exactly as it was, schema included.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -395,14 +399,16 @@ def test_the_index_built_in_a_second_process_is_the_one_built_in_place(
 
 @needs_fork
 def test_the_connection_that_copied_the_index_goes_on_indexing_correctly(
-    sample_db: Path, tmp_path: Path
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FTS5 caches an index's structure per connection: the copy must not leave the importing
     connection a stale one (a chain's increments are imported on it next)."""
+    copied = copies_made(monkeypatch)
     bundle = export(sample_db, tmp_path / "all.kbundle")
     db = tmp_path / "two.db"
     with create_store(db) as conn:
         import_bundle(conn, bundle, workers=2)
+        assert copied == ["observations_fts"]
         with write_transaction(conn):
             import_record(conn, Observation(id="late", kind="message", content="zanzibarite", ts=1))
     assert len(search(db, "observations_fts", "zanzibarite")) == 1
@@ -410,27 +416,64 @@ def test_the_connection_that_copied_the_index_goes_on_indexing_correctly(
     fts5_integrity_checks(db)
 
 
-def _fail_in_child(*_args: object) -> None:
-    raise sqlite3.OperationalError("disk I/O error")
-
-
-def _die_in_child(*_args: object) -> None:
-    os._exit(3)
-
-
 @needs_fork
-@pytest.mark.parametrize("failure", [_fail_in_child, _die_in_child])
+@pytest.mark.parametrize("how", ["raises", "dies"])
 def test_a_child_that_fails_leaves_the_index_to_this_process(
-    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: object
+    sample_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setattr(fts_build.IndexBuilder, "add", failure)  # only the child calls it
+    ran = tmp_path / "the child ran"
+
+    def failure(*_args: object) -> None:  # only the child calls it
+        ran.touch()
+        if how == "dies":
+            os._exit(3)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(fts_build.IndexBuilder, "add", failure)
     copied = copies_made(monkeypatch)
     bundle = export(sample_db, tmp_path / "all.kbundle")
     restore_with(bundle, tmp_path / "two.db", workers=2)
     restore_with_triggers(bundle, tmp_path / "reference.db")
+    assert ran.exists()
     assert copied == []
     assert index_contents(tmp_path / "two.db") == index_contents(tmp_path / "reference.db")
     assert not list(tmp_path.glob(".kindling-fts-*"))
+
+
+_KILLED_AFTER_ONE_FRAME = """
+import os, signal, sys
+from kindling_bundle.db.connection import create_store
+from kindling_bundle.ops.restore import import_bundle
+from kindling_bundle.parallel import fts
+
+add = fts.IndexerChild.add
+def add_then_die(self, observations):
+    add(self, observations)
+    os.kill(os.getpid(), signal.SIGKILL)
+fts.IndexerChild.add = add_then_die
+with create_store(sys.argv[2]) as conn:
+    import_bundle(conn, sys.argv[1], workers=2)
+"""
+
+
+@needs_fork
+def test_an_import_killed_beside_its_indexing_child_leaves_no_index_file(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """The index file is named until it is copied in: once the import is gone, the child that
+    was building it removes it (create_store's own file stays, as documented)."""
+    bundle = export(sample_db, tmp_path / "all.kbundle")
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_ONE_FRAME, str(bundle), str(tmp_path / "new.db")],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    deadline = time.monotonic() + 30
+    while list(tmp_path.glob(".kindling-fts-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(tmp_path.glob(".kindling-fts-*"))
+    assert not (tmp_path / "new.db").exists()
 
 
 def test_on_one_cpu_the_index_is_built_in_place(
@@ -456,9 +499,9 @@ def test_a_prebuilt_index_for_other_rows_is_not_taken(sample_db: Path, tmp_path:
         .fetchone()[0]
     )
     contents = [None if o.redacted else o.content for o in observations]
-    short = fts_build.build_index(
-        str(tmp_path / "short.idx"), "observations_fts", create_sql, contents[:-1]
-    )
+    builder = fts_build.IndexBuilder(str(tmp_path / "short.idx"), "observations_fts", create_sql)
+    builder.add(1, contents[:-1])
+    short = builder.finish()
     fast, reference = tmp_path / "fast.db", tmp_path / "reference.db"
     conn = open_store(fast)
     with write_transaction(conn), bulk_load(conn, prebuilt=lambda: short) as insert_first:

@@ -243,6 +243,12 @@ def loads_everything(conn: sqlite3.Connection) -> bool:
     return all(_empty(conn, table) for table in DATA_TABLES) and _indexes_empty(conn)
 
 
+def takes_prebuilt(conn: sqlite3.Connection) -> bool:
+    """Whether `bulk_load` would take a prebuilt index of observations: it loads everything
+    and that index never held segments (see `_has_segments`)."""
+    return loads_everything(conn) and not _has_segments(conn, _PREBUILT_FTS)
+
+
 def _indexes_empty(conn: sqlite3.Connection) -> bool:
     return all(_empty(conn, f"{fts}_docsize") for fts in _FTS_INDEXED)
 

@@ -46,15 +46,15 @@ class PrebuiltIndex:
 
 
 @contextmanager
-def fts_hash_size(conn: sqlite3.Connection, fts: str, schema: str = "main") -> Iterator[None]:
+def fts_hash_size(conn: sqlite3.Connection, fts: str) -> Iterator[None]:
     """A larger pending index while indexing a load. FTS5 stores the setting in the index's
     config table; the row is deleted afterwards, so the database holds no setting that
     Kindling's own databases do not (one someone set on purpose is left alone)."""
-    config = f"{schema}.{fts}_config"
+    config = f"{fts}_config"
     if conn.execute(f"SELECT 1 FROM {config} WHERE k = 'hashsize'").fetchone() is not None:
         yield
         return
-    conn.execute(f"INSERT INTO {schema}.{fts}({fts}, rank) VALUES ('hashsize', {FTS_HASH_BYTES})")
+    conn.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('hashsize', {FTS_HASH_BYTES})")
     yield
     conn.execute(f"DELETE FROM {config} WHERE k = 'hashsize'")
 
@@ -70,7 +70,6 @@ class IndexBuilder:
     def __init__(self, path: str, fts: str, create_sql: str) -> None:
         self.fts = fts
         self.rows = 0
-        self.indexed = 0
         self._pending_bytes = 0
         self._conn = sqlite3.connect(path, isolation_level=None)
         conn = self._conn
@@ -91,7 +90,6 @@ class IndexBuilder:
         self.rows += len(contents)
         rows = [(first_rowid + i, c) for i, c in enumerate(contents) if c is not None]
         self._conn.executemany("INSERT INTO temp.pending(rowid, content) VALUES (?, ?)", rows)
-        self.indexed += len(rows)
         self._pending_bytes += sum(len(content) for _, content in rows)
         if self._pending_bytes >= _BATCH_BYTES:
             self._flush()
@@ -116,18 +114,6 @@ class IndexBuilder:
         )
         self._conn.execute("DELETE FROM temp.pending")
         self._pending_bytes = 0
-
-
-def build_index(path: str, fts: str, create_sql: str, rows: Sequence[str | None]) -> PrebuiltIndex:
-    """The index of rows 1..len(rows) with these contents, built in one process (tests hold
-    the two-process build to it)."""
-    builder = IndexBuilder(path, fts, create_sql)
-    try:
-        builder.add(1, rows)
-        return builder.finish()
-    except BaseException:
-        builder.close()
-        raise
 
 
 def fits(conn: sqlite3.Connection, index: PrebuiltIndex, table: str) -> bool:

@@ -28,7 +28,7 @@ from kindling_bundle.db.bulk import (
     bulk_load,
     first_dangling_reference,
     foreign_keys_checked_after,
-    loads_everything,
+    takes_prebuilt,
 )
 from kindling_bundle.db.conflicts import ImportEntityResult
 from kindling_bundle.db.connection import (
@@ -105,7 +105,7 @@ def _indexer(
     before the reader starts its threads); its file is detached and removed afterwards."""
     folder = _folder_of(conn)
     observations = sum(e.records for e in run.manifest.entities if e.entity == "observations")
-    if folder is None or not loads_everything(conn) or choose_workers(workers, observations) < 2:
+    if folder is None or not takes_prebuilt(conn) or choose_workers(workers, observations) < 2:
         yield None
         return
     (create_sql,) = conn.execute(

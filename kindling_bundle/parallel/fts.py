@@ -35,10 +35,6 @@ from kindling_bundle.db.fts_build import IndexBuilder, PrebuiltIndex
 from kindling_bundle.parallel.forking import ChildFailed, pipe, start_child
 from kindling_bundle.records import Observation
 
-QUEUED_BYTES = 24 << 20
-"""Frames the child holds while it indexes, at most (their encoded size; one larger frame
-alone): this process waits only beyond them."""
-
 
 class _Rows(msgspec.Struct, array_like=True):
     """In the spool: the contents of rowids first, first + 1, ...; None for a row left out of
@@ -72,20 +68,25 @@ class IndexerChild:
         self._rows = 0
         self._offset = 0
         self._encoder = msgspec.msgpack.Encoder()
-        try:
+        with contextlib.ExitStack() as undo:
+            undo.callback(os.unlink, self.path)
             # unlinked at once: nothing is left behind, even by a process that is killed
-            self._spool = tempfile.TemporaryFile(dir=folder, prefix=".kindling-fts-")  # noqa: SIM115
+            self._spool = undo.enter_context(
+                tempfile.TemporaryFile(dir=folder, prefix=".kindling-fts-")
+            )
             child_where, self._send = pipe()
+            undo.callback(child_where.close)
+            undo.callback(self._send.close)
             self._answers, child_answers = pipe()
+            undo.callback(self._answers.close)
+            undo.callback(child_answers.close)
             self._child = start_child(
                 _child,
                 (child_where, child_answers, self._spool.fileno(), self.path, fts, create_sql),
                 "kbundle-indexer",
                 parent_ends=(self._send, self._answers),
             )
-        except OSError:
-            os.unlink(self.path)
-            raise
+            undo.pop_all()
         child_where.close()
         child_answers.close()
         self._alive = True
@@ -100,7 +101,8 @@ class IndexerChild:
         try:
             data = self._encoder.encode(_Rows(first, contents))
             os.pwrite(self._spool.fileno(), data, self._offset)
-            # a few bytes: the pipe never fills, whatever the child is doing
+            # a few bytes a frame: this process waits on the child only when it lags by more
+            # frames than the pipe's buffer holds announcements of
             self._send.send_bytes(self._encoder.encode(_Where(self._offset, len(data))))
             self._offset += len(data)
         except OSError:  # the child died, or the spool's disk is full: the load indexes in place
@@ -130,14 +132,15 @@ class IndexerChild:
             self._child.join()
         self._answers.close()
         self._spool.close()
-        for leftover in (self.path, self.path + "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        _remove(self.path)
 
 
 def _child(where: Any, answers: Any, spool: int, path: str, fts: str, create_sql: str) -> None:
-    """Index every frame announced until the end, then say so (or say what stopped it)."""
+    """Index every frame announced until the end, then say so (or say what stopped it). A
+    parent that is gone (killed) will neither take the index nor remove its file: this child
+    removes it."""
     gc.disable()  # nothing here holds a cycle
+    parent = os.getppid()
     where_of = msgspec.msgpack.Decoder(_Where)
     rows_of = msgspec.msgpack.Decoder(_Rows)
     try:
@@ -148,6 +151,8 @@ def _child(where: Any, answers: Any, spool: int, path: str, fts: str, create_sql
                     at = where_of.decode(where.recv_bytes())
                     frame = rows_of.decode(os.pread(spool, at.size, at.offset))
                     builder.add(frame.first, frame.contents)
+            if os.getppid() != parent:
+                raise BrokenPipeError("the import ended before its last observation")
             built = builder.finish()
         except BaseException:
             builder.close()
@@ -155,5 +160,16 @@ def _child(where: Any, answers: Any, spool: int, path: str, fts: str, create_sql
         answer: _Built | ChildFailed = _Built(built.rows)
     except Exception as exc:  # reported to the parent, which then indexes in place
         answer = ChildFailed.of(exc, "indexing")
-    with contextlib.suppress(OSError):  # the parent is gone
+    try:
         answers.send_bytes(msgspec.msgpack.encode(answer))
+    except OSError:  # nobody reads the answer: the parent is gone
+        _remove(path)
+    else:
+        if os.getppid() != parent:
+            _remove(path)
+
+
+def _remove(path: str) -> None:
+    for leftover in (path, path + "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)
