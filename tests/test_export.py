@@ -551,7 +551,7 @@ def test_a_link_that_is_not_text_is_reported_with_its_capsule(world: Path) -> No
     conn = open_store(world, readonly=True)
     with pytest.raises(RecordError, match=rf"kindling\.db: capsule {capsule_id}: a link") as e:
         list(export_capsules(conn))
-    assert (e.value.entity, e.value.record_id) == ("capsule", capsule_id)
+    assert (e.value.entity, e.value.record_id) == ("capsules", capsule_id)
     conn.close()
 
 

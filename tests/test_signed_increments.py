@@ -106,8 +106,10 @@ def test_importing_increments_holds_every_link_to_the_trust_policy(
     assert "is not allowed to sign" in line
     assert not refused.exists()
     onto = copy_database(signed_chain["at1"], tmp_path / "onto.db")
+    before = table_rows(onto)
     line = one_error_line(
         cli("import", "--db", onto, "--require-signature", "--allowed-signers", strangers,
             signed_chain["inc"])
     )  # fmt: skip
     assert "is not allowed to sign" in line
+    assert table_rows(onto) == before

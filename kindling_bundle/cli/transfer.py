@@ -159,7 +159,8 @@ def export(
 
     With --base, OUT is an increment: the records new or changed since PREV and tombstones
     for those gone; `import` applies it onto a database holding PREV's state. An encrypted PREV
-    is read with --identity (not needed where the local cache holds PREV's hashes).
+    is read with --identity (not needed where the local cache holds PREV's hashes and PREV
+    carries its SHA-256 in its name, as an archive names its bundles).
     """
 
     scope = {

@@ -282,7 +282,7 @@ def _fts_sync(
 
     One pass over the table, beside the index statistics in rowid order, counts what each
     detailed query below would find; a detailed query runs only when its count says it finds
-    something (each full pass over a million observations costs about a second)."""
+    something (each full pass over a table of observations costs as much as reading it)."""
     expected, low, high, missing_count, unexpected_count, matched = conn.execute(
         f"""SELECT coalesce(sum(CASE WHEN {indexed} THEN 1 ELSE 0 END), 0),
             min(CASE WHEN {indexed} THEN t.rowid END), max(CASE WHEN {indexed} THEN t.rowid END),

@@ -142,7 +142,7 @@ def capsule_with_links(row: Row) -> Capsule:
         raise RecordError(
             f"capsule {row[0]}: a link in capsule_observations holds an observation id that is "
             "not text",
-            entity="capsule",
+            entity="capsules",
             record_id=row[0],
         ) from None
     return capsule_from_row(row, observation_ids)

@@ -44,7 +44,7 @@ _NONCE_BYTES = 16
 
 Aead = ChaCha20Poly1305 | AESOCB3 | AESGCM
 """age's payload is ChaCha20-Poly1305. A SealedSpool, which nothing else reads, uses AES-OCB3
-(several times faster on CPUs with AES instructions), or AES-GCM where the OpenSSL underneath
+(faster than ChaCha20 on CPUs with AES instructions), or AES-GCM where the OpenSSL underneath
 lacks OCB3 (LibreSSL)."""
 
 
