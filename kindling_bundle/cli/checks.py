@@ -37,10 +37,10 @@ from kindling_bundle.ops.read import open_bundle
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import ENTITY_TYPES
-from kindling_bundle.scrub import RecordFinding, Scanner
 
 if TYPE_CHECKING:
     from kindling_bundle.ops.scan import ScanReport
+    from kindling_bundle.scrub import RecordFinding, Scanner
 
 
 @click.command()

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -42,7 +42,9 @@ from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_sou
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
-from kindling_bundle.scrub import Scanner, Scrubber
+
+if TYPE_CHECKING:
+    from kindling_bundle.scrub import Scanner
 
 
 class Hashing:
@@ -207,7 +209,11 @@ def export(
             conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
         )
     manifest: Manifest | None = None
-    scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
+    scrubber = None
+    if scrub is not None and out_format == "kindling-json":
+        from kindling_bundle.scrub import Scrubber
+
+        scrubber = Scrubber(scrub)
 
     def write(dest: Path | BinaryIO, hashing: Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
