@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import kindling_bundle
@@ -86,3 +88,22 @@ def test_only_the_sample_writer_touches_the_database() -> None:
             assert module.split(".")[0] != "sqlite3", path.name
             if module.startswith("kindling_bundle.db"):
                 assert module.startswith("kindling_bundle.db.sample."), (path.name, module)
+
+
+def test_the_package_and_the_command_line_import_their_layers_on_first_use() -> None:
+    """`import kindling_bundle` and the CLI's group load none of the layers: a command imports
+    what it runs (their import took longer than a small export), and a public name still
+    resolves to the object its module defines."""
+    code = (
+        "import sys, kindling_bundle, kindling_bundle.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('kindling_bundle.')))\n"
+        "from kindling_bundle import write_bundle\n"
+        "from kindling_bundle.ops.write import write_bundle as defined\n"
+        "print(write_bundle is defined)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    loaded = set(ast.literal_eval(out[0]))
+    assert not {m for m in loaded if m.split(".")[1] in ("db", "ops", "format", "parallel")}
+    assert out[1] == "True"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -24,10 +24,6 @@ from kindling_bundle.cli.options import (
     workers_option,
 )
 from kindling_bundle.cli.output import Failed, Output, print_integrity, print_signature
-from kindling_bundle.db.connection import open_store
-from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
-from kindling_bundle.db.journal import unfinished_import_problem
 from kindling_bundle.errors import BundleError, NoIdentityError
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.format.reader import BundleReader
@@ -38,11 +34,13 @@ from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import HEAD_BLOCK_SIZE, STDIO, is_url, open_source
 from kindling_bundle.kindling_json.reader import open_kindling_json, verify_kindling_json
 from kindling_bundle.ops.read import open_bundle
-from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import ENTITY_TYPES
-from kindling_bundle.scrub import RecordFinding, Scanner
+
+if TYPE_CHECKING:
+    from kindling_bundle.ops.scan import ScanReport
+    from kindling_bundle.scrub import RecordFinding, Scanner
 
 
 @click.command()
@@ -206,6 +204,11 @@ def inspect(
 def check(db: Path | None, sample_size: int, out: Output) -> None:
     """Run the integrity report on a database (read-only): foreign keys, pin targets, capsule
     order, full-text indexes in sync, and no unfinished import. Exits 1 if it finds a problem."""
+    # Imported here, not with the module: verify needs none of them (cli/__init__ says why).
+    from kindling_bundle.db.connection import open_store
+    from kindling_bundle.db.export import snapshot
+    from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+    from kindling_bundle.db.journal import unfinished_import_problem
 
     db_path = db or default_db()
     conn = open_store(db_path, readonly=True)
@@ -355,6 +358,9 @@ def _scan(
 ) -> ScanReport:
     """The scan of what `stream` holds (`local`: it is the file `source` itself, not standard
     input, a download or the plaintext of an encrypted file)."""
+    from kindling_bundle.db.connection import open_store
+    from kindling_bundle.ops.scan import scan_database, scan_records
+
     name = source_name(source)
     if kind == "database":
         if not local:

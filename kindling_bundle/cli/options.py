@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -22,7 +22,9 @@ from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sshsig import AllowedSigners, SigningKey, load_signing_key
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
-from kindling_bundle.scrub import Scanner
+
+if TYPE_CHECKING:
+    from kindling_bundle.scrub import Scanner
 
 ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
 """A team's allowed_signers file; set, every bundle read must be signed by someone in it."""
@@ -97,9 +99,15 @@ def scanner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @_rules_option
     @functools.wraps(func)
     def wrapper(*args: Any, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
-        return func(*args, scanner=Scanner.load(rule_files), **kwargs)
+        return func(*args, scanner=_load_rules(rule_files), **kwargs)
 
     return wrapper
+
+
+def _load_rules(rule_files: tuple[Path, ...]) -> Scanner:
+    from kindling_bundle.scrub import Scanner  # only a command that scans or scrubs needs it
+
+    return Scanner.load(rule_files)
 
 
 def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,7 +124,7 @@ def scrub_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, scrub: bool, rule_files: tuple[Path, ...], **kwargs: Any) -> Any:
         if rule_files and not scrub:
             raise click.UsageError("--rules applies only with --scrub")
-        return func(*args, scrub=Scanner.load(rule_files) if scrub else None, **kwargs)
+        return func(*args, scrub=_load_rules(rule_files) if scrub else None, **kwargs)
 
     return wrapper
 

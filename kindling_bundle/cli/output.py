@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kindling_bundle.cli.keys import IDENTITY_HINT
-from kindling_bundle.db.integrity import IntegrityReport
 from kindling_bundle.errors import KindlingBundleError, NoIdentityError, RulesError
-from kindling_bundle.format.signature import describe_signature
-from kindling_bundle.io.sshsig import Signer
+
+if TYPE_CHECKING:  # imported by the commands that print them (cli/__init__ says why)
+    from kindling_bundle.db.integrity import IntegrityReport
+    from kindling_bundle.io.sshsig import Signer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -66,6 +66,8 @@ def print_counts(out: Output, columns: Sequence[str], rows: Mapping[str, Sequenc
 
 def print_signature(out: Output, signer: Signer | None, indent: str = "") -> None:
     """Who signed a bundle: principals, key type and fingerprint; or that it is unsigned."""
+    from kindling_bundle.format.signature import describe_signature
+
     out.line(f"{indent}signature: {describe_signature(signer)}")
 
 
@@ -85,6 +87,8 @@ def run(group: click.Group, argv: list[str] | None) -> None:
     except RulesError as exc:  # the user's --rules file: a usage error, as a bad option is
         _fail(str(exc).replace("\n", " "), EXIT_USAGE)
     except NoIdentityError as exc:
+        from kindling_bundle.cli.keys import IDENTITY_HINT
+
         _fail(f"{exc}: {IDENTITY_HINT}".replace("\n", " "), EXIT_FAILED)
     except KindlingBundleError as exc:
         _fail(str(exc).replace("\n", " "), EXIT_FAILED)

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -34,20 +34,17 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Output, print_counts, print_integrity, print_signature
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
-from kindling_bundle.format.increment import is_increment
 from kindling_bundle.format.manifest import Manifest
 from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
-from kindling_bundle.ops.convert import export_kindling_json, import_kindling_json
-from kindling_bundle.ops.links import peek_manifest
-from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
-from kindling_bundle.scrub import Scanner, Scrubber
+
+if TYPE_CHECKING:
+    from kindling_bundle.scrub import Scanner
 
 
 class Hashing:
@@ -213,11 +210,17 @@ def export(
             conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0] for entity in ENTITY_TYPES
         )
     manifest: Manifest | None = None
-    scrubber = Scrubber(scrub) if scrub is not None and out_format == "kindling-json" else None
+    scrubber = None
+    if scrub is not None and out_format == "kindling-json":
+        from kindling_bundle.scrub import Scrubber
+
+        scrubber = Scrubber(scrub)
 
     def write(dest: Path | BinaryIO, hashing: Hashing | None = None) -> dict[str, int]:
         nonlocal manifest
         if out_format == "kindling-json":
+            from kindling_bundle.ops.convert import export_kindling_json
+
             return export_kindling_json(
                 conn,
                 dest,
@@ -381,7 +384,13 @@ def import_(
     database), or increments each on the one before; every link (and its signature) is checked
     before anything is written. --conflict does not apply to increments.
     """
+    # Imported here, not with the module: an export needs none of them (cli/__init__ says why).
     from kindling_bundle.cli import archive
+    from kindling_bundle.format.increment import is_increment
+    from kindling_bundle.io.sniff import open_input
+    from kindling_bundle.ops.convert import import_kindling_json
+    from kindling_bundle.ops.links import peek_manifest
+    from kindling_bundle.ops.restore import import_bundle
 
     db_path = db or default_db()
     if len(in_targets) > 1:

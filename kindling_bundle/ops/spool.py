@@ -26,10 +26,11 @@ from kindling_bundle.format.record_frames import FrameEncoder
 from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.io.storage import check_local_destination
 from kindling_bundle.records import Record
-from kindling_bundle.scrub import Scrubber
 
 if TYPE_CHECKING:
     from hashlib import _Hash
+
+    from kindling_bundle.scrub import Scrubber
 
 Piece = tuple[BinaryIO, int, int]
 """Where some of a member's bytes are: (spool, offset, size)."""

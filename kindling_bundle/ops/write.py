@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import msgspec
 
@@ -83,7 +83,9 @@ from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_fi
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
 from kindling_bundle.parallel.encoder import SplitChild, Witness, encode_split, split_key
 from kindling_bundle.records import Record
-from kindling_bundle.scrub import Scanner, Scrubber
+
+if TYPE_CHECKING:  # scrub (and its rules engine) is imported only by an export that scrubs
+    from kindling_bundle.scrub import Scanner, Scrubber
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
 
@@ -144,7 +146,7 @@ class BundleOptions:
                 f"sign_key must be a SigningKey (load_signing_key), got "
                 f"{type(self.sign_key).__name__}"
             )
-        if self.scrub is not None and not isinstance(self.scrub, Scanner):
+        if self.scrub is not None and not isinstance(self.scrub, _scanner_class()):
             raise TypeError(f"scrub must be a Scanner, got {type(self.scrub).__name__}")
 
 
@@ -196,7 +198,7 @@ def write_bundle(
     if selection.filtered and not selection.include_references:
         selection = dataclasses.replace(selection, include_references=True)
     label = source_label(dest)
-    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
+    scrub = _scrubber(opts)
     with contextlib.ExitStack() as stack:
         sealed = _sealed(opts)
         spool = stack.enter_context(spool_file(dest, label, sealed))
@@ -292,7 +294,7 @@ def write_bundle_from_records(
     opts = opts or BundleOptions()
     created_at = resolve_created_at(opts.created_at)
     label = source_label(dest)
-    scrub = Scrubber(opts.scrub) if opts.scrub is not None else None
+    scrub = _scrubber(opts)
     with spool_file(dest, label, _sealed(opts)) as spool:
         members = encode_members(spool, streams, label, Progress(progress), names, scrub=scrub)
         entries = [member.entry for member in members]
@@ -303,6 +305,21 @@ def write_bundle_from_records(
             manifest = increment_manifest(manifest, increment.base, increment.state)
         _write_archive(dest, label, members, manifest, opts, on_bundle=on_bundle)
     return manifest
+
+
+def _scanner_class() -> type[Scanner]:
+    from kindling_bundle.scrub import Scanner
+
+    return Scanner
+
+
+def _scrubber(opts: BundleOptions) -> Scrubber | None:
+    """What scrubs this export's records (counting what it finds), or None."""
+    if opts.scrub is None:
+        return None
+    from kindling_bundle.scrub import Scrubber
+
+    return Scrubber(opts.scrub)
 
 
 def _sealed(opts: BundleOptions) -> bool:

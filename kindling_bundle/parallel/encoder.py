@@ -62,10 +62,11 @@ from kindling_bundle.ops.spool import (
 )
 from kindling_bundle.parallel.forking import ToParent, WorkerChild
 from kindling_bundle.records import Record
-from kindling_bundle.scrub import Scrubber
 
 if TYPE_CHECKING:
     from hashlib import _Hash
+
+    from kindling_bundle.scrub import Scrubber
 
 CHILD_SHARE = 0.60
 """Of a whole export's observations, the part the child reads and encodes: about what balances
@@ -272,7 +273,7 @@ def _split_child(
         parent.ready()
         sha256 = hashlib.sha256()
         records = export_observations_before(conn, key)
-        mine = Scrubber(scrub.scanner) if scrub is not None else None  # its own counts
+        mine = type(scrub)(scrub.scanner) if scrub is not None else None  # its own counts
         part = encode_member(spool, "observations", records, label, on_frame, sha256, mine)
         finish_spool(spool, label)
         _hash_file(side, parent.receive(_Finish).side_bytes, sha256, label)
