@@ -93,12 +93,13 @@ from kindling_bundle.ops.convert import (
 )
 from kindling_bundle.ops.datasets import open_dataset
 from kindling_bundle.ops.forget import ForgetReport, forget
+from kindling_bundle.ops.import_run import EntityCounts, ImportReport
 from kindling_bundle.ops.increment import write_increment
 from kindling_bundle.ops.links import BundleRef, ChainVerifyReport, bundle_ref, verify_chain
 from kindling_bundle.ops.merge import DiffReport, MergeReport, diff_datasets, merge_datasets
 from kindling_bundle.ops.read import open_bundle, read_manifest
 from kindling_bundle.ops.references import DanglingReport
-from kindling_bundle.ops.restore import EntityCounts, ImportReport, import_bundle
+from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.scan import ScanReport, scan_database, scan_records
 from kindling_bundle.ops.verify import verify_bundle

@@ -41,8 +41,8 @@ from kindling_bundle.format.increment import (
     check_applies_to,
 )
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, ProgressCallback
+from kindling_bundle.ops.import_run import ImportReport
 from kindling_bundle.ops.links import BundleRef, prepare_chain
-from kindling_bundle.ops.restore import ImportReport
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, TOMBSTONES, Record, Tombstone
 
 # --- applying increments --------------------------------------------------------------------

@@ -37,8 +37,9 @@ from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.io.age import X25519Identity
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
+from kindling_bundle.ops.import_run import ImportReport
 from kindling_bundle.ops.links import BundleRef, prepare_chain
-from kindling_bundle.ops.restore import ImportReport, import_bundle
+from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.ops.write import write_bundle_from_records as _write_records
 from kindling_bundle.records import ENTITY_TYPES, Record, Tombstone

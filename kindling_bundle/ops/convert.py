@@ -21,9 +21,10 @@ from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.kindling_json.reader import open_kindling_json, source_name
 from kindling_bundle.kindling_json.writer import write_kindling_json
 from kindling_bundle.ops.datasets import entity_streams
+from kindling_bundle.ops.import_run import ImportReport
 from kindling_bundle.ops.read import open_bundle
 from kindling_bundle.ops.references import DanglingReport, close_references
-from kindling_bundle.ops.restore import ImportReport, import_bundle
+from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import (
     BundleDestination,
     BundleOptions,

@@ -33,14 +33,10 @@ import bisect
 import contextlib
 import itertools
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
@@ -49,74 +45,27 @@ from kindling_bundle.db.connection import (
     describe_error,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
+from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
 from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
 from kindling_bundle.db.pacing import Checkpointer
 from kindling_bundle.errors import (
-    ImportConflictError,
-    IntegrityError,
-    MissingReferenceError,
-    RecordError,
     StoreError,
 )
-from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
-from kindling_bundle.format.reader import BundleReader, BundleSource
-from kindling_bundle.format.signature import signature_to_dict
+from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.reader import BundleSource
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sshsig import Signer
+from kindling_bundle.ops.import_run import ImportReport, ImportRun
 from kindling_bundle.ops.read import open_reader
 from kindling_bundle.ops.restore_new import RepeatedIds as _RepeatedIds
 from kindling_bundle.ops.restore_new import in_one_transaction, private_copy
 from kindling_bundle.ops.restore_new import store_error as _store_error
 from kindling_bundle.parallel import Workers, check_workers
-from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy, Pin, Record
+from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy
 
-_LISTED_PROBLEMS = 3
 _LIVE_CACHE_KIB = 32 << 10
 """The importing connection's page cache (default 2 MiB): the indexes it inserts into at random
 (UUID ids) are read again from the file less often."""
-
-
-@dataclass
-class EntityCounts:
-    """What happened to one entity's records."""
-
-    inserted: int = 0
-    overwritten: int = 0
-    skipped: int = 0
-    unchanged: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.inserted + self.overwritten + self.skipped + self.unchanged
-
-
-@dataclass
-class ImportReport:
-    """The outcome of an import (or, with `dry_run`, of what an import would do)."""
-
-    source: str
-    manifest: Manifest
-    conflict: ConflictStrategy
-    dry_run: bool
-    counts: dict[str, EntityCounts]
-    integrity: IntegrityReport
-    signer: Signer | None = None
-    """Who signed the bundle; None if it is unsigned."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form, for the CLI's --json."""
-        return {
-            "source": self.source,
-            "conflict": self.conflict,
-            "dry_run": self.dry_run,
-            "committed": not self.dry_run,
-            "counts": {entity: asdict(counts) for entity, counts in self.counts.items()},
-            "integrity": self.integrity.to_dict(),
-            "manifest": self.manifest.to_dict(),
-            "signature": signature_to_dict(self.signer),
-        }
 
 
 def import_bundle(
@@ -155,7 +104,7 @@ def import_bundle(
         manifest = reader.read_manifest()
         if on_manifest is not None:
             on_manifest(manifest)
-        run = _Run(reader, manifest, conflict, dry_run, progress)
+        run = ImportRun(reader, manifest, conflict, dry_run, progress)
         if conn.private or not _file_of(conn):
             return in_one_transaction(conn, run, workers)
         if dry_run:
@@ -164,82 +113,7 @@ def import_bundle(
         return _live(conn, run)
 
 
-@dataclass
-class _Run:
-    """One import: what it reads, how, and what happened so far."""
-
-    reader: BundleReader
-    manifest: Manifest
-    conflict: ConflictStrategy
-    dry_run: bool
-    progress: ProgressCallback | None
-
-    def __post_init__(self) -> None:
-        self.label = self.reader.label
-        self.counts = {entity: EntityCounts() for entity in ENTITY_TYPES}
-        self.redirects: dict[str, str] = {}
-        self.where = self.label
-
-    def enter(self, entity: str) -> None:
-        """The frames that follow are of `entity`: messages name its member."""
-        self.where = f"{self.label}: {ENTITY_MEMBERS[entity]}"
-
-    def redirect(self, records: list[Record]) -> list[Record]:
-        """The frame's pins on summaries skipped in favour of another go to that one."""
-        if not self.redirects:
-            return records
-        return [_redirected(r, self.redirects) if isinstance(r, Pin) else r for r in records]
-
-    @contextmanager
-    def naming(self) -> Iterator[None]:
-        """A record error raised inside names the member it is in, once, and keeps its class
-        (a caller catches a MissingReferenceError as such)."""
-        try:
-            yield
-        except RecordError as exc:
-            if not str(exc).startswith(f"{self.where}: "):
-                exc.args = (f"{self.where}: {exc}", *exc.args[1:])
-            raise
-
-    def take(self, results: Sequence[ImportEntityResult]) -> None:
-        """Count results; an error fails the import. A summary skipped in favour of its
-        capsule's stored summary is remembered, so that the bundle's pins on it follow it (and
-        none dangles)."""
-        for result in results:
-            if result.error is not None and result.missing:
-                raise MissingReferenceError(
-                    f"{self.where}: {result.error}",
-                    entity=result.entity,
-                    record_id=result.id,
-                    missing=result.missing,
-                )
-            if result.error is not None:
-                raise ImportConflictError(
-                    f"{self.where}: {result.error}", entity=result.entity, record_id=result.id
-                )
-            if result.kept_id is not None:
-                self.redirects[result.id] = result.kept_id
-            entity_counts = self.counts[result.entity]
-            assert result.outcome is not None
-            setattr(entity_counts, result.outcome, getattr(entity_counts, result.outcome) + 1)
-
-    def report(self, integrity: IntegrityReport) -> ImportReport:
-        report = ImportReport(
-            self.label,
-            self.manifest,
-            self.conflict,
-            self.dry_run,
-            self.counts,
-            integrity,
-            self.reader.signer,
-        )
-        if not integrity.ok:
-            message = _integrity_message(self.label, integrity)
-            raise IntegrityError(message, problems=integrity.problems)
-        return report
-
-
-def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
+def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
     """Import into a database in use, in short journaled transactions (module docstring).
 
     Three threads: this one writes; one reads the bundle and decides its records (`PlanAhead`,
@@ -296,7 +170,7 @@ def _live(conn: KindlingConnection, run: _Run) -> ImportReport:
     return report
 
 
-def _taker(conn: KindlingConnection, run: _Run) -> Take:
+def _taker(conn: KindlingConnection, run: ImportRun) -> Take:
     """What the writer calls with each step's results, inside its transaction: count them, fail
     on an error, and find ids the bundle holds twice (the journal says which rows it inserted)."""
     inserted: dict[str, list[tuple[int, int]]] = {entity: [] for entity in ENTITY_TYPES}
@@ -337,7 +211,9 @@ def _live_settings(conn: KindlingConnection) -> Iterator[None]:
                 conn.execute(f"PRAGMA {name} = {value}")
 
 
-def _write(writer: Writer | None, run: _Run, planner: PlanAhead, items: Iterator[Item]) -> None:
+def _write(
+    writer: Writer | None, run: ImportRun, planner: PlanAhead, items: Iterator[Item]
+) -> None:
     """Write what the planner decided, in order; raise what it met, where it met it."""
     for item in items:
         if item[0] == "failed":
@@ -410,21 +286,3 @@ def _cause(failure: BaseException) -> str:
     if isinstance(failure, sqlite3.DatabaseError):
         return describe_error(failure)
     return str(failure) or type(failure).__name__
-
-
-def _redirected(pin: Pin, redirects: dict[str, str]) -> Pin:
-    if pin.target_type == "summary" and pin.target_id in redirects:
-        return msgspec.structs.replace(pin, target_id=redirects[pin.target_id])
-    return pin
-
-
-def _integrity_message(label: str, integrity: IntegrityReport) -> str:
-    listed = "; ".join(
-        f"{p.kind} {p.entity} {p.id}: {p.detail}" for p in integrity.problems[:_LISTED_PROBLEMS]
-    )
-    more = len(integrity.problems) - _LISTED_PROBLEMS
-    suffix = f" (and {more} more)" if more > 0 else ""
-    return (
-        f"{label}: import rolled back, the database would fail its integrity check: "
-        f"{listed}{suffix}"
-    )

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import msgspec
 
@@ -44,12 +44,10 @@ from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.db.journal import recover
 from kindling_bundle.errors import MissingReferenceError, RecordError, StoreError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS
+from kindling_bundle.ops.import_run import ImportReport, ImportRun
 from kindling_bundle.parallel import Workers, choose_workers
 from kindling_bundle.parallel.fts import IndexerChild
 from kindling_bundle.records import ENTITY_TYPES, SINGULAR, Observation, Record
-
-if TYPE_CHECKING:
-    from kindling_bundle.ops.restore import ImportReport, _Run
 
 
 class RollBack(Exception):
@@ -60,7 +58,7 @@ class RollBack(Exception):
         self.report = report
 
 
-def in_one_transaction(conn: KindlingConnection, run: _Run, workers: Workers) -> ImportReport:
+def in_one_transaction(conn: KindlingConnection, run: ImportRun, workers: Workers) -> ImportReport:
     """Import in one write transaction: for a database nobody else can reach."""
     with _indexer(conn, run, workers) as indexer:
         try:
@@ -99,7 +97,7 @@ def in_one_transaction(conn: KindlingConnection, run: _Run, workers: Workers) ->
 
 @contextmanager
 def _indexer(
-    conn: KindlingConnection, run: _Run, workers: Workers
+    conn: KindlingConnection, run: ImportRun, workers: Workers
 ) -> Iterator[IndexerChild | None]:
     """A child indexing the observations beside the load, if it pays and is safe now (forked
     before the reader starts its threads); its file is detached and removed afterwards."""
@@ -133,7 +131,7 @@ def _folder_of(conn: KindlingConnection) -> Path | None:
 
 
 def _batch(
-    conn: KindlingConnection, records: list[Record], run: _Run, insert_first: frozenset[type]
+    conn: KindlingConnection, records: list[Record], run: ImportRun, insert_first: frozenset[type]
 ) -> list[ImportEntityResult]:
     try:
         return import_batch(conn, records, run.conflict, insert_first=insert_first)
