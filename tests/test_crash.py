@@ -88,13 +88,17 @@ def targets(
 
 
 def _journal(db: Path) -> tuple[str, int] | None:
-    """The state of the undo journal in `db` and its entries, or None if it has none."""
+    """The state of the undo journal in `db` and the rows it journals (an `inserts` entry is a
+    run of rows), or None if it has none."""
     if not db.exists():
         return None
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         state = conn.execute(f"SELECT state FROM {IMPORT_TABLE}").fetchone()[0]
-        entries = conn.execute(f"SELECT count(*) FROM {UNDO_TABLE}").fetchone()[0]
+        entries = conn.execute(
+            f"SELECT coalesce(sum(CASE op WHEN 'inserts' THEN a0 - row + 1 ELSE 1 END), 0) "
+            f"FROM {UNDO_TABLE}"
+        ).fetchone()[0]
     except (sqlite3.OperationalError, TypeError):
         return None
     finally:
@@ -127,7 +131,7 @@ def test_an_import_killed_at_any_point_is_all_or_nothing(
     for n in range(IMPORT_KILLS):
         if n % 3 == 0:  # anywhere, from process start to past the end of a typical import
             plans.append(("delay", rng.uniform(0.0, 4.0)))
-        elif n % 3 == 1:  # inside the import: once its journal holds this many entries
+        elif n % 3 == 1:  # inside the import: once its journal holds this many rows
             plans.append(("journal", rng.randrange(1, 20_000)))
         else:  # as soon as it succeeded, before its journal is gone
             plans.append(("commit", 0))

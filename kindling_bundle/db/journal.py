@@ -8,19 +8,22 @@ inserts, updates or deletes is recorded, in the same transaction, in two tables 
 - `kindling_bundle_import`: one row, the import in progress: its source, when it started, the
   process (pid, host, and on Linux the process's start time, so that a reused pid is not taken
   for it), and its state: `applying`, or `committed` once it succeeded.
-- `kindling_bundle_undo`: one row per row changed, in order (`seq`): the table, the operation,
-  the rowid, and the row's columns before (`b0`...) and after (`a0`...); an insert keeps only the
-  row's key.
+- `kindling_bundle_undo`: one row per change, in order (`seq`): the table, the operation, the
+  rowid, and the row's columns before (`b0`...) and after (`a0`...); an insert keeps only the
+  row's key. The rows one statement inserts in bulk (a step's run of new records) are one
+  entry, `inserts`: their first and last rowid (they run on from the table's last) and their
+  keys; a new capsule's links are not journaled, as deleting the capsule deletes them.
 
-TEMP triggers on the importing connection fill the journal, so they see exactly this
-connection's writes and never another process's. Undo walks the journal backwards in short
-transactions, each removing the entries it undid: an inserted row is deleted (if it is still
-the one inserted), an updated row gets its old values back (only if nobody changed it since: a
-row another writer changed afterwards is left as they left it, and counted), a deleted row is
-put back at its rowid. Kindling's FTS triggers follow every step, so full-text search stays in
-sync. Rows another writer added meanwhile are never touched, except those that reference a
-row the import inserted (a capsule link to an imported observation): `ON DELETE CASCADE` takes
-them with it, as it does for any delete in Kindling.
+TEMP triggers on the importing connection fill the journal (and `Journal.run` for runs), so
+they see exactly this connection's writes and never another process's. Undo (`db.undo`) walks
+the journal backwards in short transactions, each removing the entries it undid: an inserted
+row is deleted (if it is still the one inserted: a row at its rowid with its key), an updated
+row gets its old values back (only if nobody changed it since: a row another writer changed
+afterwards is left as they left it, and counted), a deleted row is put back at its rowid.
+Kindling's FTS triggers follow every step, so full-text search stays in sync. Rows another
+writer added meanwhile are never touched, except those that reference a row the import
+inserted (a capsule link to an imported observation): `ON DELETE CASCADE` takes them with it,
+as it does for any delete in Kindling.
 
 The tables are created when an import starts and dropped when it ends; if they exist, an import
 did not end: `recover` undoes it (or, once `committed`, only removes the journal).
@@ -32,41 +35,27 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from kindling_bundle.db.connection import savepoint, write_transaction
-from kindling_bundle.db.importer import ensure_fts_entry
+from kindling_bundle.db.connection import TransactionLost, savepoint, write_transaction
 from kindling_bundle.db.integrity import IntegrityProblem
 from kindling_bundle.db.pacing import Pace
-from kindling_bundle.db.rows import (
-    CAPSULE_COLUMNS,
-    OBSERVATION_COLUMNS,
-    PIN_COLUMNS,
-    SUMMARY_COLUMNS,
-)
+from kindling_bundle.db.undo import COLUMNS as _COLUMNS
+from kindling_bundle.db.undo import KEYS as _KEYS
+from kindling_bundle.db.undo import UNDO_TABLE, UndoCounts, table_exists, undo
+from kindling_bundle.db.undo import WIDTH as _WIDTH
 from kindling_bundle.errors import StoreError
 
-IMPORT_TABLE = "kindling_bundle_import"
-UNDO_TABLE = "kindling_bundle_undo"
+__all__ = ["IMPORT_TABLE", "UNDO_TABLE", "Journal", "UndoCounts", "recover", "undo"]
 
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    table: tuple(c.strip() for c in columns.split(","))
-    for table, columns in (
-        ("observations", OBSERVATION_COLUMNS),
-        ("capsules", CAPSULE_COLUMNS),
-        ("capsule_observations", "capsule_id, observation_id, seq"),
-        ("summaries", SUMMARY_COLUMNS),
-        ("pins", PIN_COLUMNS),
-    )
-}
-_KEYS: dict[str, tuple[str, ...]] = {
-    table: ("capsule_id", "observation_id") if table == "capsule_observations" else ("id",)
-    for table in _COLUMNS
-}
-_FTS = {"observations": "observations_fts", "summaries": "summaries_fts"}
-_WIDTH = max(len(columns) for columns in _COLUMNS.values())
+IMPORT_TABLE = "kindling_bundle_import"
+_RUN = "kindling_bundle_run"
+"""A TEMP table that holds a row while `Journal.run` journals the rows being inserted as one
+entry: the per-row insert triggers stand aside meanwhile."""
+_LAST_ROWID = (1 << 63) - 1
 
 _CREATE = [
     f"""CREATE TABLE {IMPORT_TABLE} (
@@ -97,7 +86,8 @@ def _triggers() -> list[str]:
         name = f"{UNDO_TABLE}_{table}"
         insert = f"INSERT INTO {UNDO_TABLE} (tbl, op, row"
         statements += [
-            f"CREATE TEMP TRIGGER {name}_insert AFTER INSERT ON main.{table} BEGIN "
+            f"CREATE TEMP TRIGGER {name}_insert AFTER INSERT ON main.{table} "
+            f"WHEN NOT EXISTS (SELECT 1 FROM temp.{_RUN}) BEGIN "
             f"{insert}, {', '.join(f'a{i}' for i in range(len(keys)))}) VALUES ('{table}', "
             f"'insert', NEW.rowid, {', '.join(f'NEW.{k}' for k in keys)}); END",
             f"CREATE TEMP TRIGGER {name}_update AFTER UPDATE ON main.{table} BEGIN "
@@ -133,18 +123,6 @@ class UnfinishedImport:
         if self.committed:
             return f"the {who} finished, but its undo journal is still there"
         return f"an {who} did not finish: the database holds part of it"
-
-
-@dataclass
-class UndoCounts:
-    """What undoing an import did."""
-
-    removed: int = 0
-    """Rows the import had inserted, deleted again."""
-    restored: int = 0
-    """Rows the import had updated or deleted, put back as they were."""
-    kept: int = 0
-    """Rows the import had updated that another writer changed since: left as they are."""
 
 
 def _process_token(pid: int) -> str | None:
@@ -284,21 +262,58 @@ class Journal:
                     _process_token(os.getpid()),
                 ),
             )
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_RUN} (running)")
         for statement in _triggers():
             conn.execute(statement)
         _ACTIVE.add(_path(conn))
         return cls(conn)
 
     def inserted_since(self, seq: int) -> list[tuple[str, int, int]]:
-        """(table, first rowid, last rowid) of the rows inserted after journal entry `seq`: runs
-        of consecutive rowids (one import's rows in one transaction are nearly always one)."""
+        """(table, first rowid, last rowid) of the rows inserted after journal entry `seq`: each
+        run journaled as one (`run`), and runs of consecutive rowids of those journaled one by
+        one."""
         rows = self.conn.execute(
+            f"SELECT tbl, row, a0 FROM {UNDO_TABLE} WHERE seq > ? AND op = 'inserts' UNION ALL "
             "SELECT tbl, min(row), max(row) FROM (SELECT tbl, row, "
             "row - row_number() OVER (PARTITION BY tbl ORDER BY row) AS run "
             f"FROM {UNDO_TABLE} WHERE seq > ? AND op = 'insert') GROUP BY tbl, run",
-            (seq,),
+            (seq, seq),
         )
         return [(str(table), int(first), int(last)) for table, first, last in rows]
+
+    @contextmanager
+    def run(self, table: str, rows: int) -> Iterator[None]:
+        """Journal the `rows` rows the block inserts into `table` (a table keyed by `id`) as one
+        entry, instead of one entry a row: their rowids, the table's next ones, and their ids.
+
+        Inside a write transaction nobody else inserts, and a new row takes the rowid after the
+        table's last, so the rows are exactly those after the last rowid before the block. The
+        block may also insert rows that `ON DELETE CASCADE` ties to these (a capsule's links):
+        unjournaled, they are deleted with them. Where rowids could not run on (the table's
+        last is the largest there is), the triggers journal the rows one by one instead."""
+        conn = self.conn
+        table_last = f"SELECT coalesce(max(rowid), 0) FROM main.{table}"
+        before = int(conn.execute(table_last).fetchone()[0])
+        if before + rows >= _LAST_ROWID:
+            yield
+            return
+        with savepoint(conn, "kindling_journal_run"):
+            conn.execute(f"INSERT INTO temp.{_RUN} VALUES (1)")
+            try:
+                yield
+            finally:
+                conn.execute(f"DELETE FROM temp.{_RUN}")
+            if not conn.in_transaction:
+                raise TransactionLost(
+                    f"{_label(conn)}: SQLite rolled the write transaction back after an error "
+                    "(a full disk, an I/O error or a corrupt database); nothing more is written"
+                )
+            conn.execute(
+                f"INSERT INTO {UNDO_TABLE} (tbl, op, row, a0, a1) SELECT ?, 'inserts', ?, "
+                f"max(rowid), json_group_array(id) FROM main.{table} WHERE rowid > ? "
+                "HAVING count(*)",
+                (table, before + 1, before),
+            )
 
     def last_seq(self) -> int:
         """The newest journal entry (0 for none): entries after it are the ones to come."""
@@ -330,13 +345,14 @@ def _drop_triggers(conn: sqlite3.Connection) -> None:
         (f"{UNDO_TABLE}%",),
     ).fetchall():
         conn.execute(f'DROP TRIGGER temp."{name}"')
+    conn.execute(f"DROP TABLE IF EXISTS temp.{_RUN}")
 
 
 def drop(conn: sqlite3.Connection) -> None:
     """Remove the journal: its entries in short transactions, then the (small) tables."""
     _drop_triggers(conn)
     pace = Pace()
-    while _table_exists(conn, UNDO_TABLE):
+    while table_exists(conn, UNDO_TABLE):
         with pace.transaction(conn) as step:
             step.count = conn.execute(
                 f"DELETE FROM {UNDO_TABLE} WHERE seq IN "
@@ -346,99 +362,6 @@ def drop(conn: sqlite3.Connection) -> None:
             if step.count < step.size:
                 conn.execute(f"DROP TABLE {UNDO_TABLE}")
                 conn.execute(f"DROP TABLE IF EXISTS {IMPORT_TABLE}")
-    if _table_exists(conn, IMPORT_TABLE):
+    if table_exists(conn, IMPORT_TABLE):
         with write_transaction(conn):
             conn.execute(f"DROP TABLE IF EXISTS {IMPORT_TABLE}")
-
-
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
-    return row.fetchone() is not None
-
-
-def undo(conn: sqlite3.Connection) -> UndoCounts:
-    """Undo the journaled changes, newest first, in short transactions; the journal entries go
-    with the changes they undo. Leaves the (emptied) journal tables for `drop`."""
-    counts = UndoCounts()
-    if not _table_exists(conn, UNDO_TABLE):
-        return counts
-    pace = Pace()
-    columns = [f"b{i}" for i in range(_WIDTH)] + [f"a{i}" for i in range(_WIDTH)]
-    select = f"SELECT seq, tbl, op, row, {', '.join(columns)} FROM {UNDO_TABLE}"
-    while True:
-        with pace.transaction(conn) as step:
-            entries = conn.execute(f"{select} ORDER BY seq DESC LIMIT ?", (step.size,)).fetchall()
-            if not entries:
-                return counts
-            start = 0
-            while start < len(entries):
-                end = start + 1
-                while end < len(entries) and entries[end][1:3] == entries[start][1:3]:
-                    end += 1
-                _undo_entries(conn, entries[start:end], counts)
-                start = end
-            conn.execute(f"DELETE FROM {UNDO_TABLE} WHERE seq >= ?", (entries[-1][0],))
-            step.count = len(entries)
-
-
-def _undo_entries(
-    conn: sqlite3.Connection, entries: list[tuple[Any, ...]], counts: UndoCounts
-) -> None:
-    """Undo entries of one table and operation, newest first."""
-    table, op = str(entries[0][1]), entries[0][2]
-    columns, keys = _COLUMNS[table], _KEYS[table]
-    if op == "insert":
-        low, high = entries[-1][0], entries[0][0]
-        ours = (
-            f"SELECT u.row FROM {UNDO_TABLE} AS u JOIN {table} AS t ON t.rowid = u.row AND "
-            + " AND ".join(f"t.{k} IS u.a{i}" for i, k in enumerate(keys))
-            + " WHERE u.seq BETWEEN ? AND ?"
-        )
-        fts = _FTS.get(table)
-        if fts is not None:  # Kindling's delete trigger removes an FTS entry: it must exist
-            conn.execute(
-                f"INSERT INTO {fts}(rowid, content) SELECT t.rowid, t.content FROM {table} AS t "
-                f"WHERE t.rowid IN ({ours}) AND NOT EXISTS "
-                f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
-                (low, high),
-            )
-        deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN ({ours})", (low, high)).rowcount
-        counts.removed += deleted
-        return
-    n = len(columns)
-    for entry in entries:
-        rowid, before, after = entry[3], entry[4 : 4 + n], entry[4 + _WIDTH : 4 + _WIDTH + n]
-        if op == "update":
-            same = " AND ".join(f"{c} IS ?" for c in columns)
-            current = conn.execute(
-                f"SELECT rowid FROM {table} WHERE rowid = ? AND {same}", (rowid, *after)
-            ).fetchone()
-            if current is None:
-                counts.kept += 1
-                continue
-            fts = _FTS.get(table)
-            if fts is not None:
-                ensure_fts_entry(conn, fts, rowid, after[columns.index("content")])
-            assigned = ", ".join(f"{c} = ?" for c in columns)
-            conn.execute(f"UPDATE {table} SET {assigned} WHERE rowid = ?", (*before, rowid))
-            counts.restored += 1
-        else:
-            free = " AND ".join(f"{k} IS ?" for k in keys)
-            key_values = [before[columns.index(k)] for k in keys]
-            taken = conn.execute(
-                f"SELECT 1 FROM {table} WHERE rowid = ? OR ({free})", (rowid, *key_values)
-            ).fetchone()
-            if taken is not None:
-                counts.kept += 1
-                continue
-            try:
-                with savepoint(conn, "kindling_undo"):
-                    conn.execute(
-                        f"INSERT INTO {table} (rowid, {', '.join(columns)}) "
-                        f"VALUES (?, {', '.join('?' * n)})",
-                        (rowid, *before),
-                    )
-            except sqlite3.IntegrityError:  # what it referenced is gone since
-                counts.kept += 1
-                continue
-            counts.restored += 1

@@ -233,7 +233,7 @@ class Writer:
         if self._a_pin_target_is_gone(records):
             return [import_record(self.conn, record, self.conflict) for record in records]
         try:
-            with self._atomic(records):
+            with self._atomic(records), self.journal.run(_TABLES[type(records[0])], len(group)):
                 self._stage.insert(type(records[0]), staged)
         except sqlite3.IntegrityError:
             results: list[ImportEntityResult] = []

@@ -63,9 +63,11 @@ from kindling_bundle.ops.restore_new import store_error as _store_error
 from kindling_bundle.parallel import Workers, check_workers
 from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy
 
-_LIVE_CACHE_KIB = 32 << 10
-"""The importing connection's page cache (default 2 MiB): the indexes it inserts into at random
-(UUID ids) are read again from the file less often."""
+_LIVE_CACHE_KIB = 96 << 10
+"""The importing connection's page cache (default 2 MiB). Another connection's commit (Kindling's,
+between two steps) empties it, so what counts is one step's pages: the indexes it inserts into
+at random (UUID ids: the primary keys, a capsule link's observation and the parent lookups of
+its foreign keys) are read again from the file for every insert once they outgrow it."""
 
 
 def import_bundle(
