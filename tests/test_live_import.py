@@ -37,6 +37,7 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
+from kindling_bundle.db import live, pacing
 from kindling_bundle.db.connection import write_transaction
 from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
 from kindling_bundle.db.writes import insert_pin
@@ -419,3 +420,42 @@ def test_the_full_text_settings_are_the_users_after_an_import_and_search_finds_i
     assert rowid in {r for (r,) in found}
     conn.close()
     check_passes(db)
+
+
+def test_steps_that_stop_after_one_part_give_the_same_database(
+    tmp_path: Path, template: Path, bundle: Path, merged: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that has no room for its next part commits what it wrote and stages the rest
+    again: the database is the one whole steps make."""
+    monkeypatch.setattr(pacing, "LIMIT_SECONDS", 0.0)  # no room after a step's first part
+    left: list[int] = []
+    write = live.Writer._write
+
+    def spy(self: live.Writer, chunk: list, *args: object) -> list:
+        results = write(self, chunk, *args)  # type: ignore[arg-type]
+        left.append(len(chunk) - len(results))
+        return results
+
+    monkeypatch.setattr(live.Writer, "_write", spy)
+    db = tmp_path / "parts.db"
+    shutil.copy(template, db)
+    with open_store(db) as conn:
+        report = import_bundle(conn, bundle)
+    assert any(n > 0 for n in left), left  # steps did stop with parts of their chunk left
+    assert report.counts["observations"].inserted == 4000
+    assert dump_contents(db) == dump_contents(merged)
+    check_passes(db)
+
+
+def test_the_log_file_is_emptied_after_an_import_while_kindling_keeps_its_connection(
+    tmp_path: Path, template: Path, bundle: Path
+) -> None:
+    db = tmp_path / "logged.db"
+    shutil.copy(template, db)
+    kindling = sqlite3.connect(db, isolation_level=None)  # open, idle, as an agent's store
+    kindling.execute("PRAGMA journal_mode = WAL")
+    assert kindling.execute("SELECT count(*) FROM observations").fetchone()[0] > 0
+    subprocess.run(cli("import", "--db", db, bundle, "-q"), check=True, timeout=300)
+    assert Path(f"{db}-wal").stat().st_size == 0
+    assert kindling.execute("SELECT count(*) FROM observations").fetchone()[0] > 4000
+    kindling.close()

@@ -7,7 +7,8 @@ at a time (`automerge`), so each entry is rewritten once per level of a deep tre
 step the index keeps more pending (fewer, larger segments) and merges eight segments at a time
 (a shallower tree: fewer rewrites). Merging stays incremental, a bounded amount after each
 write, so a step's time stays bounded: turning it off (`automerge` 0) would let segments pile
-up until FTS5's crisis merge (16 on one level) merges them all at once, for seconds. Both
+up until FTS5's crisis merge (16 on one level) merges them all at once, holding the write lock
+all that while. Both
 settings are put back as they were before the step commits.
 
 FTS5 keeps its settings in the index's `_config` table, read by every connection: a setting
@@ -22,7 +23,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_STEP: dict[str, object] = {"automerge": 8, "hashsize": 16 << 20}
+from kindling_bundle.db.fts_build import FTS_HASH_BYTES
+
+_STEP: dict[str, object] = {"automerge": 8, "hashsize": FTS_HASH_BYTES}
 """What a step sets: merges of eight segments; 16 MiB pending before a segment is written."""
 _FTS5_DEFAULTS: dict[str, object] = {"automerge": 4, "hashsize": 1 << 20}
 """FTS5's own value of each setting, in force when the `_config` table has no row for it."""

@@ -147,11 +147,6 @@ class Writer:
         self._pending: list[Planned] = []
         self._pending_rows = 0
 
-    @property
-    def longest(self) -> float:
-        """The longest any step held the write lock so far, in seconds."""
-        return max((pace.longest for pace in self._paces.values()), default=0.0)
-
     def add(self, planned: list[Planned]) -> None:
         """Queue planned records of one entity (after those of the entities they reference),
         and write what is due."""
@@ -183,7 +178,9 @@ class Writer:
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
         staged = self._stage.put(chunk, parts)  # binding every value, before the lock is taken
-        fts = _FTS.get(type(chunk[0].record))
+        # FTS5's settings only where the step writes: setting them writes the index's pages
+        writes = any(item.write != "none" for item in chunk)
+        fts = _FTS.get(type(chunk[0].record)) if writes else None
         with pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
             with step_settings(self.conn, fts) if fts else nullcontext():

@@ -43,6 +43,9 @@ LONGEST_GAP_SECONDS = 0.8
 """How long at most: on a loaded machine a writer woken late may need longer (`Turns`)."""
 OTHERS_RECENTLY_SECONDS = 5.0
 """Another connection that committed within this long is taken to be writing still."""
+TRUNCATE_WAIT_MS = 200
+"""How long the last checkpoint waits for readers and writers to leave the log (new writers
+wait for it meanwhile: far less than Kindling's 5 s busy timeout)."""
 
 
 class Turns:
@@ -68,7 +71,9 @@ class Turns:
         if self._ended is None:
             return
         if self._version is not None and version != self._version:
-            self._came(now)  # it had its turn already
+            # it had its turn already, at a moment this step cannot tell: not a measure of how
+            # long writers take (that would count this process's own time since its commit)
+            self._others_at = now
             return
         if now - self._others_at > OTHERS_RECENTLY_SECONDS:
             return
@@ -126,8 +131,6 @@ class Pace:
         self.least = least
         self.most = most
         self._per_unit: float | None = None
-        self.longest = 0.0
-        """The longest any step held the lock, in seconds."""
 
     @contextmanager
     def transaction(self, conn: sqlite3.Connection) -> Iterator[Step]:
@@ -142,7 +145,6 @@ class Pace:
         self.turns.ended(conn)
 
     def _learn(self, count: int, seconds: float) -> None:
-        self.longest = max(self.longest, seconds)
         if count <= 0:
             return
         per_unit = seconds / count
@@ -152,6 +154,20 @@ class Pace:
             self._per_unit = 0.5 * self._per_unit + 0.5 * per_unit
         wanted = int(self.target / max(self._per_unit, 1e-7))
         self.size = max(self.least, min(self.most, wanted, 2 * max(self.size, count)))
+
+
+def empty_log(conn: sqlite3.Connection) -> None:
+    """After an import, empty the write-ahead log file if no reader needs it: the import made it
+    as large as itself, and SQLite reuses it without making it smaller while any connection
+    stays open (Kindling's does). A writer that comes meanwhile waits at most TRUNCATE_WAIT_MS;
+    if a reader holds the log, it stays as it is."""
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {timeout}")
 
 
 class Checkpointer:

@@ -48,7 +48,7 @@ from kindling_bundle.db.export import snapshot
 from kindling_bundle.db.integrity import verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
 from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
-from kindling_bundle.db.pacing import Checkpointer
+from kindling_bundle.db.pacing import Checkpointer, empty_log
 from kindling_bundle.errors import (
     StoreError,
 )
@@ -169,6 +169,7 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         journal.end()
     except (sqlite3.DatabaseError, TransactionLost) as exc:
         raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
+    empty_log(conn)
     return report
 
 
