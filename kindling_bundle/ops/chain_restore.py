@@ -172,6 +172,7 @@ def _merge_chain(
             {entity: merged(entity, full) for entity in ENTITY_TYPES},
             BundleOptions(created_at=final.created_at, level=1, recipients=recipients),
             source_generation=final.source.schema_generation,
+            scratch=True,
         )
         full.finish()
         refs[0].check_sha256(stream.hexdigest())
