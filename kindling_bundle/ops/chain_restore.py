@@ -34,6 +34,7 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.heap import release_freed
 from kindling_bundle.io.age import X25519Identity
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
@@ -80,6 +81,7 @@ def restore_chain(
     key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
         merged, counts = _merge_chain(refs, links, Path(folder), key)
+        release_freed()  # the import starts from this process's size, not the merge's peak
         full = import_bundle(
             conn,
             merged,
@@ -135,6 +137,7 @@ def _merge_chain(
     written again (`overwritten`), and records whose last word is a tombstone (`deleted`)."""
     copies = [_local_copy(refs[position], folder) for position in range(1, len(refs))]
     last, deleted = _last_writes(copies)
+    release_freed()
     counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
     order = list(INCREMENT_MEMBERS)
 
