@@ -34,7 +34,7 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
-from kindling_bundle.heap import release_freed
+from kindling_bundle.heap import large_buffers_mapped, release_freed
 from kindling_bundle.io.age import X25519Identity
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
@@ -80,8 +80,9 @@ def restore_chain(
     # A chain opened with identities is taken to be encrypted: its merged bundle is too.
     key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
-        merged, counts = _merge_chain(refs, links, Path(folder), key)
-        release_freed()  # the import starts from this process's size, not the merge's peak
+        # the import then starts from this process's size, not from the merge's peak
+        with large_buffers_mapped():
+            merged, counts = _merge_chain(refs, links, Path(folder), key)
         full = import_bundle(
             conn,
             merged,
