@@ -224,22 +224,29 @@ def collect(
     conn: sqlite3.Connection, entity: str, *, names: BinaryIO | None = None, names_at: int = 0
 ) -> Collected:
     """Every row's hashes and rowid, to compare with a snapshot that is not at hand yet (being
-    read in another process): arrays sized once, sorted by id hash. With `names`, as `scan`."""
-    kept = _Kept(conn, entity, names_at, rowids=True)
+    read in another process), in arrays sized once. With `names`, as `scan`, sorted by id hash
+    (the cache's order); without, left in the order read: comparing needs only the snapshot
+    sorted, and a sort would cost two more arrays of the table's size at the peak."""
+    kept = _Kept(conn, entity, names_at, rowids=True, named=names is not None)
     count = 0
     for rows, encoded, ids, contents in _hashed_rows(conn, entity):
         count += len(rows)
         if names is not None:
             names.write(b"".join(encoded))
         kept.add(rows, ids, contents, encoded)
-    state = kept.sorted(count)
+    state = kept.sorted(count) if names is not None else kept.state(count)
     assert kept.rowids is not None
     return Collected(entity, state, kept.rowids, names is not None)
 
 
+COMPARE_ROWS = 1 << 16
+"""Rows compared at a time: the comparison's temporaries stay this size, not the table's."""
+
+
 @dataclass
 class Collected:
-    """What `collect` read of one entity: every row's hashes (sorted by id hash) and rowid."""
+    """What `collect` read of one entity: every row's hashes and rowid (sorted by id hash when
+    named)."""
 
     entity: str
     state: EntityState
@@ -249,8 +256,14 @@ class Collected:
     def compare(self, base: EntityState) -> EntityChanges:
         """What `scan` against `base` would have found."""
         seen = np.zeros(len(base), dtype=bool)
-        same = match(base, self.state.ids, self.state.contents, seen)
-        changes = EntityChanges(self.entity, len(self.state), self.rowids[~same], base.ids[~seen])
+        ids, contents = self.state.ids, self.state.contents
+        changed = []
+        for start in range(0, len(ids), COMPARE_ROWS):
+            end = start + COMPARE_ROWS
+            same = match(base, ids[start:end], contents[start:end], seen)
+            changed.append(self.rowids[start:end][~same])
+        rowids = np.concatenate(changed) if changed else np.empty(0, np.int64)
+        changes = EntityChanges(self.entity, len(self.state), rowids, base.ids[~seen])
         if self.named:
             changes.state = self.state
         return changes
@@ -276,15 +289,23 @@ def _hashed_rows(
 
 
 class _Kept:
-    """Every row's hashes and where its id went (and on request its rowid), in arrays sized once
-    (the table's count, read in the same snapshot), then sorted by id hash an array at a time: a
-    few bytes a record."""
+    """Every row's hashes (and on request where its id went, its rowid), in arrays sized once
+    (the table's count, read in the same snapshot), then sorted by id hash an array at a time
+    where the cache wants them: a few bytes a record."""
 
-    def __init__(self, conn: sqlite3.Connection, entity: str, names_at: int, *, rowids: bool):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        entity: str,
+        names_at: int,
+        *,
+        rowids: bool,
+        named: bool = True,
+    ):
         (rows,) = conn.execute(f"SELECT count(*) FROM {entity}").fetchone()
         self.ids = np.empty(rows, np.uint64)
         self.contents = np.empty(rows, np.uint64)
-        self.lengths = np.empty(rows, np.uint32)
+        self.lengths = np.empty(rows, np.uint32) if named else None
         self.rowids = np.empty(rows, np.int64) if rowids else None
         self.at = 0
         self.names_at = names_at
@@ -297,14 +318,22 @@ class _Kept:
             raise StoreError("the table grew while it was read")
         self.ids[self.at : end] = ids
         self.contents[self.at : end] = contents
-        self.lengths[self.at : end] = np.fromiter(map(len, encoded), np.uint32, len(encoded))
+        if self.lengths is not None:
+            self.lengths[self.at : end] = np.fromiter(map(len, encoded), np.uint32, len(encoded))
         if self.rowids is not None:
             self.rowids[self.at : end] = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         self.at = end
 
-    def sorted(self, count: int) -> EntityState:
+    def state(self, count: int) -> EntityState:
+        """The hashes in the order read (no ids kept)."""
         if count != self.at or count != len(self.ids):
             raise StoreError("the table changed while it was read")
+        return EntityState(self.ids, self.contents)
+
+    def sorted(self, count: int) -> EntityState:
+        """The hashes sorted by id hash, with where each id is (the rowids sorted along)."""
+        self.state(count)
+        assert self.lengths is not None
         starts = np.empty(count, np.int64)
         if count:
             starts[0] = self.names_at

@@ -81,12 +81,17 @@ _PUT_WAIT_SECONDS = 0.1
 _HEADER_PREFIX = 5  # magic and frame header descriptor: enough to know the header's size
 
 
-def compressor(level: int, archive_bytes: int = 0) -> zstandard.ZstdCompressor:
+def compressor(
+    level: int, archive_bytes: int = 0, *, wide: bool = True
+) -> zstandard.ZstdCompressor:
     """The compressor a bundle whose archive is `archive_bytes` long is written with: the
-    level's parameters, with the wide window above MAX_WINDOW_BYTES (see above)."""
+    level's parameters, with the wide window above MAX_WINDOW_BYTES (see above). Not `wide`:
+    the level's own window at any size, for a scratch bundle that is read back at once (a
+    restore's merged chain): the wide window's jobs and buffers cost tens of MB and more time
+    than they save on a file that is deleted after one read."""
     if not MIN_LEVEL <= level <= MAX_LEVEL:
         raise ValueError(f"zstd level must be {MIN_LEVEL}..{MAX_LEVEL}, got {level}")
-    if archive_bytes <= MAX_WINDOW_BYTES:
+    if archive_bytes <= MAX_WINDOW_BYTES or not wide:
         return zstandard.ZstdCompressor(
             level=level,
             threads=COMPRESSION_THREADS,

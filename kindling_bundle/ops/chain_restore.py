@@ -34,6 +34,7 @@ from kindling_bundle.format.increment import (
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.heap import large_buffers_mapped, release_freed
 from kindling_bundle.io.age import X25519Identity
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
@@ -80,7 +81,9 @@ def restore_chain(
     # A chain opened with identities is taken to be encrypted: its merged bundle is too.
     key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
-        merged, counts = _merge_chain(refs, links, Path(folder), key)
+        # the import then starts from this process's size, not from the merge's peak
+        with large_buffers_mapped():
+            merged, counts = _merge_chain(refs, links, Path(folder), key)
         full = import_bundle(
             conn,
             merged,
@@ -136,6 +139,7 @@ def _merge_chain(
     written again (`overwritten`), and records whose last word is a tombstone (`deleted`)."""
     copies = [_local_copy(refs[position], folder) for position in range(1, len(refs))]
     last, deleted = _last_writes(copies)
+    release_freed()
     counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
     order = list(INCREMENT_MEMBERS)
 
@@ -173,6 +177,7 @@ def _merge_chain(
             {entity: merged(entity, full) for entity in ENTITY_TYPES},
             BundleOptions(created_at=final.created_at, level=1, recipients=recipients),
             source_generation=final.source.schema_generation,
+            scratch=True,
         )
         full.finish()
         refs[0].check_sha256(stream.hexdigest())

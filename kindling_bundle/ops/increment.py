@@ -34,6 +34,7 @@ from kindling_bundle.format.increment import (
     StateCounts,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.heap import release_freed
 from kindling_bundle.ops.links import BundleRef
 from kindling_bundle.ops.state import (
     PendingCache,
@@ -98,6 +99,7 @@ def write_increment(
                     for entity, found in collected.items()
                 }
                 del collected
+            release_freed()  # what the comparison freed, before the increment is written
             names = _deleted_names(changes, state, base)
             manifest = _write_increment(
                 conn, dest, state, changes, names, opts, progress, on_bundle

@@ -274,6 +274,7 @@ def write_bundle_from_records(
     progress: ProgressCallback | None = None,
     increment: IncrementHeader | None = None,
     on_bundle: Callable[[bytes], None] | None = None,
+    scratch: bool = False,
 ) -> Manifest:
     """Write a bundle from record streams that do not come from a database (convert, merge).
 
@@ -286,6 +287,7 @@ def write_bundle_from_records(
     With `increment` (ops.increment), the bundle is an incremental one (format version 2.0, or
     2.1 signed): `streams` may also hold "tombstones" (Tombstone records, written first), and
     the manifest names the base and the snapshot's counts. `on_bundle` is as in write_bundle.
+    `scratch`: a bundle this process reads back and deletes (zstd_frames.compressor's `wide`).
     """
     names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
     unknown = set(streams) - set(names)
@@ -303,7 +305,7 @@ def write_bundle_from_records(
         )
         if increment is not None:
             manifest = increment_manifest(manifest, increment.base, increment.state)
-        _write_archive(dest, label, members, manifest, opts, on_bundle=on_bundle)
+        _write_archive(dest, label, members, manifest, opts, on_bundle=on_bundle, wide=not scratch)
     return manifest
 
 
@@ -364,6 +366,7 @@ def _write_archive(
     opts: BundleOptions,
     on_output: Callable[[bytes], None] | None = None,
     on_bundle: Callable[[bytes], None] | None = None,
+    wide: bool = True,
 ) -> None:
     # Signed before the destination is opened: a key that cannot sign (an agent gone) leaves
     # nothing behind.
@@ -377,7 +380,7 @@ def _write_archive(
             target = stack.enter_context(_encrypted(sink, opts.recipients))
             if on_bundle is not None:
                 target = cast(BinaryIO, _Tee(target, on_bundle))
-            _emit(target, members, manifest, opts.level, signature)
+            _emit(target, members, manifest, opts.level, signature, wide)
     except BrokenPipeError:  # the reader went away (`| head`): the caller decides, as for any pipe
         raise
     except OSError as exc:
@@ -427,15 +430,19 @@ def _emit(
     manifest: Manifest,
     level: int,
     signature: bytes | None = None,
+    wide: bool = True,
 ) -> None:
     """The archive: manifest member, the signature member of a signed bundle, then each entity
-    member copied from its spool, then the end-of-archive marker, all in one zstd frame."""
+    member copied from its spool, then the end-of-archive marker, all in one zstd frame
+    (`wide`: as zstd_frames.compressor's)."""
     mtime = manifest.created_at // 1000
     manifest_bytes = encode_manifest(manifest)
     sizes = [len(manifest_bytes), *([len(signature)] if signature is not None else [])]
     sizes += [member.entry.bytes for member in members]
     written = 0
-    with compressor(level, archive_size(sizes)).stream_writer(out, closefd=False) as zstd:
+    with compressor(level, archive_size(sizes), wide=wide).stream_writer(
+        out, closefd=False
+    ) as zstd:
 
         def put(data: bytes) -> None:
             nonlocal written
