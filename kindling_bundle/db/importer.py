@@ -134,6 +134,26 @@ def ensure_fts_entry(conn: sqlite3.Connection, fts: str, rowid: int, content: st
         conn.execute(f"INSERT INTO {fts}(rowid, content) VALUES (?, ?)", (rowid, content))
 
 
+FTS_OF_TABLE = {"observations": "observations_fts", "summaries": "summaries_fts"}
+"""Kindling's full-text index of each table that has one."""
+
+
+def ensure_fts_entries(
+    conn: sqlite3.Connection, table: str, where: str, arguments: Sequence[Any]
+) -> None:
+    """Before deleting the rows of `table` (as `t`) that `where` selects: give those the index
+    lacks (a redacted observation) the entry Kindling's delete trigger will 'delete' (a 'delete'
+    of a missing entry corrupts FTS5's statistics)."""
+    fts = FTS_OF_TABLE.get(table)
+    if fts is not None:
+        conn.execute(
+            f"INSERT INTO {fts}(rowid, content) SELECT t.rowid, t.content FROM {table} AS t "
+            f"WHERE {where} AND NOT EXISTS "
+            f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
+            tuple(arguments),
+        )
+
+
 def _update_sql(table: str, columns: str, *, set_id: bool = False) -> str:
     """UPDATE every column (the id too when `set_id`) of the row whose id is the last parameter."""
     names = [name.strip() for name in columns.split(",")]

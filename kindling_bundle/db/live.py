@@ -33,7 +33,7 @@ from typing import Any, Literal
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.fts_tuning import step_settings
-from kindling_bundle.db.importer import import_record, insert_held
+from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
@@ -180,7 +180,7 @@ class Writer:
         staged = self._stage.put(chunk, parts)  # binding every value, before the lock is taken
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
-        fts = _FTS.get(type(chunk[0].record)) if writes else None
+        fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
         with pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
             with step_settings(self.conn, fts) if fts else nullcontext():
@@ -278,8 +278,6 @@ _TABLES: dict[type, str] = {
     Pin: "pins",
 }
 _LINK_COLUMNS = "capsule_id, observation_id, seq"
-_FTS: dict[type, str] = {Observation: "observations_fts", Summary: "summaries_fts"}
-"""The full-text index Kindling's triggers fill from each entity's rows."""
 
 
 class _Stage:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kindling_bundle.db.connection import savepoint
-from kindling_bundle.db.importer import ensure_fts_entry
+from kindling_bundle.db.importer import FTS_OF_TABLE, ensure_fts_entries, ensure_fts_entry
 from kindling_bundle.db.pacing import Pace
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
@@ -44,7 +44,6 @@ KEYS: dict[str, tuple[str, ...]] = {
     table: ("capsule_id", "observation_id") if table == LINKS else ("id",) for table in COLUMNS
 }
 WIDTH = max(len(columns) for columns in COLUMNS.values())
-_FTS = {"observations": "observations_fts", "summaries": "summaries_fts"}
 
 
 @dataclass
@@ -124,7 +123,7 @@ def _undo_run(
         f"AND t.{key} IN (SELECT value FROM json_each(?))"
     )
     arguments = (low, last, keys)
-    _index_before_delete(conn, table, ours, arguments)
+    ensure_fts_entries(conn, table, f"t.rowid IN ({ours})", arguments)
     if table == "capsules":  # their links were not journaled: they go with their capsule
         counts.removed += conn.execute(
             f"DELETE FROM {LINKS} WHERE capsule_id IN "
@@ -137,22 +136,6 @@ def _undo_run(
     if low > first:
         conn.execute(f"UPDATE {UNDO_TABLE} SET a0 = ? WHERE seq = ?", (low - 1, seq))
     return last - low + 1, low == first
-
-
-def _index_before_delete(
-    conn: sqlite3.Connection, table: str, ours: str, arguments: tuple[Any, ...]
-) -> None:
-    """Kindling's delete trigger removes a row's FTS entry: give the rows about to be deleted
-    that have none (a redacted observation) the entry it expects (a 'delete' of a missing
-    entry corrupts FTS5's statistics)."""
-    fts = _FTS.get(table)
-    if fts is not None:
-        conn.execute(
-            f"INSERT INTO {fts}(rowid, content) SELECT t.rowid, t.content FROM {table} AS t "
-            f"WHERE t.rowid IN ({ours}) AND NOT EXISTS "
-            f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
-            arguments,
-        )
 
 
 def _undo_entries(
@@ -168,7 +151,7 @@ def _undo_entries(
             + " WHERE u.seq BETWEEN ? AND ?"
         )
         arguments = (entries[-1][0], entries[0][0])
-        _index_before_delete(conn, table, ours, arguments)
+        ensure_fts_entries(conn, table, f"t.rowid IN ({ours})", arguments)
         deleted = conn.execute(f"DELETE FROM {table} WHERE rowid IN ({ours})", arguments).rowcount
         counts.removed += deleted
         return
@@ -183,7 +166,7 @@ def _undo_entries(
             if current is None:
                 counts.kept += 1
                 continue
-            fts = _FTS.get(table)
+            fts = FTS_OF_TABLE.get(table)
             if fts is not None:
                 ensure_fts_entry(conn, fts, rowid, after[columns.index("content")])
             assigned = ", ".join(f"{c} = ?" for c in columns)

@@ -26,7 +26,7 @@ from kindling_bundle.db.connection import (
     describe_error,
     write_transaction,
 )
-from kindling_bundle.db.importer import import_batch
+from kindling_bundle.db.importer import ensure_fts_entries, import_batch
 from kindling_bundle.db.integrity import IntegrityReport, verify_import_integrity
 from kindling_bundle.errors import (
     BundleError,
@@ -215,9 +215,6 @@ def _delete(
         start = end
 
 
-_FTS = {"observations": "observations_fts", "summaries": "summaries_fts"}
-
-
 def _delete_ids(conn: sqlite3.Connection, entity: str, ids: list[str], where: str) -> None:
     wanted = msgspec.json.encode(ids).decode()
     present = {
@@ -236,16 +233,8 @@ def _delete_ids(conn: sqlite3.Connection, entity: str, ids: list[str], where: st
                 entity=entity,
                 record_id=record_id,
             )
-    fts = _FTS.get(entity)
-    if fts is not None:
-        # Kindling's delete trigger removes the row's index entry; a row without one (a
-        # redacted observation) gets it first: deleting an absent entry corrupts FTS5.
-        conn.execute(
-            f"INSERT INTO {fts}(rowid, content) SELECT t.rowid, t.content FROM {entity} AS t "
-            f"WHERE t.id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
-            f"(SELECT 1 FROM {fts}_docsize AS d WHERE d.id = t.rowid)",
-            (wanted,),
-        )
+    # Kindling's delete trigger removes the row's index entry, which a redacted one lacks
+    ensure_fts_entries(conn, entity, "t.id IN (SELECT value FROM json_each(?))", (wanted,))
     conn.execute(f"DELETE FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", (wanted,))
 
 
