@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import pyrage
 
-from kindling_bundle.io.age import X25519Identity, open_decrypting_reader, open_encrypting_writer
+from kindling_bundle.io.age.identities import X25519Identity
+from kindling_bundle.io.age.payload import open_decrypting_reader, open_encrypting_writer
 
 BLOCK = 1 << 20
 

@@ -57,17 +57,13 @@ from kindling_bundle.format.manifest import Manifest, ProgressCallback, ScrubInf
 from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.format.verify_report import VerifyProblem, VerifyReport
-from kindling_bundle.io.age import (
-    AgeHeader,
-    Identity,
-    Recipient,
-    load_identities,
-    parse_identities,
-    parse_recipient,
-    read_recipients_file,
-)
+from kindling_bundle.io.age.header import AgeHeader
+from kindling_bundle.io.age.identities import Identity, load_identities, parse_identities
+from kindling_bundle.io.age.recipients import Recipient, parse_recipient, read_recipients_file
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sshsig import AllowedSigners, Signer, SigningKey, load_signing_key
+from kindling_bundle.io.sshsig.allowed_signers import AllowedSigners
+from kindling_bundle.io.sshsig.keys import SigningKey, load_signing_key
+from kindling_bundle.io.sshsig.verification import Signer
 from kindling_bundle.kindling_json.reader import (
     KindlingJsonInfo,
     KindlingJsonReader,

@@ -22,20 +22,11 @@ from kindling_bundle.errors import (
     RecipientError,
     TruncatedCiphertextError,
 )
-from kindling_bundle.io.age import (
-    MAX_HEADER_BYTES,
-    SNIFF_BYTES,
-    Identity,
-    SealedSpool,
-    is_encrypted,
-    load_identities,
-    open_decrypting_reader,
-    open_encrypting_writer,
-    parse_identities,
-    parse_recipient,
-    read_header,
-    read_recipients_file,
-)
+from kindling_bundle.io.age.header import MAX_HEADER_BYTES, SNIFF_BYTES, is_encrypted, read_header
+from kindling_bundle.io.age.identities import Identity, load_identities, parse_identities
+from kindling_bundle.io.age.payload import open_decrypting_reader, open_encrypting_writer
+from kindling_bundle.io.age.recipients import parse_recipient, read_recipients_file
+from kindling_bundle.io.age.spool import SealedSpool
 
 CHUNK = 64 * 1024
 SEALED = CHUNK + 16
@@ -668,7 +659,7 @@ def test_sealed_spool_without_ocb3_falls_back_to_gcm(
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.ciphers.aead import AESOCB3
 
-    from kindling_bundle.io.age import spool as sealed_spool
+    import kindling_bundle.io.age.spool as sealed_spool
 
     class NoOcb3:  # as under LibreSSL
         generate_key = staticmethod(AESOCB3.generate_key)

@@ -40,7 +40,8 @@ from kindling_bundle import (
     write_bundle,
 )
 from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
-from kindling_bundle.io.age import X25519Identity, open_encrypting_writer
+from kindling_bundle.io.age.identities import X25519Identity
+from kindling_bundle.io.age.payload import open_encrypting_writer
 from kindling_bundle.io.sniff import open_input
 
 STAMP = ("--created-at", "1700000000000")

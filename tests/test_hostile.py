@@ -1091,7 +1091,7 @@ def test_the_spec_states_the_limits_the_code_enforces() -> None:
     from kindling_bundle.format.manifest import MAX_MANIFEST_BYTES
     from kindling_bundle.format.tar import MAX_MEMBER_BYTES, RECORD
     from kindling_bundle.format.zstd_frames import MAX_WINDOW_BYTES
-    from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES
+    from kindling_bundle.io.sshsig.wire import MAX_SIGNATURE_BYTES
 
     spec = (VECTORS.parent / "bundle-format.md").read_text()
     rows = {

@@ -107,3 +107,31 @@ def test_the_package_and_the_command_line_import_their_layers_on_first_use() -> 
     loaded = set(ast.literal_eval(out[0]))
     assert not {m for m in loaded if m.split(".")[1] in ("db", "ops", "format", "parallel")}
     assert out[1] == "True"
+
+
+LIBRARIES_OF_OPTIONS = ("cryptography", "numpy", "re2")
+"""Loaded only by what uses them: keys and signatures, increments and chains, scrubbing."""
+
+
+def test_plain_export_verify_and_import_load_no_cipher_array_or_regex_library(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """The commands people run most start without importing what only encryption, signatures,
+    increments or scrubbing need (their import is a measurable share of a small command)."""
+    bundle, db = tmp_path / "plain.kbundle", tmp_path / "new.db"
+    for args in (
+        ["export", "--quiet", "--db", str(sample_db), str(bundle)],
+        ["verify", "--quiet", str(bundle)],
+        ["import", "--quiet", "--db", str(db), str(bundle)],
+    ):
+        code = (
+            "import atexit, sys\n"
+            "atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules})))\n"
+            "from kindling_bundle.cli import main\n"
+            f"main({args!r})\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, (args[0], proc.stderr)
+        loaded = set(ast.literal_eval(proc.stdout.splitlines()[-1]))
+        assert not loaded & set(LIBRARIES_OF_OPTIONS), (args[0], loaded & set(LIBRARIES_OF_OPTIONS))
+    assert db.stat().st_size > 0

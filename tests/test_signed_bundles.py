@@ -41,7 +41,7 @@ from kindling_bundle import (
     open_store,
     read_manifest,
 )
-from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES
+from kindling_bundle.io.sshsig.wire import MAX_SIGNATURE_BYTES
 
 CREATED_AT = "1767225600000"
 PASSPHRASE = "correct horse battery staple"

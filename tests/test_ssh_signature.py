@@ -27,15 +27,10 @@ from kindling_bundle.errors import (
     UnknownSignerError,
     UnsignedBundleError,
 )
-from kindling_bundle.io.sshsig import (
-    MAX_SIGNATURE_BYTES,
-    NAMESPACE,
-    AllowedSigners,
-    check_bundle_signature,
-    load_signing_key,
-    sign,
-    verify,
-)
+from kindling_bundle.io.sshsig.allowed_signers import AllowedSigners
+from kindling_bundle.io.sshsig.keys import load_signing_key, sign
+from kindling_bundle.io.sshsig.verification import check_bundle_signature, verify
+from kindling_bundle.io.sshsig.wire import MAX_SIGNATURE_BYTES, NAMESPACE
 
 MESSAGE = b'{"format": "kindling-bundle", "version": "1.1", "members": []}\n'
 PASSPHRASE = "correct horse battery staple"

@@ -9,7 +9,7 @@ are several; the helpers shared with every command come from `output`, `options`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -44,7 +44,6 @@ from kindling_bundle.cli.transfer import (
 from kindling_bundle.errors import StoreError
 from kindling_bundle.format.increment import IncrementManifest, Link, file_sha256, short
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import STDIO, is_url, open_destination
 from kindling_bundle.ops.apply import ChainReport
@@ -52,6 +51,9 @@ from kindling_bundle.ops.archive import DEFAULT_FULL_EVERY
 from kindling_bundle.ops.retention import Policy
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.records import ENTITY_TYPES
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
 
 # --- export --base ----------------------------------------------------------------------------
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,7 +20,7 @@ from kindling_bundle.cli.options import (
 from kindling_bundle.cli.output import Output
 from kindling_bundle.db.sample import TEXT_PROFILES, generate_sample
 from kindling_bundle.errors import BundleError
-from kindling_bundle.io.age import Recipient, open_encrypting_writer
+from kindling_bundle.io.envelope import encrypting
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sniff import open_input
 from kindling_bundle.io.storage import STDIO, open_destination, open_source
@@ -31,6 +29,9 @@ from kindling_bundle.ops.merge import diff_datasets, merge_datasets
 from kindling_bundle.ops.references import DanglingReport
 from kindling_bundle.records import CONFLICT_STRATEGIES
 from kindling_bundle.scrub import Scanner, Scrubber
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
 
 
 @click.command()
@@ -122,7 +123,7 @@ def convert(
             else:
                 dangling = None
                 scrubber = Scrubber(scrub) if scrub is not None else None
-                with _encrypting(target, recipients) as sink:
+                with encrypting(target, recipients) as sink:
                     counts = bundle_to_kindling_json(
                         stream, sink, options=read_options, scrub=scrubber
                     )
@@ -250,14 +251,3 @@ def merge(
             "naming records no input holds"
         )
     out.result(report.to_dict())
-
-
-@contextmanager
-def _encrypting(target: BinaryIO, recipients: tuple[Recipient, ...]) -> Iterator[BinaryIO]:
-    """`target`, or with recipients a stream that encrypts into it (the last chunk written only
-    on a clean exit, inside the destination that appears only then)."""
-    if not recipients:
-        yield target
-        return
-    with open_encrypting_writer(target, recipients) as writer:
-        yield writer

@@ -11,21 +11,16 @@ import functools
 import getpass
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kindling_bundle.errors import IdentityError
-from kindling_bundle.io.age import (
-    Identity,
-    PassphrasePrompt,
-    Recipient,
-    load_identities,
-    parse_identities,
-    parse_recipient,
-    read_recipients_file,
-)
 from kindling_bundle.io.read_options import ReadOptions
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.identities import Identity, PassphrasePrompt
+    from kindling_bundle.io.age.recipients import Recipient
 
 IDENTITY_ENV = "KINDLING_BUNDLE_IDENTITY"
 IDENTITY_HINT = f"give --identity FILE, or set ${IDENTITY_ENV}"
@@ -63,7 +58,13 @@ def recipient_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def recipients_from(keys: tuple[str, ...], files: tuple[str, ...]) -> tuple[Recipient, ...]:
-    """The recipients given on the command line; a skipped SSH key is a warning, not an error."""
+    """The recipients given on the command line; a skipped SSH key is a warning, not an error.
+    Without any, the age modules (and `cryptography`) are not imported: most runs encrypt
+    nothing."""
+    if not keys and not files:
+        return ()
+    from kindling_bundle.io.age.recipients import parse_recipient, read_recipients_file
+
     recipients = [
         parse_recipient(key, source="--recipient" if len(keys) == 1 else f"--recipient {n}")
         for n, key in enumerate(keys, 1)
@@ -96,7 +97,12 @@ def identity_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def read_options_from(files: tuple[str, ...]) -> ReadOptions:
-    """The identities of the --identity files, else of $KINDLING_BUNDLE_IDENTITY."""
+    """The identities of the --identity files, else of $KINDLING_BUNDLE_IDENTITY (the age
+    modules are imported only when there are some, as in `recipients_from`)."""
+    if not files and not os.environ.get(IDENTITY_ENV, "").strip():
+        return ReadOptions()
+    from kindling_bundle.io.age.identities import load_identities
+
     prompt = terminal_prompt()
     identities: list[Identity] = []
     for name in files:
@@ -112,6 +118,8 @@ def _environment_identities(prompt: PassphrasePrompt | None) -> list[Identity]:
     value = os.environ.get(IDENTITY_ENV, "").strip()
     if not value:
         return []
+    from kindling_bundle.io.age.identities import load_identities, parse_identities
+
     source = f"${IDENTITY_ENV}"
     if "\n" in value or any(mark in value for mark in ("AGE-SECRET-KEY-", "-----BEGIN")):
         return parse_identities(value.encode() + b"\n", source=source, passphrase=prompt)

@@ -19,11 +19,12 @@ from kindling_bundle.errors import SigningKeyError
 from kindling_bundle.format.signature import SignatureOptions
 from kindling_bundle.io.progress import Progress
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sshsig import AllowedSigners, SigningKey, load_signing_key
+from kindling_bundle.io.sshsig.allowed_signers import AllowedSigners
 from kindling_bundle.io.storage import STDIO, parse_storage_options
 from kindling_bundle.parallel import Workers
 
 if TYPE_CHECKING:
+    from kindling_bundle.io.sshsig.keys import SigningKey
     from kindling_bundle.scrub import Scanner
 
 ALLOWED_SIGNERS_ENV = "KINDLING_BUNDLE_ALLOWED_SIGNERS"
@@ -200,7 +201,9 @@ def scrub_line(out: Output, scrub: dict[str, Any] | None, *, err: bool = False) 
 
 
 def load_sign_key(path: str) -> SigningKey:
-    """The key of `export --sign-key`, its passphrase (if it has one) asked on the terminal."""
+    """The key of `export --sign-key`, its passphrase (if it has one) asked on the terminal
+    (imported here: the key modules load `cryptography`, which an unsigned export never needs)."""
+    from kindling_bundle.io.sshsig.keys import load_signing_key
 
     def ask(name: str) -> str:
         if not sys.stdin.isatty():

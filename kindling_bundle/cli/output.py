@@ -18,7 +18,7 @@ from kindling_bundle.errors import KindlingBundleError, NoIdentityError, RulesEr
 
 if TYPE_CHECKING:  # imported by the commands that print them (cli/__init__ says why)
     from kindling_bundle.db.integrity import IntegrityReport
-    from kindling_bundle.io.sshsig import Signer
+    from kindling_bundle.io.sshsig.verification import Signer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -35,15 +35,15 @@ from kindling_bundle.cli.output import Output, print_counts, print_integrity, pr
 from kindling_bundle.db.connection import KindlingConnection, create_store, open_store
 from kindling_bundle.db.export import ExportStreamOptions
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import STDIO, is_url, open_destination, open_source
 from kindling_bundle.ops.write import BundleOptions, write_bundle
 from kindling_bundle.parallel import Workers
 from kindling_bundle.records import CONFLICT_STRATEGIES, ENTITY_TYPES
 
 if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
+    from kindling_bundle.io.sshsig.keys import SigningKey
     from kindling_bundle.scrub import Scanner
 
 
@@ -384,16 +384,17 @@ def import_(
     database), or increments each on the one before; every link (and its signature) is checked
     before anything is written. --conflict does not apply to increments.
     """
-    # Imported here, not with the module: an export needs none of them (cli/__init__ says why).
-    from kindling_bundle.cli import archive
+    # Imported here, not with the module: an export needs none of them (cli/__init__ says why);
+    # chains and increments (numpy) and Kindling JSON (scrub's rules) only where they are read.
     from kindling_bundle.format.increment import is_increment
     from kindling_bundle.io.sniff import open_input
-    from kindling_bundle.ops.convert import import_kindling_json
     from kindling_bundle.ops.links import peek_manifest
     from kindling_bundle.ops.restore import import_bundle
 
     db_path = db or default_db()
     if len(in_targets) > 1:
+        from kindling_bundle.cli import archive
+
         return archive.import_chain(
             db_path,
             in_targets,
@@ -417,6 +418,8 @@ def import_(
         else:
             manifest, stream = peek_manifest(stream, source_name(in_target))
             if is_increment(manifest):
+                from kindling_bundle.cli import archive
+
                 return archive.import_increment(
                     db_path,
                     stream,
@@ -430,6 +433,8 @@ def import_(
         with target_database(db_path, dry_run) as conn:
             try:
                 if kind == "kindling-json":
+                    from kindling_bundle.ops.convert import import_kindling_json
+
                     report, dangling = import_kindling_json(
                         conn,
                         stream,

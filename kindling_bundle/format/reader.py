@@ -55,7 +55,8 @@ from kindling_bundle.format.signature import (
 )
 from kindling_bundle.format.tar import BLOCK, RECORD, MemberHeader, parse_header
 from kindling_bundle.format.zstd_frames import ZstdFrameReader
-from kindling_bundle.io.sshsig import MAX_SIGNATURE_BYTES, Signer
+from kindling_bundle.io.sshsig.verification import Signer
+from kindling_bundle.io.sshsig.wire import MAX_SIGNATURE_BYTES
 from kindling_bundle.records import Record
 
 BundleSource = str | os.PathLike[str] | BinaryIO

@@ -20,7 +20,8 @@ from typing import Any
 
 from kindling_bundle.errors import AllowedSignersError, UnsignedBundleError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.sshsig import AllowedSigners, Signer, check_bundle_signature
+from kindling_bundle.io.sshsig.allowed_signers import AllowedSigners
+from kindling_bundle.io.sshsig.verification import Signer, check_bundle_signature
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest
 from kindling_bundle.format.reader import FramingError
 from kindling_bundle.format.signature import signature_to_dict
 from kindling_bundle.format.stream_rules import Breach, Rule
-from kindling_bundle.io.sshsig import Signer
+from kindling_bundle.io.sshsig.verification import Signer
 
 Severity = Literal["error", "warning"]
 ProblemKind = (

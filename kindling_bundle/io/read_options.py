@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kindling_bundle.format.signature import SignatureOptions
-from kindling_bundle.io.age import Identity
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.identities import Identity
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,13 @@ class ReadOptions:
 
     def __post_init__(self) -> None:
         identities = tuple(self.identities)
-        if not all(isinstance(identity, Identity) for identity in identities):
-            raise TypeError("identities must be Identity objects (see io.age.load_identities)")
+        if identities:  # only then the age modules (and `cryptography`) are imported
+            from kindling_bundle.io.age.identities import Identity
+
+            if not all(isinstance(identity, Identity) for identity in identities):
+                raise TypeError(
+                    "identities must be Identity objects (see io.age.identities.load_identities)"
+                )
         object.__setattr__(self, "identities", identities)
         if not isinstance(self.signature, SignatureOptions):
             raise TypeError("signature must be a SignatureOptions (see format.signature)")

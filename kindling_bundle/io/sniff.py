@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Literal
 from kindling_bundle.db.connection import SQLITE_MAGIC
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.zstd_frames import ZSTD_MAGIC
-from kindling_bundle.io.age import SNIFF_BYTES, AgeHeader, is_encrypted, open_decrypting_reader
+from kindling_bundle.io.age.header import SNIFF_BYTES, AgeHeader, is_encrypted
 from kindling_bundle.io.read_options import ReadOptions
 
 InputFormat = Literal["bundle", "kindling-json", "database", "encrypted"]
@@ -107,6 +107,8 @@ def open_input(stream: BinaryIO, options: ReadOptions | None = None, *, label: s
     kind, stream = peek_format(stream)
     if kind != "encrypted":
         return Input(kind, stream)
+    from kindling_bundle.io.age.payload import open_decrypting_reader  # loads `cryptography`
+
     identities = options.identities if options is not None else ()
     reader = open_decrypting_reader(stream, identities, label=label)
     inner, plaintext = peek_format(reader)

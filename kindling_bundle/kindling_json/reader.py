@@ -45,7 +45,6 @@ import msgspec
 from kindling_bundle.errors import BundleError, RecordError, UnsupportedVersionError
 from kindling_bundle.format.stream_rules import RecordRules
 from kindling_bundle.format.verify_report import VerifyReport
-from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.sniff import open_input
 from kindling_bundle.kindling_json.scanner import (
@@ -82,6 +81,8 @@ class _Spool:
     """Records of one entity parked in a sealed temporary file until their turn comes."""
 
     def __init__(self, entity: str, directory: str | None):
+        from kindling_bundle.io.age.spool import SealedSpool  # loads `cryptography`
+
         self._file = SealedSpool(directory, prefix=".kindling-json-spool-")
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[ENTITY_TYPES[entity]])  # type: ignore[valid-type]

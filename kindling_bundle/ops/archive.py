@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kindling_bundle.db.connection import KindlingConnection
 from kindling_bundle.errors import BundleError, EncryptionError, KindlingBundleError
@@ -46,10 +46,8 @@ from kindling_bundle.format.increment import (
     state_of,
 )
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
-from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.folder import FileInfo, Folder
 from kindling_bundle.io.read_options import ReadOptions
-from kindling_bundle.io.sshsig import SigningKey
 from kindling_bundle.io.storage import is_url
 from kindling_bundle.ops.apply import ChainReport
 from kindling_bundle.ops.chain_restore import restore_chain
@@ -58,6 +56,10 @@ from kindling_bundle.ops.links import BundleRef, bundle_ref, hashed, key_problem
 from kindling_bundle.ops.read import read_manifest
 from kindling_bundle.ops.state import load_cached, pending_cache
 from kindling_bundle.ops.write import BundleOptions, resolve_created_at
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
+    from kindling_bundle.io.sshsig.keys import SigningKey
 
 DEFAULT_FULL_EVERY = 7
 

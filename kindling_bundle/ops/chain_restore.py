@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kindling_bundle.db.bulk import DATA_TABLES
 from kindling_bundle.db.connection import (
@@ -35,7 +35,6 @@ from kindling_bundle.format.increment import (
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.heap import large_buffers_mapped, release_freed
-from kindling_bundle.io.age import X25519Identity
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
 from kindling_bundle.ops.import_run import ImportReport
@@ -44,6 +43,9 @@ from kindling_bundle.ops.restore import import_bundle
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.ops.write import write_bundle_from_records as _write_records
 from kindling_bundle.records import ENTITY_TYPES, Record, Tombstone
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.identities import X25519Identity
 
 
 def restore_chain(
@@ -79,7 +81,11 @@ def restore_chain(
         counts = {entity: ChangeCounts(inserted=c.inserted) for entity, c in full.counts.items()}
         return ChainReport(label, links, counts, full.integrity, dry_run, full)
     # A chain opened with identities is taken to be encrypted: its merged bundle is too.
-    key = X25519Identity.generate() if any(ref.options.identities for ref in refs) else None
+    key = None
+    if any(ref.options.identities for ref in refs):
+        from kindling_bundle.io.age.identities import X25519Identity  # loads `cryptography`
+
+        key = X25519Identity.generate()
     with tempfile.TemporaryDirectory(prefix="kindling-chain-") as folder:
         # the import then starts from this process's size, not from the merge's peak
         with large_buffers_mapped():

@@ -8,14 +8,14 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kindling_bundle.db.connection import KindlingConnection
 from kindling_bundle.db.export import ENTITY_EXPORTS, ExportStreamOptions, snapshot
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleSource
-from kindling_bundle.io.age import Recipient, X25519Identity, open_encrypting_writer
+from kindling_bundle.io.envelope import encrypting
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.kindling_json.reader import open_kindling_json, source_name
@@ -33,6 +33,9 @@ from kindling_bundle.ops.write import (
 )
 from kindling_bundle.records import ConflictStrategy, Record
 from kindling_bundle.scrub import Scanner, Scrubber
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
 
 
 def export_kindling_json(
@@ -78,7 +81,7 @@ def _encrypting(
         return
     with ExitStack() as stack:
         raw = stack.enter_context(atomic_file(dest)) if isinstance(dest, str | Path) else dest
-        yield stack.enter_context(open_encrypting_writer(raw, recipients))
+        yield stack.enter_context(encrypting(raw, recipients))
 
 
 def kindling_json_to_bundle(
@@ -197,6 +200,8 @@ def import_kindling_json(
     its spools are sealed, so no file ever holds the records in the clear (the JSON may have
     been decrypted from an encrypted export)."""
     dangling = DanglingReport()
+    from kindling_bundle.io.age.identities import X25519Identity  # loads `cryptography`
+
     key = X25519Identity.generate()
     with tempfile.TemporaryDirectory(prefix="kindling-json-", dir=spool_dir) as folder:
         bundle = Path(folder) / "converted.kbundle"

@@ -21,7 +21,7 @@ from kindling_bundle.errors import (
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
 from kindling_bundle.format.signature import signature_to_dict
-from kindling_bundle.io.sshsig import Signer
+from kindling_bundle.io.sshsig.verification import Signer
 from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy, Pin, Record
 
 _LISTED_PROBLEMS = 3

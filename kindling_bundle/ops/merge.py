@@ -43,14 +43,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from kindling_bundle.db.conflicts import check_strategy
 from kindling_bundle.errors import BundleError, ImportConflictError, RecordError
 from kindling_bundle.format.manifest import Manifest
-from kindling_bundle.io.age import Recipient
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.datasets import DatasetSource, entity_streams, open_dataset
 from kindling_bundle.ops.references import DanglingReport, ReferenceGuard
@@ -65,6 +64,9 @@ from kindling_bundle.records import (
     entity_of,
 )
 from kindling_bundle.scrub import Scanner
+
+if TYPE_CHECKING:
+    from kindling_bundle.io.age.recipients import Recipient
 
 _LISTED_IDS = 5
 

@@ -14,22 +14,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeGuard
 
 from kindling_bundle.errors import BundleError
 from kindling_bundle.format.manifest import ENTITY_MEMBERS, EntityEntry, ProgressCallback
 from kindling_bundle.format.record_frames import FrameEncoder
-from kindling_bundle.io.age import SealedSpool
 from kindling_bundle.io.storage import check_local_destination
 from kindling_bundle.records import Record
 
 if TYPE_CHECKING:
     from hashlib import _Hash
 
+    from kindling_bundle.io.age.spool import SealedSpool
     from kindling_bundle.scrub import Scrubber
 
 Piece = tuple[BinaryIO, int, int]
@@ -58,6 +59,8 @@ def spool_file(
     prefix = ".kbundle-spool-"
     try:  # entered just below, outside this try (whose except is about creating it)
         if sealed:
+            from kindling_bundle.io.age.spool import SealedSpool  # loads `cryptography`
+
             spool: BinaryIO = SealedSpool(directory, prefix=prefix)
         else:
             spool = tempfile.TemporaryFile(dir=directory, prefix=prefix)  # noqa: SIM115
@@ -143,7 +146,7 @@ def finish_spool(spool: BinaryIO, label: str) -> None:
     buffer written out (a full disk may show only now), and a SealedSpool's last chunk sealed
     (it stays in the writer's memory until then). Nothing may be written to it after this."""
     try:
-        if isinstance(spool, SealedSpool):
+        if _is_sealed(spool):
             spool.finish()
         else:
             spool.flush()
@@ -156,7 +159,7 @@ def written_elsewhere(spool: BinaryIO) -> Callable[[int], bytes]:
     parent) wrote to `spool` and finished, without moving the file position both share: by
     offset (pread), or through a SealedSpool's decrypting reader (which leaves this copy's own
     writing state, stale since the fork, alone)."""
-    if isinstance(spool, SealedSpool):
+    if _is_sealed(spool):
         return spool.written_elsewhere().read
     fd, at = spool.fileno(), 0
 
@@ -167,6 +170,13 @@ def written_elsewhere(spool: BinaryIO) -> Callable[[int], bytes]:
         return data
 
     return pread
+
+
+def _is_sealed(spool: BinaryIO) -> TypeGuard[SealedSpool]:
+    """Whether `spool` is a SealedSpool, without importing io.age (and `cryptography`) for the
+    plain exports that never make one: there is none unless its module was loaded."""
+    module = sys.modules.get("kindling_bundle.io.age.spool")
+    return module is not None and isinstance(spool, module.SealedSpool)
 
 
 def encode_members(

@@ -76,15 +76,16 @@ from kindling_bundle.format.tar import (
     padding,
 )
 from kindling_bundle.format.zstd_frames import MAX_LEVEL, MIN_LEVEL, compressor
-from kindling_bundle.io.age import Recipient, open_encrypting_writer
-from kindling_bundle.io.sshsig import SigningKey
+from kindling_bundle.io.envelope import encrypting
 from kindling_bundle.io.storage import atomic_file
 from kindling_bundle.ops.spool import Member, Progress, encode_members, spool_file
 from kindling_bundle.parallel import Workers, check_workers, choose_workers
 from kindling_bundle.parallel.encoder import SplitChild, Witness, encode_split, split_key
 from kindling_bundle.records import Record
 
-if TYPE_CHECKING:  # scrub (and its rules engine) is imported only by an export that scrubs
+if TYPE_CHECKING:  # scrub (its rules engine) and keys (`cryptography`) only where used
+    from kindling_bundle.io.age.recipients import Recipient
+    from kindling_bundle.io.sshsig.keys import SigningKey
     from kindling_bundle.scrub import Scanner, Scrubber
 
 BundleDestination = str | os.PathLike[str] | BinaryIO
@@ -129,8 +130,13 @@ class BundleOptions:
 
     def __post_init__(self) -> None:
         recipients = tuple(self.recipients)
-        if not all(isinstance(recipient, Recipient) for recipient in recipients):
-            raise TypeError("recipients must be Recipient objects (see io.age.parse_recipient)")
+        if recipients:  # the key modules load `cryptography`: only for exports that use keys
+            from kindling_bundle.io.age.recipients import Recipient
+
+            if not all(isinstance(recipient, Recipient) for recipient in recipients):
+                raise TypeError(
+                    "recipients must be Recipient objects (see io.age.recipients.parse_recipient)"
+                )
         object.__setattr__(self, "recipients", recipients)
         if not isinstance(self.filter, ExportStreamOptions):
             raise TypeError(f"filter must be ExportStreamOptions, got {type(self.filter).__name__}")
@@ -141,7 +147,7 @@ class BundleOptions:
         if self.created_at is not None:
             _check_created_at(self.created_at, "created_at")
         check_workers(self.workers)
-        if self.sign_key is not None and not isinstance(self.sign_key, SigningKey):
+        if self.sign_key is not None and not isinstance(self.sign_key, _signing_key_class()):
             raise TypeError(
                 f"sign_key must be a SigningKey (load_signing_key), got "
                 f"{type(self.sign_key).__name__}"
@@ -315,6 +321,12 @@ def _scanner_class() -> type[Scanner]:
     return Scanner
 
 
+def _signing_key_class() -> type[SigningKey]:
+    from kindling_bundle.io.sshsig.keys import SigningKey  # loads `cryptography`
+
+    return SigningKey
+
+
 def _scrubber(opts: BundleOptions) -> Scrubber | None:
     """What scrubs this export's records (counting what it finds), or None."""
     if opts.scrub is None:
@@ -377,7 +389,7 @@ def _write_archive(
             out = stack.enter_context(_destination(dest))
             # zstandard calls only write and flush on what it writes to: a _Tee will do
             sink = cast(BinaryIO, _Tee(out, on_output)) if on_output else out
-            target = stack.enter_context(_encrypted(sink, opts.recipients))
+            target = stack.enter_context(encrypting(sink, opts.recipients))
             if on_bundle is not None:
                 target = cast(BinaryIO, _Tee(target, on_bundle))
             _emit(target, members, manifest, opts.level, signature, wide)
@@ -400,17 +412,6 @@ class _Tee:
 
     def flush(self) -> None:
         self._out.flush()
-
-
-@contextlib.contextmanager
-def _encrypted(out: BinaryIO, recipients: Sequence[Recipient]) -> Iterator[BinaryIO]:
-    """`out`, or with recipients a stream that encrypts into it. Its last chunk is written only
-    when the archive is complete: an archive cut short by an error reads as truncated."""
-    if not recipients:
-        yield out
-        return
-    with open_encrypting_writer(out, recipients) as writer:
-        yield writer
 
 
 @contextlib.contextmanager

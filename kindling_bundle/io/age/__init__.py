@@ -23,65 +23,9 @@ once, to unlock the key.
 `SealedSpool` is a temporary file sealed under a key that lives only in memory, so spooled
 plaintext never reaches the disk.
 
-The modules, by job: `primitives` (encodings, key derivation, stanzas), `recipients`,
-`identities`, `header` (detection, armor, parsing), `payload` (the chunked stream both ways),
-`spool` (sealed temporary files).
+The modules, by job (import from them; this package re-exports nothing, so that detecting a
+header never loads `cryptography`): `encoding` (base64, bech32, SSH strings, stanzas),
+`primitives` (key derivation, file-key wrapping), `recipients`, `identities`, `header`
+(detection, armor, parsing), `payload` (the chunked stream both ways), `spool` (sealed
+temporary files).
 """
-
-from kindling_bundle.io.age.header import (
-    MAX_HEADER_BYTES,
-    SNIFF_BYTES,
-    AgeHeader,
-    is_encrypted,
-    read_header,
-)
-from kindling_bundle.io.age.identities import (
-    Identity,
-    PassphrasePrompt,
-    SshEd25519Identity,
-    SshRsaIdentity,
-    X25519Identity,
-    load_identities,
-    parse_identities,
-)
-from kindling_bundle.io.age.payload import (
-    DecryptingReader,
-    EncryptingWriter,
-    open_decrypting_reader,
-    open_encrypting_writer,
-)
-from kindling_bundle.io.age.recipients import (
-    Recipient,
-    SshEd25519Recipient,
-    SshRsaRecipient,
-    X25519Recipient,
-    parse_recipient,
-    read_recipients_file,
-)
-from kindling_bundle.io.age.spool import SealedSpool
-
-__all__ = [
-    "MAX_HEADER_BYTES",
-    "SNIFF_BYTES",
-    "AgeHeader",
-    "DecryptingReader",
-    "EncryptingWriter",
-    "Identity",
-    "PassphrasePrompt",
-    "Recipient",
-    "SealedSpool",
-    "SshEd25519Identity",
-    "SshEd25519Recipient",
-    "SshRsaIdentity",
-    "SshRsaRecipient",
-    "X25519Identity",
-    "X25519Recipient",
-    "is_encrypted",
-    "load_identities",
-    "open_decrypting_reader",
-    "open_encrypting_writer",
-    "parse_identities",
-    "parse_recipient",
-    "read_header",
-    "read_recipients_file",
-]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from kindling_bundle.errors import CiphertextError, TruncatedCiphertextError
-from kindling_bundle.io.age.primitives import MAX_LINE, Stanza, b64decode, damaged
+from kindling_bundle.io.age.encoding import MAX_LINE, Stanza, b64decode, damaged
 
 INTRO = b"age-encryption.org/v1\n"
 ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"

@@ -28,26 +28,28 @@ from kindling_bundle.errors import (
     IdentityError,
     NoMatchingIdentityError,
 )
-from kindling_bundle.io.age.header import ARMOR_BEGIN, INTRO
-from kindling_bundle.io.age.payload import open_envelope
-from kindling_bundle.io.age.primitives import (
-    ED25519_LABEL,
-    FILE_KEY_BYTES,
+from kindling_bundle.io.age.encoding import (
     MAX_LINE,
-    RSA_OAEP,
-    TAG,
-    X25519_LABEL,
     Stanza,
     b64decode,
     bech32_decode,
     check_args,
     damaged,
-    hkdf,
-    open_file_key,
     point_arg,
     ssh_fingerprint,
     ssh_string,
     ssh_tag,
+)
+from kindling_bundle.io.age.header import ARMOR_BEGIN, INTRO
+from kindling_bundle.io.age.payload import open_envelope
+from kindling_bundle.io.age.primitives import (
+    ED25519_LABEL,
+    FILE_KEY_BYTES,
+    RSA_OAEP,
+    TAG,
+    X25519_LABEL,
+    hkdf,
+    open_file_key,
     x25519,
 )
 from kindling_bundle.io.age.recipients import (

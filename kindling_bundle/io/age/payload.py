@@ -23,15 +23,9 @@ from kindling_bundle.errors import (
     RecipientError,
     TruncatedCiphertextError,
 )
+from kindling_bundle.io.age.encoding import b64encode, damaged
 from kindling_bundle.io.age.header import INTRO, AgeHeader, Readable, Source, open_source
-from kindling_bundle.io.age.primitives import (
-    CHUNK,
-    FILE_KEY_BYTES,
-    TAG,
-    b64encode,
-    damaged,
-    hkdf,
-)
+from kindling_bundle.io.age.primitives import CHUNK, FILE_KEY_BYTES, TAG, hkdf
 from kindling_bundle.io.age.recipients import Recipient
 
 if TYPE_CHECKING:

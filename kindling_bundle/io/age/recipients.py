@@ -19,21 +19,23 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from kindling_bundle.errors import RecipientError
-from kindling_bundle.io.age.primitives import (
-    ED25519_LABEL,
+from kindling_bundle.io.age.encoding import (
     MAX_LINE,
-    RSA_OAEP,
-    X25519_LABEL,
     Stanza,
     b64encode,
     bech32_decode,
     bech32_encode,
-    ed25519_to_x25519,
-    hkdf,
-    seal_file_key,
     ssh_fingerprint,
     ssh_string,
     ssh_tag,
+)
+from kindling_bundle.io.age.primitives import (
+    ED25519_LABEL,
+    RSA_OAEP,
+    X25519_LABEL,
+    ed25519_to_x25519,
+    hkdf,
+    seal_file_key,
     x25519,
 )
 

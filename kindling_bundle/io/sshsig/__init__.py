@@ -12,26 +12,9 @@ signature checked with `cryptography`.
 
 References: OpenSSH's PROTOCOL.sshsig (armor, blob, signed data) and ssh-keygen(1) ALLOWED SIGNERS.
 
-The package, by job: `wire` (the SSHSIG format: wire fields, armor, blob, signed data),
-`keytypes` (the supported keys and checking a raw signature), `verification` (verify, the bundle's
-signature policy, Signer), `allowed_signers` (whom to trust), `keys` (signing keys and sign).
+The package, by job (import from its modules; this one re-exports nothing, so that reading an
+unsigned bundle never loads `cryptography`): `wire` (the SSHSIG format: wire fields, armor,
+blob, signed data), `keytypes` (the supported keys and checking a raw signature),
+`verification` (verify, the bundle's signature policy, Signer), `allowed_signers` (whom to
+trust), `keys` (signing keys and sign).
 """
-
-from kindling_bundle.io.sshsig.allowed_signers import AllowedSigner, AllowedSigners
-from kindling_bundle.io.sshsig.keys import PassphraseCallback, SigningKey, load_signing_key, sign
-from kindling_bundle.io.sshsig.verification import Signer, check_bundle_signature, verify
-from kindling_bundle.io.sshsig.wire import MAX_SIGNATURE_BYTES, NAMESPACE
-
-__all__ = [
-    "MAX_SIGNATURE_BYTES",
-    "NAMESPACE",
-    "AllowedSigner",
-    "AllowedSigners",
-    "PassphraseCallback",
-    "Signer",
-    "SigningKey",
-    "check_bundle_signature",
-    "load_signing_key",
-    "sign",
-    "verify",
-]

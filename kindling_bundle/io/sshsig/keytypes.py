@@ -36,17 +36,6 @@ def _public_blob(key: _PublicKey) -> bytes:
     return base64.b64decode(line.split()[1])
 
 
-def _display_type(key_type: str) -> str:
-    """The short name ssh-keygen prints ("ED25519 key SHA256:..."), for reports."""
-    if key_type == "ssh-ed25519":
-        return "ED25519"
-    if key_type == "ssh-rsa":
-        return "RSA"
-    if key_type.startswith("ecdsa-sha2-"):
-        return "ECDSA"
-    return key_type
-
-
 def _load_public_blob(blob: bytes, source: str) -> _PublicKey:
     """The key a signature names, refused unless it is a plain key of a type we can check."""
     try:

@@ -10,11 +10,6 @@ from datetime import datetime
 
 from kindling_bundle.errors import AllowedSignersError, SignatureNamespaceError, UnsignedBundleError
 from kindling_bundle.io.sshsig.allowed_signers import AllowedSigners
-from kindling_bundle.io.sshsig.keytypes import (
-    _check_key_signature,
-    _display_type,
-    _load_public_blob,
-)
 from kindling_bundle.io.sshsig.wire import (
     NAMESPACE,
     StrPath,
@@ -48,6 +43,17 @@ class Signer:
         return f"{','.join(self.principals)} ({key})" if self.principals else key
 
 
+def _display_type(key_type: str) -> str:
+    """The short name ssh-keygen prints ("ED25519 key SHA256:..."), for reports."""
+    if key_type == "ssh-ed25519":
+        return "ED25519"
+    if key_type == "ssh-rsa":
+        return "RSA"
+    if key_type.startswith("ecdsa-sha2-"):
+        return "ECDSA"
+    return key_type
+
+
 def verify(
     message: bytes,
     signature: bytes | str,
@@ -69,6 +75,10 @@ def verify(
     allowed_signers UnknownSignerError, SignatureNamespaceError, SignerNotValidError,
     AllowedSignersError.
     """
+    # Only here, where a signature is checked, is `cryptography` needed: reading an unsigned
+    # bundle (check_bundle_signature with none) never imports it.
+    from kindling_bundle.io.sshsig.keytypes import _check_key_signature, _load_public_blob
+
     sig = _parse_blob(_dearmor(signature, source), source)
     if sig.namespace != namespace:
         raise SignatureNamespaceError(
