@@ -810,3 +810,25 @@ def test_members_are_framed_in_batches_of_frame_records_whatever_the_count(
         member = archive.extractfile("summaries.msgpack").read()  # type: ignore[union-attr]
     expected = b"".join(frame for _, frame in FrameEncoder("summaries").frames(summaries))
     assert member == expected
+
+
+def test_frames_encoded_into_one_reused_buffer_are_the_frames_encoded_afresh() -> None:
+    """The writer encodes every frame into one buffer (FrameEncoder's `reuse_buffer`): frames
+    that grow, shrink and are split for holding too many values come out byte for byte as
+    frames encoded each into a buffer of its own."""
+    refs = [0, 3000, 5, 3000, 0]  # a frame of 1024 such summaries holds too many values
+    summaries = [
+        Summary(
+            id=f"s{n}",
+            capsule_id=f"c{n}",
+            content="x" * (n % 700),
+            confidence=0.5,
+            created_at=n,
+            evidence_refs=[f"o{i}" for i in range(refs[n // 1024])],
+        )
+        for n in range(5 * 1024 - 7)
+    ]
+    fresh = [(count, bytes(frame)) for count, frame in FrameEncoder("summaries").frames(summaries)]
+    reused = FrameEncoder("summaries", reuse_buffer=True).frames(summaries)
+    assert [(count, bytes(frame)) for count, frame in reused] == fresh
+    assert len(fresh) > 5  # some frames were split

@@ -118,7 +118,7 @@ def encode_member(
     if sha256 is None:
         sha256 = hashlib.sha256()
     count = size = 0
-    for records_in_frame, frame in FrameEncoder(entity).frames(records):
+    for records_in_frame, frame in FrameEncoder(entity, reuse_buffer=True).frames(records):
         if hashed:
             sha256.update(frame)
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -440,11 +441,13 @@ def _emit(
     sizes = [len(manifest_bytes), *([len(signature)] if signature is not None else [])]
     sizes += [member.entry.bytes for member in members]
     written = 0
+    # one buffer for every copy out of a spool (a fresh one would fault its pages anew)
+    copy = memoryview(bytearray(_COPY_BYTES))
     with compressor(level, archive_size(sizes), wide=wide).stream_writer(
         out, closefd=False
     ) as zstd:
 
-        def put(data: bytes) -> None:
+        def put(data: bytes | memoryview) -> None:
             nonlocal written
             zstd.write(data)
             written += len(data)
@@ -460,13 +463,14 @@ def _emit(
             entry = member.entry
             put(member_header(entry.member, entry.bytes, mtime))
             for spool, offset, size in member.pieces:
-                spool.seek(offset)
+                source = cast(io.BufferedIOBase, spool)  # a temporary file or a SealedSpool
+                source.seek(offset)
                 remaining = size
                 while remaining:
-                    chunk = spool.read(min(remaining, _COPY_BYTES))
-                    if not chunk:
+                    got = source.readinto(copy[: min(remaining, _COPY_BYTES)])
+                    if not got:
                         raise BundleError(f"{entry.member}: the spool file ended early")
-                    put(chunk)
-                    remaining -= len(chunk)
+                    put(copy[:got])
+                    remaining -= got
             put(padding(entry.bytes))
         put(end_of_archive(written))
