@@ -832,3 +832,30 @@ def test_frames_encoded_into_one_reused_buffer_are_the_frames_encoded_afresh() -
     reused = FrameEncoder("summaries", reuse_buffer=True).frames(summaries)
     assert [(count, bytes(frame)) for count, frame in reused] == fresh
     assert len(fresh) > 5  # some frames were split
+
+
+def test_a_scratch_bundle_of_checked_records_is_the_bundle_written_with_checks(
+    tmp_path: Path,
+) -> None:
+    """A scratch bundle (a restore's merged chain: records a reader decoded) does not walk each
+    observation's provenance again; it holds the same bytes as the bundle written with the
+    check, and the check still refuses what a reader would refuse elsewhere."""
+    observations = [
+        Observation(
+            id=f"o{n}",
+            kind="message",
+            content="x",
+            ts=n,
+            provenance={"tool": "t", "nested": {"n": n, "list": [1, 2.5, None, {"k": "v"}]}},
+        )
+        for n in range(2500)
+    ]
+    options = BundleOptions(created_at=1, level=1)
+    checked = tmp_path / "checked.kbundle"
+    plain = tmp_path / "plain.kbundle"
+    write_bundle_from_records(checked, {"observations": observations}, options, scratch=True)
+    write_bundle_from_records(plain, {"observations": observations}, options, scratch=False)
+    assert checked.read_bytes() == plain.read_bytes()
+    bad = [Observation(id="b", kind="message", content="x", ts=1, provenance={"f": float("nan")})]
+    with pytest.raises(RecordError, match="provenance"):
+        write_bundle_from_records(tmp_path / "bad.kbundle", {"observations": bad}, options)

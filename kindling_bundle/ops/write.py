@@ -288,7 +288,8 @@ def write_bundle_from_records(
     With `increment` (ops.increment), the bundle is an incremental one (format version 2.0, or
     2.1 signed): `streams` may also hold "tombstones" (Tombstone records, written first), and
     the manifest names the base and the snapshot's counts. `on_bundle` is as in write_bundle.
-    `scratch`: a bundle this process reads back and deletes (zstd_frames.compressor's `wide`).
+    `scratch`: a bundle this process reads back and deletes (zstd_frames.compressor's `wide`),
+    from records a reader decoded (FrameEncoder's `checked`): reading it back checks them again.
     """
     names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
     unknown = set(streams) - set(names)
@@ -299,7 +300,9 @@ def write_bundle_from_records(
     label = source_label(dest)
     scrub = _scrubber(opts)
     with spool_file(dest, label, _sealed(opts)) as spool:
-        members = encode_members(spool, streams, label, Progress(progress), names, scrub=scrub)
+        members = encode_members(
+            spool, streams, label, Progress(progress), names, scrub=scrub, checked=scratch
+        )
         entries = [member.entry for member in members]
         manifest = _manifest(
             created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
