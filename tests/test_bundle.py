@@ -810,3 +810,52 @@ def test_members_are_framed_in_batches_of_frame_records_whatever_the_count(
         member = archive.extractfile("summaries.msgpack").read()  # type: ignore[union-attr]
     expected = b"".join(frame for _, frame in FrameEncoder("summaries").frames(summaries))
     assert member == expected
+
+
+def test_frames_encoded_into_one_reused_buffer_are_the_frames_encoded_afresh() -> None:
+    """The writer encodes every frame into one buffer (FrameEncoder's `reuse_buffer`): frames
+    that grow, shrink and are split for holding too many values come out byte for byte as
+    frames encoded each into a buffer of its own."""
+    refs = [0, 3000, 5, 3000, 0]  # a frame of 1024 such summaries holds too many values
+    summaries = [
+        Summary(
+            id=f"s{n}",
+            capsule_id=f"c{n}",
+            content="x" * (n % 700),
+            confidence=0.5,
+            created_at=n,
+            evidence_refs=[f"o{i}" for i in range(refs[n // 1024])],
+        )
+        for n in range(5 * 1024 - 7)
+    ]
+    fresh = [(count, bytes(frame)) for count, frame in FrameEncoder("summaries").frames(summaries)]
+    reused = FrameEncoder("summaries", reuse_buffer=True).frames(summaries)
+    assert [(count, bytes(frame)) for count, frame in reused] == fresh
+    assert len(fresh) > 5  # some frames were split
+
+
+def test_a_scratch_bundle_of_checked_records_is_the_bundle_written_with_checks(
+    tmp_path: Path,
+) -> None:
+    """A scratch bundle (a restore's merged chain: records a reader decoded) does not walk each
+    observation's provenance again; it holds the same bytes as the bundle written with the
+    check, and the check still refuses what a reader would refuse elsewhere."""
+    observations = [
+        Observation(
+            id=f"o{n}",
+            kind="message",
+            content="x",
+            ts=n,
+            provenance={"tool": "t", "nested": {"n": n, "list": [1, 2.5, None, {"k": "v"}]}},
+        )
+        for n in range(2500)
+    ]
+    options = BundleOptions(created_at=1, level=1)
+    checked = tmp_path / "checked.kbundle"
+    plain = tmp_path / "plain.kbundle"
+    write_bundle_from_records(checked, {"observations": observations}, options, scratch=True)
+    write_bundle_from_records(plain, {"observations": observations}, options, scratch=False)
+    assert checked.read_bytes() == plain.read_bytes()
+    bad = [Observation(id="b", kind="message", content="x", ts=1, provenance={"f": float("nan")})]
+    with pytest.raises(RecordError, match="provenance"):
+        write_bundle_from_records(tmp_path / "bad.kbundle", {"observations": bad}, options)

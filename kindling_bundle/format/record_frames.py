@@ -151,12 +151,20 @@ def _value_problem(value: Any, depth: int) -> tuple[list[str], str] | None:
 
 
 class FrameEncoder:
-    """Encodes one entity's records into frames with one reused encoder."""
+    """Encodes one entity's records into frames with one reused encoder.
 
-    def __init__(self, entity: str):
+    `reuse_buffer`: every frame is encoded into the same buffer, valid only until the next
+    frame is asked for; for a caller that writes each frame out at once. A buffer grown afresh
+    for every frame has its pages faulted anew each time once malloc maps it on its own (see
+    heap.large_buffers_mapped). `checked`: the records were decoded by a reader, which refused
+    any provenance the writer would refuse: it is not walked again."""
+
+    def __init__(self, entity: str, *, reuse_buffer: bool = False, checked: bool = False):
         self.entity = entity
         self.record_type = _MEMBER_TYPES[entity]
+        self._check_provenance = self.record_type is Observation and not checked
         self._encoder = msgspec.msgpack.Encoder()
+        self._buffer = bytearray(FRAME_HEADER_BYTES) if reuse_buffer else None
 
     def frames(self, records: Iterable[Record | Tombstone]) -> Iterator[tuple[int, bytearray]]:
         """(record count, frame bytes: length prefix and payload) for each frame."""
@@ -171,10 +179,10 @@ class FrameEncoder:
                 f"{self.entity}: expected {self.record_type.__name__} records, "
                 f"got {', '.join(sorted(t.__name__ for t in wrong))}"
             )
-        if self.record_type is Observation:
+        if self._check_provenance:
             for index, problem in provenance_problems(batch):  # type: ignore[arg-type]
                 raise self._refused(batch[index], problem)
-        buffer = bytearray(FRAME_HEADER_BYTES)
+        buffer = bytearray(FRAME_HEADER_BYTES) if self._buffer is None else self._buffer
         try:
             self._encoder.encode_into(batch, buffer, FRAME_HEADER_BYTES)
         except OverflowError:  # an integer MessagePack cannot hold, somewhere in the batch

@@ -5,18 +5,19 @@ is imported as any other: a restore costs an import of the final state plus read
 once more, where applying each increment in turn would index every intermediate version.
 
 No file holds more of an encrypted chain in the clear than its stored bundles do: the
-increments are copied as stored (still encrypted) and decrypted as read, and the merged bundle
-is encrypted to a key that lives only in this process's memory, its spools sealed.
+increments' records, spooled for the merge, and the merged bundle are encrypted to a key that
+lives only in this process's memory, the merged bundle's spools sealed.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import msgspec
 
 from kindling_bundle.db.bulk import DATA_TABLES
 from kindling_bundle.db.connection import (
@@ -32,17 +33,19 @@ from kindling_bundle.format.increment import (
     Link,
     state_of,
 )
-from kindling_bundle.format.manifest import Manifest, ProgressCallback
+from kindling_bundle.format.manifest import FRAME_HEADER_BYTES, Manifest, ProgressCallback
 from kindling_bundle.format.reader import BundleReader
+from kindling_bundle.format.record_frames import FrameEncoder
 from kindling_bundle.heap import large_buffers_mapped, release_freed
 from kindling_bundle.io.read_options import ReadOptions
 from kindling_bundle.ops.apply import ChainReport, ChangeCounts
 from kindling_bundle.ops.import_run import ImportReport
 from kindling_bundle.ops.links import BundleRef, prepare_chain
 from kindling_bundle.ops.restore import import_bundle
+from kindling_bundle.ops.spool import spool_file
 from kindling_bundle.ops.write import BundleOptions
 from kindling_bundle.ops.write import write_bundle_from_records as _write_records
-from kindling_bundle.records import ENTITY_TYPES, Record, Tombstone
+from kindling_bundle.records import ENTITY_TYPES, TOMBSTONES, Record, Tombstone
 
 if TYPE_CHECKING:
     from kindling_bundle.io.age.identities import X25519Identity
@@ -138,16 +141,26 @@ def _merge_chain(
     refs: Sequence[BundleRef], links: Sequence[Link], folder: Path, key: X25519Identity | None
 ) -> tuple[Path, dict[str, ChangeCounts]]:
     """Write the chain's snapshot into `folder` as one full bundle (records of later links win,
-    deleted records are left out; encrypted to `key` when given); every link is read completely
-    and its SHA-256 checked. The increments (small) are copied into `folder` first, as stored,
-    and read from there (hash-checked): a bucket is read once, and what is merged is what was
-    checked. Returns the bundle, and what was left out per entity: earlier versions of records
-    written again (`overwritten`), and records whose last word is a tombstone (`deleted`)."""
-    copies = [_local_copy(refs[position], folder) for position in range(1, len(refs))]
-    last, deleted = _last_writes(copies)
-    release_freed()
+    deleted records are left out; encrypted to `key` when given); every link is read once,
+    completely, and its SHA-256 checked. The increments (small) are read first, their records
+    spooled (`_Changes`): what is merged is what was checked. Returns the bundle, and what was
+    left out per entity: earlier versions of records written again (`overwritten`), and records
+    whose last word is a tombstone (`deleted`)."""
+    with _Changes(folder, sealed=key is not None) as changes:
+        _read_increments(refs[1:], changes)
+        release_freed()
+        return _write_snapshot(refs, links, folder, key, changes)
+
+
+def _write_snapshot(
+    refs: Sequence[BundleRef],
+    links: Sequence[Link],
+    folder: Path,
+    key: X25519Identity | None,
+    changes: _Changes,
+) -> tuple[Path, dict[str, ChangeCounts]]:
+    last, deleted = changes.last, changes.deleted
     counts = {entity: ChangeCounts() for entity in ENTITY_TYPES}
-    order = list(INCREMENT_MEMBERS)
 
     def kept(entity: str, position: int, batches: Iterator[list[Any]]) -> Iterator[Record]:
         latest = last[entity]
@@ -160,18 +173,10 @@ def _merge_chain(
                     continue
                 yield record
 
-    def member(copy: BundleRef, entity: str) -> Iterator[list[Any]]:
-        with copy.reader() as (reader, _):
-            for name, records in reader.batches(increments=True):
-                if name == entity:
-                    yield records
-                elif order.index(name) > order.index(entity):
-                    return
-
     def merged(entity: str, full: _Member) -> Iterator[Record]:
         yield from kept(entity, 0, full.records(entity))
-        for position, copy in enumerate(copies, 1):
-            yield from kept(entity, position, member(copy, entity))
+        for position, batches in changes.sections(entity):
+            yield from kept(entity, position, batches)
 
     dest = folder / "snapshot.kbundle"
     final = links[-1].manifest
@@ -199,39 +204,91 @@ def _merge_chain(
     return dest, counts
 
 
-def _local_copy(ref: BundleRef, folder: Path) -> BundleRef:
-    """A copy of a link's stored bytes in `folder` (encrypted if they are), to be read as the
-    link is (the same label, SHA-256 and options)."""
-    fd, name = tempfile.mkstemp(dir=folder, prefix="link-", suffix=".kbundle")
-    copy = Path(name)
-    with ref.opener() as stored, os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(stored, out, 1 << 20)
-    return BundleRef(ref.label, lambda: copy.open("rb"), ref.sha256, ref.options)
+class _Changes:
+    """What the increments say, read once: for each entity, the (in-process) hash of every id
+    an increment writes or deletes, with the position of the last link that does (the full
+    bundle is 0), and the ids whose last word is a tombstone; and each entity's records of every
+    increment, in chain order, re-encoded into a spool of its own (sealed for an encrypted
+    chain), to be merged entity by entity without decompressing and decoding each increment
+    again for each entity."""
+
+    def __init__(self, folder: Path, *, sealed: bool):
+        self.last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
+        self.deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
+        self._stack = contextlib.ExitStack()
+        self._spools = {
+            entity: self._stack.enter_context(spool_file(folder / "changes", "chain", sealed))
+            for entity in ENTITY_TYPES
+        }
+        self._encoders = {
+            entity: FrameEncoder(entity, reuse_buffer=True, checked=True) for entity in ENTITY_TYPES
+        }
+        self._sections: dict[str, list[list[int]]] = {entity: [] for entity in ENTITY_TYPES}
+        self._decoders = {
+            entity: msgspec.msgpack.Decoder(list[kind])  # type: ignore[valid-type]
+            for entity, kind in ENTITY_TYPES.items()
+        }
+
+    def __enter__(self) -> _Changes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def add(self, position: int, entity: str, records: list[Any]) -> None:
+        """One batch of an increment's member (`entity` "tombstones" or an entity's)."""
+        for record in records:
+            gone = isinstance(record, Tombstone)
+            target = record.entity if gone else entity
+            key = hash(record.id)
+            self.last[target][key] = position
+            if gone:
+                self.deleted[target].add(key)
+            else:
+                self.deleted[target].discard(key)
+        if entity == TOMBSTONES or not records:
+            return
+        size = 0
+        for _, frame in self._encoders[entity].frames(records):
+            self._spools[entity].write(frame)
+            size += len(frame)
+        sections = self._sections[entity]
+        if sections and sections[-1][0] == position:
+            sections[-1][1] += size
+        else:
+            sections.append([position, size])
+
+    def sections(self, entity: str) -> Iterator[tuple[int, Iterator[list[Any]]]]:
+        """(position, its batches of `entity`) for each increment that has any, in chain order;
+        each section is to be read through before the next is asked for."""
+        spool = self._spools[entity]
+        spool.seek(0)
+        for position, size in self._sections[entity]:
+            yield position, self._batches(spool, entity, size)
+
+    def _batches(self, spool: BinaryIO, entity: str, size: int) -> Iterator[list[Any]]:
+        decoder = self._decoders[entity]
+        while size:
+            length = int.from_bytes(_read(spool, FRAME_HEADER_BYTES), "big")
+            yield decoder.decode(_read(spool, length))
+            size -= FRAME_HEADER_BYTES + length
 
 
-def _last_writes(
-    copies: Sequence[BundleRef],
-) -> tuple[dict[str, dict[int, int]], dict[str, set[int]]]:
-    """For each entity, the (in-process) hash of every id an increment writes or deletes, with
-    the position of the last link that does (the full bundle is 0); and the ids whose last word
-    is a tombstone. Each increment is read completely (every check of the reader, and its
+def _read(spool: BinaryIO, size: int) -> bytes:
+    data = spool.read(size)
+    if len(data) != size:
+        raise BundleError("a restore's spool of the chain's changes ended early")
+    return data
+
+
+def _read_increments(increments: Sequence[BundleRef], changes: _Changes) -> None:
+    """Each increment read completely into `changes` (every check of the reader, and its
     SHA-256 against its link's)."""
-    last: dict[str, dict[int, int]] = {entity: {} for entity in ENTITY_TYPES}
-    deleted: dict[str, set[int]] = {entity: set() for entity in ENTITY_TYPES}
-    for position, copy in enumerate(copies, 1):
-        with copy.reader() as (reader, stream):
+    for position, ref in enumerate(increments, 1):
+        with ref.reader() as (reader, stream):
             for entity, records in reader.batches(increments=True):
-                for record in records:
-                    gone = isinstance(record, Tombstone)
-                    target = record.entity if isinstance(record, Tombstone) else entity
-                    key = hash(record.id)
-                    last[target][key] = position
-                    if gone:
-                        deleted[target].add(key)
-                    else:
-                        deleted[target].discard(key)
-            copy.check_sha256(stream.hexdigest())
-    return last, deleted
+                changes.add(position, entity, records)
+            ref.check_sha256(stream.hexdigest())
 
 
 def _import_full(

@@ -107,6 +107,7 @@ def encode_member(
     scrub: Scrubber | None = None,
     member: str | None = None,
     hashed: bool = True,
+    checked: bool = False,
 ) -> Member:
     """The entity's records as frames (`FrameEncoder.frames`) at the end of `spool`, hashed
     into `sha256` (a new hash if None) and counted; `on_frame(records, bytes)` after each.
@@ -114,14 +115,15 @@ def encode_member(
     are encoded, so that a worker process scrubs the records it encodes.
     `member` is the member's name where it is not the entity's (an increment's tombstones).
     Not `hashed`: the entry's SHA-256 is left empty, for a part of a member another process
-    hashes whole (parallel.encoder)."""
+    hashes whole (parallel.encoder). `checked`: as FrameEncoder's."""
     if scrub is not None:
         records = scrub.records(records)
     offset = spool.tell()
     if sha256 is None:
         sha256 = hashlib.sha256()
     count = size = 0
-    for records_in_frame, frame in FrameEncoder(entity).frames(records):
+    encoder = FrameEncoder(entity, reuse_buffer=True, checked=checked)
+    for records_in_frame, frame in encoder.frames(records):
         if hashed:
             sha256.update(frame)
         try:
@@ -187,9 +189,11 @@ def encode_members(
     names: Mapping[str, str] = ENTITY_MEMBERS,
     *,
     scrub: Scrubber | None = None,
+    checked: bool = False,
 ) -> list[Member]:
     """Each member into the spool, one after the other, in the order of `names` (entity: member
-    name): foreign-key order, or an increment's, tombstones first."""
+    name): foreign-key order, or an increment's, tombstones first. `checked`: as
+    FrameEncoder's."""
     return [
         encode_member(
             spool,
@@ -199,6 +203,7 @@ def encode_members(
             progress.add,
             scrub=scrub if entity in ENTITY_MEMBERS else None,  # tombstones hold only ids
             member=names[entity],
+            checked=checked,
         )
         for entity in names
     ]

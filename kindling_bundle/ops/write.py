@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -293,7 +294,8 @@ def write_bundle_from_records(
     With `increment` (ops.increment), the bundle is an incremental one (format version 2.0, or
     2.1 signed): `streams` may also hold "tombstones" (Tombstone records, written first), and
     the manifest names the base and the snapshot's counts. `on_bundle` is as in write_bundle.
-    `scratch`: a bundle this process reads back and deletes (zstd_frames.compressor's `wide`).
+    `scratch`: a bundle this process reads back and deletes (zstd_frames.compressor's `wide`),
+    from records a reader decoded (FrameEncoder's `checked`): reading it back checks them again.
     """
     names = ENTITY_MEMBERS if increment is None else INCREMENT_MEMBERS
     unknown = set(streams) - set(names)
@@ -304,7 +306,9 @@ def write_bundle_from_records(
     label = source_label(dest)
     scrub = _scrubber(opts)
     with spool_file(dest, label, _sealed(opts)) as spool:
-        members = encode_members(spool, streams, label, Progress(progress), names, scrub=scrub)
+        members = encode_members(
+            spool, streams, label, Progress(progress), names, scrub=scrub, checked=scratch
+        )
         entries = [member.entry for member in members]
         manifest = _manifest(
             created_at, source_generation, opts.filter, entries, opts.sign_key, scrub
@@ -441,11 +445,13 @@ def _emit(
     sizes = [len(manifest_bytes), *([len(signature)] if signature is not None else [])]
     sizes += [member.entry.bytes for member in members]
     written = 0
+    # one buffer for every copy out of a spool (a fresh one would fault its pages anew)
+    copy = memoryview(bytearray(_COPY_BYTES))
     with compressor(level, archive_size(sizes), wide=wide).stream_writer(
         out, closefd=False
     ) as zstd:
 
-        def put(data: bytes) -> None:
+        def put(data: bytes | memoryview) -> None:
             nonlocal written
             zstd.write(data)
             written += len(data)
@@ -461,13 +467,14 @@ def _emit(
             entry = member.entry
             put(member_header(entry.member, entry.bytes, mtime))
             for spool, offset, size in member.pieces:
-                spool.seek(offset)
+                source = cast(io.BufferedIOBase, spool)  # a temporary file or a SealedSpool
+                source.seek(offset)
                 remaining = size
                 while remaining:
-                    chunk = spool.read(min(remaining, _COPY_BYTES))
-                    if not chunk:
+                    got = source.readinto(copy[: min(remaining, _COPY_BYTES)])
+                    if not got:
                         raise BundleError(f"{entry.member}: the spool file ended early")
-                    put(chunk)
-                    remaining -= len(chunk)
+                    put(copy[:got])
+                    remaining -= got
             put(padding(entry.bytes))
         put(end_of_archive(written))
