@@ -20,7 +20,7 @@ from kindling_bundle import (
 )
 from kindling_bundle.db import integrity as integrity_module
 from kindling_bundle.db.connection import open_store
-from kindling_bundle.db.integrity import fts_query
+from kindling_bundle.db.integrity import check_index, fts_query
 
 
 def kinds(report: IntegrityReport) -> set[tuple[str, str, str]]:
@@ -202,6 +202,33 @@ def test_long_lists_of_one_kind_are_cut_short(broken, sample_copy, monkeypatch):
     assert [p.kind for p in problems] == ["pin_target_missing"] * 3
     assert problems[-1].id == "*"
     assert problems[-1].detail == "more pin_target_missing problems; only the first 2 are listed"
+
+
+def test_an_index_checked_apart_gives_the_report_of_one_pass(broken, sample_copy, monkeypatch):
+    """An import into a database in use checks the observations' index beside its later steps
+    (`check_index`) and folds it into the report: the same report, problems in the same order,
+    the per-kind limit counted across both."""
+    monkeypatch.setattr(integrity_module, "PROBLEMS_PER_KIND", 2)
+    broken.execute("DROP TRIGGER observations_fts_update")  # content changes behind the index
+    broken.execute("DROP TRIGGER summaries_fts_update")
+    broken.execute("UPDATE observations SET content = 'quux plugh' WHERE redacted = 0")
+    broken.execute("UPDATE summaries SET content = 'xyzzy frotz'")
+    broken.execute("INSERT INTO summaries_fts(rowid, content) VALUES (987654, 'ghost entry')")
+    whole = report_for(sample_copy)
+    conn = open_store(sample_copy, readonly=True)
+    try:
+        apart = verify_import_integrity(
+            conn, checked={"observations": check_index(conn, "observations")}
+        )
+    finally:
+        conn.close()
+    assert apart == whole
+    assert [p.kind for p in whole.problems] == [
+        *["fts_not_found"] * 3,  # the observations' two, the placeholder line, ...
+        "fts_count",
+        "fts_orphan",  # ... and the summaries' own come after: one kind, one limit
+    ]
+    assert whole.problems[2].id == "*"
 
 
 TRICKY = [

@@ -21,6 +21,7 @@ were left out.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -94,24 +95,82 @@ class _Collector:
             )
 
 
+class _Recorder(_Collector):
+    """Records every problem, for a collector to list later (`check_index`): each detailed
+    query asks for at most PROBLEMS_PER_KIND + 1 rows, so the list stays bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, str, str, Severity]] = []
+
+    def add(
+        self, kind: str, entity: str, record_id: str, detail: str, severity: Severity = "error"
+    ) -> None:
+        self.calls.append((kind, entity, record_id, detail, severity))
+
+
 def verify_import_integrity(
-    conn: sqlite3.Connection, *, sample_size: int = 200, quick_check: bool = True
+    conn: sqlite3.Connection,
+    *,
+    sample_size: int = 200,
+    quick_check: bool = True,
+    checked: Mapping[str, IndexCheck] | None = None,
 ) -> IntegrityReport:
     """Check a Kindling database and report every problem found (see the module docstring).
 
     Read-only: safe on a read-only connection and inside a caller's open transaction (to check
     an import before committing it). `quick_check=False` leaves out SQLite's pass over every
-    page, for a caller that ran it just before writing (an import into a database in use)."""
+    page, for a caller that ran it just before writing (an import into a database in use).
+    `checked`: the full-text checks of entities already made by `check_index` (by entity),
+    reported in their place instead of made again."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
     try:
-        return _verify(conn, sample_size, quick_check)
+        return _verify(conn, sample_size, quick_check, checked or {})
     except sqlite3.DatabaseError as exc:
-        label = getattr(conn, "path", "") or "database"
-        raise StoreError(f"{label}: cannot check integrity: {describe_error(exc)}") from None
+        raise StoreError(_cannot_check(conn, exc)) from None
 
 
-def _verify(conn: sqlite3.Connection, sample_size: int, quick_check: bool) -> IntegrityReport:
+@dataclass(frozen=True)
+class IndexCheck:
+    """The full-text check of one entity made apart: what it found, in order, and its sample."""
+
+    entity: str
+    found: list[tuple[str, str, str, str, Severity]]
+    sampled: dict[str, Any]
+
+
+def check_index(conn: sqlite3.Connection, entity: str, *, sample_size: int = 200) -> IndexCheck:
+    """The full-text check of `entity` (observations or summaries) alone, for a report made
+    later (`verify_import_integrity(checked=...)`): an import into a database in use checks the
+    observations' index, final once their last step is written, beside the steps that follow.
+    Read-only, as the report."""
+    found = _Recorder()
+    try:
+        sampled = _index(conn, found, entity, sample_size)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(_cannot_check(conn, exc)) from None
+    return IndexCheck(entity, found.calls, sampled)
+
+
+def _cannot_check(conn: sqlite3.Connection, exc: sqlite3.DatabaseError) -> str:
+    label = getattr(conn, "path", "") or "database"
+    return f"{label}: cannot check integrity: {describe_error(exc)}"
+
+
+_INDEXED = {
+    "observations": ("observations_fts", "redacted = 0"),
+    "summaries": ("summaries_fts", "1"),
+}
+"""By entity: its FTS5 table, and which of its rows Kindling's triggers index."""
+
+
+def _verify(
+    conn: sqlite3.Connection,
+    sample_size: int,
+    quick_check: bool,
+    checked: Mapping[str, IndexCheck],
+) -> IntegrityReport:
     found = _Collector()
     if quick_check:
         _quick_check(conn, found)
@@ -120,18 +179,27 @@ def _verify(conn: sqlite3.Connection, sample_size: int, quick_check: bool) -> In
     _capsule_seqs(conn, found)
     _evidence(conn, found)
     sampled: dict[str, Any] = {}
-    for entity, fts, indexed in (
-        ("observations", "observations_fts", "redacted = 0"),
-        ("summaries", "summaries_fts", "1"),
-    ):
-        expected, low, high = _fts_sync(conn, found, entity, fts, indexed)
-        rows = _sample_rows(conn, entity, indexed, expected, low, high, sample_size)
-        sampled[entity] = _fts_sample(conn, found, entity, fts, rows, expected, sample_size)
+    for entity in _INDEXED:
+        if entity in checked:
+            for call in checked[entity].found:
+                found.add(*call)
+            sampled[entity] = checked[entity].sampled
+        else:
+            sampled[entity] = _index(conn, found, entity, sample_size)
     return IntegrityReport(
         problems=[p for p in found.found if p.severity == "error"],
         warnings=[p for p in found.found if p.severity == "warning"],
         sampled=sampled,
     )
+
+
+def _index(
+    conn: sqlite3.Connection, found: _Collector, entity: str, sample_size: int
+) -> dict[str, Any]:
+    fts, indexed = _INDEXED[entity]
+    expected, low, high = _fts_sync(conn, found, entity, fts, indexed)
+    rows = _sample_rows(conn, entity, indexed, expected, low, high, sample_size)
+    return _fts_sample(conn, found, entity, fts, rows, expected, sample_size)
 
 
 def _quick_check(conn: sqlite3.Connection, found: _Collector) -> None:

@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,11 +43,13 @@ from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
     describe_error,
+    open_store,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.db.integrity import IndexCheck, check_index, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
-from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
+from kindling_bundle.db.live import STAGED_WIDTHS, Item, PlanAhead, Take, Writer
+from kindling_bundle.db.live_stage import StageFile
 from kindling_bundle.db.pacing import Checkpointer, empty_log
 from kindling_bundle.errors import (
     StoreError,
@@ -127,10 +129,25 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         recover(conn)  # before anything is decided against what it would undo
     except (sqlite3.DatabaseError, TransactionLost) as exc:
         raise _store_error(conn, exc, "nothing written") from None
+    staging = StageFile(STAGED_WIDTHS)
+    try:
+        return _staged(conn, run, path, timeout, staging)
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # still attached after a failure
+            staging.detach(conn)
+        staging.remove()
+
+
+def _staged(
+    conn: KindlingConnection, run: ImportRun, path: str, timeout: int, staging: StageFile
+) -> ImportReport:
+    """`_live`, with the staging file the planner binds new rows into (`db.live_stage`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="kindling-check") as pool:
         damage = pool.submit(_damage, path, timeout)
         frames = run.reader.batches(run.progress)
-        planner = PlanAhead(path, frames, run.conflict, run.redirect, busy_timeout_ms=timeout)
+        planner = PlanAhead(
+            path, frames, run.conflict, run.redirect, staging, busy_timeout_ms=timeout
+        )
         try:
             items = planner.items()
             first = next(items)
@@ -151,13 +168,12 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
                 raise _store_error(conn, exc, "nothing written") from None
             raise
         checkpointer = Checkpointer(path, timeout)
-        writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
+        writer = Writer(
+            conn, run.conflict, journal, _taker(conn, run), staging, checkpointer.after_step
+        )
         try:
             try:
-                _write(writer, run, planner, itertools.chain([first], items))
-                with snapshot(conn):  # one state, whatever others commit meanwhile
-                    integrity = verify_import_integrity(conn, quick_check=False)  # ran first
-                report = run.report(integrity)
+                report = _apply(conn, run, writer, planner, itertools.chain([first], items))
                 journal.commit()
             finally:
                 planner.close()
@@ -171,6 +187,50 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
     empty_log(conn)
     return report
+
+
+def _apply(
+    conn: KindlingConnection,
+    run: ImportRun,
+    writer: Writer,
+    planner: PlanAhead,
+    items: Iterator[Item],
+) -> ImportReport:
+    """Write the steps, then check the database (raising if it would fail its check).
+
+    The observations' full-text index is final once their last step is written (later entities
+    never write observations): it is checked then, on a connection of its own, beside the steps
+    that follow; the rest of the report after the last step."""
+    path = _file_of(conn)
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="kindling-index") as pool:
+        checks: dict[str, Future[IndexCheck]] = {}
+
+        def written(entity: str) -> None:
+            if entity == "observations":
+                checks[entity] = pool.submit(_check_index, path, conn.path or path, timeout)
+
+        writer.stage_file.attach(conn)
+        try:
+            _write(writer, run, planner, items, written)
+        finally:
+            if not conn.in_transaction:  # else once undone (`_live`)
+                writer.stage_file.detach(conn)
+        checked = {entity: check.result() for entity, check in checks.items()}
+    with snapshot(conn):  # one state, whatever others commit meanwhile
+        integrity = verify_import_integrity(conn, quick_check=False, checked=checked)  # ran first
+    return run.report(integrity)
+
+
+def _check_index(path: str, label: str, busy_timeout_ms: int) -> IndexCheck:
+    """The observations' full-text check, in one read snapshot of a read-only connection."""
+    conn = open_store(path, readonly=True, busy_timeout_ms=busy_timeout_ms)
+    conn.path = label
+    try:
+        with snapshot(conn):
+            return check_index(conn, "observations")
+    finally:
+        conn.close()
 
 
 def _taker(conn: KindlingConnection, run: ImportRun) -> Take:
@@ -215,9 +275,14 @@ def _live_settings(conn: KindlingConnection) -> Iterator[None]:
 
 
 def _write(
-    writer: Writer | None, run: ImportRun, planner: PlanAhead, items: Iterator[Item]
+    writer: Writer | None,
+    run: ImportRun,
+    planner: PlanAhead,
+    items: Iterator[Item],
+    written: Callable[[str], None] = lambda entity: None,
 ) -> None:
-    """Write what the planner decided, in order; raise what it met, where it met it."""
+    """Write what the planner decided, in order; raise what it met, where it met it.
+    `written(entity)` once the last of an entity's steps is committed."""
     for item in items:
         if item[0] == "failed":
             if item[1]:
@@ -233,6 +298,7 @@ def _write(
                 writer.add(item[2])
             elif item[0] == "entity done":
                 writer.flush()  # before the next entity: what it references, pins' redirects
+                written(item[1])
                 planner.entity_done()
             else:
                 writer.flush()
