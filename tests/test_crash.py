@@ -433,17 +433,17 @@ def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
     committed before it are undone."""
     from kindling_bundle.db import live
 
-    real_move = live.Writer._move
+    real_insert = live._Stage.insert
     inserts = 0
 
-    def insert_then_lose_the_transaction(writer, *args, **kwargs):  # each staged run moved in
+    def insert_then_lose_the_transaction(stage, *args, **kwargs):  # each staged run moved in
         nonlocal inserts
         inserts += 1
-        real_move(writer, *args, **kwargs)
+        real_insert(stage, *args, **kwargs)
         if inserts == 3:  # a later step's: the steps before it are committed
-            writer.conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+            stage.conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
 
-    monkeypatch.setattr(live.Writer, "_move", insert_then_lose_the_transaction)
+    monkeypatch.setattr(live._Stage, "insert", insert_then_lose_the_transaction)
     template, before, _ = targets[2]
     target = tmp_path / "t.db"
     shutil.copy(template, target)

@@ -29,14 +29,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
-from kindling_bundle.db.live_stage import StageFile, Stager, move
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
 from kindling_bundle.db.rows import (
@@ -81,10 +80,6 @@ class Planned:
     """The rows the record writes, the unit steps are sized in (a capsule's row is the capsule
     and its links): counted once here, in the planner's thread, as the writer's thread adds
     and slices these lists at every step."""
-    staged: int = 0
-    """insert: the rowid of its row in the staging file (`live_stage`); a capsule's links
-    follow from `links` on."""
-    links: int = 0
 
     def __post_init__(self) -> None:
         record = self.record
@@ -145,7 +140,6 @@ class Writer:
         conflict: ConflictStrategy,
         journal: Journal,
         take: Take,
-        stage: StageFile,
         after_step: Callable[[], None] = lambda: None,
     ):
         self.conn = conn
@@ -155,7 +149,7 @@ class Writer:
         self.after_step = after_step
         self._paces: dict[type, Pace] = {}
         self._turns = Turns()
-        self.stage_file = stage
+        self._stage = _Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0
 
@@ -189,16 +183,17 @@ class Writer:
             taken += 1
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
+        staged = self._stage.put(chunk, parts)  # binding every value, before the lock is taken
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
         fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
         with pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
             with step_settings(self.conn, fts) if fts else nullcontext():
-                results = self._write(chunk, parts, step)
+                results = self._write(chunk, parts, staged, step)
             self.take(results, self.journal.inserted_since(seq))
             step.count = sum(map(_ROWS, chunk[: len(results)]))
-        self._done_with(chunk[: len(results)])
+        self._stage.clear()
         del self._pending[: len(results)]
         self._pending_rows -= step.count
         self.after_step()
@@ -207,6 +202,7 @@ class Writer:
         self,
         chunk: list[Planned],
         parts: list[tuple[int, int]],
+        staged: dict[int, tuple[int, int, int, int]],
         step: Step,
     ) -> list[ImportEntityResult]:
         """Write the chunk's parts in order, as long as the step has room for one more as long
@@ -219,7 +215,7 @@ class Writer:
             began = time.perf_counter()
             kind = chunk[start].write
             if kind == "insert":
-                results.extend(self._insert_staged(chunk[start:end]))
+                results.extend(self._insert_staged(chunk[start:end], staged[start]))
             elif kind == "exact":
                 for item in chunk[start:end]:
                     results.append(import_record(self.conn, item.record, self.conflict))
@@ -230,7 +226,9 @@ class Writer:
             longest = max(longest, time.perf_counter() - began)
         return results
 
-    def _insert_staged(self, group: list[Planned]) -> list[ImportEntityResult]:
+    def _insert_staged(
+        self, group: list[Planned], staged: tuple[int, int, int, int]
+    ) -> list[ImportEntityResult]:
         """Insert a run of records decided new with one INSERT ... SELECT from where they were
         staged (Kindling's FTS trigger fills one pending index for the whole statement); if the
         database refuses it, insert them a few at a time, and those refused one by one."""
@@ -239,7 +237,7 @@ class Writer:
             return [import_record(self.conn, record, self.conflict) for record in records]
         try:
             with self._atomic(records), self.journal.run(_TABLES[type(records[0])], len(group)):
-                self._move(group)
+                self._stage.insert(type(records[0]), staged)
         except sqlite3.IntegrityError:
             results: list[ImportEntityResult] = []
             for first in range(0, len(group), ROWS_PER_STATEMENT):
@@ -247,27 +245,6 @@ class Writer:
             return results
         entity = entity_of(records[0])
         return [ImportEntityResult(entity, record.id, "inserted") for record in records]
-
-    def _move(self, group: list[Planned]) -> None:
-        """Insert a run of staged records from the staging file (a capsule's links after it)."""
-        first, last = group[0], group[-1]
-        assert last.staged - first.staged == len(group) - 1, "staged out of order"
-        table = _TABLES[type(first.record)]
-        move(self.conn, table, _STAGED_COLUMNS[table], first.staged, last.staged)
-        if isinstance(last.record, Capsule):
-            end = last.links + len(last.record.observation_ids) - 1
-            if end >= first.links:
-                move(self.conn, _LINKS, _LINK_COLUMNS, first.links, end)
-
-    def _done_with(self, done: list[Planned]) -> None:
-        """After a step: the staging file's rows of the records it wrote may go."""
-        last = next((item for item in reversed(done) if item.staged), None)
-        if last is None:
-            return
-        consumed = self.stage_file.consumed
-        consumed[_TABLES[type(last.record)]] = last.staged
-        if isinstance(last.record, Capsule) and last.links:
-            consumed[_LINKS] = last.links + len(last.record.observation_ids) - 1
 
     def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:
         """Insert records decided new, in one statement; if the database refuses them (or a pin's
@@ -306,8 +283,88 @@ _TABLES: dict[type, str] = {
     Summary: "summaries",
     Pin: "pins",
 }
-_LINKS = "capsule_observations"
 _LINK_COLUMNS = "capsule_id, observation_id, seq"
+
+
+class _Stage:
+    """Rows bound into TEMP tables before a step takes the write lock.
+
+    Binding every value of a step is Python work; done here, in this connection's own temporary
+    database (in memory), it is done without the write lock, and the step then moves each run
+    of new records with one INSERT ... SELECT. The TEMP tables have no column types, so the
+    values reach the real tables exactly as if bound to them."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._made: set[str] = set()
+
+    def put(
+        self, chunk: list[Planned], parts: list[tuple[int, int]]
+    ) -> dict[int, tuple[int, int, int, int]]:
+        """Stage each part of records decided new; by the index of its first record, the rowids
+        its rows (and, for capsules, its links) take in the staging tables."""
+        staged: dict[int, tuple[int, int, int, int]] = {}
+        self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
+        try:
+            for start, end in parts:
+                if chunk[start].write != "insert":
+                    continue
+                run = chunk[start:end]
+                table = _TABLES[type(run[0].record)]
+                rows = self._put(table, [item.values for item in run])
+                links = (0, -1)
+                capsules = [item.record for item in run if isinstance(item.record, Capsule)]
+                if capsules:
+                    links = self._put(
+                        "capsule_observations",
+                        [
+                            (c.id, o, seq)
+                            for c in capsules
+                            for seq, o in enumerate(c.observation_ids)
+                        ],
+                    )
+                staged[start] = (*rows, *links)
+        finally:
+            self.conn.execute("COMMIT")
+        return staged
+
+    def _put(self, table: str, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+        name = f"kindling_stage_{table}"
+        width = len(_STAGED_COLUMNS[table].split(","))
+        if name not in self._made:
+            columns = ", ".join(f"c{i}" for i in range(width))
+            self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+            self._made.add(name)
+        first = self.conn.execute(f"SELECT coalesce(max(rowid), 0) + 1 FROM temp.{name}")
+        low = int(first.fetchone()[0])
+        self.conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})", rows)
+        return low, low + len(rows) - 1
+
+    def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
+        """Move one staged run into the real table (and a capsule's links into theirs)."""
+        table = _TABLES[kind]
+        self._move(table, staged[0], staged[1])
+        if kind is Capsule and staged[3] >= staged[2]:
+            self._move("capsule_observations", staged[2], staged[3])
+
+    def _move(self, table: str, low: int, high: int) -> None:
+        columns = _STAGED_COLUMNS[table]
+        width = len(columns.split(","))
+        values = ", ".join(f"c{i}" for i in range(width))
+        self.conn.execute(
+            f"INSERT INTO main.{table} ({columns}) SELECT {values} "
+            f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
+            (low, high),
+        )
+
+    def clear(self) -> None:
+        """Empty the staging tables (after a step)."""
+        self.conn.execute("BEGIN")
+        try:
+            for name in self._made:
+                self.conn.execute(f"DELETE FROM temp.{name}")
+        finally:
+            self.conn.execute("COMMIT")
 
 
 _STAGED_COLUMNS = {
@@ -315,30 +372,8 @@ _STAGED_COLUMNS = {
     "capsules": CAPSULE_COLUMNS,
     "summaries": SUMMARY_COLUMNS,
     "pins": PIN_COLUMNS,
-    _LINKS: _LINK_COLUMNS,
+    "capsule_observations": _LINK_COLUMNS,
 }
-STAGED_WIDTHS = {table: len(columns.split(",")) for table, columns in _STAGED_COLUMNS.items()}
-"""The staging file's tables (`live_stage.StageFile`) and their number of columns."""
-
-
-def stage(stager: Stager, planned: list[Planned]) -> None:
-    """Bind the rows of a frame's records decided new into the staging file (the planner's
-    thread), and note where each went."""
-    new = [item for item in planned if item.write == "insert"]
-    if not new:
-        return
-    stager.begin()
-    first = stager.put(_TABLES[type(new[0].record)], [item.values for item in new])
-    for offset, item in enumerate(new):
-        item.staged = first + offset
-    if isinstance(new[0].record, Capsule):
-        capsules = [cast(Capsule, item.record) for item in new]
-        links = [(c.id, o, seq) for c in capsules for seq, o in enumerate(c.observation_ids)]
-        at = stager.put(_LINKS, links)
-        for item, capsule in zip(new, capsules, strict=True):
-            item.links = at
-            at += len(capsule.observation_ids)
-    stager.commit()
 
 
 class _Cancelled(Exception):
@@ -372,13 +407,11 @@ class PlanAhead:
         frames: Iterator[tuple[str, list[Record]]],
         conflict: ConflictStrategy,
         prepare: Callable[[list[Record]], list[Record]],
-        staging: StageFile,
         *,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         ahead: int = 8,
     ):
         self._busy_timeout_ms = busy_timeout_ms
-        self._staging = staging
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=ahead)
         self._resume = threading.Event()
         self._cancel = threading.Event()
@@ -422,28 +455,14 @@ class PlanAhead:
         conflict: ConflictStrategy,
         prepare: Callable[[list[Record]], list[Record]],
     ) -> None:
-        with contextlib.ExitStack() as opened:
-            try:
-                conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-                opened.callback(conn.close)
-                stager = Stager(self._staging)
-                opened.callback(stager.close)
-            except sqlite3.Error as exc:
-                with contextlib.suppress(_Cancelled):
-                    self._put(("failed", "", exc, True))
-                return
-            self._plan(conn, stager, frames, conflict, prepare)
-
-    def _plan(
-        self,
-        conn: sqlite3.Connection,
-        stager: Stager,
-        frames: Iterator[tuple[str, list[Record]]],
-        conflict: ConflictStrategy,
-        prepare: Callable[[list[Record]], list[Record]],
-    ) -> None:
         entity = ""
         deciding = False
+        try:
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(_Cancelled):
+                self._put(("failed", entity, exc, True))
+            return
         try:
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
@@ -458,7 +477,6 @@ class PlanAhead:
                     entity = next_entity
                 deciding = True
                 planned = plan(conn, prepare(records), conflict)
-                stage(stager, planned)
                 deciding = False
                 self._put(("frame", entity, planned))
             self._put(("end",))
@@ -467,3 +485,5 @@ class PlanAhead:
         except BaseException as exc:  # handed to the writer, which raises it in order
             with contextlib.suppress(_Cancelled):
                 self._put(("failed", entity, exc, deciding))
+        finally:
+            conn.close()

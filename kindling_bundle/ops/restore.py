@@ -48,8 +48,7 @@ from kindling_bundle.db.connection import (
 from kindling_bundle.db.export import snapshot
 from kindling_bundle.db.integrity import IndexCheck, check_index, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
-from kindling_bundle.db.live import STAGED_WIDTHS, Item, PlanAhead, Take, Writer
-from kindling_bundle.db.live_stage import StageFile
+from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
 from kindling_bundle.db.pacing import Checkpointer, empty_log
 from kindling_bundle.errors import (
     StoreError,
@@ -129,25 +128,10 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         recover(conn)  # before anything is decided against what it would undo
     except (sqlite3.DatabaseError, TransactionLost) as exc:
         raise _store_error(conn, exc, "nothing written") from None
-    staging = StageFile(STAGED_WIDTHS)
-    try:
-        return _staged(conn, run, path, timeout, staging)
-    finally:
-        with contextlib.suppress(sqlite3.Error):  # still attached after a failure
-            staging.detach(conn)
-        staging.remove()
-
-
-def _staged(
-    conn: KindlingConnection, run: ImportRun, path: str, timeout: int, staging: StageFile
-) -> ImportReport:
-    """`_live`, with the staging file the planner binds new rows into (`db.live_stage`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="kindling-check") as pool:
         damage = pool.submit(_damage, path, timeout)
         frames = run.reader.batches(run.progress)
-        planner = PlanAhead(
-            path, frames, run.conflict, run.redirect, staging, busy_timeout_ms=timeout
-        )
+        planner = PlanAhead(path, frames, run.conflict, run.redirect, busy_timeout_ms=timeout)
         try:
             items = planner.items()
             first = next(items)
@@ -168,9 +152,7 @@ def _staged(
                 raise _store_error(conn, exc, "nothing written") from None
             raise
         checkpointer = Checkpointer(path, timeout)
-        writer = Writer(
-            conn, run.conflict, journal, _taker(conn, run), staging, checkpointer.after_step
-        )
+        writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
         try:
             try:
                 report = _apply(conn, run, writer, planner, itertools.chain([first], items))
@@ -210,12 +192,7 @@ def _apply(
             if entity == "observations":
                 checks[entity] = pool.submit(_check_index, path, conn.path or path, timeout)
 
-        writer.stage_file.attach(conn)
-        try:
-            _write(writer, run, planner, items, written)
-        finally:
-            if not conn.in_transaction:  # else once undone (`_live`)
-                writer.stage_file.detach(conn)
+        _write(writer, run, planner, items, written)
         checked = {entity: check.result() for entity, check in checks.items()}
     with snapshot(conn):  # one state, whatever others commit meanwhile
         integrity = verify_import_integrity(conn, quick_check=False, checked=checked)  # ran first
