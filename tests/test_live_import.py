@@ -429,8 +429,8 @@ def test_the_observations_index_is_checked_beside_the_later_steps_and_a_problem_
     tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The observations' full-text index is checked on a thread of its own once their last step
-    is written; what it finds fails the import as the report after the last step would, and
-    everything written is undone."""
+    is written (the capsules' links once theirs are); what it finds fails the import as the
+    report after the last step would, and everything written is undone."""
     db = tmp_path / "damaged.db"
     shutil.copy(template, db)
     raw = sqlite3.connect(db, isolation_level=None)
@@ -444,17 +444,18 @@ def test_the_observations_index_is_checked_beside_the_later_steps_and_a_problem_
     raw.close()
     before = dump_contents(db)
     checked: list[tuple[str, str]] = []
-    check = restore.check_index
+    check = restore.check_apart
 
-    def spy(conn: sqlite3.Connection, entity: str, **kwargs: object) -> object:
-        checked.append((entity, threading.current_thread().name))
-        return check(conn, entity, **kwargs)  # type: ignore[arg-type]
+    def spy(conn: sqlite3.Connection, part: str, **kwargs: object) -> object:
+        checked.append((part, threading.current_thread().name))
+        return check(conn, part, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(restore, "check_index", spy)
+    monkeypatch.setattr(restore, "check_apart", spy)
     with open_store(db) as conn, pytest.raises(IntegrityError) as caught:
         import_bundle(conn, bundle)
-    assert [(entity, name.split("_")[0]) for entity, name in checked] == [
-        ("observations", "kindling-index")
+    assert [(part, name.split("_")[0]) for part, name in checked] == [
+        ("observations", "kindling-index"),
+        ("capsules", "kindling-index"),
     ]
     found = {(p.kind, p.entity, p.id) for p in caught.value.problems}
     assert ("fts_missing", "observations", oid) in found

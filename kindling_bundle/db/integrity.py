@@ -21,7 +21,7 @@ were left out.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -96,7 +96,7 @@ class _Collector:
 
 
 class _Recorder(_Collector):
-    """Records every problem, for a collector to list later (`check_index`): each detailed
+    """Records every problem, for a collector to list later (`check_apart`): each detailed
     query asks for at most PROBLEMS_PER_KIND + 1 rows, so the list stays bounded."""
 
     def __init__(self) -> None:
@@ -114,43 +114,55 @@ def verify_import_integrity(
     *,
     sample_size: int = 200,
     quick_check: bool = True,
-    checked: Mapping[str, IndexCheck] | None = None,
+    checked: Sequence[CheckedApart] = (),
 ) -> IntegrityReport:
     """Check a Kindling database and report every problem found (see the module docstring).
 
     Read-only: safe on a read-only connection and inside a caller's open transaction (to check
     an import before committing it). `quick_check=False` leaves out SQLite's pass over every
     page, for a caller that ran it just before writing (an import into a database in use).
-    `checked`: the full-text checks of entities already made by `check_index` (by entity),
-    reported in their place instead of made again."""
+    `checked`: parts already checked by `check_apart`, reported in their place instead of
+    checked again."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
     try:
-        return _verify(conn, sample_size, quick_check, checked or {})
+        return _verify(conn, sample_size, quick_check, checked)
     except sqlite3.DatabaseError as exc:
         raise StoreError(_cannot_check(conn, exc)) from None
 
 
 @dataclass(frozen=True)
-class IndexCheck:
-    """The full-text check of one entity made apart: what it found, in order, and its sample."""
+class CheckedApart:
+    """Checks made apart (`check_apart`): what they found, in order (by part), the full-text
+    samples (by entity), and the foreign keys proven free of violations."""
 
-    entity: str
-    found: list[tuple[str, str, str, str, Severity]]
-    sampled: dict[str, Any]
+    found: dict[str, list[tuple[str, str, str, str, Severity]]]
+    sampled: dict[str, dict[str, Any]]
+    proven: frozenset[tuple[str, str, str, str]] = frozenset()
 
 
-def check_index(conn: sqlite3.Connection, entity: str, *, sample_size: int = 200) -> IndexCheck:
-    """The full-text check of `entity` (observations or summaries) alone, for a report made
-    later (`verify_import_integrity(checked=...)`): an import into a database in use checks the
-    observations' index, final once their last step is written, beside the steps that follow.
-    Read-only, as the report."""
+def check_apart(
+    conn: sqlite3.Connection, part: Literal["observations", "capsules"], *, sample_size: int = 200
+) -> CheckedApart:
+    """The checks that are final once an import has written an entity, made alone for a
+    report made later (`verify_import_integrity(checked=...)`): an import into a database in
+    use makes them beside its later steps, which never write that entity again. "observations":
+    their full-text index; "capsules": their links' foreign keys (when none is violated: else
+    the report looks again, with the rest) and seq values. Read-only, as the report."""
     found = _Recorder()
+    sampled: dict[str, dict[str, Any]] = {}
+    proven: frozenset[tuple[str, str, str, str]] = frozenset()
     try:
-        sampled = _index(conn, found, entity, sample_size)
+        if part == "observations":
+            sampled[part] = _index(conn, found, part, sample_size)
+        else:
+            links = frozenset(k for k in _KINDLING_FOREIGN_KEYS if k[0] == "capsule_observations")
+            if _certainly_no_foreign_key_violations(conn, links):
+                proven = links
+            _capsule_seqs(conn, found)
     except sqlite3.DatabaseError as exc:
         raise StoreError(_cannot_check(conn, exc)) from None
-    return IndexCheck(entity, found.calls, sampled)
+    return CheckedApart({part: found.calls}, sampled, proven)
 
 
 def _cannot_check(conn: sqlite3.Connection, exc: sqlite3.DatabaseError) -> str:
@@ -169,27 +181,31 @@ def _verify(
     conn: sqlite3.Connection,
     sample_size: int,
     quick_check: bool,
-    checked: Mapping[str, IndexCheck],
+    checked: Sequence[CheckedApart],
 ) -> IntegrityReport:
     found = _Collector()
+    recorded = {name: calls for apart in checked for name, calls in apart.found.items()}
+    sampled: dict[str, Any] = {k: v for apart in checked for k, v in apart.sampled.items()}
+
+    def replayed(name: str) -> bool:
+        for call in recorded.get(name, ()):
+            found.add(*call)
+        return name in recorded
+
     if quick_check:
         _quick_check(conn, found)
-    _foreign_keys(conn, found)
+    _foreign_keys(conn, found, frozenset().union(*(apart.proven for apart in checked)))
     _pin_targets(conn, found)
-    _capsule_seqs(conn, found)
+    if not replayed("capsules"):
+        _capsule_seqs(conn, found)
     _evidence(conn, found)
-    sampled: dict[str, Any] = {}
     for entity in _INDEXED:
-        if entity in checked:
-            for call in checked[entity].found:
-                found.add(*call)
-            sampled[entity] = checked[entity].sampled
-        else:
+        if not replayed(entity):
             sampled[entity] = _index(conn, found, entity, sample_size)
     return IntegrityReport(
         problems=[p for p in found.found if p.severity == "error"],
         warnings=[p for p in found.found if p.severity == "warning"],
-        sampled=sampled,
+        sampled={entity: sampled[entity] for entity in _INDEXED},
     )
 
 
@@ -209,19 +225,24 @@ def _quick_check(conn: sqlite3.Connection, found: _Collector) -> None:
 
 
 # Kindling's foreign keys: (child table, child column, parent table, parent key).
-_KINDLING_FOREIGN_KEYS = {
-    ("capsule_observations", "capsule_id", "capsules", "id"),
-    ("capsule_observations", "observation_id", "observations", "id"),
-    ("summaries", "capsule_id", "capsules", "id"),
-}
+_KINDLING_FOREIGN_KEYS = frozenset(
+    {
+        ("capsule_observations", "capsule_id", "capsules", "id"),
+        ("capsule_observations", "observation_id", "observations", "id"),
+        ("summaries", "capsule_id", "capsules", "id"),
+    }
+)
 
 
-def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
+def _certainly_no_foreign_key_violations(
+    conn: sqlite3.Connection, only: frozenset[tuple[str, str, str, str]] | None = None
+) -> bool:
     """A fast proof that `PRAGMA foreign_key_check` would report nothing, when the foreign keys
     are Kindling's own. The pragma looks up each child row's parents in rowid order: a random
     lookup of a UUID for every link row (bench/RESULTS.md, 4d6f9c9). Here each child
     column is read from an index that orders it, so the parent lookups walk the parent key in
-    order. False means "maybe": the pragma then runs and says what exactly is wrong."""
+    order. False means "maybe": the pragma then runs and says what exactly is wrong. `only`:
+    prove these keys alone (the others were proven already)."""
     tables = [
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     ]
@@ -234,7 +255,7 @@ def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
     }
     if keys != _KINDLING_FOREIGN_KEYS:
         return False
-    for table, child, parent, key in sorted(keys):
+    for table, child, parent, key in sorted(keys if only is None else only):
         violation = conn.execute(
             f"SELECT 1 FROM {table} AS c WHERE c.{child} IS NOT NULL "
             f"AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE p.{key} = c.{child}) LIMIT 1"
@@ -244,8 +265,10 @@ def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _foreign_keys(conn: sqlite3.Connection, found: _Collector) -> None:
-    if _certainly_no_foreign_key_violations(conn):
+def _foreign_keys(
+    conn: sqlite3.Connection, found: _Collector, proven: frozenset[tuple[str, str, str, str]]
+) -> None:
+    if _certainly_no_foreign_key_violations(conn, _KINDLING_FOREIGN_KEYS - proven):
         return
     cursor = conn.execute("PRAGMA foreign_key_check")
     for table, rowid, parent, _fkid in cursor:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
@@ -46,7 +47,7 @@ from kindling_bundle.db.connection import (
     open_store,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.integrity import IndexCheck, check_index, verify_import_integrity
+from kindling_bundle.db.integrity import CheckedApart, check_apart, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
 from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
 from kindling_bundle.db.pacing import Checkpointer, empty_log
@@ -180,32 +181,44 @@ def _apply(
 ) -> ImportReport:
     """Write the steps, then check the database (raising if it would fail its check).
 
-    The observations' full-text index is final once their last step is written (later entities
-    never write observations): it is checked then, on a connection of its own, beside the steps
+    What the report checks of the observations (their full-text index) and of the capsules
+    (their links' foreign keys and seq values) is final once their last step is written (later
+    entities never write them): it is checked then, on a connection of its own, beside the steps
     that follow; the rest of the report after the last step."""
     path = _file_of(conn)
     timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     with ThreadPoolExecutor(1, thread_name_prefix="kindling-index") as pool:
-        checks: dict[str, Future[IndexCheck]] = {}
+        checks: list[Future[CheckedApart]] = []
 
         def written(entity: str) -> None:
-            if entity == "observations":
-                checks[entity] = pool.submit(_check_index, path, conn.path or path, timeout)
+            if entity in _APART:
+                checks.append(
+                    pool.submit(_check_apart, path, conn.path or path, timeout, _APART[entity])
+                )
 
         _write(writer, run, planner, items, written)
-        checked = {entity: check.result() for entity, check in checks.items()}
+        checked = [check.result() for check in checks]
     with snapshot(conn):  # one state, whatever others commit meanwhile
         integrity = verify_import_integrity(conn, quick_check=False, checked=checked)  # ran first
     return run.report(integrity)
 
 
-def _check_index(path: str, label: str, busy_timeout_ms: int) -> IndexCheck:
-    """The observations' full-text check, in one read snapshot of a read-only connection."""
+_APART: dict[str, Literal["observations", "capsules"]] = {
+    "observations": "observations",
+    "capsules": "capsules",
+}
+"""The entities after whose last step `check_apart` runs."""
+
+
+def _check_apart(
+    path: str, label: str, busy_timeout_ms: int, part: Literal["observations", "capsules"]
+) -> CheckedApart:
+    """`check_apart`, in one read snapshot of a read-only connection of its own."""
     conn = open_store(path, readonly=True, busy_timeout_ms=busy_timeout_ms)
     conn.path = label
     try:
         with snapshot(conn):
-            return check_index(conn, "observations")
+            return check_apart(conn, part)
     finally:
         conn.close()
 
