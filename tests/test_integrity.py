@@ -20,7 +20,7 @@ from kindling_bundle import (
 )
 from kindling_bundle.db import integrity as integrity_module
 from kindling_bundle.db.connection import open_store
-from kindling_bundle.db.integrity import fts_query
+from kindling_bundle.db.integrity import check_apart, fts_query
 
 
 def kinds(report: IntegrityReport) -> set[tuple[str, str, str]]:
@@ -202,6 +202,56 @@ def test_long_lists_of_one_kind_are_cut_short(broken, sample_copy, monkeypatch):
     assert [p.kind for p in problems] == ["pin_target_missing"] * 3
     assert problems[-1].id == "*"
     assert problems[-1].detail == "more pin_target_missing problems; only the first 2 are listed"
+
+
+def report_apart(path: Path) -> IntegrityReport:
+    """The report as an import into a database in use makes it: the observations' and the
+    capsules' parts checked apart (`check_apart`, each on a connection of its own), the rest
+    after."""
+    parts = []
+    for part in ("observations", "capsules"):
+        conn = open_store(path, readonly=True)
+        parts.append(check_apart(conn, part))
+        conn.close()
+    conn = open_store(path, readonly=True)
+    try:
+        return verify_import_integrity(conn, checked=parts)
+    finally:
+        conn.close()
+
+
+def test_parts_checked_apart_give_the_report_of_one_pass(broken, sample_copy, monkeypatch):
+    """Problems in the same order, the per-kind limit counted across the parts."""
+    monkeypatch.setattr(integrity_module, "PROBLEMS_PER_KIND", 2)
+    assert report_apart(sample_copy) == report_for(sample_copy)
+    broken.execute("DROP TRIGGER observations_fts_update")  # content changes behind the index
+    broken.execute("DROP TRIGGER summaries_fts_update")
+    broken.execute("UPDATE observations SET content = 'quux plugh' WHERE redacted = 0")
+    broken.execute("UPDATE summaries SET content = 'xyzzy frotz'")
+    broken.execute("INSERT INTO summaries_fts(rowid, content) VALUES (987654, 'ghost entry')")
+    whole = report_for(sample_copy)
+    assert report_apart(sample_copy) == whole
+    assert [p.kind for p in whole.problems] == [
+        *["fts_not_found"] * 3,  # the observations' two, the placeholder line, ...
+        "fts_count",
+        "fts_orphan",  # ... and the summaries' own come after: one kind, one limit
+    ]
+    assert whole.problems[2].id == "*"
+    capsule_id = one(broken, "SELECT id FROM capsules LIMIT 1")[0]
+    broken.execute("UPDATE summaries SET capsule_id = 'gone' WHERE rowid = 1")  # not the links'
+    whole = report_for(sample_copy)
+    assert ("foreign_key", "summaries") in {(p.kind, p.entity) for p in whole.problems}
+    assert report_apart(sample_copy) == whole
+    broken.execute(
+        "UPDATE capsule_observations SET observation_id = 'gone', seq = seq + 9 "
+        "WHERE capsule_id = ? AND seq = 0",
+        (capsule_id,),
+    )
+    whole = report_for(sample_copy)
+    assert {("foreign_key", capsule_id), ("seq_gap", capsule_id)} <= {
+        (p.kind, p.id) for p in whole.problems
+    }
+    assert report_apart(sample_copy) == whole
 
 
 TRICKY = [

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ import pytest
 from conftest import cli_executable, dump_contents, one_error_line
 from kindling_bundle import (
     ImportConflictError,
+    IntegrityError,
     Observation,
     Pin,
     generate_sample,
@@ -41,6 +43,7 @@ from kindling_bundle.db import live, pacing
 from kindling_bundle.db.connection import write_transaction
 from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
 from kindling_bundle.db.writes import insert_pin
+from kindling_bundle.ops import restore
 
 KILLS = 20
 DATA_TABLES = ("observations", "capsules", "capsule_observations", "summaries", "pins")
@@ -420,6 +423,44 @@ def test_the_full_text_settings_are_the_users_after_an_import_and_search_finds_i
     assert rowid in {r for (r,) in found}
     conn.close()
     check_passes(db)
+
+
+def test_the_observations_index_is_checked_beside_the_later_steps_and_a_problem_undoes_all(
+    tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The observations' full-text index is checked on a thread of its own once their last step
+    is written (the capsules' links once theirs are); what it finds fails the import as the
+    report after the last step would, and everything written is undone."""
+    db = tmp_path / "damaged.db"
+    shutil.copy(template, db)
+    raw = sqlite3.connect(db, isolation_level=None)
+    rowid, oid, text = raw.execute(
+        "SELECT rowid, id, content FROM observations WHERE redacted = 0 LIMIT 1 OFFSET 3"
+    ).fetchone()
+    raw.execute(  # one stored observation that a search no longer finds
+        "INSERT INTO observations_fts(observations_fts, rowid, content) VALUES ('delete', ?, ?)",
+        (rowid, text),
+    )
+    raw.close()
+    before = dump_contents(db)
+    checked: list[tuple[str, str]] = []
+    check = restore.check_apart
+
+    def spy(conn: sqlite3.Connection, part: str, **kwargs: object) -> object:
+        checked.append((part, threading.current_thread().name))
+        return check(conn, part, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore, "check_apart", spy)
+    with open_store(db) as conn, pytest.raises(IntegrityError) as caught:
+        import_bundle(conn, bundle)
+    assert [(part, name.split("_")[0]) for part, name in checked] == [
+        ("observations", "kindling-index"),
+        ("capsules", "kindling-index"),
+    ]
+    found = {(p.kind, p.entity, p.id) for p in caught.value.problems}
+    assert ("fts_missing", "observations", oid) in found
+    assert f"fts_missing observations {oid}" in str(caught.value)
+    assert dump_contents(db) == before
 
 
 def test_steps_that_stop_after_one_part_give_the_same_database(

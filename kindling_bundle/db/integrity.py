@@ -21,6 +21,7 @@ were left out.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -94,44 +95,127 @@ class _Collector:
             )
 
 
+class _Recorder(_Collector):
+    """Records every problem, for a collector to list later (`check_apart`): each detailed
+    query asks for at most PROBLEMS_PER_KIND + 1 rows, so the list stays bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, str, str, Severity]] = []
+
+    def add(
+        self, kind: str, entity: str, record_id: str, detail: str, severity: Severity = "error"
+    ) -> None:
+        self.calls.append((kind, entity, record_id, detail, severity))
+
+
 def verify_import_integrity(
-    conn: sqlite3.Connection, *, sample_size: int = 200, quick_check: bool = True
+    conn: sqlite3.Connection,
+    *,
+    sample_size: int = 200,
+    quick_check: bool = True,
+    checked: Sequence[CheckedApart] = (),
 ) -> IntegrityReport:
     """Check a Kindling database and report every problem found (see the module docstring).
 
     Read-only: safe on a read-only connection and inside a caller's open transaction (to check
     an import before committing it). `quick_check=False` leaves out SQLite's pass over every
-    page, for a caller that ran it just before writing (an import into a database in use)."""
+    page, for a caller that ran it just before writing (an import into a database in use).
+    `checked`: parts already checked by `check_apart`, reported in their place instead of
+    checked again."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
     try:
-        return _verify(conn, sample_size, quick_check)
+        return _verify(conn, sample_size, quick_check, checked)
     except sqlite3.DatabaseError as exc:
-        label = getattr(conn, "path", "") or "database"
-        raise StoreError(f"{label}: cannot check integrity: {describe_error(exc)}") from None
+        raise StoreError(_cannot_check(conn, exc)) from None
 
 
-def _verify(conn: sqlite3.Connection, sample_size: int, quick_check: bool) -> IntegrityReport:
+@dataclass(frozen=True)
+class CheckedApart:
+    """Checks made apart (`check_apart`): what they found, in order (by part), the full-text
+    samples (by entity), and the foreign keys proven free of violations."""
+
+    found: dict[str, list[tuple[str, str, str, str, Severity]]]
+    sampled: dict[str, dict[str, Any]]
+    proven: frozenset[tuple[str, str, str, str]] = frozenset()
+
+
+def check_apart(
+    conn: sqlite3.Connection, part: Literal["observations", "capsules"], *, sample_size: int = 200
+) -> CheckedApart:
+    """The checks that are final once an import has written an entity, made alone for a
+    report made later (`verify_import_integrity(checked=...)`): an import into a database in
+    use makes them beside its later steps, which never write that entity again. "observations":
+    their full-text index; "capsules": their links' foreign keys (when none is violated: else
+    the report looks again, with the rest) and seq values. Read-only, as the report."""
+    found = _Recorder()
+    sampled: dict[str, dict[str, Any]] = {}
+    proven: frozenset[tuple[str, str, str, str]] = frozenset()
+    try:
+        if part == "observations":
+            sampled[part] = _index(conn, found, part, sample_size)
+        else:
+            links = frozenset(k for k in _KINDLING_FOREIGN_KEYS if k[0] == "capsule_observations")
+            if _certainly_no_foreign_key_violations(conn, links):
+                proven = links
+            _capsule_seqs(conn, found)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(_cannot_check(conn, exc)) from None
+    return CheckedApart({part: found.calls}, sampled, proven)
+
+
+def _cannot_check(conn: sqlite3.Connection, exc: sqlite3.DatabaseError) -> str:
+    label = getattr(conn, "path", "") or "database"
+    return f"{label}: cannot check integrity: {describe_error(exc)}"
+
+
+_INDEXED = {
+    "observations": ("observations_fts", "redacted = 0"),
+    "summaries": ("summaries_fts", "1"),
+}
+"""By entity: its FTS5 table, and which of its rows Kindling's triggers index."""
+
+
+def _verify(
+    conn: sqlite3.Connection,
+    sample_size: int,
+    quick_check: bool,
+    checked: Sequence[CheckedApart],
+) -> IntegrityReport:
     found = _Collector()
+    recorded = {name: calls for apart in checked for name, calls in apart.found.items()}
+    sampled: dict[str, Any] = {k: v for apart in checked for k, v in apart.sampled.items()}
+
+    def replayed(name: str) -> bool:
+        for call in recorded.get(name, ()):
+            found.add(*call)
+        return name in recorded
+
     if quick_check:
         _quick_check(conn, found)
-    _foreign_keys(conn, found)
+    _foreign_keys(conn, found, frozenset().union(*(apart.proven for apart in checked)))
     _pin_targets(conn, found)
-    _capsule_seqs(conn, found)
+    if not replayed("capsules"):
+        _capsule_seqs(conn, found)
     _evidence(conn, found)
-    sampled: dict[str, Any] = {}
-    for entity, fts, indexed in (
-        ("observations", "observations_fts", "redacted = 0"),
-        ("summaries", "summaries_fts", "1"),
-    ):
-        expected, low, high = _fts_sync(conn, found, entity, fts, indexed)
-        rows = _sample_rows(conn, entity, indexed, expected, low, high, sample_size)
-        sampled[entity] = _fts_sample(conn, found, entity, fts, rows, expected, sample_size)
+    for entity in _INDEXED:
+        if not replayed(entity):
+            sampled[entity] = _index(conn, found, entity, sample_size)
     return IntegrityReport(
         problems=[p for p in found.found if p.severity == "error"],
         warnings=[p for p in found.found if p.severity == "warning"],
-        sampled=sampled,
+        sampled={entity: sampled[entity] for entity in _INDEXED},
     )
+
+
+def _index(
+    conn: sqlite3.Connection, found: _Collector, entity: str, sample_size: int
+) -> dict[str, Any]:
+    fts, indexed = _INDEXED[entity]
+    expected, low, high = _fts_sync(conn, found, entity, fts, indexed)
+    rows = _sample_rows(conn, entity, indexed, expected, low, high, sample_size)
+    return _fts_sample(conn, found, entity, fts, rows, expected, sample_size)
 
 
 def _quick_check(conn: sqlite3.Connection, found: _Collector) -> None:
@@ -141,19 +225,24 @@ def _quick_check(conn: sqlite3.Connection, found: _Collector) -> None:
 
 
 # Kindling's foreign keys: (child table, child column, parent table, parent key).
-_KINDLING_FOREIGN_KEYS = {
-    ("capsule_observations", "capsule_id", "capsules", "id"),
-    ("capsule_observations", "observation_id", "observations", "id"),
-    ("summaries", "capsule_id", "capsules", "id"),
-}
+_KINDLING_FOREIGN_KEYS = frozenset(
+    {
+        ("capsule_observations", "capsule_id", "capsules", "id"),
+        ("capsule_observations", "observation_id", "observations", "id"),
+        ("summaries", "capsule_id", "capsules", "id"),
+    }
+)
 
 
-def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
+def _certainly_no_foreign_key_violations(
+    conn: sqlite3.Connection, only: frozenset[tuple[str, str, str, str]] | None = None
+) -> bool:
     """A fast proof that `PRAGMA foreign_key_check` would report nothing, when the foreign keys
     are Kindling's own. The pragma looks up each child row's parents in rowid order: a random
     lookup of a UUID for every link row (bench/RESULTS.md, 4d6f9c9). Here each child
     column is read from an index that orders it, so the parent lookups walk the parent key in
-    order. False means "maybe": the pragma then runs and says what exactly is wrong."""
+    order. False means "maybe": the pragma then runs and says what exactly is wrong. `only`:
+    prove these keys alone (the others were proven already)."""
     tables = [
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     ]
@@ -166,7 +255,7 @@ def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
     }
     if keys != _KINDLING_FOREIGN_KEYS:
         return False
-    for table, child, parent, key in sorted(keys):
+    for table, child, parent, key in sorted(keys if only is None else only):
         violation = conn.execute(
             f"SELECT 1 FROM {table} AS c WHERE c.{child} IS NOT NULL "
             f"AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE p.{key} = c.{child}) LIMIT 1"
@@ -176,8 +265,10 @@ def _certainly_no_foreign_key_violations(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def _foreign_keys(conn: sqlite3.Connection, found: _Collector) -> None:
-    if _certainly_no_foreign_key_violations(conn):
+def _foreign_keys(
+    conn: sqlite3.Connection, found: _Collector, proven: frozenset[tuple[str, str, str, str]]
+) -> None:
+    if _certainly_no_foreign_key_violations(conn, _KINDLING_FOREIGN_KEYS - proven):
         return
     cursor = conn.execute("PRAGMA foreign_key_check")
     for table, rowid, parent, _fkid in cursor:

@@ -26,7 +26,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,14 @@ class Planned:
     `result` says what happened (nothing to write)."""
     result: ImportEntityResult | None = None
     values: tuple[Any, ...] = ()
+    rows: int = field(init=False)
+    """The rows the record writes, the unit steps are sized in (a capsule's row is the capsule
+    and its links): counted once here, in the planner's thread, as the writer's thread adds
+    and slices these lists at every step."""
+
+    def __post_init__(self) -> None:
+        record = self.record
+        self.rows = 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
 
 
 def plan(
@@ -103,10 +112,7 @@ def plan(
     return planned
 
 
-def _rows(planned: Planned) -> int:
-    """The rows a record writes, the unit steps are sized in."""
-    record = planned.record
-    return 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
+_ROWS = attrgetter("rows")
 
 
 def _parts(chunk: list[Planned], rows_per_part: int) -> list[tuple[int, int]]:
@@ -118,7 +124,7 @@ def _parts(chunk: list[Planned], rows_per_part: int) -> list[tuple[int, int]]:
         kind = chunk[start].write
         end, rows = start, 0
         while end < len(chunk) and chunk[end].write == kind and rows < rows_per_part:
-            rows += _rows(chunk[end])
+            rows += chunk[end].rows
             end += 1
         parts.append((start, end))
         start = end
@@ -151,7 +157,7 @@ class Writer:
         """Queue planned records of one entity (after those of the entities they reference),
         and write what is due."""
         self._pending.extend(planned)
-        self._pending_rows += sum(map(_rows, planned))
+        self._pending_rows += sum(map(_ROWS, planned))
         if any(p.result is not None and p.result.error is not None for p in planned):
             self.flush()  # fails at the first error, after what comes before it
         while self._pending and self._pending_rows >= self._pace().size:
@@ -173,7 +179,7 @@ class Writer:
         pace = self._pace()
         rows = taken = 0
         while taken < len(self._pending) and (rows < pace.size or not taken):
-            rows += _rows(self._pending[taken])
+            rows += self._pending[taken].rows
             taken += 1
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
@@ -186,7 +192,7 @@ class Writer:
             with step_settings(self.conn, fts) if fts else nullcontext():
                 results = self._write(chunk, parts, staged, step)
             self.take(results, self.journal.inserted_since(seq))
-            step.count = sum(map(_rows, chunk[: len(results)]))
+            step.count = sum(map(_ROWS, chunk[: len(results)]))
         self._stage.clear()
         del self._pending[: len(results)]
         self._pending_rows -= step.count

@@ -34,18 +34,20 @@ import contextlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from kindling_bundle.db.conflicts import ImportEntityResult, check_strategy
 from kindling_bundle.db.connection import (
     KindlingConnection,
     TransactionLost,
     describe_error,
+    open_store,
 )
 from kindling_bundle.db.export import snapshot
-from kindling_bundle.db.integrity import verify_import_integrity
+from kindling_bundle.db.integrity import CheckedApart, check_apart, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
 from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
 from kindling_bundle.db.pacing import Checkpointer, empty_log
@@ -154,10 +156,7 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
         try:
             try:
-                _write(writer, run, planner, itertools.chain([first], items))
-                with snapshot(conn):  # one state, whatever others commit meanwhile
-                    integrity = verify_import_integrity(conn, quick_check=False)  # ran first
-                report = run.report(integrity)
+                report = _apply(conn, run, writer, planner, itertools.chain([first], items))
                 journal.commit()
             finally:
                 planner.close()
@@ -171,6 +170,57 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
         raise _store_error(conn, exc, "imported, but its journal could not be removed") from None
     empty_log(conn)
     return report
+
+
+def _apply(
+    conn: KindlingConnection,
+    run: ImportRun,
+    writer: Writer,
+    planner: PlanAhead,
+    items: Iterator[Item],
+) -> ImportReport:
+    """Write the steps, then check the database (raising if it would fail its check).
+
+    What the report checks of the observations (their full-text index) and of the capsules
+    (their links' foreign keys and seq values) is final once their last step is written (later
+    entities never write them): it is checked then, on a connection of its own, beside the steps
+    that follow; the rest of the report after the last step."""
+    path = _file_of(conn)
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    with ThreadPoolExecutor(1, thread_name_prefix="kindling-index") as pool:
+        checks: list[Future[CheckedApart]] = []
+
+        def written(entity: str) -> None:
+            if entity in _APART:
+                checks.append(
+                    pool.submit(_check_apart, path, conn.path or path, timeout, _APART[entity])
+                )
+
+        _write(writer, run, planner, items, written)
+        checked = [check.result() for check in checks]
+    with snapshot(conn):  # one state, whatever others commit meanwhile
+        integrity = verify_import_integrity(conn, quick_check=False, checked=checked)  # ran first
+    return run.report(integrity)
+
+
+_APART: dict[str, Literal["observations", "capsules"]] = {
+    "observations": "observations",
+    "capsules": "capsules",
+}
+"""The entities after whose last step `check_apart` runs."""
+
+
+def _check_apart(
+    path: str, label: str, busy_timeout_ms: int, part: Literal["observations", "capsules"]
+) -> CheckedApart:
+    """`check_apart`, in one read snapshot of a read-only connection of its own."""
+    conn = open_store(path, readonly=True, busy_timeout_ms=busy_timeout_ms)
+    conn.path = label
+    try:
+        with snapshot(conn):
+            return check_apart(conn, part)
+    finally:
+        conn.close()
 
 
 def _taker(conn: KindlingConnection, run: ImportRun) -> Take:
@@ -215,9 +265,14 @@ def _live_settings(conn: KindlingConnection) -> Iterator[None]:
 
 
 def _write(
-    writer: Writer | None, run: ImportRun, planner: PlanAhead, items: Iterator[Item]
+    writer: Writer | None,
+    run: ImportRun,
+    planner: PlanAhead,
+    items: Iterator[Item],
+    written: Callable[[str], None] = lambda entity: None,
 ) -> None:
-    """Write what the planner decided, in order; raise what it met, where it met it."""
+    """Write what the planner decided, in order; raise what it met, where it met it.
+    `written(entity)` once the last of an entity's steps is committed."""
     for item in items:
         if item[0] == "failed":
             if item[1]:
@@ -233,6 +288,7 @@ def _write(
                 writer.add(item[2])
             elif item[0] == "entity done":
                 writer.flush()  # before the next entity: what it references, pins' redirects
+                written(item[1])
                 planner.entity_done()
             else:
                 writer.flush()
