@@ -99,25 +99,23 @@ def identity_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def read_options_from(files: tuple[str, ...]) -> ReadOptions:
     """The identities of the --identity files, else of $KINDLING_BUNDLE_IDENTITY (the age
     modules are imported only when there are some, as in `recipients_from`)."""
-    if not files and not os.environ.get(IDENTITY_ENV, "").strip():
+    value = "" if files else os.environ.get(IDENTITY_ENV, "").strip()
+    if not files and not value:
         return ReadOptions()
+    prompt = terminal_prompt()
+    if value:
+        return ReadOptions(identities=_environment_identities(value, prompt))
     from kindling_bundle.io.age.identities import load_identities
 
-    prompt = terminal_prompt()
     identities: list[Identity] = []
     for name in files:
         identities += load_identities(name, passphrase=prompt)
-    if not files:
-        identities += _environment_identities(prompt)
     return ReadOptions(identities=identities)
 
 
-def _environment_identities(prompt: PassphrasePrompt | None) -> list[Identity]:
-    """$KINDLING_BUNDLE_IDENTITY: a key file's path, or the key itself (a CI secret). Its value
-    is never echoed: it may be a key."""
-    value = os.environ.get(IDENTITY_ENV, "").strip()
-    if not value:
-        return []
+def _environment_identities(value: str, prompt: PassphrasePrompt | None) -> list[Identity]:
+    """$KINDLING_BUNDLE_IDENTITY's `value`: a key file's path, or the key itself (a CI secret).
+    It is never echoed: it may be a key."""
     from kindling_bundle.io.age.identities import load_identities, parse_identities
 
     source = f"${IDENTITY_ENV}"
