@@ -500,3 +500,50 @@ def test_the_log_file_is_emptied_after_an_import_while_kindling_keeps_its_connec
     assert Path(f"{db}-wal").stat().st_size == 0
     assert kindling.execute("SELECT count(*) FROM observations").fetchone()[0] > 4000
     kindling.close()
+
+
+def test_staging_rows_many_to_a_statement_gives_the_same_database(
+    tmp_path: Path, template: Path, bundle: Path, merged: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged rows go in several rows to a statement (the last one shorter): the database is the
+    one staging row by row makes."""
+    databases = []
+    for per_statement in (1, 7):
+        monkeypatch.setattr(live, "STAGED_PER_STATEMENT", per_statement)
+        db = tmp_path / f"staged-{per_statement}.db"
+        shutil.copy(template, db)
+        with open_store(db) as conn:
+            import_bundle(conn, bundle)
+        databases.append(dump_contents(db))
+    assert databases[0] == databases[1] == dump_contents(merged)
+
+
+def test_a_live_import_hands_pythons_lock_over_sooner_and_puts_the_interval_back(
+    tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While it writes, Python's switch interval is 1 ms; afterwards, and after a failed import,
+    the process's interval is what it was."""
+    seen: list[float] = []
+    write_step = live.Writer._write_step
+
+    def writing(self: live.Writer) -> None:
+        seen.append(sys.getswitchinterval())
+        write_step(self)
+
+    monkeypatch.setattr(live.Writer, "_write_step", writing)
+    interval = sys.getswitchinterval()
+    db = tmp_path / "memory.db"
+    shutil.copy(template, db)
+    with open_store(db) as conn:
+        import_bundle(conn, bundle)
+    assert seen and set(seen) == {0.001}
+    assert sys.getswitchinterval() == interval
+
+    def failing(self: live.Writer) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(live.Writer, "_write_step", failing)
+    shutil.copy(template, db)
+    with open_store(db) as conn, pytest.raises(OSError, match="disk full"):
+        import_bundle(conn, bundle)
+    assert sys.getswitchinterval() == interval

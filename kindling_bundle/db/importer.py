@@ -101,16 +101,18 @@ def insert_held(
     `per_statement` rows go in each INSERT statement: more than one makes Kindling's FTS insert
     trigger fill one pending index for the whole statement instead of flushing a tiny segment
     after every row, at the price of a statement journal."""
-    _insert_rows(conn, _INSERT[type(run[0])], values, per_statement)
+    insert_rows(conn, _INSERT[type(run[0])], values, per_statement)
     capsules = [c for c in run if isinstance(c, Capsule)]
     if capsules:
         links = [(c.id, oid, seq) for c in capsules for seq, oid in enumerate(c.observation_ids)]
-        _insert_rows(conn, INSERT_LINK, links, per_statement)
+        insert_rows(conn, INSERT_LINK, links, per_statement)
 
 
-def _insert_rows(
+def insert_rows(
     conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]], per_statement: int
 ) -> None:
+    """Run `sql` (an INSERT of one row's VALUES) for each of `rows`, `per_statement` rows to a
+    statement."""
     if per_statement <= 1 or len(rows) <= 1:
         conn.executemany(sql, rows)
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ from typing import Any, Literal
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.fts_tuning import step_settings
-from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
+from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held, insert_rows
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
@@ -60,6 +61,11 @@ PARTS = 5
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
+STAGED_PER_STATEMENT = 500
+"""Rows per INSERT statement into a staging table: each statement lets other threads take
+Python's global lock, and one that runs Python long (the planner decoding a frame) holds it
+until the interpreter asks it to let go, so one statement per row makes staging wait its turn
+thousands of times a step."""
 
 Take = Callable[[list[ImportEntityResult], list[tuple[str, int, int]]], None]
 """Called inside each write transaction with its records' results, in order, and the runs of
@@ -337,7 +343,8 @@ class _Stage:
             self._made.add(name)
         first = self.conn.execute(f"SELECT coalesce(max(rowid), 0) + 1 FROM temp.{name}")
         low = int(first.fetchone()[0])
-        self.conn.executemany(f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})", rows)
+        sql = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})"
+        insert_rows(self.conn, sql, rows, STAGED_PER_STATEMENT)
         return low, low + len(rows) - 1
 
     def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
@@ -376,6 +383,26 @@ _STAGED_COLUMNS = {
 }
 
 
+SWITCH_INTERVAL_SECONDS = 0.001
+"""Python's thread switch interval while a live import runs (Python's default: 5 ms)."""
+
+
+@contextlib.contextmanager
+def quick_handoffs() -> Iterator[None]:
+    """Python's global lock handed over sooner, while a live import runs.
+
+    The writing thread lets go of the lock at every SQLite call and must take it back after;
+    while the planner's thread runs Python (decoding or deciding a frame), the writer waits for
+    the switch interval to pass, once per call, some of it holding the write lock. The interval
+    is the whole process's; it is put back as it was."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(min(saved, SWITCH_INTERVAL_SECONDS))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
 class _Cancelled(Exception):
     """The writer stopped: the planning thread ends."""
 
@@ -399,7 +426,9 @@ class PlanAhead:
     `items()` yields, in order: ("frame", entity, planned), ("entity done", entity) before each
     new entity, ("failed", entity, exception, while_deciding) for what the thread met (damage,
     an invalid record; `while_deciding` if deciding raised it, not reading), or ("end",) after
-    the last frame."""
+    the last frame. Up to `ahead` frames wait decided: a step takes several at once (a realistic
+    one, about eight), so a shorter queue leaves the writer waiting whenever this thread has
+    lost its turn at the processor or at Python's lock."""
 
     def __init__(
         self,
@@ -409,7 +438,7 @@ class PlanAhead:
         prepare: Callable[[list[Record]], list[Record]],
         *,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-        ahead: int = 8,
+        ahead: int = 24,
     ):
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=ahead)

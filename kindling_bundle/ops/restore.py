@@ -49,7 +49,7 @@ from kindling_bundle.db.connection import (
 from kindling_bundle.db.export import snapshot
 from kindling_bundle.db.integrity import CheckedApart, check_apart, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
-from kindling_bundle.db.live import Item, PlanAhead, Take, Writer
+from kindling_bundle.db.live import Item, PlanAhead, Take, Writer, quick_handoffs
 from kindling_bundle.db.pacing import Checkpointer, empty_log
 from kindling_bundle.errors import (
     StoreError,
@@ -114,7 +114,8 @@ def import_bundle(
         if dry_run:
             with private_copy(conn) as copy:
                 return in_one_transaction(copy, run, workers)
-        return _live(conn, run)
+        with quick_handoffs():
+            return _live(conn, run)
 
 
 def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
