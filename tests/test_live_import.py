@@ -547,3 +547,29 @@ def test_a_live_import_hands_pythons_lock_over_sooner_and_puts_the_interval_back
     with open_store(db) as conn, pytest.raises(OSError, match="disk full"):
         import_bundle(conn, bundle)
     assert sys.getswitchinterval() == interval
+
+
+def test_the_planner_starts_no_frame_while_the_writer_stages_a_step(template: Path) -> None:
+    """`PlanAhead.paused()`: the planner's thread takes no new frame until the block ends (one it
+    had begun is finished), then goes on to the last one."""
+    asked: list[float] = []
+
+    def frames() -> Iterator[tuple[str, list[Observation]]]:
+        for i in range(40):
+            asked.append(time.monotonic())
+            time.sleep(0.01)  # decoding a frame
+            yield "observations", [Observation(id=f"paused-{i}", kind="message", content="x", ts=i)]
+
+    planner = live.PlanAhead(str(template), frames(), "skip", lambda records: records, ahead=100)
+    try:
+        time.sleep(0.05)
+        with planner.paused():
+            began = time.monotonic()
+            time.sleep(0.3)
+            ended = time.monotonic()
+        items = list(planner.items())
+    finally:
+        planner.close()
+    assert [t for t in asked if began + 0.05 < t < ended] == []
+    assert 0 < sum(t < began for t in asked) < 40  # it was running before, and after
+    assert [item[0] for item in items] == ["frame"] * 40 + ["end"]

@@ -147,12 +147,14 @@ class Writer:
         journal: Journal,
         take: Take,
         after_step: Callable[[], None] = lambda: None,
+        staging: Callable[[], AbstractContextManager[None]] = nullcontext,
     ):
         self.conn = conn
         self.conflict = conflict
         self.journal = journal
         self.take = take
         self.after_step = after_step
+        self._staging = staging
         self._paces: dict[type, Pace] = {}
         self._turns = Turns()
         self._stage = _Stage(conn)
@@ -189,7 +191,8 @@ class Writer:
             taken += 1
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
-        staged = self._stage.put(chunk, parts)  # binding every value, before the lock is taken
+        with self._staging():  # binding every value, before the lock is taken
+            staged = self._stage.put(chunk, parts)
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
         fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
@@ -444,6 +447,8 @@ class PlanAhead:
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=ahead)
         self._resume = threading.Event()
         self._cancel = threading.Event()
+        self._may_run = threading.Event()
+        self._may_run.set()
         self._thread = threading.Thread(
             target=self._run, args=(path, frames, conflict, prepare), name="kindling-plan"
         )
@@ -461,10 +466,22 @@ class PlanAhead:
         """Everything of the entity before is written: decide the next one."""
         self._resume.set()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The thread starts no new frame while the block runs: the writer's Python work (binding
+        a step's values) then has Python's lock to itself instead of waiting for it at each of
+        its SQLite calls. The thread is ahead by `ahead` frames; it catches up meanwhile."""
+        self._may_run.clear()
+        try:
+            yield
+        finally:
+            self._may_run.set()
+
     def close(self) -> None:
         """Stop the thread (wherever it is) and wait for it."""
         self._cancel.set()
         self._resume.set()
+        self._may_run.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
@@ -476,6 +493,18 @@ class PlanAhead:
                 self._queue.put(item, timeout=0.05)
                 return
         raise _Cancelled
+
+    def _when_not_paused(
+        self, frames: Iterator[tuple[str, list[Record]]]
+    ) -> Iterator[tuple[str, list[Record]]]:
+        while True:
+            self._may_run.wait()
+            if self._cancel.is_set():
+                raise _Cancelled
+            try:
+                yield next(frames)
+            except StopIteration:
+                return
 
     def _run(
         self,
@@ -495,7 +524,7 @@ class PlanAhead:
         try:
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            for next_entity, records in frames:
+            for next_entity, records in self._when_not_paused(frames):
                 if next_entity != entity:
                     if entity:
                         self._put(("entity done", entity))

@@ -154,7 +154,14 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
                 raise _store_error(conn, exc, "nothing written") from None
             raise
         checkpointer = Checkpointer(path, timeout)
-        writer = Writer(conn, run.conflict, journal, _taker(conn, run), checkpointer.after_step)
+        writer = Writer(
+            conn,
+            run.conflict,
+            journal,
+            _taker(conn, run),
+            checkpointer.after_step,
+            planner.paused,
+        )
         try:
             try:
                 report = _apply(conn, run, writer, planner, itertools.chain([first], items))
