@@ -431,9 +431,9 @@ def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
     """The same in a database in use: the step SQLite rolled back goes no further (the rows its
     next statements wrote, each committing alone, are journaled all the same), and the steps
     committed before it are undone."""
-    from kindling_bundle.db import live
+    from kindling_bundle.db import staging
 
-    real_insert = live._Stage.insert
+    real_insert = staging.Stage.insert
     inserts = 0
 
     def insert_then_lose_the_transaction(stage, *args, **kwargs):  # each staged run moved in
@@ -443,7 +443,7 @@ def test_a_step_sqlite_rolled_back_is_undone_with_the_rest(
         if inserts == 3:  # a later step's: the steps before it are committed
             stage.conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
 
-    monkeypatch.setattr(live._Stage, "insert", insert_then_lose_the_transaction)
+    monkeypatch.setattr(staging.Stage, "insert", insert_then_lose_the_transaction)
     template, before, _ = targets[2]
     target = tmp_path / "t.db"
     shutil.copy(template, target)

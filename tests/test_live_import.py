@@ -39,7 +39,7 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.db import live, pacing
+from kindling_bundle.db import live, pacing, staging
 from kindling_bundle.db.connection import write_transaction
 from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
 from kindling_bundle.db.writes import insert_pin
@@ -509,7 +509,7 @@ def test_staging_rows_many_to_a_statement_gives_the_same_database(
     one staging row by row makes."""
     databases = []
     for per_statement in (1, 7):
-        monkeypatch.setattr(live, "STAGED_PER_STATEMENT", per_statement)
+        monkeypatch.setattr(staging, "STAGED_PER_STATEMENT", per_statement)
         db = tmp_path / f"staged-{per_statement}.db"
         shutil.copy(template, db)
         with open_store(db) as conn:

@@ -35,23 +35,16 @@ from typing import Any, Literal
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
 from kindling_bundle.db.fts_tuning import step_settings
-from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held, insert_rows
+from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
-from kindling_bundle.db.rows import (
-    CAPSULE_COLUMNS,
-    OBSERVATION_COLUMNS,
-    PIN_COLUMNS,
-    SUMMARY_COLUMNS,
-)
+from kindling_bundle.db.staging import TABLES, Stage
 from kindling_bundle.records import (
     Capsule,
     ConflictStrategy,
-    Observation,
     Pin,
     Record,
-    Summary,
     entity_of,
 )
 
@@ -61,12 +54,6 @@ PARTS = 5
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
-STAGED_PER_STATEMENT = 500
-"""Rows per INSERT statement into a staging table: each statement lets other threads take
-Python's global lock, and one that runs Python long (the planner decoding a frame) holds it
-until the interpreter asks it to let go, so one statement per row makes staging wait its turn
-thousands of times a step."""
-
 Take = Callable[[list[ImportEntityResult], list[tuple[str, int, int]]], None]
 """Called inside each write transaction with its records' results, in order, and the runs of
 rowids it inserted; raising rolls the transaction back."""
@@ -157,7 +144,7 @@ class Writer:
         self._staging = staging
         self._paces: dict[type, Pace] = {}
         self._turns = Turns()
-        self._stage = _Stage(conn)
+        self._stage = Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0
 
@@ -191,8 +178,13 @@ class Writer:
             taken += 1
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
+        new = {
+            start: [(item.record, item.values) for item in chunk[start:end]]
+            for start, end in parts
+            if chunk[start].write == "insert"
+        }
         with self._staging():  # binding every value, before the lock is taken
-            staged = self._stage.put(chunk, parts)
+            staged = self._stage.put(new)
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
         fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
@@ -245,7 +237,7 @@ class Writer:
         if self._a_pin_target_is_gone(records):
             return [import_record(self.conn, record, self.conflict) for record in records]
         try:
-            with self._atomic(records), self.journal.run(_TABLES[type(records[0])], len(group)):
+            with self._atomic(records), self.journal.run(TABLES[type(records[0])], len(group)):
                 self._stage.insert(type(records[0]), staged)
         except sqlite3.IntegrityError:
             results: list[ImportEntityResult] = []
@@ -284,106 +276,6 @@ class Writer:
         if isinstance(records[0], Capsule):
             return savepoint(self.conn, "kindling_live")
         return nullcontext()
-
-
-_TABLES: dict[type, str] = {
-    Observation: "observations",
-    Capsule: "capsules",
-    Summary: "summaries",
-    Pin: "pins",
-}
-_LINK_COLUMNS = "capsule_id, observation_id, seq"
-
-
-class _Stage:
-    """Rows bound into TEMP tables before a step takes the write lock.
-
-    Binding every value of a step is Python work; done here, in this connection's own temporary
-    database (in memory), it is done without the write lock, and the step then moves each run
-    of new records with one INSERT ... SELECT. The TEMP tables have no column types, so the
-    values reach the real tables exactly as if bound to them."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-        self._made: set[str] = set()
-
-    def put(
-        self, chunk: list[Planned], parts: list[tuple[int, int]]
-    ) -> dict[int, tuple[int, int, int, int]]:
-        """Stage each part of records decided new; by the index of its first record, the rowids
-        its rows (and, for capsules, its links) take in the staging tables."""
-        staged: dict[int, tuple[int, int, int, int]] = {}
-        self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
-        try:
-            for start, end in parts:
-                if chunk[start].write != "insert":
-                    continue
-                run = chunk[start:end]
-                table = _TABLES[type(run[0].record)]
-                rows = self._put(table, [item.values for item in run])
-                links = (0, -1)
-                capsules = [item.record for item in run if isinstance(item.record, Capsule)]
-                if capsules:
-                    links = self._put(
-                        "capsule_observations",
-                        [
-                            (c.id, o, seq)
-                            for c in capsules
-                            for seq, o in enumerate(c.observation_ids)
-                        ],
-                    )
-                staged[start] = (*rows, *links)
-        finally:
-            self.conn.execute("COMMIT")
-        return staged
-
-    def _put(self, table: str, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
-        name = f"kindling_stage_{table}"
-        width = len(_STAGED_COLUMNS[table].split(","))
-        if name not in self._made:
-            columns = ", ".join(f"c{i}" for i in range(width))
-            self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
-            self._made.add(name)
-        first = self.conn.execute(f"SELECT coalesce(max(rowid), 0) + 1 FROM temp.{name}")
-        low = int(first.fetchone()[0])
-        sql = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * width)})"
-        insert_rows(self.conn, sql, rows, STAGED_PER_STATEMENT)
-        return low, low + len(rows) - 1
-
-    def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
-        """Move one staged run into the real table (and a capsule's links into theirs)."""
-        table = _TABLES[kind]
-        self._move(table, staged[0], staged[1])
-        if kind is Capsule and staged[3] >= staged[2]:
-            self._move("capsule_observations", staged[2], staged[3])
-
-    def _move(self, table: str, low: int, high: int) -> None:
-        columns = _STAGED_COLUMNS[table]
-        width = len(columns.split(","))
-        values = ", ".join(f"c{i}" for i in range(width))
-        self.conn.execute(
-            f"INSERT INTO main.{table} ({columns}) SELECT {values} "
-            f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
-            (low, high),
-        )
-
-    def clear(self) -> None:
-        """Empty the staging tables (after a step)."""
-        self.conn.execute("BEGIN")
-        try:
-            for name in self._made:
-                self.conn.execute(f"DELETE FROM temp.{name}")
-        finally:
-            self.conn.execute("COMMIT")
-
-
-_STAGED_COLUMNS = {
-    "observations": OBSERVATION_COLUMNS,
-    "capsules": CAPSULE_COLUMNS,
-    "summaries": SUMMARY_COLUMNS,
-    "pins": PIN_COLUMNS,
-    "capsule_observations": _LINK_COLUMNS,
-}
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
