@@ -54,6 +54,7 @@ PARTS = 5
 ROWS_PER_STATEMENT = 32
 """Rows per INSERT statement: Kindling's FTS insert trigger fills one pending index for the
 whole statement instead of writing a tiny segment after each row's statement."""
+
 Take = Callable[[list[ImportEntityResult], list[tuple[str, int, int]]], None]
 """Called inside each write transaction with its records' results, in order, and the runs of
 rowids it inserted; raising rolls the transaction back."""
@@ -362,7 +363,7 @@ class PlanAhead:
     def paused(self) -> Iterator[None]:
         """The thread starts no new frame while the block runs: the writer's Python work (binding
         a step's values) then has Python's lock to itself instead of waiting for it at each of
-        its SQLite calls. The thread is ahead by `ahead` frames; it catches up meanwhile."""
+        its SQLite calls. The thread is up to `ahead` frames ahead; it catches up afterwards."""
         self._may_run.clear()
         try:
             yield
@@ -394,9 +395,10 @@ class PlanAhead:
             if self._cancel.is_set():
                 raise _Cancelled
             try:
-                yield next(frames)
+                item = next(frames)
             except StopIteration:
                 return
+            yield item
 
     def _run(
         self,
