@@ -39,7 +39,7 @@ from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
-from kindling_bundle.db.staging import TABLES, Stage
+from kindling_bundle.db.staging import Stage
 from kindling_bundle.records import (
     Capsule,
     ConflictStrategy,
@@ -237,15 +237,15 @@ class Writer:
         records = [item.record for item in group]
         if self._a_pin_target_is_gone(records):
             return [import_record(self.conn, record, self.conflict) for record in records]
+        entity = entity_of(records[0])  # its table's name
         try:
-            with self._atomic(records), self.journal.run(TABLES[type(records[0])], len(group)):
-                self._stage.insert(type(records[0]), staged)
+            with self._atomic(records), self.journal.run(entity, len(group)):
+                self._stage.insert(entity, staged)
         except sqlite3.IntegrityError:
             results: list[ImportEntityResult] = []
             for first in range(0, len(group), ROWS_PER_STATEMENT):
                 results.extend(self._insert(group[first : first + ROWS_PER_STATEMENT]))
             return results
-        entity = entity_of(records[0])
         return [ImportEntityResult(entity, record.id, "inserted") for record in records]
 
     def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:

@@ -18,7 +18,7 @@ from kindling_bundle.db.rows import (
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
 )
-from kindling_bundle.records import Capsule, Observation, Pin, Record, Summary
+from kindling_bundle.records import Capsule, Record, entity_of
 
 STAGED_PER_STATEMENT = 500
 """Rows per INSERT statement into a staging table: each statement lets other threads take
@@ -26,12 +26,6 @@ Python's global lock, and one that runs Python long (the planner decoding a fram
 until the interpreter asks it to let go, so one statement per row makes staging wait its turn
 thousands of times a step."""
 
-TABLES: dict[type, str] = {
-    Observation: "observations",
-    Capsule: "capsules",
-    Summary: "summaries",
-    Pin: "pins",
-}
 _LINK_COLUMNS = "capsule_id, observation_id, seq"
 
 
@@ -52,7 +46,7 @@ class Stage:
         self.conn.execute("BEGIN")  # the temporary database only: no lock on the real one
         try:
             for start, run in runs.items():
-                table = TABLES[type(run[0][0])]
+                table = entity_of(run[0][0])  # the entity's name is its table's
                 rows = self._put(table, [values for _, values in run])
                 links = (0, -1)
                 capsules = [record for record, _ in run if isinstance(record, Capsule)]
@@ -83,11 +77,10 @@ class Stage:
         insert_rows(self.conn, sql, rows, STAGED_PER_STATEMENT)
         return low, low + len(rows) - 1
 
-    def insert(self, kind: type, staged: tuple[int, int, int, int]) -> None:
-        """Move one staged run into the real table (and a capsule's links into theirs)."""
-        table = TABLES[kind]
+    def insert(self, table: str, staged: tuple[int, int, int, int]) -> None:
+        """Move one staged run into `table` (and a capsule's links into theirs)."""
         self._move(table, staged[0], staged[1])
-        if kind is Capsule and staged[3] >= staged[2]:
+        if table == "capsules" and staged[3] >= staged[2]:
             self._move("capsule_observations", staged[2], staged[3])
 
     def _move(self, table: str, low: int, high: int) -> None:
