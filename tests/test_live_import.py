@@ -573,3 +573,49 @@ def test_the_planner_starts_no_frame_while_the_writer_stages_a_step(template: Pa
     assert [t for t in asked if began + 0.05 < t < ended] == []
     assert 0 < sum(t < began for t in asked) < 40  # it was running before, and after
     assert [item[0] for item in items] == ["frame"] * 40 + ["end"]
+
+
+def test_links_to_an_observation_deleted_meanwhile_fail_the_import_and_all_is_undone(
+    tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Capsules decided new are written without checking their links' foreign keys row by row;
+    an observation that another connection deletes after the planner looked it up leaves a link
+    dangling, and the import's check fails it, naming the capsule, and undoes everything."""
+    db = tmp_path / "deleted.db"
+    shutil.copy(template, db)
+    before = dump_contents(db)
+    plan = live.plan
+    deleted: list[tuple[str, str]] = []
+
+    def deleting(conn: sqlite3.Connection, records: list, conflict: str) -> list:
+        planned = plan(conn, records, conflict)  # type: ignore[arg-type]
+        if not deleted and records and hasattr(records[0], "observation_ids"):
+            capsule = records[0]
+            other = sqlite3.connect(db, isolation_level=None, timeout=5)
+            other.execute("PRAGMA foreign_keys = ON")
+            other.execute("DELETE FROM observations WHERE id = ?", (capsule.observation_ids[0],))
+            other.close()
+            deleted.append((capsule.id, capsule.observation_ids[0]))
+        return planned
+
+    enforced: list[int] = []
+    insert = staging.Stage.insert
+
+    def spy(self: staging.Stage, table: str, staged: tuple[int, int, int, int]) -> None:
+        if table == "capsules":
+            enforced.append(self.conn.execute("PRAGMA foreign_keys").fetchone()[0])
+        insert(self, table, staged)
+
+    monkeypatch.setattr(live, "plan", deleting)
+    monkeypatch.setattr(staging.Stage, "insert", spy)
+    with open_store(db) as conn:
+        with pytest.raises(IntegrityError) as caught:
+            import_bundle(conn, bundle)
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert enforced and set(enforced) == {0}
+    ((capsule_id, observation_id),) = deleted
+    found = {(p.kind, p.entity, p.id) for p in caught.value.problems}
+    assert ("foreign_key", "capsules", capsule_id) in found
+    assert f"observation {observation_id} does not exist" in str(caught.value)
+    assert dump_contents(db) == before
+    check_passes(db)

@@ -11,7 +11,8 @@ earlier record of the same import still waiting to be written, may have changed 
 meets. So only two kinds of decision are written as taken: "nothing to write" (unchanged,
 skipped: true at the moment it was read, which is a moment during the import), and "insert",
 which the database's own constraints check again (a stored id, a missing observation or
-capsule, a capsule's second summary), and a pin's target, looked up again in the transaction.
+capsule, a capsule's second summary; a capsule's links are checked by the integrity report
+instead, `_links_checked_later`), and a pin's target, looked up again in the transaction.
 Whatever the database refuses, every overwrite, and every record that might depend on another
 of its run, is imported inside the transaction by `import_record`: looked up, decided and
 written at once. The results are therefore those of importing the records one by one in order.
@@ -189,7 +190,7 @@ class Writer:
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
         fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
-        with pace.transaction(self.conn) as step:
+        with _links_checked_later(self.conn, chunk), pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
             with step_settings(self.conn, fts) if fts else nullcontext():
                 results = self._write(chunk, parts, staged, step)
@@ -277,6 +278,30 @@ class Writer:
         if isinstance(records[0], Capsule):
             return savepoint(self.conn, "kindling_live")
         return nullcontext()
+
+
+@contextlib.contextmanager
+def _links_checked_later(conn: sqlite3.Connection, chunk: list[Planned]) -> Iterator[None]:
+    """A step that only inserts capsules decided new (and skips others) writes their links
+    without checking their foreign keys row by row: two index look-ups a link, on the thread
+    that holds the write lock.
+
+    Nothing is left unchecked. The planner looked up every linked observation in a snapshot
+    taken after the import's last observation was committed, and decided "insert" only if all
+    were stored; the capsule itself is inserted just before its links, in the same savepoint.
+    Only another connection deleting an observation since could leave a link dangling, and the
+    import's integrity report (which checks the links' foreign keys once the capsules are
+    written) then fails the import, which is undone. Enforcement is the connection's own
+    setting, changed only between transactions, and put back whatever happens."""
+    if not isinstance(chunk[0].record, Capsule) or any(p.write == "exact" for p in chunk):
+        yield
+        return
+    enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {int(enforced)}")
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
