@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
@@ -67,8 +67,9 @@ class Planned:
 
     record: Record
     write: Literal["insert", "exact", "none"]
-    """insert: write `values` as a new row; exact: import it inside the transaction; none:
-    `result` says what happened (nothing to write)."""
+    """insert: write `values` as a new row (`result` says so, made here, in the planner's
+    thread, once the row is in); exact: import it inside the transaction; none: `result` says
+    what happened (nothing to write)."""
     result: ImportEntityResult | None = None
     values: tuple[Any, ...] = ()
     rows: int = field(init=False)
@@ -98,7 +99,7 @@ def plan(
         if write == "none":
             planned.append(Planned(record, "none", result))
         elif write == "insert":
-            planned.append(Planned(record, "insert", values=found.values))
+            planned.append(Planned(record, "insert", result, found.values))
         else:
             planned.append(Planned(record, "exact"))
         if found.holder is not None:  # replacing it changes what later summaries meet
@@ -124,6 +125,11 @@ def _parts(chunk: list[Planned], rows_per_part: int) -> list[tuple[int, int]]:
         parts.append((start, end))
         start = end
     return parts
+
+
+def _inserted(group: list[Planned]) -> list[ImportEntityResult]:
+    """The results of records decided new, now inserted."""
+    return cast(list[ImportEntityResult], [item.result for item in group])
 
 
 class Writer:
@@ -247,7 +253,7 @@ class Writer:
             for first in range(0, len(group), ROWS_PER_STATEMENT):
                 results.extend(self._insert(group[first : first + ROWS_PER_STATEMENT]))
             return results
-        return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+        return _inserted(group)
 
     def _insert(self, group: list[Planned]) -> list[ImportEntityResult]:
         """Insert records decided new, in one statement; if the database refuses them (or a pin's
@@ -262,8 +268,7 @@ class Writer:
                 )
         except sqlite3.IntegrityError:
             return [import_record(self.conn, record, self.conflict) for record in records]
-        entity = entity_of(records[0])
-        return [ImportEntityResult(entity, record.id, "inserted") for record in records]
+        return _inserted(group)
 
     def _a_pin_target_is_gone(self, records: list[Record]) -> bool:
         """No constraint checks a pin's target: look again before inserting pins in bulk."""
