@@ -9,6 +9,7 @@ unfinished import, naming `recover`; a writing command recovers first.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import re
@@ -521,23 +522,26 @@ def test_staging_rows_many_to_a_statement_gives_the_same_database(
 def test_a_live_import_hands_pythons_lock_over_sooner_and_puts_the_interval_back(
     tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While it writes, Python's switch interval is 1 ms; afterwards, and after a failed import,
-    the process's interval is what it was."""
-    seen: list[float] = []
+    """While it writes, Python's switch interval is 1 ms and the cyclic garbage collector is
+    off; afterwards, and after a failed import, the process's settings are what they were (the
+    collector stays off for a caller that had turned it off)."""
+    seen: list[tuple[float, bool]] = []
     write_step = live.Writer._write_step
 
     def writing(self: live.Writer) -> None:
-        seen.append(sys.getswitchinterval())
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
         write_step(self)
 
     monkeypatch.setattr(live.Writer, "_write_step", writing)
     interval = sys.getswitchinterval()
+    assert gc.isenabled()
     db = tmp_path / "memory.db"
     shutil.copy(template, db)
     with open_store(db) as conn:
         import_bundle(conn, bundle)
-    assert seen and set(seen) == {0.001}
+    assert seen and set(seen) == {(0.001, False)}
     assert sys.getswitchinterval() == interval
+    assert gc.isenabled()
 
     def failing(self: live.Writer) -> None:
         raise OSError("disk full")
@@ -547,6 +551,17 @@ def test_a_live_import_hands_pythons_lock_over_sooner_and_puts_the_interval_back
     with open_store(db) as conn, pytest.raises(OSError, match="disk full"):
         import_bundle(conn, bundle)
     assert sys.getswitchinterval() == interval
+    assert gc.isenabled()
+
+    monkeypatch.setattr(live.Writer, "_write_step", write_step)
+    shutil.copy(template, db)
+    gc.disable()
+    try:
+        with open_store(db) as conn:
+            import_bundle(conn, bundle)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_the_planner_starts_no_frame_while_the_writer_stages_a_step(template: Path) -> None:

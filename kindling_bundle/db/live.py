@@ -21,6 +21,7 @@ written at once. The results are therefore those of importing the records one by
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import sqlite3
 import sys
@@ -315,18 +316,27 @@ SWITCH_INTERVAL_SECONDS = 0.001
 
 @contextlib.contextmanager
 def quick_handoffs() -> Iterator[None]:
-    """Python's global lock handed over sooner, while a live import runs.
+    """Python's global lock handed over sooner, and never kept for a garbage collection, while
+    a live import runs.
 
     The writing thread lets go of the lock at every SQLite call and must take it back after;
     while the planner's thread runs Python (decoding or deciding a frame), the writer waits for
-    the switch interval to pass, once per call, some of it holding the write lock. The interval
-    is the whole process's; it is put back as it was."""
+    the switch interval to pass, once per call, some of it holding the write lock. A collection
+    of the cyclic garbage collector's oldest generation keeps the lock until it has walked every
+    object alive, the planner's frames of records among them, however long the writer waits:
+    the collector is off meanwhile. An import makes no reference cycles to speak of (records,
+    rows and results are freed when the last reference goes), so nothing piles up. Both are the
+    whole process's settings; they are put back as they were."""
     saved = sys.getswitchinterval()
+    collecting = gc.isenabled()
     sys.setswitchinterval(min(saved, SWITCH_INTERVAL_SECONDS))
+    gc.disable()
     try:
         yield
     finally:
         sys.setswitchinterval(saved)
+        if collecting:
+            gc.enable()
 
 
 class _Cancelled(Exception):
