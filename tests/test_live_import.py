@@ -44,6 +44,7 @@ from kindling_bundle.db import live, pacing, staging
 from kindling_bundle.db.connection import write_transaction
 from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
 from kindling_bundle.db.writes import insert_pin
+from kindling_bundle.errors import StoreError
 from kindling_bundle.ops import restore
 
 KILLS = 20
@@ -632,5 +633,40 @@ def test_links_to_an_observation_deleted_meanwhile_fail_the_import_and_all_is_un
     found = {(p.kind, p.entity, p.id) for p in caught.value.problems}
     assert ("foreign_key", "capsules", capsule_id) in found
     assert f"observation {observation_id} does not exist" in str(caught.value)
+    assert dump_contents(db) == before
+    check_passes(db)
+
+
+def test_a_capsule_step_whose_commit_fails_is_undone_with_foreign_keys_enforced(
+    tmp_path: Path, template: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capsule step that writes its links unchecked and then fails with its transaction still
+    open (a commit that failed) is rolled back and enforcement put back before the undo, whose
+    deletes must cascade to the links of capsules committed in the steps before."""
+    transaction = pacing.Pace.transaction
+    committed: list[int] = []
+
+    @contextmanager
+    def failing_commit(self: pacing.Pace, conn: sqlite3.Connection) -> Iterator[pacing.Step]:
+        unchecked = conn.execute("PRAGMA foreign_keys").fetchone()[0] == 0
+        if unchecked and committed:
+            conn.execute("BEGIN IMMEDIATE")
+            step = pacing.Step(self.size, started=time.perf_counter())
+            yield step
+            raise sqlite3.OperationalError("disk I/O error")  # COMMIT failed, still open
+        with transaction(self, conn) as step:
+            yield step
+        if unchecked:
+            committed.append(step.count)
+
+    monkeypatch.setattr(pacing.Pace, "transaction", failing_commit)
+    db = tmp_path / "commit.db"
+    shutil.copy(template, db)
+    before = dump_contents(db)
+    with open_store(db) as conn:
+        with pytest.raises(StoreError, match="disk I/O error"):
+            import_bundle(conn, bundle)
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert committed  # capsule steps with unchecked links were committed before the failure
     assert dump_contents(db) == before
     check_passes(db)

@@ -10,9 +10,9 @@ A decision taken outside the lock can be stale by the time it is written: anothe
 earlier record of the same import still waiting to be written, may have changed what the record
 meets. So only two kinds of decision are written as taken: "nothing to write" (unchanged,
 skipped: true at the moment it was read, which is a moment during the import), and "insert",
-which the database's own constraints check again (a stored id, a missing observation or
-capsule, a capsule's second summary; a capsule's links are checked by the integrity report
-instead, `_links_checked_later`), and a pin's target, looked up again in the transaction.
+which the database's own constraints check again (a stored id, a summary's missing capsule, a
+capsule's second summary; a capsule's links, the integrity report after the last capsule step:
+`_links_checked_later`), and a pin's target, looked up again in the transaction.
 Whatever the database refuses, every overwrite, and every record that might depend on another
 of its run, is imported inside the transaction by `import_record`: looked up, decided and
 written at once. The results are therefore those of importing the records one by one in order.
@@ -79,6 +79,7 @@ class Planned:
     and slices these lists at every step."""
 
     def __post_init__(self) -> None:
+        assert self.write != "insert" or self.result is not None, "an insert's result is made here"
         record = self.record
         self.rows = 1 + len(record.observation_ids) if isinstance(record, Capsule) else 1
 
@@ -297,16 +298,21 @@ def _links_checked_later(conn: sqlite3.Connection, chunk: list[Planned]) -> Iter
     were stored; the capsule itself is inserted just before its links, in the same savepoint.
     Only another connection deleting an observation since could leave a link dangling, and the
     import's integrity report (which checks the links' foreign keys once the capsules are
-    written) then fails the import, which is undone. Enforcement is the connection's own
-    setting, changed only between transactions, and put back whatever happens."""
+    written) then fails the import, naming the capsule and the observation, and it is undone.
+    Enforcement is the connection's own setting, which SQLite changes only between
+    transactions: a step that failed with its transaction still open (a commit that failed) is
+    rolled back here, so that enforcement is back, as the undo's cascades need, whatever
+    happens."""
     if not isinstance(chunk[0].record, Capsule) or any(p.write == "exact" for p in chunk):
         yield
         return
     enforced = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys = OFF")
     try:
+        conn.execute("PRAGMA foreign_keys = OFF")
         yield
     finally:
+        if conn.in_transaction:  # only after a failure: the step is lost anyway
+            conn.execute("ROLLBACK")
         conn.execute(f"PRAGMA foreign_keys = {int(enforced)}")
 
 

@@ -68,8 +68,8 @@ from kindling_bundle.records import ENTITY_TYPES, ConflictStrategy
 _LIVE_CACHE_KIB = 96 << 10
 """The importing connection's page cache (default 2 MiB). Another connection's commit (Kindling's,
 between two steps) empties it, so what counts is one step's pages: the indexes it inserts into
-at random (UUID ids: the primary keys, a capsule link's observation and the parent lookups of
-its foreign keys) are read again from the file for every insert once they outgrow it."""
+at random (UUID ids: the primary keys, a capsule link's observation) are read again from the
+file for every insert once they outgrow it."""
 
 
 def import_bundle(
@@ -90,17 +90,21 @@ def import_bundle(
     keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
     BundleError (damaged or not a bundle), RecordError (an invalid record),
     ImportConflictError (a conflict under "error"; MissingReferenceError, a subclass, for a
-    record referencing one that is neither in the bundle nor in the database), IntegrityError or
-    StoreError (the database failed: locked, full, corrupt); in every case the database is left
-    as it was (see the module docstring). `progress(records_done, bytes_done)` is called after
-    each frame; `on_manifest(manifest)` once the manifest is valid, before any write. Messages
+    record referencing one that is neither in the bundle nor in the database), IntegrityError
+    (the database would fail its check: also a capsule linking an observation another
+    connection deleted during the import) or StoreError (the database failed: locked, full,
+    corrupt); in every case the database is left as it was (see the module docstring).
+    `progress(records_done, bytes_done)` is called after each frame; `on_manifest(manifest)`
+    once the manifest is valid, before any write. Messages
     name the bundle `name` when given (the file a temporary bundle was converted from). An
     encrypted bundle is opened with `options.identities`; should its stream fail to authenticate
     at the end, what was applied is undone. `options.signature` says whom to trust; a signature
     it refuses (a SignatureError) is refused before the database is touched. `workers`: whether
     a second process may index the observations for full-text search while they are loaded
     into an empty database (kindling_bundle.parallel.choose_workers); the database is the same
-    either way.
+    either way. Into a database that exists, two settings of the whole process change while the
+    import runs and are put back after: Python's switch interval and its cyclic garbage
+    collector (`db.live.quick_handoffs`).
     """
     check_strategy(conflict)
     workers = check_workers(workers)
