@@ -68,9 +68,9 @@ class Planned:
 
     record: Record
     write: Literal["insert", "exact", "none"]
-    """insert: write `values` as a new row (`result` says so, made here, in the planner's
-    thread, once the row is in); exact: import it inside the transaction; none: `result` says
-    what happened (nothing to write)."""
+    """insert: write `values` as a new row (`result`, made by the planner, says what happened
+    once it is in); exact: import it inside the transaction; none: `result` says what happened
+    (nothing to write)."""
     result: ImportEntityResult | None = None
     values: tuple[Any, ...] = ()
     rows: int = field(init=False)
