@@ -44,6 +44,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    link_values,
 )
 from kindling_bundle.db.writes import (
     INSERT_CAPSULE,
@@ -104,8 +105,7 @@ def insert_held(
     insert_rows(conn, _INSERT[type(run[0])], values, per_statement)
     capsules = [c for c in run if isinstance(c, Capsule)]
     if capsules:
-        links = [(c.id, oid, seq) for c in capsules for seq, oid in enumerate(c.observation_ids)]
-        insert_rows(conn, INSERT_LINK, links, per_statement)
+        insert_rows(conn, INSERT_LINK, link_values(capsules), per_statement)
 
 
 def insert_rows(
@@ -188,9 +188,7 @@ def write_update(conn: sqlite3.Connection, record: Record, held: Held) -> None:
 
 
 def _insert_links(conn: sqlite3.Connection, capsule: Capsule) -> None:
-    conn.executemany(
-        INSERT_LINK, [(capsule.id, oid, seq) for seq, oid in enumerate(capsule.observation_ids)]
-    )
+    conn.executemany(INSERT_LINK, link_values([capsule]))
 
 
 def _replace_summary(conn: sqlite3.Connection, summary: Summary, held: Held) -> None:

@@ -7,6 +7,7 @@ are always derived from `scope_ids`, exactly as Kindling's store derives them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -33,6 +34,7 @@ PIN_COLUMNS = (
     "id, target_type, target_id, reason, created_at, expires_at, scope_ids, session_id, repo_id, "
     "agent_id, user_id"
 )
+LINK_COLUMNS = "capsule_id, observation_id, seq"
 
 Row = tuple[Any, ...]
 """A row as sqlite3 returns it: what each column holds is up to the statement."""
@@ -160,6 +162,12 @@ def capsule_values(capsule: Capsule) -> Values:
         _dumps(capsule.scope_ids, "capsule", capsule.id, "scopeIds"),
         *_scope_columns(capsule.scope_ids),
     )
+
+
+def link_values(capsules: Iterable[Capsule]) -> list[Values]:
+    """Values for the `capsule_observations` rows of the capsules' links, in LINK_COLUMNS order:
+    seq 0..n-1 in `observation_ids` order."""
+    return [(c.id, oid, seq) for c in capsules for seq, oid in enumerate(c.observation_ids)]
 
 
 def summary_from_row(row: Row) -> Summary:

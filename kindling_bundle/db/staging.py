@@ -14,9 +14,11 @@ from typing import Any
 from kindling_bundle.db.importer import insert_rows
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
+    LINK_COLUMNS,
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    link_values,
 )
 from kindling_bundle.records import Capsule, Record, entity_of
 
@@ -25,8 +27,6 @@ STAGED_PER_STATEMENT = 500
 Python's global lock, and one that runs Python long (the planner decoding a frame) holds it
 until the interpreter asks it to let go, so one statement per row makes staging wait its turn
 thousands of times a step."""
-
-_LINK_COLUMNS = "capsule_id, observation_id, seq"
 
 
 class Stage:
@@ -51,14 +51,7 @@ class Stage:
                 links = (0, -1)
                 capsules = [record for record, _ in run if isinstance(record, Capsule)]
                 if capsules:
-                    links = self._put(
-                        "capsule_observations",
-                        [
-                            (c.id, o, seq)
-                            for c in capsules
-                            for seq, o in enumerate(c.observation_ids)
-                        ],
-                    )
+                    links = self._put("capsule_observations", link_values(capsules))
                 staged[start] = (*rows, *links)
         finally:
             self.conn.execute("COMMIT")
@@ -108,5 +101,5 @@ _STAGED_COLUMNS = {
     "capsules": CAPSULE_COLUMNS,
     "summaries": SUMMARY_COLUMNS,
     "pins": PIN_COLUMNS,
-    "capsule_observations": _LINK_COLUMNS,
+    "capsule_observations": LINK_COLUMNS,
 }

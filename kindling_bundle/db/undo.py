@@ -21,6 +21,7 @@ from kindling_bundle.db.importer import FTS_OF_TABLE, ensure_fts_entries, ensure
 from kindling_bundle.db.pacing import Pace
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
+    LINK_COLUMNS,
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
@@ -35,7 +36,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     for table, columns in (
         ("observations", OBSERVATION_COLUMNS),
         ("capsules", CAPSULE_COLUMNS),
-        (LINKS, "capsule_id, observation_id, seq"),
+        (LINKS, LINK_COLUMNS),
         ("summaries", SUMMARY_COLUMNS),
         ("pins", PIN_COLUMNS),
     )

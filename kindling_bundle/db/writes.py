@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from kindling_bundle.db.connection import savepoint
 from kindling_bundle.db.rows import (
     CAPSULE_COLUMNS,
+    LINK_COLUMNS,
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
     capsule_values,
+    link_values,
     observation_values,
     pin_values,
     summary_values,
@@ -26,7 +28,7 @@ INSERT_OBSERVATION = (
 INSERT_CAPSULE = (
     f"INSERT INTO capsules ({CAPSULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INSERT_LINK = "INSERT INTO capsule_observations (capsule_id, observation_id, seq) VALUES (?, ?, ?)"
+INSERT_LINK = f"INSERT INTO capsule_observations ({LINK_COLUMNS}) VALUES (?, ?, ?)"
 INSERT_SUMMARY = f"INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_PIN = f"INSERT INTO pins ({PIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -46,10 +48,7 @@ def create_capsule(conn: sqlite3.Connection, capsule: Capsule) -> None:
     """Insert a capsule and its links, seq 0..n-1 in `observation_ids` order, together."""
     with savepoint(conn):
         conn.execute(INSERT_CAPSULE, capsule_values(capsule))
-        conn.executemany(
-            INSERT_LINK,
-            ((capsule.id, oid, seq) for seq, oid in enumerate(capsule.observation_ids)),
-        )
+        conn.executemany(INSERT_LINK, link_values([capsule]))
 
 
 def close_capsule(conn: sqlite3.Connection, capsule_id: str, closed_at: int) -> None:
