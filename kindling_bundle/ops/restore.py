@@ -95,10 +95,10 @@ def import_bundle(
     connection deleted during the import) or StoreError (the database failed: locked, full,
     corrupt); in every case the database is left as it was (see the module docstring).
     `progress(records_done, bytes_done)` is called after each frame; `on_manifest(manifest)`
-    once the manifest is valid, before any write. Messages
-    name the bundle `name` when given (the file a temporary bundle was converted from). An
-    encrypted bundle is opened with `options.identities`; should its stream fail to authenticate
-    at the end, what was applied is undone. `options.signature` says whom to trust; a signature
+    once the manifest is valid, before any write. Messages name the bundle `name` when given
+    (the file a temporary bundle was converted from). An encrypted bundle is opened with
+    `options.identities`; should its stream fail to authenticate at the end, what was applied
+    is undone. `options.signature` says whom to trust; a signature
     it refuses (a SignatureError) is refused before the database is touched. `workers`: whether
     a second process may index the observations for full-text search while they are loaded
     into an empty database (kindling_bundle.parallel.choose_workers); the database is the same
