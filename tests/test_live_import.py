@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -617,10 +618,10 @@ def test_links_to_an_observation_deleted_meanwhile_fail_the_import_and_all_is_un
     enforced: list[int] = []
     insert = staging.Stage.insert
 
-    def spy(self: staging.Stage, table: str, staged: tuple[int, int, int, int]) -> None:
+    def spy(self: staging.Stage, table: str, *args: Any) -> None:
         if table == "capsules":
             enforced.append(self.conn.execute("PRAGMA foreign_keys").fetchone()[0])
-        insert(self, table, staged)
+        insert(self, table, *args)
 
     monkeypatch.setattr(live, "plan", deleting)
     monkeypatch.setattr(staging.Stage, "insert", spy)

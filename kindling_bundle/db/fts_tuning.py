@@ -25,9 +25,10 @@ from contextlib import contextmanager
 
 from kindling_bundle.db.fts_build import FTS_HASH_BYTES
 
-_STEP: dict[str, object] = {"automerge": 8, "hashsize": FTS_HASH_BYTES}
-"""What a step sets: merges of eight segments; 16 MiB pending before a segment is written."""
-_FTS5_DEFAULTS: dict[str, object] = {"automerge": 4, "hashsize": 1 << 20}
+_STEP: dict[str, object] = {"automerge": 8, "usermerge": 8, "hashsize": FTS_HASH_BYTES}
+"""What a step sets: merges of eight segments (after its writes, and by its 'merge' commands:
+`db.fts_splice`); 16 MiB pending before a segment is written."""
+_FTS5_DEFAULTS: dict[str, object] = {"automerge": 4, "usermerge": 4, "hashsize": 1 << 20}
 """FTS5's own value of each setting, in force when the `_config` table has no row for it."""
 
 

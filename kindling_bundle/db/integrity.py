@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from kindling_bundle.db.connection import describe_error
+from kindling_bundle.db.fts_splice import read_varint
 from kindling_bundle.errors import StoreError
 
 Severity = Literal["error", "warning"]
@@ -418,7 +419,8 @@ def _fts_sync(
                 "fts_orphan", entity, f"rowid {rowid}", f"{fts} indexes a row that does not exist"
             )
     stats = conn.execute(f"SELECT block FROM {fts}_data WHERE id = 1").fetchone()
-    counted = _varint(stats[0]) if stats is not None and stats[0] else 0
+    # its first varint is the row count; padded, as FTS5 pads what it reads, for a short record
+    counted = read_varint(stats[0] + bytes(9), 0)[0] if stats is not None and stats[0] else 0
     if counted != held:
         found.add(
             "fts_stats",
@@ -428,18 +430,6 @@ def _fts_sync(
             "entry that was not there?); search ranking is skewed",
         )
     return expected, low, high
-
-
-def _varint(data: bytes) -> int:
-    """The first SQLite varint of `data` (FTS5's statistics record starts with its row count)."""
-    value = 0
-    for index, byte in enumerate(data[:9]):
-        if index == 8:
-            return (value << 8) | byte
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            return value
-    return value
 
 
 def fts_query(content: str) -> str | None:

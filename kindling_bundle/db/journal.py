@@ -282,9 +282,10 @@ class Journal:
         return [(str(table), int(first), int(last)) for table, first, last in rows]
 
     @contextmanager
-    def run(self, table: str, rows: int) -> Iterator[None]:
+    def run(self, table: str, rows: int, first: int | None = None) -> Iterator[None]:
         """Journal the `rows` rows the block inserts into `table` (a table keyed by `id`) as one
-        entry, instead of one entry a row: their rowids, the table's next ones, and their ids.
+        entry, instead of one entry a row: their rowids, the table's next ones (or, given,
+        those from `first` on, above the table's last), and their ids.
 
         Inside a write transaction nobody else inserts, and a new row takes the rowid after the
         table's last, so the rows are exactly those after the last rowid before the block. The
@@ -292,8 +293,11 @@ class Journal:
         unjournaled, they are deleted with them. Where rowids could not run on (the table's
         last is the largest there is), the triggers journal the rows one by one instead."""
         conn = self.conn
-        table_last = f"SELECT coalesce(max(rowid), 0) FROM main.{table}"
-        before = int(conn.execute(table_last).fetchone()[0])
+        if first is None:
+            table_last = f"SELECT coalesce(max(rowid), 0) FROM main.{table}"
+            before = int(conn.execute(table_last).fetchone()[0])
+        else:
+            before = first - 1
         if before + rows >= _LAST_ROWID:
             yield
             return

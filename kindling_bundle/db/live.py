@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -36,15 +37,18 @@ from typing import Any, Literal, cast
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
+from kindling_bundle.db.fts_splice import FTS, Segment, Splicer, SpliceRefused, build_segment
 from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
+from kindling_bundle.db.rows import OBSERVATION_COLUMNS
 from kindling_bundle.db.staging import Stage
 from kindling_bundle.records import (
     Capsule,
     ConflictStrategy,
+    Observation,
     Pin,
     Record,
     entity_of,
@@ -130,8 +134,24 @@ def _parts(chunk: list[Planned], rows_per_part: int) -> list[tuple[int, int]]:
 
 
 def _inserted(group: list[Planned]) -> list[ImportEntityResult]:
-    """The results of records decided new, now inserted."""
+    """The results of records decided new, now inserted (or, for "none", left as they were)."""
     return cast(list[ImportEntityResult], [item.result for item in group])
+
+
+_OBSERVATION_COLUMNS = [column.strip() for column in OBSERVATION_COLUMNS.split(",")]
+_CONTENT = _OBSERVATION_COLUMNS.index("content")
+_REDACTED = _OBSERVATION_COLUMNS.index("redacted")
+
+
+@dataclass
+class _Ahead:
+    """A step's chunk cut before its turn (the first `count` records queued then), the rowids
+    reserved for its new observations (from `first` on), and their full-text index, built
+    meanwhile (`db.fts_splice`)."""
+
+    count: int
+    first: int
+    segment: Future[Segment | None]
 
 
 class Writer:
@@ -157,6 +177,10 @@ class Writer:
         self._stage = Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0
+        self._splicer: Splicer | None = None
+        self._splice_checked = False
+        self._ahead: _Ahead | None = None
+        self._builder: ThreadPoolExecutor | None = None
 
     def add(self, planned: list[Planned]) -> None:
         """Queue planned records of one entity (after those of the entities they reference),
@@ -165,13 +189,38 @@ class Writer:
         self._pending_rows += sum(map(_ROWS, planned))
         if any(p.result is not None and p.result.error is not None for p in planned):
             self.flush()  # fails at the first error, after what comes before it
-        while self._pending and self._pending_rows >= self._pace().size:
+        while self._pending and self._pending_rows >= self._due():
             self._write_step()
 
     def flush(self) -> None:
         """Write everything queued."""
         while self._pending:
             self._write_step()
+
+    def close(self) -> None:
+        """Stop building indexes ahead (after the last step, or a failure)."""
+        if self._builder is not None:
+            self._builder.shutdown(wait=True, cancel_futures=True)
+            self._builder = None
+        self._ahead = None
+
+    def _due(self) -> int:
+        """Rows queued before a step is written: two steps' worth where the next step's index
+        is built while one writes."""
+        size = self._pace().size
+        spliced = isinstance(self._pending[0].record, Observation) and self._splicing()
+        return 2 * size if spliced else size
+
+    def _splicing(self) -> Splicer | None:
+        if not self._splice_checked:
+            self._splice_checked = True
+            self._splicer = Splicer.attach(self.conn)
+        return self._splicer
+
+    def _stop_splicing(self) -> None:
+        """From here on, Kindling's trigger indexes the observations this import writes."""
+        self._splicer = None
+        self._ahead = None
 
     def _pace(self) -> Pace:
         """Each entity's steps are sized apart: a capsule's row is a capsule and its links."""
@@ -182,10 +231,15 @@ class Writer:
 
     def _write_step(self) -> None:
         pace = self._pace()
-        rows = taken = 0
-        while taken < len(self._pending) and (rows < pace.size or not taken):
-            rows += self._pending[taken].rows
-            taken += 1
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            taken = self._cut(0, pace.size)
+            ahead = self._build(0, taken)
+        else:
+            taken = ahead.count
+        following = self._cut(taken, pace.size)
+        if sum(map(_ROWS, self._pending[taken:following])) >= pace.size:
+            self._ahead = self._build(taken, following)  # built while this step writes
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
         new = {
@@ -195,19 +249,100 @@ class Writer:
         }
         with self._staging():  # binding every value, before the lock is taken
             staged = self._stage.put(new)
+        segment = self._segment(ahead)
         # FTS5's settings only where the step writes: setting them writes the index's pages
         writes = any(item.write != "none" for item in chunk)
         fts = FTS_OF_TABLE.get(entity_of(chunk[0].record)) if writes else None
         with _links_checked_later(self.conn, chunk), pace.transaction(self.conn) as step:
             seq = self.journal.last_seq()
-            with step_settings(self.conn, fts) if fts else nullcontext():
-                results = self._write(chunk, parts, staged, step)
+            results = None
+            if ahead is not None and self._splicer is not None:
+                results = self._spliced(chunk, parts, staged, ahead.first, segment)
+            if results is None:
+                with step_settings(self.conn, fts) if fts else nullcontext():
+                    results = self._write(chunk, parts, staged, step)
             self.take(results, self.journal.inserted_since(seq))
             step.count = sum(map(_ROWS, chunk[: len(results)]))
         self._stage.clear()
         del self._pending[: len(results)]
         self._pending_rows -= step.count
         self.after_step()
+
+    def _cut(self, start: int, size: int) -> int:
+        """Where a step's chunk that starts at `start` of the queue ends: `size` rows on, at
+        least one record."""
+        end, rows = start, 0
+        while end < len(self._pending) and (rows < size or end == start):
+            rows += self._pending[end].rows
+            end += 1
+        return end
+
+    def _build(self, start: int, end: int) -> _Ahead | None:
+        """Reserve rowids for the chunk's new observations and start building their full-text
+        index; None where the chunk is not spliced: other records, or some to be imported
+        inside the transaction ("exact")."""
+        chunk = self._pending[start:end]
+        if not chunk or not isinstance(chunk[0].record, Observation):
+            return None
+        splicer = self._splicing()
+        if splicer is None or any(item.write == "exact" for item in chunk):
+            return None
+        new = [item.values for item in chunk if item.write == "insert"]
+        if not new:
+            return None
+        first = splicer.reserve(len(new), others_writing=self._turns.others_lately())
+        rows = [(first + n, v[_CONTENT]) for n, v in enumerate(new) if not v[_REDACTED]]
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(1, thread_name_prefix="kindling-fts")
+        segment = self._builder.submit(build_segment, splicer.create_sql, splicer.pgsz, rows)
+        return _Ahead(end - start, first, segment)
+
+    def _segment(self, ahead: _Ahead | None) -> Segment | None:
+        """The chunk's built index, waited for before the step takes the lock; if building it
+        failed, the trigger indexes this import's observations instead."""
+        if ahead is None or self._splicer is None:
+            return None
+        try:
+            return ahead.segment.result()
+        except (sqlite3.Error, SpliceRefused):
+            self._stop_splicing()
+            return None
+
+    def _spliced(
+        self,
+        chunk: list[Planned],
+        parts: list[tuple[int, int]],
+        staged: dict[int, tuple[int, int, int, int]],
+        first: int,
+        segment: Segment | None,
+    ) -> list[ImportEntityResult] | None:
+        """Inside the step: insert the chunk's new observations at their reserved rowids with
+        Kindling's trigger set aside, and splice in their index; all the chunk's results. None,
+        having written nothing, where that cannot be done: the step then writes the chunk the
+        usual way. Where another writer took the rowids, the next steps splice at rowids above
+        them; where the database refuses a row or FTS5's index cannot take the segment, the
+        trigger indexes the rest of the import."""
+        splicer = self._splicer
+        assert splicer is not None
+        if not splicer.free(self.conn, first):
+            return None
+        results: list[ImportEntityResult] = []
+        try:
+            with savepoint(self.conn, "kindling_splice"), step_settings(self.conn, FTS):
+                with splicer.untriggered(self.conn):
+                    for start, end in parts:
+                        group = chunk[start:end]
+                        if group[0].write == "insert":
+                            with self.journal.run("observations", len(group), first):
+                                self._stage.insert("observations", staged[start], first)
+                            first += len(group)
+                        results.extend(_inserted(group))
+                if segment is not None:
+                    splicer.splice(self.conn, segment)
+        except (sqlite3.IntegrityError, SpliceRefused):
+            self._stop_splicing()
+            return None
+        return results
 
     def _write(
         self,

@@ -85,6 +85,11 @@ class Turns:
                 self._came(now)
                 return
 
+    def others_lately(self) -> bool:
+        """Whether another connection committed within OTHERS_RECENTLY_SECONDS (as far as the
+        steps so far could tell)."""
+        return time.monotonic() - self._others_at <= OTHERS_RECENTLY_SECONDS
+
     def _came(self, now: float) -> None:
         assert self._ended is not None
         self._others_at = now

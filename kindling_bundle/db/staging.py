@@ -70,20 +70,28 @@ class Stage:
         insert_rows(self.conn, sql, rows, STAGED_PER_STATEMENT)
         return low, low + len(rows) - 1
 
-    def insert(self, table: str, staged: tuple[int, int, int, int]) -> None:
-        """Move one staged run into `table` (and a capsule's links into theirs)."""
-        self._move(table, staged[0], staged[1])
+    def insert(
+        self, table: str, staged: tuple[int, int, int, int], first_rowid: int | None = None
+    ) -> None:
+        """Move one staged run into `table` (and a capsule's links into theirs): its rows take
+        the table's next rowids, or those from `first_rowid` on."""
+        self._move(table, staged[0], staged[1], first_rowid)
         if table == "capsules" and staged[3] >= staged[2]:
-            self._move("capsule_observations", staged[2], staged[3])
+            self._move("capsule_observations", staged[2], staged[3], None)
 
-    def _move(self, table: str, low: int, high: int) -> None:
+    def _move(self, table: str, low: int, high: int, first_rowid: int | None) -> None:
         columns = _STAGED_COLUMNS[table]
         width = len(columns.split(","))
         values = ", ".join(f"c{i}" for i in range(width))
+        select = f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid"
+        if first_rowid is None:
+            self.conn.execute(
+                f"INSERT INTO main.{table} ({columns}) SELECT {values} {select}", (low, high)
+            )
+            return
         self.conn.execute(
-            f"INSERT INTO main.{table} ({columns}) SELECT {values} "
-            f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
-            (low, high),
+            f"INSERT INTO main.{table} (rowid, {columns}) SELECT ? + rowid - ?, {values} {select}",
+            (first_rowid, low, low, high),
         )
 
     def clear(self) -> None:

@@ -172,6 +172,7 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
                 journal.commit()
             finally:
                 planner.close()
+                writer.close()
                 checkpointer.close()
         except BaseException as failure:
             _undo(conn, journal, failure)
