@@ -56,9 +56,11 @@ def spliced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     splice = Splicer.splice
 
-    def spy(self: Splicer, conn: sqlite3.Connection, segment: fts_splice.Segment) -> None:
+    def spy(
+        self: Splicer, conn: sqlite3.Connection, segment: fts_splice.Segment, room: Any
+    ) -> None:
         calls.append(len(segment.sizes))
-        splice(self, conn, segment)
+        splice(self, conn, segment, room)
 
     monkeypatch.setattr(Splicer, "splice", spy)
     return calls

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from kindling_bundle.db.importer import insert_rows
 from kindling_bundle.db.schema import TRIGGERS
 
 FTS = "observations_fts"
@@ -48,6 +50,13 @@ SEGMENT_SHIFT = 37
 """A segment's pages are at rowids `segid << 37` on (FTS5_SEGMENT_ROWID)."""
 MAX_SEGMENTS = 2000
 """FTS5_MAX_SEGMENT: segment ids run from 1 to this."""
+MOST_ROWS = 16_000
+"""Rows a segment is built from at most: they go to FTS5 in one statement, two values a row
+(SQLite takes up to 32,766 values a statement)."""
+_PER_STATEMENT = 4096
+"""Rows to an INSERT statement where the segment is copied in."""
+MERGE_PAGES = 256
+"""Pages one 'merge' command writes at most: between two, the step looks at the clock."""
 _AVERAGES = 1
 _STRUCTURE = 10
 _V2 = b"\xff\x00\x00\x01"
@@ -178,10 +187,10 @@ class Segment:
 def build_segment(
     create_sql: str, pgsz: int | None, rows: Sequence[tuple[int, str]]
 ) -> Segment | None:
-    """The index of (rowid, content) rows in ascending rowid order, as one segment, built by
-    FTS5 in a private in-memory database from the table's own CREATE statement; None without
-    rows. SpliceRefused if FTS5 did not write them as one segment (it never has: the pending
-    index holds a step's rows whole)."""
+    """The index of (rowid, content) rows (at most MOST_ROWS) in ascending rowid order, as one
+    segment, built by FTS5 in a private in-memory database from the table's own CREATE
+    statement; None without rows. SpliceRefused if FTS5 did not write them as one segment (a
+    SQLite that takes fewer values a statement)."""
     if not rows:
         return None
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
@@ -191,7 +200,9 @@ def build_segment(
         if pgsz is not None:
             conn.execute(f"INSERT INTO {FTS}({FTS}, rank) VALUES ('pgsz', ?)", (pgsz,))
         conn.execute(f"INSERT INTO {FTS}({FTS}, rank) VALUES ('hashsize', ?)", (_BUILD_HASH_BYTES,))
-        conn.executemany(f"INSERT INTO {FTS}(rowid, content) VALUES (?, ?)", rows)
+        # one statement: FTS5 writes a segment at the start of every statement of many rows
+        # (and Python's lock is let go once, not for each row, while FTS5 indexes them)
+        insert_rows(conn, f"INSERT INTO {FTS}(rowid, content) VALUES (?, ?)", rows, len(rows))
         conn.execute("COMMIT")
         segments = [s for _, level in _structure(conn).levels for s in level]
         if len(segments) != 1:
@@ -234,6 +245,8 @@ class Splicer:
         self._next = next_rowid
         self._taken = False
         """Whether a reserved run was taken: others write, whatever the steps could tell."""
+        self._owed = 0
+        """Pages of merging owed to the index (`_merge`)."""
 
     @classmethod
     def attach(cls, conn: sqlite3.Connection) -> Splicer | None:
@@ -285,20 +298,24 @@ class Splicer:
         yield
         conn.execute(self._trigger_sql)
 
-    def splice(self, conn: sqlite3.Connection, segment: Segment) -> None:
-        """Inside the step's write transaction: add `segment` to the index as its newest."""
+    def splice(
+        self, conn: sqlite3.Connection, segment: Segment, room: Callable[[float], bool]
+    ) -> None:
+        """Inside the step's write transaction: add `segment` to the index as its newest, and
+        merge as FTS5 would have, as far as `room` (`pacing.Step.room`) allows."""
         structure = _structure(conn)
         segid = _free_segment_id(conn, structure)
         base = segid << SEGMENT_SHIFT
-        conn.executemany(
-            f"INSERT INTO main.{FTS}_data (id, block) VALUES (?, ?)",
-            [(base + offset, block) for offset, block in segment.pages],
-        )
-        conn.executemany(
-            f"INSERT INTO main.{FTS}_idx (segid, term, pgno) VALUES (?, ?, ?)",
-            [(segid, term, page) for term, page in segment.terms],
-        )
-        conn.executemany(f"INSERT INTO main.{FTS}_docsize (id, sz) VALUES (?, ?)", segment.sizes)
+        pages = [(base + offset, block) for offset, block in segment.pages]
+        terms = [(segid, term, page) for term, page in segment.terms]
+        for table, columns, rows in (
+            ("data", "id, block", pages),
+            ("idx", "segid, term, pgno", terms),
+            ("docsize", "id, sz", segment.sizes),
+        ):
+            values = ", ".join("?" * len(rows[0])) if rows else ""
+            sql = f"INSERT INTO main.{FTS}_{table} ({columns}) VALUES ({values})"
+            insert_rows(conn, sql, rows, _PER_STATEMENT)
         held = conn.execute(f"SELECT block FROM main.{FTS}_data WHERE id = {_AVERAGES}").fetchone()
         # an index that never held a row has an empty record
         totals = _varints(held[0]) if held is not None and held[0] else [0] * len(segment.totals)
@@ -320,27 +337,43 @@ class Splicer:
             f"UPDATE main.{FTS}_data SET block = ? WHERE id = {_STRUCTURE}",
             (structure.encode(),),
         )
-        self._merge(conn, segid, leaves * len(structure.levels))
-
-    @staticmethod
-    def _merge(conn: sqlite3.Connection, segid: int, pages: int) -> None:
-        """FTS5 reads the structure record again (rolling back a savepoint it took part in
-        drops its copy), then merges about `pages` pages, as its automerge would have after
-        writing the segment's; the segment must then be where it was put, or merged away."""
-        conn.execute("SAVEPOINT kindling_fts_reread")
-        conn.execute(f"INSERT INTO main.{FTS}({FTS}, rank) VALUES ('usermerge', 4)")
-        conn.execute("ROLLBACK TO kindling_fts_reread")
-        conn.execute("RELEASE kindling_fts_reread")
-        conn.execute(f"INSERT INTO main.{FTS}({FTS}, rank) VALUES ('merge', ?)", (pages,))
+        self._owed += leaves * len(structure.levels)
+        self._reread(conn)
+        self._merge(conn, room)
         if segid in _structure(conn).segment_ids():
             return
-        base = segid << SEGMENT_SHIFT
         left = conn.execute(
             f"SELECT 1 FROM main.{FTS}_data WHERE id BETWEEN ? AND ? LIMIT 1",
             (base, base + (1 << SEGMENT_SHIFT) - 1),
         ).fetchone()
-        if left is not None:
+        if left is not None:  # merged away would have taken its pages with it
             raise SpliceRefused(f"{FTS}: FTS5 lost track of a segment the import added to it")
+
+    @staticmethod
+    def _reread(conn: sqlite3.Connection) -> None:
+        """FTS5 drops its copy of the structure record when a savepoint it took part in is
+        rolled back: it then reads the one written here."""
+        conn.execute("SAVEPOINT kindling_fts_reread")
+        conn.execute(f"INSERT INTO main.{FTS}({FTS}, rank) VALUES ('usermerge', 4)")
+        conn.execute("ROLLBACK TO kindling_fts_reread")
+        conn.execute("RELEASE kindling_fts_reread")
+
+    def _merge(self, conn: sqlite3.Connection, room: Callable[[float], bool]) -> None:
+        """Merge what FTS5's automerge would have after writing the spliced pages (`_owed`,
+        pages), MERGE_PAGES at a time while the step has room for one more as long as the
+        longest so far; what is left, the next steps merge. Once FTS5 finds nothing to merge
+        (no level holds enough segments), nothing is owed."""
+        longest = 0.0
+        structure = f"SELECT block FROM main.{FTS}_data WHERE id = {_STRUCTURE}"
+        while self._owed > 0 and room(longest):
+            before = conn.execute(structure).fetchone()
+            began = time.perf_counter()
+            pages = min(self._owed, MERGE_PAGES)
+            conn.execute(f"INSERT INTO main.{FTS}({FTS}, rank) VALUES ('merge', ?)", (pages,))
+            longest = max(longest, time.perf_counter() - began)
+            self._owed -= pages
+            if conn.execute(structure).fetchone() == before:
+                self._owed = 0
 
 
 def _free_segment_id(conn: sqlite3.Connection, structure: Structure) -> int:

@@ -37,7 +37,14 @@ from typing import Any, Literal, cast
 
 from kindling_bundle.db.conflicts import ImportEntityResult, decide
 from kindling_bundle.db.connection import BUSY_TIMEOUT_MS, savepoint
-from kindling_bundle.db.fts_splice import FTS, Segment, Splicer, SpliceRefused, build_segment
+from kindling_bundle.db.fts_splice import (
+    FTS,
+    MOST_ROWS,
+    Segment,
+    Splicer,
+    SpliceRefused,
+    build_segment,
+)
 from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
@@ -208,8 +215,11 @@ class Writer:
         """Rows queued before a step is written: two steps' worth where the next step's index
         is built while one writes."""
         size = self._pace().size
-        spliced = isinstance(self._pending[0].record, Observation) and self._splicing()
-        return 2 * size if spliced else size
+        return 2 * min(size, MOST_ROWS) if self._spliced_kind() else size
+
+    def _spliced_kind(self) -> bool:
+        """Whether the queue's records are of the kind whose index is built ahead."""
+        return isinstance(self._pending[0].record, Observation) and self._splicing() is not None
 
     def _splicing(self) -> Splicer | None:
         if not self._splice_checked:
@@ -231,14 +241,15 @@ class Writer:
 
     def _write_step(self) -> None:
         pace = self._pace()
+        size = min(pace.size, MOST_ROWS) if self._spliced_kind() else pace.size
         ahead, self._ahead = self._ahead, None
         if ahead is None:
-            taken = self._cut(0, pace.size)
+            taken = self._cut(0, size)
             ahead = self._build(0, taken)
         else:
             taken = ahead.count
-        following = self._cut(taken, pace.size)
-        if sum(map(_ROWS, self._pending[taken:following])) >= pace.size:
+        following = self._cut(taken, size)
+        if sum(map(_ROWS, self._pending[taken:following])) >= size:
             self._ahead = self._build(taken, following)  # built while this step writes
         chunk = self._pending[:taken]
         parts = _parts(chunk, max(1, pace.size // PARTS))
@@ -257,7 +268,7 @@ class Writer:
             seq = self.journal.last_seq()
             results = None
             if ahead is not None and self._splicer is not None:
-                results = self._spliced(chunk, parts, staged, ahead.first, segment)
+                results = self._spliced(chunk, parts, staged, ahead.first, segment, step)
             if results is None:
                 with step_settings(self.conn, fts) if fts else nullcontext():
                     results = self._write(chunk, parts, staged, step)
@@ -315,6 +326,7 @@ class Writer:
         staged: dict[int, tuple[int, int, int, int]],
         first: int,
         segment: Segment | None,
+        step: Step,
     ) -> list[ImportEntityResult] | None:
         """Inside the step: insert the chunk's new observations at their reserved rowids with
         Kindling's trigger set aside, and splice in their index; all the chunk's results. None,
@@ -338,7 +350,7 @@ class Writer:
                             first += len(group)
                         results.extend(_inserted(group))
                 if segment is not None:
-                    splicer.splice(self.conn, segment)
+                    splicer.splice(self.conn, segment, step.room)
         except (sqlite3.IntegrityError, SpliceRefused):
             self._stop_splicing()
             return None
