@@ -50,9 +50,10 @@ SEGMENT_SHIFT = 37
 """A segment's pages are at rowids `segid << 37` on (FTS5_SEGMENT_ROWID)."""
 MAX_SEGMENTS = 2000
 """FTS5_MAX_SEGMENT: segment ids run from 1 to this."""
-MOST_ROWS = 16_000
-"""Rows a segment is built from at most: they go to FTS5 in one statement, two values a row
-(SQLite takes up to 32,766 values a statement)."""
+MOST_ROWS = 8_000
+"""Rows a segment is built from at most (a spliced step's observations): they go to FTS5 in
+one statement, two values a row (SQLite takes up to 32,766), and what a step holds in memory
+(its records, staged rows, the pending index being built, the segment) grows with them."""
 _PER_STATEMENT = 4096
 """Rows to an INSERT statement where the segment is copied in."""
 MERGE_PAGES = 256

@@ -112,20 +112,21 @@ def insert_rows(
     conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]], per_statement: int
 ) -> None:
     """Run `sql` (an INSERT of one row's VALUES) for each of `rows`, `per_statement` rows to a
-    statement."""
+    statement, and the rest in statements of a quarter as many, and so on: the connection
+    keeps every statement it ran prepared (128 of them), and one for many rows is large, so
+    they come in a few sizes only."""
     if per_statement <= 1 or len(rows) <= 1:
         conn.executemany(sql, rows)
         return
     head, placeholders = sql.rsplit(" VALUES ", 1)
-    full = len(rows) - len(rows) % per_statement
-    if full:
-        many = f"{head} VALUES {', '.join([placeholders] * per_statement)}"
-        for start in range(0, full, per_statement):
-            conn.execute(many, [v for row in rows[start : start + per_statement] for v in row])
-    rest = rows[full:]
-    if rest:
-        tail = f"{head} VALUES {', '.join([placeholders] * len(rest))}"
-        conn.execute(tail, [v for row in rest for v in row])
+    start, size = 0, per_statement
+    while start < len(rows):
+        while size > len(rows) - start:
+            size = max(1, size // 4)
+        many = f"{head} VALUES {', '.join([placeholders] * size)}"
+        while len(rows) - start >= size:
+            conn.execute(many, [v for row in rows[start : start + size] for v in row])
+            start += size
 
 
 def ensure_fts_entry(conn: sqlite3.Connection, fts: str, rowid: int, content: str) -> None:
