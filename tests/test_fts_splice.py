@@ -15,6 +15,7 @@ from conftest import dump_contents
 from kindling_bundle import generate_sample, import_bundle, open_store, write_bundle
 from kindling_bundle.db import fts_splice, live
 from kindling_bundle.db.fts_splice import Splicer, Structure, read_varint, write_varint
+from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.schema import TRIGGERS
 
 FTS = "observations_fts"
@@ -298,4 +299,44 @@ def test_only_kindlings_own_trigger_is_set_aside(tmp_path: Path, template: Path)
     conn.execute("DROP TRIGGER observations_fts_insert")
     conn.execute(TRIGGERS["observations_fts_insert"].replace("NEW.redacted = 0", "1"))
     assert Splicer.attach(conn) is None
+    conn.close()
+
+
+def test_a_step_without_room_leaves_its_merging_to_the_next(tmp_path: Path, template: Path) -> None:
+    """Merging runs while the step has room: segments spliced by steps that had none wait on
+    the index's newest level, and the next step with room merges them, at least until no level
+    is near the count at which FTS5 would merge a level whole in someone's write."""
+    db = tmp_path / "memory.db"
+    shutil.copy(template, db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    splicer = Splicer.attach(conn)
+    assert splicer is not None
+
+    def newest_level() -> int:
+        (block,) = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = 10").fetchone()
+        structure = Structure.decode(block)
+        assert structure is not None
+        return len(structure.levels[0][1])
+
+    def step(k: int, room: bool) -> None:
+        first = splicer.reserve(300, others_writing=False)
+        rows = [(first + i, f"zebracorn{k} number {i} of step {k}") for i in range(300)]
+        segment = fts_splice.build_segment(splicer.create_sql, splicer.pgsz, rows)
+        assert segment is not None
+        conn.execute("BEGIN IMMEDIATE")
+        with step_settings(conn, FTS):
+            splicer.splice(conn, segment, lambda seconds: room)
+        conn.execute("COMMIT")
+
+    start = newest_level()
+    for k in range(9):
+        step(k, room=False)
+    assert newest_level() == start + 9 >= fts_splice.CROWDED  # nothing merged
+    step(9, room=True)
+    assert newest_level() < fts_splice.CROWDED  # merged until no longer crowded
+    fts5_consistent(db)
+    for k in range(10):
+        query = f"zebracorn{k}"
+        count = conn.execute(f"SELECT count(*) FROM {FTS} WHERE {FTS} MATCH ?", (query,))
+        assert count.fetchone() == (300,)
     conn.close()

@@ -58,8 +58,12 @@ _PER_STATEMENT = 4096
 """Rows to an INSERT statement where the segment is copied in."""
 MERGE_PAGES = 256
 """Pages one 'merge' command writes at most: between two, the step looks at the clock."""
+CROWDED = 12
+"""Segments on one level that make a step merge whatever it owes: FTS5 merges a level of 16
+(`crisismerge`) all at once, in the write that adds the sixteenth, which could be Kindling's."""
 _AVERAGES = 1
 _STRUCTURE = 10
+_READ_STRUCTURE = f"SELECT block FROM main.{FTS}_data WHERE id = {_STRUCTURE}"
 _V2 = b"\xff\x00\x00\x01"
 _SETTINGS = frozenset(
     {
@@ -225,7 +229,7 @@ def build_segment(
 
 
 def _structure(conn: sqlite3.Connection) -> Structure:
-    row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = {_STRUCTURE}").fetchone()
+    row = conn.execute(_READ_STRUCTURE).fetchone()
     structure = Structure.decode(row[0]) if row is not None else None
     if structure is None:
         raise SpliceRefused(f"{FTS}: its structure record is not one this import can add to")
@@ -361,20 +365,26 @@ class Splicer:
 
     def _merge(self, conn: sqlite3.Connection, room: Callable[[float], bool]) -> None:
         """Merge what FTS5's automerge would have after writing the spliced pages (`_owed`,
-        pages), MERGE_PAGES at a time while the step has room for one more as long as the
-        longest so far; what is left, the next steps merge. Once FTS5 finds nothing to merge
-        (no level holds enough segments), nothing is owed."""
+        pages), and more while a level holds CROWDED segments, MERGE_PAGES at a time while the
+        step has room for one more as long as the longest so far; what is left, the next
+        steps merge. Once FTS5 finds nothing to merge, nothing is owed."""
         longest = 0.0
-        structure = f"SELECT block FROM main.{FTS}_data WHERE id = {_STRUCTURE}"
-        while self._owed > 0 and room(longest):
-            before = conn.execute(structure).fetchone()
+        while room(longest):
+            if self._owed <= 0 and _most_segments(conn) < CROWDED:
+                return
+            before = conn.execute(_READ_STRUCTURE).fetchone()
             began = time.perf_counter()
-            pages = min(self._owed, MERGE_PAGES)
+            pages = MERGE_PAGES
             conn.execute(f"INSERT INTO main.{FTS}({FTS}, rank) VALUES ('merge', ?)", (pages,))
             longest = max(longest, time.perf_counter() - began)
             self._owed -= pages
-            if conn.execute(structure).fetchone() == before:
+            if conn.execute(_READ_STRUCTURE).fetchone() == before:
                 self._owed = 0
+                return
+
+
+def _most_segments(conn: sqlite3.Connection) -> int:
+    return max((len(segments) for _, segments in _structure(conn).levels), default=0)
 
 
 def _free_segment_id(conn: sqlite3.Connection, structure: Structure) -> int:
