@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import dump_contents
-from kindling_bundle import generate_sample, import_bundle, open_store, write_bundle
-from kindling_bundle.db import fts_splice, live
+from kindling_bundle import Observation, generate_sample, import_bundle, open_store, write_bundle
+from kindling_bundle.db import fts_splice, live, pacing
 from kindling_bundle.db.fts_splice import Splicer, Structure, read_varint, write_varint
 from kindling_bundle.db.fts_tuning import step_settings
 from kindling_bundle.db.schema import TRIGGERS
@@ -232,6 +232,55 @@ def test_rowids_taken_meanwhile_are_left_to_the_trigger_and_later_steps_reserve_
     assert highest > 4200 + fts_splice.ROWID_SLACK  # rowids left unused between steps
 
 
+def test_a_step_through_the_trigger_that_stops_early_leaves_no_index_misplaced(
+    tmp_path: Path,
+    template: Path,
+    bundle: Path,
+    by_trigger: Path,
+    spliced: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step whose rowids were taken goes through the trigger and, out of time, writes part
+    of its chunk only, while the next chunk's index is being built at rowids of its own: the
+    next step must not write the rest with that index."""
+    db = tmp_path / "memory.db"
+    shutil.copy(template, db)
+    monkeypatch.setattr(pacing, "LIMIT_SECONDS", 0.0)  # no room after a step's first part
+    segment = live.Writer._segment
+    write = live.Writer._write
+    others: list[str] = []
+    left: list[int] = []
+
+    def with_a_writer_first(self: live.Writer, ahead: Any) -> Any:
+        if not others:
+            other = sqlite3.connect(db)
+            other.execute(
+                "INSERT INTO observations (id, kind, content, ts) VALUES ('other', 'message', "
+                "'written meanwhile', 1)"
+            )
+            other.commit()
+            other.close()
+            others.append("other")
+        return segment(self, ahead)
+
+    def counted(self: live.Writer, chunk: list[Any], *args: Any) -> Any:
+        results = write(self, chunk, *args)
+        if isinstance(chunk[0].record, Observation):
+            left.append(len(chunk) - len(results))
+        return results
+
+    monkeypatch.setattr(live.Writer, "_segment", with_a_writer_first)
+    monkeypatch.setattr(live.Writer, "_write", counted)
+    with open_store(db) as conn:
+        report = import_bundle(conn, bundle)
+        conn.execute("DELETE FROM observations WHERE id = 'other'")
+        conn.commit()
+    assert report.counts["observations"].inserted == 3000
+    assert left and left[0] > 0 and spliced  # it stopped early; later steps were spliced
+    assert index_by_id(db) == index_by_id(by_trigger)
+    fts5_consistent(db)
+
+
 def test_a_row_refused_in_a_spliced_step_undoes_the_splice(
     tmp_path: Path,
     template: Path,
@@ -286,8 +335,19 @@ def test_a_segment_that_could_not_be_built_leaves_the_indexing_to_the_trigger(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(fts_splice, "_BUILD_HASH_BYTES", 1024)  # FTS5 then writes many segments
+    build = live.build_segment
+    refused: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        try:
+            return build(*args)
+        except fts_splice.SpliceRefused:
+            refused.append(len(args[2]))
+            raise
+
+    monkeypatch.setattr(live, "build_segment", counted)
     db = merge(template, bundle, tmp_path / "merged.db")
-    assert spliced == []
+    assert refused and spliced == []
     assert index_by_id(db) == index_by_id(by_trigger)
 
 
@@ -302,10 +362,13 @@ def test_only_kindlings_own_trigger_is_set_aside(tmp_path: Path, template: Path)
     conn.close()
 
 
-def test_a_step_without_room_leaves_its_merging_to_the_next(tmp_path: Path, template: Path) -> None:
+def test_a_step_without_room_merges_only_a_level_about_to_be_merged_whole(
+    tmp_path: Path, template: Path
+) -> None:
     """Merging runs while the step has room: segments spliced by steps that had none wait on
-    the index's newest level, and the next step with room merges them, at least until no level
-    is near the count at which FTS5 would merge a level whole in someone's write."""
+    the index's newest level, until it holds one less than the count at which FTS5 would merge
+    the level whole in whichever write comes next (maybe Kindling's): then the step merges
+    whatever the time."""
     db = tmp_path / "memory.db"
     shutil.copy(template, db)
     conn = sqlite3.connect(db, isolation_level=None)
@@ -329,13 +392,14 @@ def test_a_step_without_room_leaves_its_merging_to_the_next(tmp_path: Path, temp
         conn.execute("COMMIT")
 
     start = newest_level()
-    for k in range(9):
+    steps = fts_splice.CRISIS - 1 - start
+    for k in range(steps):
         step(k, room=False)
-    assert newest_level() == start + 9 >= fts_splice.CROWDED  # nothing merged
-    step(9, room=True)
-    assert newest_level() < fts_splice.CROWDED  # merged until no longer crowded
+    assert newest_level() == fts_splice.CRISIS - 1  # nothing merged
+    step(steps, room=False)
+    assert newest_level() < fts_splice.CROWDED  # merged, though the step had no room left
     fts5_consistent(db)
-    for k in range(10):
+    for k in range(steps + 1):
         query = f"zebracorn{k}"
         count = conn.execute(f"SELECT count(*) FROM {FTS} WHERE {FTS} MATCH ?", (query,))
         assert count.fetchone() == (300,)

@@ -59,8 +59,11 @@ _PER_STATEMENT = 4096
 MERGE_PAGES = 256
 """Pages one 'merge' command writes at most: between two, the step looks at the clock."""
 CROWDED = 12
-"""Segments on one level that make a step merge whatever it owes: FTS5 merges a level of 16
-(`crisismerge`) all at once, in the write that adds the sixteenth, which could be Kindling's."""
+"""Segments on one level that make a step merge, while it has room, whatever it owes: FTS5
+merges a level of 16 (`crisismerge`) all at once, in the write that adds the sixteenth, which
+could be Kindling's."""
+CRISIS = 15
+"""Segments on one level that make a step merge even past its time."""
 _AVERAGES = 1
 _STRUCTURE = 10
 _READ_STRUCTURE = f"SELECT block FROM main.{FTS}_data WHERE id = {_STRUCTURE}"
@@ -283,13 +286,18 @@ class Splicer:
         self._next = first + count
         return first
 
+    def after_unspliced(self, conn: sqlite3.Connection) -> None:
+        """After a step written through the trigger (its rows took the table's next rowids):
+        reservations go on above them."""
+        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()
+        self._next = max(self._next, int(last[0]) + 1)
+
     def free(self, conn: sqlite3.Connection, first: int) -> bool:
         """Inside the step: nothing has taken a rowid from `first` on (every row above the
-        table's last would be). If something has, reservations go on above it."""
+        table's last would be). If something has, others write: reservations leave room."""
         last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()
         if int(last[0]) < first:
             return True
-        self._next = max(self._next, int(last[0]) + 1)
         self._taken = True
         return False
 
@@ -307,7 +315,9 @@ class Splicer:
         self, conn: sqlite3.Connection, segment: Segment, room: Callable[[float], bool]
     ) -> None:
         """Inside the step's write transaction: add `segment` to the index as its newest, and
-        merge as FTS5 would have, as far as `room` (`pacing.Step.room`) allows."""
+        merge as FTS5 would have, as far as `room` (`pacing.Step.room`) allows. Nothing may
+        have gone through FTS5 itself in the step's rows before: it would write its own copy
+        of the averages record back at the next savepoint."""
         structure = _structure(conn)
         segid = _free_segment_id(conn, structure)
         base = segid << SEGMENT_SHIFT
@@ -364,13 +374,16 @@ class Splicer:
         conn.execute("RELEASE kindling_fts_reread")
 
     def _merge(self, conn: sqlite3.Connection, room: Callable[[float], bool]) -> None:
-        """Merge what FTS5's automerge would have after writing the spliced pages (`_owed`,
-        pages), and more while a level holds CROWDED segments, MERGE_PAGES at a time while the
-        step has room for one more as long as the longest so far; what is left, the next
-        steps merge. Once FTS5 finds nothing to merge, nothing is owed."""
+        """Merge about what FTS5's automerge would have after writing the spliced pages
+        (`_owed`, pages), and more while a level holds CROWDED segments, MERGE_PAGES at a time
+        while the step has room for one more as long as the longest so far; what is left, the
+        next steps merge. Whatever the time, while a level holds CRISIS segments: the next
+        one there would make FTS5 merge the level whole, in whichever write adds it (maybe
+        Kindling's). Once FTS5 finds nothing to merge, nothing is owed."""
         longest = 0.0
-        while room(longest):
-            if self._owed <= 0 and _most_segments(conn) < CROWDED:
+        while True:
+            most = _most_segments(conn)
+            if (most < CRISIS and not room(longest)) or (self._owed <= 0 and most < CROWDED):
                 return
             before = conn.execute(_READ_STRUCTURE).fetchone()
             began = time.perf_counter()
@@ -388,9 +401,11 @@ def _most_segments(conn: sqlite3.Connection) -> int:
 
 
 def _free_segment_id(conn: sqlite3.Connection, structure: Structure) -> int:
-    """The lowest segment id neither listed nor holding pages or terms (FTS5's own choice)."""
+    """The highest segment id neither listed nor holding pages or terms. FTS5 takes the lowest
+    for its own: one working from a stale copy of the structure would write its segment
+    elsewhere and leave this one unlisted, which `Splicer.splice` then finds."""
     used = structure.segment_ids()
-    for segid in range(1, MAX_SEGMENTS + 1):
+    for segid in range(MAX_SEGMENTS, 0, -1):
         if segid in used:
             continue
         base = segid << SEGMENT_SHIFT

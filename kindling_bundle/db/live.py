@@ -152,9 +152,9 @@ _REDACTED = _OBSERVATION_COLUMNS.index("redacted")
 
 @dataclass
 class _Ahead:
-    """A step's chunk cut before its turn (the first `count` records queued then), the rowids
-    reserved for its new observations (from `first` on), and their full-text index, built
-    meanwhile (`db.fts_splice`)."""
+    """A step's chunk cut before its turn (the first `count` records queued once the step
+    before has written its whole chunk), the rowids reserved for its new observations (from
+    `first` on), and their full-text index, built meanwhile (`db.fts_splice`)."""
 
     count: int
     first: int
@@ -269,11 +269,16 @@ class Writer:
             results = None
             if ahead is not None and self._splicer is not None:
                 results = self._spliced(chunk, parts, staged, ahead.first, segment, step)
+            spliced = results is not None
             if results is None:
                 with step_settings(self.conn, fts) if fts else nullcontext():
                     results = self._write(chunk, parts, staged, step)
             self.take(results, self.journal.inserted_since(seq))
             step.count = sum(map(_ROWS, chunk[: len(results)]))
+        if not spliced and self._splicer is not None and isinstance(chunk[0].record, Observation):
+            # it may have written part of its chunk only, and at rowids reserved for the next
+            self._ahead = None
+            self._splicer.after_unspliced(self.conn)
         self._stage.clear()
         del self._pending[: len(results)]
         self._pending_rows -= step.count
