@@ -120,6 +120,28 @@ def merge(template: Path, bundle: Path, into: Path) -> Path:
     return into
 
 
+def another_writer_first(db: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Another connection inserts an observation just before the import's first step (once its
+    rowids are reserved: the next ones, as nobody else had written); the list names it."""
+    segment = live.Writer._segment
+    others: list[str] = []
+
+    def with_a_writer_first(self: live.Writer, ahead: Any) -> Any:
+        if not others:
+            other = sqlite3.connect(db)
+            other.execute(
+                "INSERT INTO observations (id, kind, content, ts) VALUES ('other', 'message', "
+                "'written meanwhile', 1)"
+            )
+            other.commit()
+            other.close()
+            others.append("other")
+        return segment(self, ahead)
+
+    monkeypatch.setattr(live.Writer, "_segment", with_a_writer_first)
+    return others
+
+
 @pytest.mark.parametrize(
     "value", [0, 1, 127, 128, 240, 16383, 16384, 2**32, 2**56 - 1, 2**56, 2**63, 2**64 - 1]
 )
@@ -194,36 +216,22 @@ def test_rowids_taken_meanwhile_are_left_to_the_trigger_and_later_steps_reserve_
     others write, steps reserve rowids with room to spare, and are spliced."""
     db = tmp_path / "memory.db"
     shutil.copy(template, db)
-    segment = live.Writer._segment
     free = Splicer.free
-    others: list[str] = []
     taken: list[int] = []
-
-    def with_a_writer_first(self: live.Writer, ahead: Any) -> Any:
-        if not others:
-            other = sqlite3.connect(db)
-            other.execute(
-                "INSERT INTO observations (id, kind, content, ts) VALUES ('other', 'message', "
-                "'written meanwhile', 1)"
-            )
-            other.commit()
-            other.close()
-            others.append("other")
-        return segment(self, ahead)
 
     def counted(self: Splicer, conn: sqlite3.Connection, first: int) -> bool:
         found = free(self, conn, first)
         taken.extend([] if found else [first])
         return found
 
-    monkeypatch.setattr(live.Writer, "_segment", with_a_writer_first)
+    others = another_writer_first(db, monkeypatch)
     monkeypatch.setattr(Splicer, "free", counted)
     with open_store(db) as conn:
         report = import_bundle(conn, bundle)
         conn.execute("DELETE FROM observations WHERE id = 'other'")
         conn.commit()
     assert report.counts["observations"].inserted == 3000
-    assert taken and spliced
+    assert others == ["other"] and taken and spliced
     assert index_by_id(db) == index_by_id(by_trigger)
     fts5_consistent(db)
     conn = sqlite3.connect(db)
@@ -246,22 +254,8 @@ def test_a_step_through_the_trigger_that_stops_early_leaves_no_index_misplaced(
     db = tmp_path / "memory.db"
     shutil.copy(template, db)
     monkeypatch.setattr(pacing, "LIMIT_SECONDS", 0.0)  # no room after a step's first part
-    segment = live.Writer._segment
     write = live.Writer._write
-    others: list[str] = []
     left: list[int] = []
-
-    def with_a_writer_first(self: live.Writer, ahead: Any) -> Any:
-        if not others:
-            other = sqlite3.connect(db)
-            other.execute(
-                "INSERT INTO observations (id, kind, content, ts) VALUES ('other', 'message', "
-                "'written meanwhile', 1)"
-            )
-            other.commit()
-            other.close()
-            others.append("other")
-        return segment(self, ahead)
 
     def counted(self: live.Writer, chunk: list[Any], *args: Any) -> Any:
         results = write(self, chunk, *args)
@@ -269,14 +263,15 @@ def test_a_step_through_the_trigger_that_stops_early_leaves_no_index_misplaced(
             left.append(len(chunk) - len(results))
         return results
 
-    monkeypatch.setattr(live.Writer, "_segment", with_a_writer_first)
+    others = another_writer_first(db, monkeypatch)
     monkeypatch.setattr(live.Writer, "_write", counted)
     with open_store(db) as conn:
         report = import_bundle(conn, bundle)
         conn.execute("DELETE FROM observations WHERE id = 'other'")
         conn.commit()
     assert report.counts["observations"].inserted == 3000
-    assert left and left[0] > 0 and spliced  # it stopped early; later steps were spliced
+    assert others == ["other"] and left and left[0] > 0  # the step stopped early
+    assert spliced  # and later steps were spliced
     assert index_by_id(db) == index_by_id(by_trigger)
     fts5_consistent(db)
 
