@@ -352,6 +352,10 @@ def test_only_kindlings_own_trigger_is_set_aside(tmp_path: Path, template: Path)
     conn = sqlite3.connect(db, isolation_level=None)
     assert Splicer.attach(conn) is not None
     conn.execute("DROP TRIGGER observations_fts_insert")
+    laid_out_otherwise = " ".join(TRIGGERS["observations_fts_insert"].split()).lower()
+    conn.execute(laid_out_otherwise.replace(" (", "(").replace(", ", ","))
+    assert Splicer.attach(conn) is not None
+    conn.execute("DROP TRIGGER observations_fts_insert")
     conn.execute(TRIGGERS["observations_fts_insert"].replace("NEW.redacted = 0", "1"))
     assert Splicer.attach(conn) is None
     conn.close()

@@ -20,18 +20,18 @@ the very ones the rows would take anyway, or, while other connections write, ROW
 them, room for those writers' rows meanwhile (`Splicer.reserve`); a step whose run has been
 taken meanwhile is written the usual way (`Splicer.free`).
 
-Only a table the way Kindling makes it is spliced (`Splicer.attach`): Kindling's trigger, word
-for word, a structure record of the first version (FTS5 writes the second only for
-contentless-delete tables), and settings known not to change a segment's layout, `pgsz` copied.
-FTS5 keeps a copy of the structure record per connection, refreshed when another connection
-commits: after writing it, the step makes FTS5 read it again (a savepoint rolled back over a
-write to the table), then lets FTS5 merge as much as its own automerge would have after writing
-those pages, and checks the segment is where it was put or merged away.
+Only a table the way Kindling makes it is spliced (`Splicer.attach`): Kindling's trigger (but
+for spacing and letter case), a structure record of the first version (FTS5 writes the second
+only for contentless-delete tables), and settings known not to change a segment's layout,
+`pgsz` copied. FTS5 keeps a copy of the structure record per connection, refreshed when another
+connection commits: after writing it, the step makes FTS5 read it again (a savepoint rolled
+back over a write to the table), then lets FTS5 merge about as much as its own automerge would
+have after writing those pages (`Splicer._merge`), and checks the segment is where it was put
+or merged away.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -240,7 +240,8 @@ def _structure(conn: sqlite3.Connection) -> Structure:
 
 
 def _normal(sql: str) -> str:
-    return re.sub(r"\s+", " ", sql).strip()
+    """The statement without its spacing and case: Kindling's, however it was laid out."""
+    return "".join(sql.split()).lower()
 
 
 class Splicer:
