@@ -403,3 +403,26 @@ def test_a_step_without_room_merges_only_a_level_about_to_be_merged_whole(
         count = conn.execute(f"SELECT count(*) FROM {FTS} WHERE {FTS} MATCH ?", (query,))
         assert count.fetchone() == (300,)
     conn.close()
+
+
+def test_observations_without_a_word_are_counted_as_the_trigger_counts_them(
+    tmp_path: Path, template: Path, spliced: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FTS5 writes no segment for rows without a word, but counts them (their sizes, the
+    statistics): a step of only such rows adds those, as the trigger would."""
+    source = tmp_path / "wordless.db"
+    generate_sample(source, observations=40, seed=33)
+    conn = sqlite3.connect(source)
+    conn.execute("UPDATE observations SET content = '... -- !!' WHERE redacted = 0")
+    conn.commit()
+    conn.close()
+    bundle = tmp_path / "wordless.kbundle"
+    with open_store(source, readonly=True) as store:
+        write_bundle(store, bundle)
+    db = merge(template, bundle, tmp_path / "spliced.db")
+    assert spliced and all(rows > 0 for rows in spliced)
+    monkeypatch.setattr(Splicer, "attach", classmethod(lambda cls, conn: None))
+    expected = merge(template, bundle, tmp_path / "trigger.db")
+    assert dump_contents(db) == dump_contents(expected)
+    assert index_by_id(db) == index_by_id(expected)
+    fts5_consistent(db)

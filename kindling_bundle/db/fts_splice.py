@@ -182,7 +182,8 @@ class Structure:
 class Segment:
     """One segment of an index of some rows, built apart: its pages by rowid less the segment's
     base, its `_idx` entries (term, page), the rows' `_docsize` entries, and the averages
-    record's values (rows, then tokens per column)."""
+    record's values (rows, then tokens per column). Rows without a word make no segment: no
+    pages, only sizes and totals."""
 
     first_page: int
     last_page: int
@@ -212,8 +213,13 @@ def build_segment(
         # (and Python's lock is let go once, not for each row, while FTS5 indexes them)
         insert_rows(conn, f"INSERT INTO {FTS}(rowid, content) VALUES (?, ?)", rows, len(rows))
         conn.execute("COMMIT")
+        sizes = conn.execute(f"SELECT id, sz FROM {FTS}_docsize").fetchall()
+        averages = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = {_AVERAGES}")
+        totals = _varints(averages.fetchone()[0])
         segments = [s for _, level in _structure(conn).levels for s in level]
-        if len(segments) != 1:
+        if not segments:  # rows without a word: counted, nothing to find
+            return Segment(0, -1, [], [], sizes, totals)
+        if len(segments) > 1:
             raise SpliceRefused(f"{FTS}: FTS5 wrote a step's rows as {len(segments)} segments")
         [[segid, first, last]] = segments
         base = segid << SEGMENT_SHIFT
@@ -222,11 +228,7 @@ def build_segment(
             (base, base, base + (1 << SEGMENT_SHIFT) - 1),
         ).fetchall()
         terms = conn.execute(f"SELECT term, pgno FROM {FTS}_idx WHERE segid = ?", (segid,))
-        sizes = conn.execute(f"SELECT id, sz FROM {FTS}_docsize")
-        averages = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = {_AVERAGES}")
-        return Segment(
-            first, last, pages, terms.fetchall(), sizes.fetchall(), _varints(averages.fetchone()[0])
-        )
+        return Segment(first, last, pages, terms.fetchall(), sizes, totals)
     finally:
         conn.close()
 
@@ -247,10 +249,9 @@ def _normal(sql: str) -> str:
 class Splicer:
     """Splices built segments into one connection's `observations_fts`, for one import."""
 
-    def __init__(self, create_sql: str, trigger_sql: str, pgsz: int | None, next_rowid: int):
+    def __init__(self, create_sql: str, pgsz: int | None, next_rowid: int):
         self.create_sql = create_sql
         self.pgsz = pgsz
-        self._trigger_sql = trigger_sql
         self._next = next_rowid
         self._taken = False
         """Whether a reserved run was taken: others write, whatever the steps could tell."""
@@ -277,7 +278,7 @@ class Splicer:
             return None
         pgsz = settings.get("pgsz")
         last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()[0]
-        return cls(schema[FTS], trigger_sql, None if pgsz is None else int(pgsz), int(last) + 1)
+        return cls(schema[FTS], None if pgsz is None else int(pgsz), int(last) + 1)
 
     def reserve(self, count: int, *, others_writing: bool) -> int:
         """The first of `count` rowids for a step's new observations, above every reserved so
@@ -302,15 +303,20 @@ class Splicer:
         self._taken = True
         return False
 
+    @staticmethod
     @contextmanager
-    def untriggered(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def untriggered(conn: sqlite3.Connection) -> Iterator[None]:
         """Inside a write transaction: the block's inserts are not indexed by Kindling's
         trigger. Other connections never see it gone: it is back before the block ends, the
         same statement (its row in sqlite_master is a new one); on an exception the caller
         rolls the transaction back, which brings it back too."""
+        row = conn.execute("SELECT sql FROM main.sqlite_master WHERE name = ?", (TRIGGER,))
+        sql = row.fetchone()
+        if sql is None or _normal(sql[0]) != _normal(TRIGGERS[TRIGGER]):
+            raise SpliceRefused(f"{TRIGGER}: no longer Kindling's trigger")
         conn.execute(f"DROP TRIGGER main.{TRIGGER}")
         yield
-        conn.execute(self._trigger_sql)
+        conn.execute(sql[0])
 
     def splice(
         self, conn: sqlite3.Connection, segment: Segment, room: Callable[[float], bool]
@@ -319,22 +325,15 @@ class Splicer:
         merge as FTS5 would have, as far as `room` (`pacing.Step.room`) allows. Nothing may
         have gone through FTS5 itself in the step's rows before: it would write its own copy
         of the averages record back at the next savepoint."""
-        structure = _structure(conn)
-        segid = _free_segment_id(conn, structure)
-        base = segid << SEGMENT_SHIFT
-        pages = [(base + offset, block) for offset, block in segment.pages]
-        terms = [(segid, term, page) for term, page in segment.terms]
-        for table, columns, rows in (
-            ("data", "id, block", pages),
-            ("idx", "segid, term, pgno", terms),
-            ("docsize", "id, sz", segment.sizes),
-        ):
-            values = ", ".join("?" * len(rows[0])) if rows else ""
-            sql = f"INSERT INTO main.{FTS}_{table} ({columns}) VALUES ({values})"
-            insert_rows(conn, sql, rows, _PER_STATEMENT)
+        sizes = f"INSERT INTO main.{FTS}_docsize (id, sz) VALUES (?, ?)"
+        insert_rows(conn, sizes, segment.sizes, _PER_STATEMENT)
         held = conn.execute(f"SELECT block FROM main.{FTS}_data WHERE id = {_AVERAGES}").fetchone()
-        # an index that never held a row has an empty record
-        totals = _varints(held[0]) if held is not None and held[0] else [0] * len(segment.totals)
+        try:  # an index that never held a row has an empty record
+            totals = (
+                _varints(held[0]) if held is not None and held[0] else [0] * len(segment.totals)
+            )
+        except IndexError:  # cut short
+            totals = []
         if len(totals) != len(segment.totals):
             raise SpliceRefused(f"{FTS}: its averages record does not have the expected columns")
         averages = b"".join(
@@ -344,6 +343,17 @@ class Splicer:
             f"INSERT OR REPLACE INTO main.{FTS}_data (id, block) VALUES ({_AVERAGES}, ?)",
             (averages,),
         )
+        if not segment.pages:
+            return
+        structure = _structure(conn)
+        segid = _free_segment_id(conn, structure)
+        base = segid << SEGMENT_SHIFT
+        pages = [(base + offset, block) for offset, block in segment.pages]
+        terms = [(segid, term, page) for term, page in segment.terms]
+        data = f"INSERT INTO main.{FTS}_data (id, block) VALUES (?, ?)"
+        insert_rows(conn, data, pages, _PER_STATEMENT)
+        idx = f"INSERT INTO main.{FTS}_idx (segid, term, pgno) VALUES (?, ?, ?)"
+        insert_rows(conn, idx, terms, _PER_STATEMENT)
         if not structure.levels:
             structure.levels.append((0, []))
         structure.levels[0][1].append([segid, segment.first_page, segment.last_page])
