@@ -35,6 +35,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    column_names,
 )
 from kindling_bundle.records import (
     CONFLICT_STRATEGIES,
@@ -163,8 +164,7 @@ def _field_names(columns: str, record_type: type) -> tuple[str, ...]:
     """The wire name of the record field behind each column (for conflict messages)."""
     wire = {f.name: f.encode_name for f in msgspec.structs.fields(record_type)}
     scope = set(DENORMALIZED_SCOPE_KEYS.values())
-    names = [name.strip() for name in columns.split(",")]
-    return tuple(wire["scope_ids"] if c in scope else wire[c] for c in names)
+    return tuple(wire["scope_ids"] if c in scope else wire[c] for c in column_names(columns))
 
 
 FIELDS: dict[str, tuple[str, ...]] = {

@@ -187,6 +187,12 @@ def _configure(conn: sqlite3.Connection, *, readonly: bool, busy_timeout_ms: int
         conn.execute("PRAGMA synchronous = NORMAL")
 
 
+def last_rowid(conn: sqlite3.Connection, table: str) -> int:
+    """The largest rowid in `table` of the main database (0 when it is empty): a new row takes
+    the next."""
+    return int(conn.execute(f"SELECT coalesce(max(rowid), 0) FROM main.{table}").fetchone()[0])
+
+
 def describe_error(exc: sqlite3.Error) -> str:
     """A database failure in words a user can act on."""
     text = str(exc)

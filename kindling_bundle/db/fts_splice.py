@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from kindling_bundle.db.connection import last_rowid
 from kindling_bundle.db.importer import insert_rows
 from kindling_bundle.db.schema import TRIGGERS
 
@@ -241,8 +242,12 @@ def _structure(conn: sqlite3.Connection) -> Structure:
     return structure
 
 
+def _kindlings(sql: str | None) -> bool:
+    """Whether a trigger's statement is Kindling's, however its spacing and letter case."""
+    return sql is not None and _normal(sql) == _normal(TRIGGERS[TRIGGER])
+
+
 def _normal(sql: str) -> str:
-    """The statement without its spacing and case: Kindling's, however it was laid out."""
     return "".join(sql.split()).lower()
 
 
@@ -267,18 +272,18 @@ class Splicer:
                 "SELECT name, sql FROM sqlite_master WHERE name IN (?, ?)", (FTS, TRIGGER)
             ).fetchall()
         )
-        trigger_sql = schema.get(TRIGGER)
-        if trigger_sql is None or _normal(trigger_sql) != _normal(TRIGGERS[TRIGGER]):
+        if not _kindlings(schema.get(TRIGGER)):
             return None
         settings = dict(conn.execute(f"SELECT k, v FROM {FTS}_config").fetchall())
         if settings.get("version") != 4 or not set(settings) <= _SETTINGS:
             return None
-        row = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = {_STRUCTURE}").fetchone()
-        if row is None or Structure.decode(row[0]) is None:
+        try:
+            _structure(conn)
+        except SpliceRefused:
             return None
         pgsz = settings.get("pgsz")
-        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()[0]
-        return cls(schema[FTS], None if pgsz is None else int(pgsz), int(last) + 1)
+        next_rowid = last_rowid(conn, "observations") + 1
+        return cls(schema[FTS], None if pgsz is None else int(pgsz), next_rowid)
 
     def reserve(self, count: int, *, others_writing: bool) -> int:
         """The first of `count` rowids for a step's new observations, above every reserved so
@@ -291,14 +296,12 @@ class Splicer:
     def after_unspliced(self, conn: sqlite3.Connection) -> None:
         """After a step written through the trigger (its rows took the table's next rowids):
         reservations go on above them."""
-        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()
-        self._next = max(self._next, int(last[0]) + 1)
+        self._next = max(self._next, last_rowid(conn, "observations") + 1)
 
     def free(self, conn: sqlite3.Connection, first: int) -> bool:
         """Inside the step: nothing has taken a rowid from `first` on (every row above the
         table's last would be). If something has, others write: reservations leave room."""
-        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM main.observations").fetchone()
-        if int(last[0]) < first:
+        if last_rowid(conn, "observations") < first:
             return True
         self._taken = True
         return False
@@ -312,7 +315,7 @@ class Splicer:
         rolls the transaction back, which brings it back too."""
         row = conn.execute("SELECT sql FROM main.sqlite_master WHERE name = ?", (TRIGGER,))
         sql = row.fetchone()
-        if sql is None or _normal(sql[0]) != _normal(TRIGGERS[TRIGGER]):
+        if sql is None or not _kindlings(sql[0]):
             raise SpliceRefused(f"{TRIGGER}: no longer Kindling's trigger")
         conn.execute(f"DROP TRIGGER main.{TRIGGER}")
         yield

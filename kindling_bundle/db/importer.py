@@ -44,6 +44,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    column_names,
     link_values,
 )
 from kindling_bundle.db.writes import (
@@ -159,7 +160,7 @@ def ensure_fts_entries(
 
 def _update_sql(table: str, columns: str, *, set_id: bool = False) -> str:
     """UPDATE every column (the id too when `set_id`) of the row whose id is the last parameter."""
-    names = [name.strip() for name in columns.split(",")]
+    names = column_names(columns)
     assigned = names if set_id else names[1:]
     return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in assigned)} WHERE id = ?"
 

@@ -40,7 +40,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from kindling_bundle.db.connection import TransactionLost, savepoint, write_transaction
+from kindling_bundle.db.connection import (
+    TransactionLost,
+    last_rowid,
+    savepoint,
+    write_transaction,
+)
 from kindling_bundle.db.integrity import IntegrityProblem
 from kindling_bundle.db.pacing import Pace
 from kindling_bundle.db.undo import COLUMNS as _COLUMNS
@@ -293,11 +298,7 @@ class Journal:
         unjournaled, they are deleted with them. Where rowids could not run on (the table's
         last is the largest there is), the triggers journal the rows one by one instead."""
         conn = self.conn
-        if first is None:
-            table_last = f"SELECT coalesce(max(rowid), 0) FROM main.{table}"
-            before = int(conn.execute(table_last).fetchone()[0])
-        else:
-            before = first - 1
+        before = last_rowid(conn, table) if first is None else first - 1
         if before + rows >= _LAST_ROWID:
             yield
             return

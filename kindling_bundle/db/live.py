@@ -50,7 +50,7 @@ from kindling_bundle.db.importer import FTS_OF_TABLE, import_record, insert_held
 from kindling_bundle.db.journal import Journal
 from kindling_bundle.db.lookup import independent_prefix, look_up, present_targets
 from kindling_bundle.db.pacing import Pace, Step, Turns
-from kindling_bundle.db.rows import OBSERVATION_COLUMNS
+from kindling_bundle.db.rows import OBSERVATION_COLUMNS, column_names
 from kindling_bundle.db.staging import Stage
 from kindling_bundle.records import (
     Capsule,
@@ -145,9 +145,8 @@ def _inserted(group: list[Planned]) -> list[ImportEntityResult]:
     return cast(list[ImportEntityResult], [item.result for item in group])
 
 
-_OBSERVATION_COLUMNS = [column.strip() for column in OBSERVATION_COLUMNS.split(",")]
-_CONTENT = _OBSERVATION_COLUMNS.index("content")
-_REDACTED = _OBSERVATION_COLUMNS.index("redacted")
+_CONTENT = column_names(OBSERVATION_COLUMNS).index("content")
+_REDACTED = column_names(OBSERVATION_COLUMNS).index("redacted")
 
 
 @dataclass
@@ -214,8 +213,12 @@ class Writer:
     def _due(self) -> int:
         """Rows queued before a step is written: two steps' worth where the next step's index
         is built while one writes."""
+        return self._size() * (2 if self._spliced_kind() else 1)
+
+    def _size(self) -> int:
+        """Rows of the next step: as many as its pace allows, at most MOST_ROWS spliced."""
         size = self._pace().size
-        return 2 * min(size, MOST_ROWS) if self._spliced_kind() else size
+        return min(size, MOST_ROWS) if self._spliced_kind() else size
 
     def _spliced_kind(self) -> bool:
         """Whether the queue's records are of the kind whose index is built ahead."""
@@ -241,7 +244,7 @@ class Writer:
 
     def _write_step(self) -> None:
         pace = self._pace()
-        size = min(pace.size, MOST_ROWS) if self._spliced_kind() else pace.size
+        size = self._size()
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             taken = self._cut(0, size)

@@ -59,9 +59,14 @@ holds). A link whose id is not text (only a BLOB can be, in a TEXT column) becom
 _LINK_IDS = msgspec.json.Decoder(list[str])
 
 
+def column_names(columns: str) -> tuple[str, ...]:
+    """The names in a comma-separated list of columns (one of the *_COLUMNS or *_SELECT)."""
+    return tuple(column.strip() for column in columns.split(","))
+
+
 def prefixed(alias: str, columns: str) -> str:
     """`columns` (one of the *_SELECT lists) qualified by a table alias."""
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+    return ", ".join(f"{alias}.{column}" for column in column_names(columns))
 
 
 def _json_column(text: str, entity: str, record_id: str, column: str) -> Any:

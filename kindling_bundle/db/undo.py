@@ -25,6 +25,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    column_names,
 )
 from kindling_bundle.errors import StoreError
 
@@ -32,7 +33,7 @@ UNDO_TABLE = "kindling_bundle_undo"
 LINKS = "capsule_observations"
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    table: tuple(c.strip() for c in columns.split(","))
+    table: column_names(columns)
     for table, columns in (
         ("observations", OBSERVATION_COLUMNS),
         ("capsules", CAPSULE_COLUMNS),
