@@ -41,9 +41,10 @@ from kindling_bundle import (
     write_bundle,
     write_bundle_from_records,
 )
-from kindling_bundle.db import live, pacing, staging
+from kindling_bundle.db import live, pacing, planner, staging
 from kindling_bundle.db.connection import write_transaction
 from kindling_bundle.db.journal import IMPORT_TABLE, UNDO_TABLE
+from kindling_bundle.db.planner import PlanAhead
 from kindling_bundle.db.writes import insert_pin
 from kindling_bundle.errors import StoreError
 from kindling_bundle.ops import restore
@@ -577,16 +578,16 @@ def test_the_planner_starts_no_frame_while_the_writer_stages_a_step(template: Pa
             time.sleep(0.01)  # decoding a frame
             yield "observations", [Observation(id=f"paused-{i}", kind="message", content="x", ts=i)]
 
-    planner = live.PlanAhead(str(template), frames(), "skip", lambda records: records, ahead=100)
+    planning = PlanAhead(str(template), frames(), "skip", lambda records: records, ahead=100)
     try:
         time.sleep(0.05)
-        with planner.paused():
+        with planning.paused():
             began = time.monotonic()
             time.sleep(0.3)
             ended = time.monotonic()
-        items = list(planner.items())
+        items = list(planning.items())
     finally:
-        planner.close()
+        planning.close()
     assert [t for t in asked if began + 0.05 < t < ended] == []
     assert 0 < sum(t < began for t in asked) < 40  # it was running before, and after
     assert [item[0] for item in items] == ["frame"] * 40 + ["end"]
@@ -601,7 +602,7 @@ def test_links_to_an_observation_deleted_meanwhile_fail_the_import_and_all_is_un
     db = tmp_path / "deleted.db"
     shutil.copy(template, db)
     before = dump_contents(db)
-    plan = live.plan
+    plan = planner.plan
     deleted: list[tuple[str, str]] = []
 
     def deleting(conn: sqlite3.Connection, records: list, conflict: str) -> list:
@@ -623,7 +624,7 @@ def test_links_to_an_observation_deleted_meanwhile_fail_the_import_and_all_is_un
             enforced.append(self.conn.execute("PRAGMA foreign_keys").fetchone()[0])
         insert(self, table, *args)
 
-    monkeypatch.setattr(live, "plan", deleting)
+    monkeypatch.setattr(planner, "plan", deleting)
     monkeypatch.setattr(staging.Stage, "insert", spy)
     with open_store(db) as conn:
         with pytest.raises(IntegrityError) as caught:

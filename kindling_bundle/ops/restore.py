@@ -49,8 +49,9 @@ from kindling_bundle.db.connection import (
 from kindling_bundle.db.export import snapshot
 from kindling_bundle.db.integrity import CheckedApart, check_apart, verify_import_integrity
 from kindling_bundle.db.journal import Journal, recover
-from kindling_bundle.db.live import Item, PlanAhead, Take, Writer, quick_handoffs
+from kindling_bundle.db.live import Take, Writer, quick_handoffs
 from kindling_bundle.db.pacing import Checkpointer, empty_log
+from kindling_bundle.db.planner import Item, PlanAhead
 from kindling_bundle.errors import (
     StoreError,
 )
