@@ -18,6 +18,7 @@ from kindling_bundle.db.rows import (
     OBSERVATION_COLUMNS,
     PIN_COLUMNS,
     SUMMARY_COLUMNS,
+    column_names,
     link_values,
 )
 from kindling_bundle.records import Capsule, Record, entity_of
@@ -59,7 +60,7 @@ class Stage:
 
     def _put(self, table: str, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
         name = f"kindling_stage_{table}"
-        width = len(_STAGED_COLUMNS[table].split(","))
+        width = len(column_names(_STAGED_COLUMNS[table]))
         if name not in self._made:
             columns = ", ".join(f"c{i}" for i in range(width))
             self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
@@ -81,7 +82,7 @@ class Stage:
 
     def _move(self, table: str, low: int, high: int, first_rowid: int | None) -> None:
         columns = _STAGED_COLUMNS[table]
-        width = len(columns.split(","))
+        width = len(column_names(columns))
         values = ", ".join(f"c{i}" for i in range(width))
         select = f"FROM temp.kindling_stage_{table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid"
         if first_rowid is None:

@@ -89,23 +89,22 @@ def import_bundle(
 
     `conflict` decides what happens to a record whose id is stored with other content: "skip"
     keeps the stored row, "overwrite" replaces it in place, "error" fails the import. Raises
-    BundleError (damaged or not a bundle), RecordError (an invalid record),
-    ImportConflictError (a conflict under "error"; MissingReferenceError, a subclass, for a
-    record referencing one that is neither in the bundle nor in the database), IntegrityError
-    (the database would fail its check: also a capsule linking an observation another
-    connection deleted during the import) or StoreError (the database failed: locked, full,
-    corrupt); in every case the database is left as it was (see the module docstring).
-    `progress(records_done, bytes_done)` is called after each frame; `on_manifest(manifest)`
-    once the manifest is valid, before any write. Messages name the bundle `name` when given
-    (the file a temporary bundle was converted from). An encrypted bundle is opened with
-    `options.identities`; should its stream fail to authenticate at the end, what was applied
-    is undone. `options.signature` says whom to trust; a signature
-    it refuses (a SignatureError) is refused before the database is touched. `workers`: whether
-    a second process may index the observations for full-text search while they are loaded
-    into an empty database (kindling_bundle.parallel.choose_workers); the database is the same
-    either way. Into a database that exists, two settings of the whole process change while the
-    import runs and are put back after: Python's switch interval and its cyclic garbage
-    collector (`db.live.quick_handoffs`).
+    BundleError (damaged or not a bundle), RecordError (an invalid record), ImportConflictError
+    (a conflict under "error"; MissingReferenceError, a subclass, for a record referencing one
+    that is neither in the bundle nor in the database), IntegrityError (the database would fail
+    its check: also a capsule linking an observation another connection deleted during the
+    import) or StoreError (the database failed: locked, full, corrupt); in every case the
+    database is left as it was (see the module docstring). `progress(records_done, bytes_done)`
+    is called after each frame; `on_manifest(manifest)` once the manifest is valid, before any
+    write. Messages name the bundle `name` when given (the file a temporary bundle was converted
+    from). An encrypted bundle is opened with `options.identities`; should its stream fail to
+    authenticate at the end, what was applied is undone. `options.signature` says whom to trust;
+    a signature it refuses (a SignatureError) is refused before the database is touched.
+    `workers`: whether a second process may index the observations for full-text search while
+    they are loaded into an empty database (kindling_bundle.parallel.choose_workers); the
+    database is the same either way. Into a database that exists, two settings of the whole
+    process change while the import runs and are put back after: Python's switch interval and
+    its cyclic garbage collector (`db.live.quick_handoffs`).
     """
     check_strategy(conflict)
     workers = check_workers(workers)
