@@ -672,3 +672,90 @@ def test_a_capsule_step_whose_commit_fails_is_undone_with_foreign_keys_enforced(
     assert committed  # capsule steps with unchecked links were committed before the failure
     assert dump_contents(db) == before
     check_passes(db)
+
+
+def _log_round(db: Path) -> int:
+    """The write-ahead log's checkpoint sequence (its header): one more each time SQLite writes
+    the log from the start again."""
+    with open(f"{db}-wal", "rb") as log:
+        return int.from_bytes(log.read(16)[12:16], "big")
+
+
+def test_a_long_log_starts_over_once_its_readers_leave_and_a_reader_that_stays_is_not_waited_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past RESTART_LOG_PAGES, the step after the gap lets the log start over: a reader still
+    on it is waited for (here 0.05 s) and the step writes the log from its start, so the file
+    does not grow; a reader that stays keeps its snapshot, and the step goes on after
+    RESTART_WAIT_MS (far less than Kindling's busy timeout), the log growing until later."""
+    monkeypatch.setattr(pacing, "RESTART_LOG_PAGES", 32)
+    monkeypatch.setattr(pacing, "RESTART_WAIT_MS", 500)
+    db = tmp_path / "log.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")  # as the import's own connection
+    writer.execute("CREATE TABLE t (x BLOB)")
+    reader = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    def step() -> None:
+        with write_transaction(writer):
+            writer.executemany("INSERT INTO t VALUES (?)", [(os.urandom(3000),)] * 64)
+
+    def size() -> int:
+        return Path(f"{db}-wal").stat().st_size
+
+    checkpointer = pacing.Checkpointer(str(db), 5000)
+    try:
+        step()
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 64  # a snapshot
+        step()
+        checkpointer.after_step()
+        started = time.monotonic()
+        checkpointer.restart(writer)  # the reader stays
+        assert time.monotonic() - started < 2.5
+        grown, round_ = size(), _log_round(db)
+        step()
+        assert size() > grown and _log_round(db) == round_  # appended: the reader needs the log
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 64
+
+        checkpointer.after_step()
+        leaves = threading.Timer(0.05, reader.execute, ["COMMIT"])
+        leaves.start()
+        checkpointer.restart(writer)
+        leaves.join()
+        before = size()
+        step()
+        assert size() == before and _log_round(db) == round_ + 1  # from the start again
+    finally:
+        checkpointer.close()
+        reader.close()
+    assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 4 * 64
+    writer.close()
+
+
+def test_a_live_import_whose_log_starts_over_beside_a_writer_loses_nothing(
+    tmp_path: Path, template: Path, bundle: Path, merged: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the log started over before most steps, the import is the same and the writer's
+    rows survive."""
+    monkeypatch.setattr(pacing, "RESTART_LOG_PAGES", 32)
+    db = tmp_path / "restarted.db"
+    shutil.copy(template, db)
+    rounds: list[int] = []
+    restart = pacing.Checkpointer.restart
+
+    def counted(self: pacing.Checkpointer, conn: sqlite3.Connection) -> None:
+        restart(self, conn)
+        if Path(f"{db}-wal").exists():
+            rounds.append(_log_round(db))
+
+    monkeypatch.setattr(pacing.Checkpointer, "restart", counted)
+    with kindling_writer(db, tmp_path) as writes, open_store(db) as conn:
+        import_bundle(conn, bundle)
+    (w,) = writes
+    assert w.failed == []
+    assert set(w.committed) <= stored_ids(db)
+    assert content(db) == content(merged)
+    assert rounds and rounds[-1] > rounds[0]  # the log was started over along the way
+    check_passes(db)

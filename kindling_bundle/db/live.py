@@ -122,6 +122,7 @@ class Writer:
         take: Take,
         after_step: Callable[[], None] = lambda: None,
         staging: Callable[[], AbstractContextManager[None]] = nullcontext,
+        before_lock: Callable[[sqlite3.Connection], None] = lambda conn: None,
     ):
         self.conn = conn
         self.conflict = conflict
@@ -130,7 +131,7 @@ class Writer:
         self.after_step = after_step
         self._staging = staging
         self._paces: dict[type, Pace] = {}
-        self._turns = Turns()
+        self._turns = Turns(before_lock)
         self._stage = Stage(conn)
         self._pending: list[Planned] = []
         self._pending_rows = 0

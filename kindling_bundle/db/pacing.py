@@ -25,7 +25,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +43,11 @@ LONGEST_GAP_SECONDS = 0.8
 """How long at most: on a loaded machine a writer woken late may need longer (`Turns`)."""
 OTHERS_RECENTLY_SECONDS = 5.0
 """Another connection that committed within this long is taken to be writing still."""
+RESTART_LOG_PAGES = 16_384
+"""Pages the write-ahead log may hold before the next step lets it start over (64 MiB at
+Kindling's 4 KiB pages): otherwise it grows by every page the import writes (`Checkpointer`)."""
+RESTART_WAIT_MS = 50
+"""How long that restart waits for readers of the log, holding the write lock meanwhile."""
 TRUNCATE_WAIT_MS = 200
 """How long the last checkpoint waits for readers and writers to leave the log (new writers
 wait for it meanwhile: far less than Kindling's 5 s busy timeout)."""
@@ -57,7 +62,11 @@ class Turns:
     between GAP_SECONDS and LONGEST_GAP_SECONDS: on a loaded machine a sleeping writer may be
     woken well after its 100 ms."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, before_lock: Callable[[sqlite3.Connection], None] = lambda conn: None
+    ) -> None:
+        self._before_lock = before_lock
+        """Run after the gap, just before the step takes the lock."""
         self._ended: float | None = None
         self._version: int | None = None
         self._others_at = float("-inf")
@@ -66,6 +75,10 @@ class Turns:
 
     def wait(self, conn: sqlite3.Connection) -> None:
         """Before a step: let another writer in first, if there is one about."""
+        self._gap(conn)
+        self._before_lock(conn)
+
+    def _gap(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA data_version").fetchone()[0]  # changed by others' commits
         now = time.monotonic()
         if self._ended is None:
@@ -183,20 +196,49 @@ class Checkpointer:
     do it at once (SQLite's auto-checkpoint), in the import's own thread; this thread does it on
     its own connection instead, while the import goes on reading and deciding the next records.
     It checkpoints PASSIVE (never waiting for, nor blocking, a reader or writer) right after each
-    step, so that the log stays short and a Kindling writer committing meanwhile finds little or
-    nothing left to copy. Turn the importing connection's auto-checkpoint off while it runs."""
+    step, so that a Kindling writer committing meanwhile finds little or nothing left to copy.
+    Turn the importing connection's auto-checkpoint off while it runs.
+
+    Copied is not enough for the log to get shorter: SQLite writes it from the start again only
+    when a transaction begins with every page copied and no reader is still reading from the log,
+    and beside Kindling's writes and the import's own readers that seldom happens (the log grew
+    larger than the database). So once it holds RESTART_LOG_PAGES, the next step first
+    checkpoints RESTART (`restart`), which waits for those readers."""
 
     def __init__(self, path: str, busy_timeout_ms: int):
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._due = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._log_pages = 0
+        """Pages in the log at the last checkpoint."""
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="kindling-checkpoint", daemon=True)
         self._thread.start()
 
     def after_step(self) -> None:
         """A step committed: copy what it wrote."""
+        self._idle.clear()
         self._due.set()
+
+    def restart(self, conn: sqlite3.Connection) -> None:
+        """On the writing connection, before a step: if the log has grown long, let it start
+        over. Once this thread has copied the last step, a RESTART checkpoint copies what others
+        wrote since and waits at most RESTART_WAIT_MS for readers to leave the log; the step
+        then writes it from the start. If they stay, a later step tries again."""
+        if self._log_pages < RESTART_LOG_PAGES:
+            return
+        self._idle.wait()
+        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            with contextlib.suppress(sqlite3.Error):  # busy: a later step tries again
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                if not busy:
+                    self._log_pages = 0
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {timeout}")
 
     def close(self) -> None:
         """Copy what is left, and end the thread."""
@@ -205,6 +247,12 @@ class Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._checkpoints()
+        finally:
+            self._idle.set()  # whatever ended it: a step must not wait for it
+
+    def _checkpoints(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
@@ -213,7 +261,10 @@ class Checkpointer:
                 self._due.clear()
                 stop = self._stop
                 with contextlib.suppress(sqlite3.Error):  # a later one, or Kindling's, will do
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._log_pages = pages
+                if not self._due.is_set():
+                    self._idle.set()
                 if stop:
                     return
         finally:

@@ -165,6 +165,7 @@ def _live(conn: KindlingConnection, run: ImportRun) -> ImportReport:
             _taker(conn, run),
             checkpointer.after_step,
             planner.paused,
+            checkpointer.restart,
         )
         try:
             try:
