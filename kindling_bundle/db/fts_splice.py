@@ -68,6 +68,7 @@ CRISIS = 15
 _AVERAGES = 1
 _STRUCTURE = 10
 _READ_STRUCTURE = f"SELECT block FROM main.{FTS}_data WHERE id = {_STRUCTURE}"
+_READ_AVERAGES = f"SELECT block FROM main.{FTS}_data WHERE id = {_AVERAGES}"
 _V2 = b"\xff\x00\x00\x01"
 _SETTINGS = frozenset(
     {
@@ -215,8 +216,7 @@ def build_segment(
         insert_rows(conn, f"INSERT INTO {FTS}(rowid, content) VALUES (?, ?)", rows, len(rows))
         conn.execute("COMMIT")
         sizes = conn.execute(f"SELECT id, sz FROM {FTS}_docsize").fetchall()
-        averages = conn.execute(f"SELECT block FROM {FTS}_data WHERE id = {_AVERAGES}")
-        totals = _varints(averages.fetchone()[0])
+        totals = _varints(conn.execute(_READ_AVERAGES).fetchone()[0])
         segments = [s for _, level in _structure(conn).levels for s in level]
         if not segments:  # rows without a word: counted, nothing to find
             return Segment(0, -1, [], [], sizes, totals)
@@ -330,7 +330,7 @@ class Splicer:
         of the averages record back at the next savepoint."""
         sizes = f"INSERT INTO main.{FTS}_docsize (id, sz) VALUES (?, ?)"
         insert_rows(conn, sizes, segment.sizes, _PER_STATEMENT)
-        held = conn.execute(f"SELECT block FROM main.{FTS}_data WHERE id = {_AVERAGES}").fetchone()
+        held = conn.execute(_READ_AVERAGES).fetchone()
         try:  # an index that never held a row has an empty record
             totals = (
                 _varints(held[0]) if held is not None and held[0] else [0] * len(segment.totals)

@@ -179,11 +179,19 @@ def empty_log(conn: sqlite3.Connection) -> None:
     as large as itself, and SQLite reuses it without making it smaller while any connection
     stays open (Kindling's does). A writer that comes meanwhile waits at most TRUNCATE_WAIT_MS;
     if a reader holds the log, it stays as it is."""
+    _checkpoint(conn, "TRUNCATE", TRUNCATE_WAIT_MS)
+
+
+def _checkpoint(conn: sqlite3.Connection, mode: str, wait_ms: int) -> bool:
+    """Checkpoint in `mode`, waiting at most `wait_ms` for other connections (the connection's
+    own busy timeout put back after); whether it did all the mode asks."""
     timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     try:
-        conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+        busy, _, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return not busy
+    except sqlite3.Error:
+        return False
     finally:
         conn.execute(f"PRAGMA busy_timeout = {timeout}")
 
@@ -230,15 +238,8 @@ class Checkpointer:
         if self._log_pages < RESTART_LOG_PAGES:
             return
         self._idle.wait()
-        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            with contextlib.suppress(sqlite3.Error):  # busy: a later step tries again
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                if not busy:
-                    self._log_pages = 0
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {timeout}")
+        if _checkpoint(conn, "RESTART", RESTART_WAIT_MS):  # else a later step tries again
+            self._log_pages = 0
 
     def close(self) -> None:
         """Copy what is left, and end the thread."""
